@@ -1,0 +1,109 @@
+// backend.h: the op table every model computes through. The CPU backend (backend_cpu.c,
+// fp32, OpenBLAS + OpenMP) is the reference; the CUDA backend implements the same table
+// and is checked op by op against it. All pointers passed to ops are backend memory
+// (host memory for "cpu", device memory for "cuda"); sizes are element counts.
+//
+// Conventions (row-major throughout):
+//   N = B*T tokens, C = hidden size, H / KVH = query / key-value heads, D = head dim.
+//   Linear layers follow HF: W is [out, in] and y = x @ W^T.
+//   Backward ops OVERWRITE their outputs unless the comment says "accumulates (+=)".
+#ifndef ACTLORA_BACKEND_H
+#define ACTLORA_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct Backend Backend;
+
+struct Backend {
+    const char *name;  // "cpu" or "cuda"
+    void *ctx;         // backend private state
+    int threads;       // CPU threads used by the backend (OpenMP / OpenBLAS)
+
+    // ---- memory ----
+    void *(*alloc)(Backend *be, size_t bytes, const char *what);  // zero-filled; dies if it cannot
+    void (*free)(Backend *be, void *p);
+    void (*upload)(Backend *be, void *dst, const void *src_host, size_t bytes);
+    void (*download)(Backend *be, void *dst_host, const void *src, size_t bytes);
+    void (*zero)(Backend *be, void *p, size_t bytes);
+    void (*copy)(Backend *be, void *dst, const void *src, size_t bytes);
+    void (*sync)(Backend *be);
+
+    // ---- dense algebra ----
+    // C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C, op(X) = X^T when trans_x.
+    // A is stored [M,K] (or [K,M] when trans_a), B is stored [K,N] (or [N,K] when trans_b).
+    void (*gemm)(Backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                 const float *A, const float *B, float beta, float *C);
+    // y += x
+    void (*add)(Backend *be, float *y, const float *x, size_t n);
+    // x *= s
+    void (*scale)(Backend *be, float *x, float s, size_t n);
+    // sum of squares in fp64, summed in a fixed order (deterministic for a given n)
+    double (*sumsq)(Backend *be, const float *x, size_t n);
+
+    // ---- embedding ----
+    // out[n, :] = wte[ids[n], :]; ids: [N], wte: [V, C], out: [N, C]
+    void (*embedding_fwd)(Backend *be, float *out, const int32_t *ids, const float *wte, int N, int C);
+
+    // ---- RMSNorm (Llama; weight frozen, so no weight gradient) ----
+    // rstd[n] = 1/sqrt(mean(inp[n,:]^2) + eps); out[n,c] = inp[n,c] * rstd[n] * w[c]
+    void (*rmsnorm_fwd)(Backend *be, float *out, float *rstd, const float *inp, const float *w,
+                        int N, int C, float eps);
+    // dinp += d(out)/d(inp)^T dout   (accumulates (+=): dinp is the residual-stream gradient)
+    void (*rmsnorm_bwd)(Backend *be, float *dinp, const float *dout, const float *inp, const float *w,
+                        const float *rstd, int N, int C);
+
+    // ---- rotary embedding, HF rotate_half convention, position of token t is t ----
+    // x: [B, T, nh, D], in place. cos, sin: [T, D/2] (frequency i for both halves).
+    //   x1 = x[..., :D/2], x2 = x[..., D/2:]
+    //   x1' = x1*cos - x2*sin ; x2' = x2*cos + x1*sin
+    void (*rope_fwd)(Backend *be, float *x, const float *cos, const float *sin, int B, int T, int nh, int D);
+    // in-place inverse rotation of the gradient: dx1 = dy1*cos + dy2*sin ; dx2 = dy2*cos - dy1*sin
+    void (*rope_bwd)(Backend *be, float *dx, const float *cos, const float *sin, int B, int T, int nh, int D);
+
+    // ---- attention: softmax(q k^T / sqrt(D) + mask) v, causal + key padding, GQA ----
+    // q: [B,T,H,D]; k, v: [B,T,KVH,D] (query head h uses kv head h / (H/KVH)); mask: [B,T], 1 = real.
+    // Key j is visible to query i iff j <= i and mask[b,j] == 1. A query row with no visible key
+    // (a left-padded row) gets zero output. out: [B,T,H,D]; probs: [B,H,T,T] saved for backward.
+    void (*attention_fwd)(Backend *be, float *out, float *probs, const float *q, const float *k,
+                          const float *v, const int32_t *mask, int B, int T, int H, int KVH, int D);
+    // dq: [B,T,H,D], dk, dv: [B,T,KVH,D], all overwritten.
+    void (*attention_bwd)(Backend *be, float *dq, float *dk, float *dv, const float *dout,
+                          const float *probs, const float *q, const float *k, const float *v,
+                          int B, int T, int H, int KVH, int D);
+
+    // ---- SwiGLU MLP activation ----
+    // h = silu(gate) * up, elementwise; silu(x) = x / (1 + exp(-x))
+    void (*swiglu_fwd)(Backend *be, float *h, const float *gate, const float *up, size_t n);
+    // dgate, dup overwritten
+    void (*swiglu_bwd)(Backend *be, float *dgate, float *dup, const float *dh, const float *gate,
+                       const float *up, size_t n);
+
+    // ---- LoRA dropout (inverted): out[i] = keep ? inp[i] / (1-p) : 0,
+    //      keep = rng_uniform(key, i) >= p (rng.h). out may alias inp. p == 0 copies.
+    void (*dropout)(Backend *be, float *out, const float *inp, size_t n, float p, uint64_t key);
+
+    // ---- sequence-classification head ----
+    // pooled[b, :] = x[b, last[b], :]; x: [B,T,C], last: [B]
+    void (*pool_last_fwd)(Backend *be, float *pooled, const float *x, const int32_t *last, int B, int T, int C);
+    // dx[b, last[b], :] += dpooled[b, :]   (accumulates (+=))
+    void (*pool_last_bwd)(Backend *be, float *dx, const float *dpooled, const int32_t *last, int B, int T, int C);
+    // K > 1: cross-entropy of logits[B,K] against labels_i[B]; K == 1: squared error against
+    // labels_f[B]. *loss_sum (host) = sum over rows of the row loss (fp64);
+    // dlogits = grad_scale * d(sum of row losses)/dlogits (overwritten).
+    void (*loss_fwd_bwd)(Backend *be, double *loss_sum, float *dlogits, const float *logits,
+                         const int32_t *labels_i, const float *labels_f, int B, int K, float grad_scale);
+
+    // ---- optimizer ----
+    // PyTorch AdamW, step t >= 1: p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    // p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+    void (*adamw)(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
+                  float b1, float b2, float eps, float wd, int t);
+};
+
+// CPU reference backend; threads <= 0 means "use OMP_NUM_THREADS / all cores".
+void backend_cpu_init(Backend *be, int threads);
+// Releases what init acquired (not the buffers the caller allocated).
+void backend_free(Backend *be);
+
+#endif
