@@ -1,0 +1,89 @@
+// config.h: the run configuration. One libconfig file per run (--config FILE) plus
+// --set section.key=value overrides, validated against one schema table (config.c) that
+// is also what docs/config.md documents key by key. The same RunConfig on every rank is
+// checked through config_hash().
+#ifndef ACTLORA_CONFIG_H
+#define ACTLORA_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "actlora/common.h"
+
+#define CONFIG_PATH_MAX 4096
+#define CONFIG_MAX_TARGETS 16
+#define CONFIG_MAX_LAYERS 1024
+
+typedef struct {
+    struct {
+        char path[CONFIG_PATH_MAX];  // Hugging Face model directory (config.json + safetensors)
+        char arch[16];               // "auto" (from config.json model_type) | "llama"
+        char dtype[16];              // compute dtype: "auto" | "fp32" | "bf16" (CPU computes fp32)
+        char init[16];               // "pretrained" | "random" (weights from config.json shapes alone)
+        int num_labels;              // classification classes; 1 = regression
+    } model;
+    struct {
+        int r;
+        double alpha;
+        double dropout;
+        int rslora;                                  // scaling alpha/sqrt(r) instead of alpha/r
+        int n_targets;
+        char targets[CONFIG_MAX_TARGETS][32];        // HF module names, e.g. "q_proj"
+        int all_layers;                              // lora.layers = "all"
+        int n_layers;
+        int layers[CONFIG_MAX_LAYERS];               // else: explicit layer indices, sorted, unique
+    } lora;
+    struct {
+        double lr;
+        char schedule[16];          // "constant" | "linear" | "cosine" (each after linear warmup)
+        int warmup_steps;
+        double weight_decay;
+        double clip;                // max global grad norm; 0 = off
+        double beta1, beta2, eps;
+        int micro_batch;            // sequences per rank per micro-step
+        int grad_accum;             // micro-steps per optimizer step
+        int max_steps;              // optimizer steps
+        int64_t seed;
+    } train;
+    struct {
+        char source[16];            // "synthetic": random token batches from the seed
+        int seq_len;                // max tokens per sequence
+    } data;
+    struct {
+        char dir[CONFIG_PATH_MAX];  // run directory (logs, later checkpoints)
+        char device[16];            // "auto" | "cpu" | "cuda"
+        int threads;                // CPU threads per rank; 0 = OMP_NUM_THREADS or all cores
+        int log_every;              // progress line every N optimizer steps
+    } run;
+} RunConfig;
+
+// Command-line options that are not configuration keys.
+typedef struct {
+    char config_path[CONFIG_PATH_MAX];  // --config FILE ("" if none)
+    int print_config;                   // --print-config: print the effective config and exit
+    int help;                           // --help
+    int version;                        // --version
+} CliArgs;
+
+// Fills every key with its documented default.
+void config_defaults(RunConfig *c);
+// Applies a libconfig file on top of c. Unknown keys fail with "file:line" and a did-you-mean;
+// wrong types and out-of-range values fail naming the key and the allowed range.
+int config_load_file(RunConfig *c, const char *path, Error *err);
+// Applies one "section.key=value" override (value in libconfig syntax, strings may be bare).
+int config_set(RunConfig *c, const char *assignment, Error *err);
+// Cross-key checks (e.g. warmup_steps <= max_steps); per-key ranges are checked on assignment.
+int config_validate(const RunConfig *c, Error *err);
+// defaults -> --config file -> each --set in order -> validate. Fills args.
+int config_parse_args(RunConfig *c, CliArgs *args, int argc, char **argv, Error *err);
+void config_usage(FILE *f);
+// Prints the effective config in libconfig syntax; the output loads back to the same config.
+void config_print(const RunConfig *c, FILE *f);
+// Hash of the printed config: equal on all ranks iff the configs are equal.
+uint64_t config_hash(const RunConfig *c);
+
+// Schema introspection (used by the docs test): number of keys and the i-th "section.key".
+int config_num_keys(void);
+const char *config_key_name(int i);
+
+#endif

@@ -1,0 +1,60 @@
+// hfmodel.h: a Hugging Face model directory: config.json -> ModelConfig, and the weights in
+// model.safetensors or in shards listed by model.safetensors.index.json.
+#ifndef ACTLORA_HFMODEL_H
+#define ACTLORA_HFMODEL_H
+
+#include <stdint.h>
+
+#include "actlora/common.h"
+#include "actlora/safetensors.h"
+
+typedef enum { ARCH_UNKNOWN = 0, ARCH_LLAMA = 1 } ModelArch;
+
+typedef struct {
+    ModelArch arch;
+    char model_type[32];          // as written in config.json
+    int hidden_size;
+    int intermediate_size;
+    int num_hidden_layers;
+    int num_attention_heads;
+    int num_key_value_heads;      // defaults to num_attention_heads
+    int head_dim;                 // defaults to hidden_size / num_attention_heads
+    int vocab_size;
+    int max_position_embeddings;
+    int pad_token_id;             // -1 when null/absent
+    int bos_token_id;             // -1 when null/absent
+    int eos_token_id;             // -1 when null/absent (first id if a list)
+    double rms_norm_eps;
+    double rope_theta;
+    // rope scaling: rope_type "llama3" (transformers' rope_scaling or rope_parameters dict)
+    int rope_llama3;
+    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_position_embeddings;
+    int tie_word_embeddings;
+    int num_labels;               // from num_labels or id2label; 0 when absent
+    char torch_dtype[16];         // "float32" | "bfloat16" | "float16" | "" (informative)
+} ModelConfig;
+
+// Parses config.json text; `source` names the file in messages. Unsupported features
+// (e.g. attention_bias, unknown rope_type, unknown model_type) are errors, never ignored.
+int hfconfig_parse(ModelConfig *mc, const char *json_text, const char *source, Error *err);
+int hfconfig_load(ModelConfig *mc, const char *config_json_path, Error *err);
+
+typedef struct {
+    char *dir;
+    int n_files;
+    SafeTensors *files;
+} HFWeights;
+
+// Opens <dir>/model.safetensors, or every shard named in <dir>/model.safetensors.index.json
+// (checking that every indexed tensor is in the shard the index names).
+int hfweights_open(HFWeights *w, const char *dir, Error *err);
+void hfweights_close(HFWeights *w);
+// Finds a tensor by name in any shard; *file (optional) receives the shard's path.
+const StTensor *hfweights_find(const HFWeights *w, const char *name, const char **file);
+// Reads tensor `name` as fp32 into out after checking it has exactly shape[0..ndim).
+// Errors name the file and tensor and print the expected and found shapes.
+int hfweights_read_f32(const HFWeights *w, const char *name, int ndim, const int64_t *shape, float *out,
+                       Error *err);
+
+#endif
