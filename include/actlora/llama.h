@@ -1,0 +1,80 @@
+// llama.h: Llama (HF LlamaForSequenceClassification semantics) forward and backward over the
+// backend op table, with LoRA adapters from a LoraSet. Frozen base weights live in the model;
+// the trainable adapters and the `score` head live in the LoraSet's flat buffer.
+//
+// Backward stops at the lowest adapted layer: activations are kept only for layers at or above
+// it (layers below run through one scratch set), so memory and backward compute grow with
+// (num_layers - lowest adapted layer).
+#ifndef ACTLORA_LLAMA_H
+#define ACTLORA_LLAMA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actlora/backend.h"
+#include "actlora/data.h"
+#include "actlora/hfmodel.h"
+#include "actlora/lora.h"
+
+typedef struct {
+    float *ln1, *wq, *wk, *wv, *wo, *ln2, *wg, *wu, *wd;
+} LlamaLayer;
+
+typedef struct {
+    float *x_in;                          // [N, C] residual stream entering the layer
+    float *rstd1, *xn1;                   // [N], [N, C]
+    float *q, *k, *v;                     // [N, H*D], [N, KVH*D], [N, KVH*D]; q, k after RoPE
+    float *probs;                         // [B, H, T, T]
+    float *att;                           // [N, H*D] attention output (o_proj input)
+    float *x_mid;                         // [N, C] residual after attention
+    float *rstd2, *xn2;                   // [N], [N, C]
+    float *gate, *up, *h;                 // [N, I]; h = silu(gate) * up (down_proj input)
+    float *lora_a[LORA_NUM_MODULES];      // [N, r] LoRA A-projections (adapted modules only)
+} LlamaActs;
+
+typedef struct {
+    ModelConfig cfg;
+    int num_labels;
+    // frozen weights (backend memory)
+    float *wte;            // [V, C]
+    LlamaLayer *layers;    // [L]
+    float *norm;           // [C]
+    float *rope_cos, *rope_sin;  // [max_T, D/2]
+    int rope_T;
+    // activation memory for batches up to [cap_B, cap_T]
+    int cap_B, cap_T, saved_from;  // layers >= saved_from keep their activations
+    LlamaActs *acts;               // [L - saved_from] saved sets, then 1 scratch set if saved_from > 0
+    float *x_final;                // [N, C] output of the last block
+    float *pooled, *rstd_f, *pooled_n, *logits, *dlogits;  // [B,C], [B], [B,C], [B,K], [B,K]
+    // backward scratch
+    float *dres, *dxn, *dh, *dgate, *dup, *datt, *dq, *dk, *dv, *dpool, *dpool_n, *lora_da, *lora_tmp;
+    // batch on the backend
+    int32_t *d_ids, *d_mask, *d_last, *d_labels_i;
+    float *d_labels_f;
+    int32_t *last;         // host [cap_B]
+    size_t act_bytes;      // bytes of activation + scratch memory
+} Llama;
+
+// Linear shapes of the LoRA-targetable modules.
+void llama_lora_shapes(const ModelConfig *mc, LoraShapes *s);
+// Loads (or, with random_init, draws from `seed`) the frozen base weights of an HF directory.
+void llama_load(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
+                uint64_t seed);
+// Fills the head in ls: `score.weight` from the directory when present with shape
+// [num_labels, hidden], else N(0, 0.02) drawn from `seed` (as transformers initialises a new head).
+// Returns 1 if loaded, 0 if initialised.
+int llama_init_head(Llama *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed);
+// Allocates activation memory for batches up to [B, T] given the adapters' lowest layer.
+void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T);
+void llama_free(Llama *m, Backend *be);
+
+// Forward pass over a batch. Returns the summed per-row loss; logits land in m->logits.
+// With train != 0, also writes dlogits = grad_scale * d(loss sum)/dlogits for llama_backward, and
+// applies LoRA dropout drawn from dropout_key.
+double llama_forward(Llama *m, Backend *be, const LoraSet *ls, const Batch *b, int train, float grad_scale,
+                     uint64_t dropout_key);
+// Backward of the last forward: accumulates (+=) gradients of every adapter and the head into
+// ls->grads, stopping at the lowest adapted layer.
+void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t dropout_key);
+
+#endif

@@ -1,0 +1,456 @@
+// llama.c: Llama sequence classifier with LoRA, forward and backward over the op table.
+//
+// Per block (N = B*T tokens, C hidden, I intermediate, H/KVH heads, D head dim):
+//   xn1 = rmsnorm(x_in)                       q,k,v = xn1 W^T (+ LoRA), RoPE on q,k
+//   att = attention(q, k, v)                  x_mid = x_in + att Wo^T (+ LoRA)
+//   xn2 = rmsnorm(x_mid)                      gate, up = xn2 W^T (+ LoRA)
+//   h = silu(gate) * up                       x_out = x_mid + h Wd^T (+ LoRA)
+// Head: the last real token of each row -> final rmsnorm -> score (HF pools the normed
+// hidden state of the last non-pad token; the norm is per token, so pooling first is exact).
+#include "actlora/llama.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "actlora/common.h"
+#include "actlora/rng.h"
+
+void llama_lora_shapes(const ModelConfig *mc, LoraShapes *s) {
+    int C = mc->hidden_size, I = mc->intermediate_size;
+    int qd = mc->num_attention_heads * mc->head_dim, kvd = mc->num_key_value_heads * mc->head_dim;
+    s->in[LORA_Q] = C;    s->out[LORA_Q] = qd;
+    s->in[LORA_K] = C;    s->out[LORA_K] = kvd;
+    s->in[LORA_V] = C;    s->out[LORA_V] = kvd;
+    s->in[LORA_O] = qd;   s->out[LORA_O] = C;
+    s->in[LORA_GATE] = C; s->out[LORA_GATE] = I;
+    s->in[LORA_UP] = C;   s->out[LORA_UP] = I;
+    s->in[LORA_DOWN] = I; s->out[LORA_DOWN] = C;
+}
+
+// ---------------------------------------------------------------------------- loading
+
+// Standard normal draws from a counter-based stream (Box-Muller on two uniforms).
+static void fill_normal(float *x, size_t n, float std, uint64_t key) {
+    for (size_t i = 0; i < n; i++) {
+        double u1 = (double)rng_uniform(key, 2 * i) + 1.0 / 33554432.0;  // (0, 1]
+        double u2 = (double)rng_uniform(key, 2 * i + 1);
+        x[i] = (float)(std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+    }
+}
+
+// Reads one tensor (or draws it) into freshly allocated backend memory.
+static float *load_tensor(Backend *be, const HFWeights *w, const char *name, int ndim, int64_t d0, int64_t d1,
+                          int random_init, uint64_t seed, int is_norm) {
+    int64_t shape[2] = {d0, d1};
+    size_t n = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
+    float *host = xmalloc(n * sizeof(float), name);
+    if (random_init) {
+        if (is_norm)
+            for (size_t i = 0; i < n; i++) host[i] = 1.0f;
+        else
+            fill_normal(host, n, 0.02f, rng_key(seed, fnv1a64(FNV64_INIT, name, strlen(name))));
+    } else {
+        Error err;
+        if (hfweights_read_f32(w, name, ndim, shape, host, &err) != 0) die("%s", err.msg);
+    }
+    float *dev = be->alloc(be, n * sizeof(float), name);
+    be->upload(be, dev, host, n * sizeof(float));
+    free(host);
+    return dev;
+}
+
+// RoPE tables in HF's convention, with rope_type "llama3" frequency scaling.
+static void rope_tables(const ModelConfig *mc, int T, float *cos_t, float *sin_t) {
+    int D = mc->head_dim, half = D / 2;
+    for (int i = 0; i < half; i++) {
+        double inv = 1.0 / pow(mc->rope_theta, (double)(2 * i) / (double)D);
+        if (mc->rope_llama3) {
+            double old = (double)mc->rope_original_max_position_embeddings;
+            double low_wl = old / mc->rope_low_freq_factor, high_wl = old / mc->rope_high_freq_factor;
+            double wl = 2.0 * M_PI / inv;
+            if (wl > low_wl) {
+                inv = inv / mc->rope_factor;  // low frequencies: fully scaled
+            } else if (!(wl < high_wl)) {     // medium: smooth interpolation
+                double s = (old / wl - mc->rope_low_freq_factor) /
+                           (mc->rope_high_freq_factor - mc->rope_low_freq_factor);
+                inv = (1.0 - s) * inv / mc->rope_factor + s * inv;
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            cos_t[t * half + i] = (float)cos((double)t * inv);
+            sin_t[t * half + i] = (float)sin((double)t * inv);
+        }
+    }
+}
+
+void llama_load(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
+                uint64_t seed) {
+    memset(m, 0, sizeof *m);
+    check(mc->arch == ARCH_LLAMA, "%s: model_type '%s' is not a Llama model", dir, mc->model_type);
+    m->cfg = *mc;
+    m->num_labels = num_labels;
+    HFWeights w = {0};
+    if (!random_init) {
+        Error err;
+        if (hfweights_open(&w, dir, &err) != 0) die("%s", err.msg);
+    }
+    int L = mc->num_hidden_layers, C = mc->hidden_size, I = mc->intermediate_size, V = mc->vocab_size;
+    int qd = mc->num_attention_heads * mc->head_dim, kvd = mc->num_key_value_heads * mc->head_dim;
+    m->wte = load_tensor(be, &w, "model.embed_tokens.weight", 2, V, C, random_init, seed, 0);
+    m->norm = load_tensor(be, &w, "model.norm.weight", 1, C, 0, random_init, seed, 1);
+    m->layers = xcalloc((size_t)L, sizeof(LlamaLayer), "layers");
+    char name[160];
+#define LAYER_TENSOR(field, suffix, nd, a, b, norm)                                          \
+    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                             \
+    m->layers[l].field = load_tensor(be, &w, name, nd, a, b, random_init, seed, norm)
+    for (int l = 0; l < L; l++) {
+        LAYER_TENSOR(ln1, "input_layernorm.weight", 1, C, 0, 1);
+        LAYER_TENSOR(wq, "self_attn.q_proj.weight", 2, qd, C, 0);
+        LAYER_TENSOR(wk, "self_attn.k_proj.weight", 2, kvd, C, 0);
+        LAYER_TENSOR(wv, "self_attn.v_proj.weight", 2, kvd, C, 0);
+        LAYER_TENSOR(wo, "self_attn.o_proj.weight", 2, C, qd, 0);
+        LAYER_TENSOR(ln2, "post_attention_layernorm.weight", 1, C, 0, 1);
+        LAYER_TENSOR(wg, "mlp.gate_proj.weight", 2, I, C, 0);
+        LAYER_TENSOR(wu, "mlp.up_proj.weight", 2, I, C, 0);
+        LAYER_TENSOR(wd, "mlp.down_proj.weight", 2, C, I, 0);
+    }
+#undef LAYER_TENSOR
+    if (!random_init) hfweights_close(&w);
+    m->rope_T = mc->max_position_embeddings;
+    size_t rn = (size_t)m->rope_T * (size_t)(mc->head_dim / 2);
+    float *c = xmalloc(rn * sizeof(float), "rope cos"), *s = xmalloc(rn * sizeof(float), "rope sin");
+    rope_tables(mc, m->rope_T, c, s);
+    m->rope_cos = be->alloc(be, rn * sizeof(float), "rope cos");
+    m->rope_sin = be->alloc(be, rn * sizeof(float), "rope sin");
+    be->upload(be, m->rope_cos, c, rn * sizeof(float));
+    be->upload(be, m->rope_sin, s, rn * sizeof(float));
+    free(c);
+    free(s);
+}
+
+int llama_init_head(Llama *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed) {
+    size_t n = (size_t)m->num_labels * (size_t)m->cfg.hidden_size;
+    float *host = xmalloc(n * sizeof(float), "score head");
+    int loaded = 0;
+    if (!random_init) {
+        HFWeights w;
+        Error err;
+        if (hfweights_open(&w, dir, &err) != 0) die("%s", err.msg);
+        const StTensor *t = hfweights_find(&w, "score.weight", NULL);
+        if (t && t->ndim == 2 && t->shape[0] == m->num_labels && t->shape[1] == m->cfg.hidden_size) {
+            int64_t shape[2] = {m->num_labels, m->cfg.hidden_size};
+            if (hfweights_read_f32(&w, "score.weight", 2, shape, host, &err) != 0) die("%s", err.msg);
+            loaded = 1;
+        }
+        hfweights_close(&w);
+    }
+    if (!loaded) fill_normal(host, n, 0.02f, rng_key(seed, 0x5c03e));
+    be->upload(be, ls->params + ls->head_off, host, n * sizeof(float));
+    free(host);
+    return loaded;
+}
+
+// ---------------------------------------------------------------------------- activations
+
+void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
+    const ModelConfig *mc = &m->cfg;
+    check(T <= m->rope_T, "sequence length %d exceeds the model's max_position_embeddings %d", T, m->rope_T);
+    int L = mc->num_hidden_layers, C = mc->hidden_size, I = mc->intermediate_size, K = m->num_labels;
+    size_t N = (size_t)B * T, H = mc->num_attention_heads, qd = H * mc->head_dim,
+           kvd = (size_t)mc->num_key_value_heads * mc->head_dim, r = (size_t)ls->r;
+    m->cap_B = B;
+    m->cap_T = T;
+    m->saved_from = ls->lowest_layer < L ? ls->lowest_layer : L;
+    int n_sets = (L - m->saved_from) + (m->saved_from > 0 ? 1 : 0);
+    m->acts = xcalloc((size_t)n_sets, sizeof(LlamaActs), "activation sets");
+    size_t bytes = 0;
+#define ACT(ptr, count)                                                    \
+    do {                                                                   \
+        size_t _b = (size_t)(count) * sizeof(float);                       \
+        (ptr) = be->alloc(be, _b, #ptr);                                   \
+        bytes += _b;                                                       \
+    } while (0)
+    for (int s = 0; s < n_sets; s++) {
+        LlamaActs *a = &m->acts[s];
+        ACT(a->x_in, N * C);
+        ACT(a->rstd1, N);
+        ACT(a->xn1, N * C);
+        ACT(a->q, N * qd);
+        ACT(a->k, N * kvd);
+        ACT(a->v, N * kvd);
+        ACT(a->probs, (size_t)B * H * T * T);
+        ACT(a->att, N * qd);
+        ACT(a->x_mid, N * C);
+        ACT(a->rstd2, N);
+        ACT(a->xn2, N * C);
+        ACT(a->gate, N * I);
+        ACT(a->up, N * I);
+        ACT(a->h, N * I);
+        int layer = m->saved_from + s;  // the scratch set (layer >= L) has no adapters
+        for (int mod = 0; mod < LORA_NUM_MODULES && layer < L; mod++)
+            if (lora_find(ls, layer, (LoraModule)mod) >= 0) ACT(a->lora_a[mod], N * r);
+    }
+    ACT(m->x_final, N * C);
+    ACT(m->pooled, (size_t)B * C);
+    ACT(m->rstd_f, B);
+    ACT(m->pooled_n, (size_t)B * C);
+    ACT(m->logits, (size_t)B * K);
+    ACT(m->dlogits, (size_t)B * K);
+    ACT(m->dpool, (size_t)B * C);
+    ACT(m->dpool_n, (size_t)B * C);
+    if (m->saved_from < L) {  // backward scratch only when something below the head is trained
+        size_t wide = (size_t)(I > C ? I : C);
+        if (qd > wide) wide = qd;
+        ACT(m->dres, N * C);
+        ACT(m->dxn, N * C);
+        ACT(m->dh, N * I);
+        ACT(m->dgate, N * I);
+        ACT(m->dup, N * I);
+        ACT(m->datt, N * qd);
+        ACT(m->dq, N * qd);
+        ACT(m->dk, N * kvd);
+        ACT(m->dv, N * kvd);
+        ACT(m->lora_da, N * r);
+        ACT(m->lora_tmp, N * wide);
+    }
+#undef ACT
+    m->d_ids = be->alloc(be, N * sizeof(int32_t), "batch ids");
+    m->d_mask = be->alloc(be, N * sizeof(int32_t), "batch mask");
+    m->d_last = be->alloc(be, (size_t)B * sizeof(int32_t), "batch last index");
+    m->d_labels_i = be->alloc(be, (size_t)B * sizeof(int32_t), "batch labels");
+    m->d_labels_f = be->alloc(be, (size_t)B * sizeof(float), "batch labels");
+    m->last = xmalloc((size_t)B * sizeof(int32_t), "last index");
+    m->act_bytes = bytes;
+}
+
+void llama_free(Llama *m, Backend *be) {
+    int L = m->cfg.num_hidden_layers;
+    for (int l = 0; l < L && m->layers; l++) {
+        LlamaLayer *w = &m->layers[l];
+        float *p[] = {w->ln1, w->wq, w->wk, w->wv, w->wo, w->ln2, w->wg, w->wu, w->wd};
+        for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) be->free(be, p[i]);
+    }
+    free(m->layers);
+    be->free(be, m->wte);
+    be->free(be, m->norm);
+    be->free(be, m->rope_cos);
+    be->free(be, m->rope_sin);
+    if (m->acts) {
+        int n_sets = (L - m->saved_from) + (m->saved_from > 0 ? 1 : 0);
+        for (int s = 0; s < n_sets; s++) {
+            LlamaActs *a = &m->acts[s];
+            float *p[] = {a->x_in, a->rstd1, a->xn1, a->q, a->k, a->v, a->probs, a->att,
+                          a->x_mid, a->rstd2, a->xn2, a->gate, a->up, a->h};
+            for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) be->free(be, p[i]);
+            for (int mod = 0; mod < LORA_NUM_MODULES; mod++)
+                if (a->lora_a[mod]) be->free(be, a->lora_a[mod]);
+        }
+        free(m->acts);
+        float *p[] = {m->x_final, m->pooled, m->rstd_f, m->pooled_n, m->logits, m->dlogits, m->dpool,
+                      m->dpool_n, m->dres, m->dxn, m->dh, m->dgate, m->dup, m->datt, m->dq, m->dk,
+                      m->dv, m->lora_da, m->lora_tmp, m->d_labels_f};
+        for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+            if (p[i]) be->free(be, p[i]);
+        be->free(be, m->d_ids);
+        be->free(be, m->d_mask);
+        be->free(be, m->d_last);
+        be->free(be, m->d_labels_i);
+        free(m->last);
+    }
+    memset(m, 0, sizeof *m);
+}
+
+// ---------------------------------------------------------------------------- LoRA pieces
+
+static uint64_t lora_key(uint64_t key, int layer, int module) {
+    return rng_key(rng_key(key, (uint64_t)layer), (uint64_t)module);
+}
+
+// Y[N,out] += s * dropout(X)[N,in] A^T B^T; a_out[N,r] keeps dropout(X) A^T for backward.
+static void lora_forward(Backend *be, const LoraSet *ls, int idx, const float *X, float *Y, float *a_out, int N,
+                         int train, uint64_t key, float *scratch) {
+    const LoraAdapter *ad = &ls->ad[idx];
+    const float *A = ls->params + ad->a_off, *Bw = ls->params + ad->b_off;
+    const float *Xd = X;
+    if (train && ls->dropout > 0.0f) {
+        be->dropout(be, scratch, X, (size_t)N * ad->in, ls->dropout, lora_key(key, ad->layer, ad->module));
+        Xd = scratch;
+    }
+    be->gemm(be, 0, 1, N, ls->r, ad->in, 1.0f, Xd, A, 0.0f, a_out);
+    be->gemm(be, 0, 1, N, ad->out, ls->r, ls->scaling, a_out, Bw, 1.0f, Y);
+}
+
+// Given dY [N,out]: dB += s dY^T a; da = s dY B; dA += da^T dropout(X); dX += dropout'(da A).
+static void lora_backward(Llama *m, Backend *be, LoraSet *ls, int idx, const float *X, const float *dY,
+                          const float *a_saved, float *dX, int N, uint64_t key) {
+    const LoraAdapter *ad = &ls->ad[idx];
+    const float *A = ls->params + ad->a_off, *Bw = ls->params + ad->b_off;
+    float *dA = ls->grads + ad->a_off, *dB = ls->grads + ad->b_off;
+    int r = ls->r;
+    uint64_t k = lora_key(key, ad->layer, ad->module);
+    be->gemm(be, 1, 0, ad->out, r, N, ls->scaling, dY, a_saved, 1.0f, dB);
+    be->gemm(be, 0, 0, N, r, ad->out, ls->scaling, dY, Bw, 0.0f, m->lora_da);
+    const float *Xd = X;
+    if (ls->dropout > 0.0f) {
+        be->dropout(be, m->lora_tmp, X, (size_t)N * ad->in, ls->dropout, k);
+        Xd = m->lora_tmp;
+    }
+    be->gemm(be, 1, 0, r, ad->in, N, 1.0f, m->lora_da, Xd, 1.0f, dA);
+    if (!dX) return;
+    if (ls->dropout > 0.0f) {  // the same mask scales the input gradient
+        be->gemm(be, 0, 0, N, ad->in, r, 1.0f, m->lora_da, A, 0.0f, m->lora_tmp);
+        be->dropout(be, m->lora_tmp, m->lora_tmp, (size_t)N * ad->in, ls->dropout, k);
+        be->add(be, dX, m->lora_tmp, (size_t)N * ad->in);
+    } else {
+        be->gemm(be, 0, 0, N, ad->in, r, 1.0f, m->lora_da, A, 1.0f, dX);
+    }
+}
+
+// ---------------------------------------------------------------------------- forward
+
+static LlamaActs *acts_for(Llama *m, int l) {
+    return l >= m->saved_from ? &m->acts[l - m->saved_from] : &m->acts[m->cfg.num_hidden_layers - m->saved_from];
+}
+
+// One block: a->x_in -> out (out may alias a->x_in: it is written only after x_in is consumed).
+static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, LlamaActs *a, float *out, int B, int T,
+                          int train, uint64_t key) {
+    const ModelConfig *mc = &m->cfg;
+    const LlamaLayer *w = &m->layers[l];
+    int N = B * T, C = mc->hidden_size, I = mc->intermediate_size, H = mc->num_attention_heads,
+        KVH = mc->num_key_value_heads, D = mc->head_dim, qd = H * D, kvd = KVH * D;
+    float eps = (float)mc->rms_norm_eps;
+    float *scratch = m->lora_tmp;  // dropout buffer, only used when training (then allocated)
+#define LORA_FWD(mod, X, Y)                                                               \
+    do {                                                                                  \
+        int _i = lora_find(ls, l, mod);                                                   \
+        if (_i >= 0) lora_forward(be, ls, _i, X, Y, a->lora_a[mod], N, train, key, scratch); \
+    } while (0)
+    be->rmsnorm_fwd(be, a->xn1, a->rstd1, a->x_in, w->ln1, N, C, eps);
+    be->gemm(be, 0, 1, N, qd, C, 1.0f, a->xn1, w->wq, 0.0f, a->q);
+    be->gemm(be, 0, 1, N, kvd, C, 1.0f, a->xn1, w->wk, 0.0f, a->k);
+    be->gemm(be, 0, 1, N, kvd, C, 1.0f, a->xn1, w->wv, 0.0f, a->v);
+    LORA_FWD(LORA_Q, a->xn1, a->q);
+    LORA_FWD(LORA_K, a->xn1, a->k);
+    LORA_FWD(LORA_V, a->xn1, a->v);
+    be->rope_fwd(be, a->q, m->rope_cos, m->rope_sin, B, T, H, D);
+    be->rope_fwd(be, a->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
+    be->attention_fwd(be, a->att, a->probs, a->q, a->k, a->v, m->d_mask, B, T, H, KVH, D);
+    be->copy(be, a->x_mid, a->x_in, (size_t)N * C * sizeof(float));  // residual, then += o_proj
+    be->gemm(be, 0, 1, N, C, qd, 1.0f, a->att, w->wo, 1.0f, a->x_mid);
+    LORA_FWD(LORA_O, a->att, a->x_mid);
+    be->rmsnorm_fwd(be, a->xn2, a->rstd2, a->x_mid, w->ln2, N, C, eps);
+    be->gemm(be, 0, 1, N, I, C, 1.0f, a->xn2, w->wg, 0.0f, a->gate);
+    be->gemm(be, 0, 1, N, I, C, 1.0f, a->xn2, w->wu, 0.0f, a->up);
+    LORA_FWD(LORA_GATE, a->xn2, a->gate);
+    LORA_FWD(LORA_UP, a->xn2, a->up);
+    be->swiglu_fwd(be, a->h, a->gate, a->up, (size_t)N * I);
+    be->copy(be, out, a->x_mid, (size_t)N * C * sizeof(float));
+    be->gemm(be, 0, 1, N, C, I, 1.0f, a->h, w->wd, 1.0f, out);
+    LORA_FWD(LORA_DOWN, a->h, out);
+#undef LORA_FWD
+}
+
+double llama_forward(Llama *m, Backend *be, const LoraSet *ls, const Batch *b, int train, float grad_scale,
+                     uint64_t dropout_key) {
+    const ModelConfig *mc = &m->cfg;
+    int B = b->B, T = b->T, L = mc->num_hidden_layers, C = mc->hidden_size, K = m->num_labels;
+    check(B <= m->cap_B && T <= m->cap_T, "batch [%d, %d] exceeds the activation memory planned for [%d, %d]", B,
+          T, m->cap_B, m->cap_T);
+    int N = B * T;
+    for (int i = 0; i < B; i++) {  // right padding: pool at the last real token
+        int last = -1;
+        for (int t = 0; t < T; t++)
+            if (b->mask[i * T + t]) last = t;
+        check(last >= 0, "batch row %d has no real token", i);
+        m->last[i] = last;
+    }
+    for (int i = 0; i < N; i++)
+        check(b->ids[i] >= 0 && b->ids[i] < mc->vocab_size, "token id %d at position %d is outside the vocabulary (0..%d)",
+              b->ids[i], i, mc->vocab_size - 1);
+    be->upload(be, m->d_ids, b->ids, (size_t)N * sizeof(int32_t));
+    be->upload(be, m->d_mask, b->mask, (size_t)N * sizeof(int32_t));
+    be->upload(be, m->d_last, m->last, (size_t)B * sizeof(int32_t));
+    if (K > 1) be->upload(be, m->d_labels_i, b->labels_i, (size_t)B * sizeof(int32_t));
+    else be->upload(be, m->d_labels_f, b->labels_f, (size_t)B * sizeof(float));
+
+    be->embedding_fwd(be, acts_for(m, 0)->x_in, m->d_ids, m->wte, N, C);
+    for (int l = 0; l < L; l++) {
+        LlamaActs *a = acts_for(m, l);
+        float *out = l + 1 == L ? m->x_final : acts_for(m, l + 1)->x_in;
+        block_forward(m, be, ls, l, a, out, B, T, train, dropout_key);
+    }
+    be->pool_last_fwd(be, m->pooled, m->x_final, m->d_last, B, T, C);
+    be->rmsnorm_fwd(be, m->pooled_n, m->rstd_f, m->pooled, m->norm, B, C, (float)mc->rms_norm_eps);
+    be->gemm(be, 0, 1, B, K, C, 1.0f, m->pooled_n, ls->params + ls->head_off, 0.0f, m->logits);
+    double loss_sum = 0.0;
+    be->loss_fwd_bwd(be, &loss_sum, m->dlogits, m->logits, m->d_labels_i, m->d_labels_f, B, K,
+                     train ? grad_scale : 0.0f);
+    return loss_sum;
+}
+
+// ---------------------------------------------------------------------------- backward
+
+void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t key) {
+    const ModelConfig *mc = &m->cfg;
+    int B = b->B, T = b->T, N = B * T, L = mc->num_hidden_layers, C = mc->hidden_size,
+        I = mc->intermediate_size, H = mc->num_attention_heads, KVH = mc->num_key_value_heads, D = mc->head_dim,
+        qd = H * D, kvd = KVH * D, K = m->num_labels;
+    // head: logits = pooled_n score^T
+    const float *score = ls->params + ls->head_off;
+    be->gemm(be, 1, 0, K, C, B, 1.0f, m->dlogits, m->pooled_n, 1.0f, ls->grads + ls->head_off);
+    if (ls->lowest_layer >= L) return;  // only the head is trained
+    be->gemm(be, 0, 0, B, C, K, 1.0f, m->dlogits, score, 0.0f, m->dpool_n);
+    be->zero(be, m->dpool, (size_t)B * C * sizeof(float));
+    be->rmsnorm_bwd(be, m->dpool, m->dpool_n, m->pooled, m->norm, m->rstd_f, B, C);
+    be->zero(be, m->dres, (size_t)N * C * sizeof(float));
+    be->pool_last_bwd(be, m->dres, m->dpool, m->d_last, B, T, C);
+
+    for (int l = L - 1; l >= ls->lowest_layer; l--) {
+        LlamaActs *a = acts_for(m, l);
+        const LlamaLayer *w = &m->layers[l];
+        int lowest = l == ls->lowest_layer;
+        int has_q = lora_find(ls, l, LORA_Q) >= 0, has_k = lora_find(ls, l, LORA_K) >= 0,
+            has_v = lora_find(ls, l, LORA_V) >= 0, has_o = lora_find(ls, l, LORA_O) >= 0;
+        int need_att = !lowest || has_q || has_k || has_v || has_o;  // anything to learn below the MLP?
+        int need_qkv = !lowest || has_q || has_k || has_v;
+#define LORA_BWD(mod, X, dY, dX)                                                     \
+    do {                                                                             \
+        int _i = lora_find(ls, l, mod);                                              \
+        if (_i >= 0) lora_backward(m, be, ls, _i, X, dY, a->lora_a[mod], dX, N, key); \
+    } while (0)
+        // MLP: out = x_mid + h Wd^T; dres is d(out)
+        be->gemm(be, 0, 0, N, I, C, 1.0f, m->dres, w->wd, 0.0f, m->dh);
+        LORA_BWD(LORA_DOWN, a->h, m->dres, m->dh);
+        be->swiglu_bwd(be, m->dgate, m->dup, m->dh, a->gate, a->up, (size_t)N * I);
+        float *dxn2 = need_att ? m->dxn : NULL;
+        if (need_att) {
+            be->gemm(be, 0, 0, N, C, I, 1.0f, m->dgate, w->wg, 0.0f, m->dxn);
+            be->gemm(be, 0, 0, N, C, I, 1.0f, m->dup, w->wu, 1.0f, m->dxn);
+        }
+        LORA_BWD(LORA_GATE, a->xn2, m->dgate, dxn2);
+        LORA_BWD(LORA_UP, a->xn2, m->dup, dxn2);
+        if (!need_att) break;
+        be->rmsnorm_bwd(be, m->dres, m->dxn, a->x_mid, w->ln2, a->rstd2, N, C);  // dres = d(x_mid)
+        // attention: x_mid = x_in + att Wo^T
+        be->gemm(be, 0, 0, N, qd, C, 1.0f, m->dres, w->wo, 0.0f, m->datt);
+        LORA_BWD(LORA_O, a->att, m->dres, need_qkv ? m->datt : NULL);
+        if (!need_qkv) break;
+        be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);
+        be->rope_bwd(be, m->dq, m->rope_cos, m->rope_sin, B, T, H, D);
+        be->rope_bwd(be, m->dk, m->rope_cos, m->rope_sin, B, T, KVH, D);
+        float *dxn1 = lowest ? NULL : m->dxn;
+        if (!lowest) {
+            be->gemm(be, 0, 0, N, C, qd, 1.0f, m->dq, w->wq, 0.0f, m->dxn);
+            be->gemm(be, 0, 0, N, C, kvd, 1.0f, m->dk, w->wk, 1.0f, m->dxn);
+            be->gemm(be, 0, 0, N, C, kvd, 1.0f, m->dv, w->wv, 1.0f, m->dxn);
+        }
+        LORA_BWD(LORA_Q, a->xn1, m->dq, dxn1);
+        LORA_BWD(LORA_K, a->xn1, m->dk, dxn1);
+        LORA_BWD(LORA_V, a->xn1, m->dv, dxn1);
+        if (!lowest) be->rmsnorm_bwd(be, m->dres, m->dxn, a->x_in, w->ln1, a->rstd1, N, C);  // dres = d(x_in)
+#undef LORA_BWD
+    }
+}

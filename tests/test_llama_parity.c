@@ -1,0 +1,199 @@
+// test_llama_parity.c: the Llama + LoRA forward, backward and AdamW trajectory against fixtures
+// written by HF transformers + PEFT (tools/gen_reference.py; tests/fixtures/README.md says how
+// to regenerate them). Covers a classification head (cross-entropy) and a regression head (MSE,
+// rsLoRA), LoRA on non-contiguous layers and several modules with non-zero B, a padded batch of
+// mixed lengths, and 10 AdamW steps with warmup, a decaying schedule and clipping.
+//
+// Tolerances (fp32 on both sides, different summation orders): logits and loss 1e-5 relative,
+// gradients 1e-4 relative to the largest element of the tensor, trajectory losses 1e-4,
+// parameters after 10 steps 1e-4 relative to the tensor's largest element.
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "actlora/backend.h"
+#include "actlora/hfmodel.h"
+#include "actlora/llama.h"
+#include "actlora/lora.h"
+#include "actlora/optim.h"
+#include "actlora/safetensors.h"
+#include "test_util.h"
+
+static const StTensor *need(const SafeTensors *st, const char *name) {
+    const StTensor *t = safetensors_find(st, name);
+    if (!t) {
+        fprintf(stderr, "fixture %s lacks tensor '%s'\n", st->path, name);
+        exit(1);
+    }
+    return t;
+}
+
+// Max |a-b| relative to max |b| over the tensor (gradients of tiny elements are noise-dominated).
+static double rel_to_max(const float *a, const float *b, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= num)) num = d;
+        if (fabs((double)b[i]) > den) den = fabs((double)b[i]);
+    }
+    return num / (den > 0 ? den : 1.0);
+}
+
+static int json_int(const cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valueint; }
+static double json_num(const cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valuedouble; }
+
+static void run_case(TestCounts *tc, const char *root, const char *fixture) {
+    char path[4096];
+    Error err;
+    snprintf(path, sizeof path, "%s/tests/fixtures/%s", root, fixture);
+    SafeTensors st;
+    if (safetensors_open(&st, path, &err) != 0) {
+        T_CHECK(tc, 0, "%s", err.msg);
+        return;
+    }
+    cJSON *meta = cJSON_Parse(safetensors_meta(&st, "config"));
+    T_CHECK(tc, meta != NULL, "%s: metadata 'config' is not JSON", fixture);
+    if (!meta) return;
+    char dir[2048];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", root, cJSON_GetObjectItem(meta, "model_dir")->valuestring);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    ModelConfig mc;
+    if (hfconfig_load(&mc, path, &err) != 0) {
+        T_CHECK(tc, 0, "%s", err.msg);
+        return;
+    }
+    int K = json_int(meta, "num_labels");
+    Backend be;
+    backend_cpu_init(&be, 0);
+    Llama model;
+    llama_load(&model, &be, dir, &mc, K, 0, 0);
+
+    // adapters exactly as PEFT was configured
+    int layers[64], nl = 0, modules[LORA_NUM_MODULES], nm = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "layers")) layers[nl++] = it->valueint;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "target_modules")) modules[nm++] =
+        lora_module_parse(it->valuestring);
+    LoraShapes shapes;
+    llama_lora_shapes(&mc, &shapes);
+    LoraSet ls;
+    lora_init(&ls, &be, &shapes, mc.num_hidden_layers, layers, nl, modules, nm, json_int(meta, "r"),
+              json_num(meta, "lora_alpha"), cJSON_IsTrue(cJSON_GetObjectItem(meta, "use_rslora")),
+              json_num(meta, "lora_dropout"), K, mc.hidden_size);
+    // initial values of every trainable tensor from the fixture; every fixture tensor must map
+    int n_init = 0;
+    for (int i = 0; i < st.n; i++) {
+        const char *name = st.tensors[i].name;
+        if (strncmp(name, "init.", 5) != 0) continue;
+        size_t off, numel;
+        int found = lora_param_lookup(&ls, name + 5, &off, &numel) == 0;
+        T_CHECK(tc, found && numel == st.tensors[i].numel, "%s: %s has no matching trainable tensor", fixture, name);
+        if (found && numel == st.tensors[i].numel) st_to_f32(&st.tensors[i], ls.params + off);
+        n_init++;
+    }
+    T_CHECK(tc, n_init == 2 * ls.n + 1, "%s: %d init tensors, expected %d (2 per adapter + head)", fixture, n_init,
+            2 * ls.n + 1);
+
+    const StTensor *ids = need(&st, "input_ids");
+    int B = (int)ids->shape[0], T = (int)ids->shape[1];
+    Batch b;
+    batch_init(&b, B, T);
+    st_to_i32(ids, path, b.ids, &err);
+    st_to_i32(need(&st, "attention_mask"), path, b.mask, &err);
+    if (K > 1) st_to_i32(need(&st, "labels"), path, b.labels_i, &err);
+    else st_to_f32(need(&st, "labels"), b.labels_f);
+    llama_alloc_acts(&model, &be, &ls, B, T);
+
+    // ---- forward + backward at the initial parameters (loss = mean over rows)
+    be.zero(&be, ls.grads, ls.numel * sizeof(float));
+    double loss = llama_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0) / B;
+    llama_backward(&model, &be, &ls, &b, 0);
+    float ref_logits[64], ref_loss;
+    st_to_f32(need(&st, "logits"), ref_logits);
+    st_to_f32(need(&st, "loss"), &ref_loss);
+    char what[256];
+    snprintf(what, sizeof what, "%s logits", fixture);
+    T_CLOSE(tc, model.logits, ref_logits, (size_t)B * K, 1e-5, 1e-3, what);
+    size_t wl;
+    double logits_err = t_max_rel_err(model.logits, ref_logits, (size_t)B * K, 1e-3, &wl);
+    float lossf = (float)loss;
+    snprintf(what, sizeof what, "%s loss", fixture);
+    T_CLOSE(tc, &lossf, &ref_loss, 1, 1e-5, 0.0, what);
+    double worst_grad = 0.0;
+    for (int i = 0; i < st.n; i++) {
+        const char *name = st.tensors[i].name;
+        if (strncmp(name, "grad.", 5) != 0) continue;
+        size_t off, numel;
+        if (lora_param_lookup(&ls, name + 5, &off, &numel) != 0) {
+            T_CHECK(tc, 0, "%s: %s has no matching trainable tensor", fixture, name);
+            continue;
+        }
+        float *ref = xmalloc(numel * sizeof(float), "ref grad");
+        st_to_f32(&st.tensors[i], ref);
+        double e = rel_to_max(ls.grads + off, ref, numel);
+        if (e > worst_grad) worst_grad = e;
+        T_CHECK(tc, e <= 1e-4, "%s: %s max err %.3g of max |grad| (limit 1e-4)", fixture, name, e);
+        free(ref);
+    }
+
+    // ---- 10 AdamW steps on the same batch, transformers' schedule, torch's clipping
+    const cJSON *betas = cJSON_GetObjectItem(meta, "betas");
+    OptimConfig oc = {.lr = json_num(meta, "lr"),
+                      .kind = (ScheduleKind)optim_schedule_parse(cJSON_GetObjectItem(meta, "schedule")->valuestring),
+                      .warmup_steps = json_int(meta, "warmup_steps"), .total_steps = json_int(meta, "steps"),
+                      .beta1 = cJSON_GetArrayItem(betas, 0)->valuedouble,
+                      .beta2 = cJSON_GetArrayItem(betas, 1)->valuedouble, .eps = json_num(meta, "eps"),
+                      .weight_decay = json_num(meta, "weight_decay"), .clip = json_num(meta, "max_grad_norm")};
+    int S = oc.total_steps;
+    float traj_loss[64], traj_lr[64], traj_norm[64], my_loss[64], my_lr[64], my_norm[64];
+    st_to_f32(need(&st, "traj.loss"), traj_loss);
+    st_to_f32(need(&st, "traj.lr"), traj_lr);
+    st_to_f32(need(&st, "traj.grad_norm"), traj_norm);
+    for (int s = 0; s < S; s++) {
+        be.zero(&be, ls.grads, ls.numel * sizeof(float));
+        my_loss[s] = (float)(llama_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0) / B);
+        llama_backward(&model, &be, &ls, &b, 0);
+        my_lr[s] = (float)optim_lr_at(&oc, s);
+        my_norm[s] = (float)optim_clip(&oc, &be, &ls);
+        optim_step(&oc, &be, &ls, optim_lr_at(&oc, s), s + 1);
+    }
+    snprintf(what, sizeof what, "%s trajectory lr", fixture);
+    T_CLOSE(tc, my_lr, traj_lr, (size_t)S, 1e-6, 1e-12, what);
+    snprintf(what, sizeof what, "%s trajectory loss", fixture);
+    T_CLOSE(tc, my_loss, traj_loss, (size_t)S, 1e-4, 0.0, what);
+    snprintf(what, sizeof what, "%s trajectory grad norm", fixture);
+    T_CLOSE(tc, my_norm, traj_norm, (size_t)S, 1e-4, 0.0, what);
+    double worst_final = 0.0;
+    for (int i = 0; i < st.n; i++) {
+        const char *name = st.tensors[i].name;
+        if (strncmp(name, "final.", 6) != 0) continue;
+        size_t off, numel;
+        if (lora_param_lookup(&ls, name + 6, &off, &numel) != 0) continue;
+        float *ref = xmalloc(numel * sizeof(float), "ref final");
+        st_to_f32(&st.tensors[i], ref);
+        double e = rel_to_max(ls.params + off, ref, numel);
+        if (e > worst_final) worst_final = e;
+        T_CHECK(tc, e <= 1e-4, "%s: %s after %d steps: max err %.3g of max |param|", fixture, name, S, e);
+        free(ref);
+    }
+    printf("%s: logits err %.2e, loss err %.2e, worst grad err %.2e, trajectory loss err %.2e, final params "
+           "err %.2e\n", fixture, logits_err,
+           fabs(loss - ref_loss) / fabs(ref_loss), worst_grad, t_max_rel_err(my_loss, traj_loss, (size_t)S, 0.0, &wl),
+           worst_final);
+    batch_free(&b);
+    llama_free(&model, &be);
+    lora_free(&ls, &be);
+    backend_free(&be);
+    cJSON_Delete(meta);
+    safetensors_close(&st);
+}
+
+int main(int argc, char **argv) {
+    const char *root = argc > 1 ? argv[1] : ".";
+    TestCounts tc = {0};
+    run_case(&tc, root, "llama_cls.safetensors");
+    run_case(&tc, root, "llama_reg.safetensors");
+    return t_finish(&tc, "test_llama_parity");
+}

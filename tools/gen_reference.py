@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""Write the HF transformers + PEFT reference fixtures the C tests compare against.
+
+What it is
+    Loads the random tiny model written by ``tools/make_tiny_model.py``
+    (tests/fixtures/tiny-llama) in fp32 with ``attn_implementation="eager"``, wraps it
+    with PEFT LoRA (``task_type="SEQ_CLS"``, which adds ``modules_to_save=["classifier",
+    "score"]``, so the head ``score`` is trained in full), ``init_lora_weights=False``
+    (A and B both keep nn.Linear's kaiming-uniform init, so B != 0 and A gets gradients),
+    ``lora_dropout=0``, and records, for one fixed padded batch:
+
+      input_ids [B,T] I32, attention_mask [B,T] I32, labels [B] (I32 cls / F32 reg),
+      init.<name>   every trainable parameter before training,
+      logits [B,num_labels], loss [1],
+      grad.<name>   d loss / d param at the initial parameters,
+      traj.loss [10], traj.lr [10], traj.grad_norm [10]   a 10-step AdamW trajectory
+                    (lr = the lr used by that step, grad_norm = the pre-clip norm that
+                    clip_grad_norm_ returns), and
+      final.<name>  every trainable parameter after the 10 steps.
+
+    <name> is the short parameter name: ``model.layers.{i}.self_attn.q_proj.lora_A.weight``
+    ([r, in]), ``...lora_B.weight`` ([out, r]), ``model.layers.{i}.mlp.gate_proj.lora_A.weight``
+    ..., and ``score.weight`` ([num_labels, 64]); PEFT's names
+    (``base_model.model.model.layers.1.self_attn.q_proj.lora_A.default.weight``,
+    ``base_model.model.score.modules_to_save.default.weight``) are mapped to these.
+    The safetensors metadata key "config" holds a JSON description of the case
+    (LoRA and optimiser settings, versions, the regeneration command).
+
+    Cases:
+      llama_cls.safetensors  num_labels 3, cross-entropy, layers [1, 3],
+                             q/v/o/gate/down, r 4, alpha 8, plain scaling (alpha/r),
+                             linear schedule with 3 warmup steps.
+      llama_reg.safetensors  num_labels 1, regression (MSE), layers [0, 2],
+                             q/k/up, r 2, alpha 4, rsLoRA (alpha/sqrt(r)),
+                             cosine schedule with 2 warmup steps; the score head is
+                             reloaded as [1, 64] and re-randomised with a fixed seed.
+
+    Batch: B=4, T=12, row lengths [12, 7, 3, 10], right padded with pad id 0 and
+    attention_mask 0 there; token ids uniform in [3, 256), so HF's "rightmost token
+    != pad_token_id" pooling and "last token with mask == 1" agree.
+
+Command (from the repository root)
+    python3 tools/make_tiny_model.py && python3 tools/gen_reference.py
+    python3 tools/gen_reference.py --model-dir DIR --out-dir DIR [--case cls|reg|all]
+
+Runs on the CPU, single thread, deterministic algorithms, float32 everywhere.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+REGEN_COMMAND = "python3 tools/make_tiny_model.py && python3 tools/gen_reference.py"
+
+B, T = 4, 12
+LENGTHS = [12, 7, 3, 10]
+PAD_ID = 0
+TOKEN_LO, TOKEN_HI = 3, 256
+STEPS = 10
+LR = 1e-2
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+WEIGHT_DECAY = 0.01
+
+CASES = {
+    "cls": dict(
+        file="llama_cls.safetensors",
+        num_labels=3,
+        problem_type="single_label_classification",
+        layers=[1, 3],
+        target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"],
+        r=4,
+        lora_alpha=8,
+        use_rslora=False,
+        schedule="linear",
+        warmup_steps=3,
+        max_grad_norm=1.0,
+        seed=1001,
+    ),
+    "reg": dict(
+        file="llama_reg.safetensors",
+        num_labels=1,
+        problem_type="regression",
+        layers=[0, 2],
+        target_modules=["q_proj", "k_proj", "up_proj"],
+        r=2,
+        lora_alpha=4,
+        use_rslora=True,
+        schedule="cosine",
+        warmup_steps=2,
+        max_grad_norm=3.0,
+        seed=2002,
+        score_seed=2003,
+    ),
+}
+
+ATTN_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj"}
+MLP_MODULES = {"gate_proj", "up_proj", "down_proj"}
+
+
+def short_name(peft_name):
+    """PEFT parameter name -> fixture short name."""
+    n = peft_name
+    prefix = "base_model.model."
+    assert n.startswith(prefix), n
+    n = n[len(prefix):]
+    n = n.replace(".lora_A.default.weight", ".lora_A.weight")
+    n = n.replace(".lora_B.default.weight", ".lora_B.weight")
+    n = n.replace("score.modules_to_save.default.weight", "score.weight")
+    return n
+
+
+def expected_names(case):
+    names = set()
+    for i in case["layers"]:
+        for m in case["target_modules"]:
+            blk = "self_attn" if m in ATTN_MODULES else "mlp"
+            assert m in ATTN_MODULES or m in MLP_MODULES, m
+            for ab in ("lora_A", "lora_B"):
+                names.add(f"model.layers.{i}.{blk}.{m}.{ab}.weight")
+    names.add("score.weight")
+    return names
+
+
+def make_batch(case):
+    g = torch.Generator().manual_seed(case["seed"])
+    ids = torch.randint(TOKEN_LO, TOKEN_HI, (B, T), generator=g, dtype=torch.int64)
+    mask = torch.zeros(B, T, dtype=torch.int64)
+    for b, n in enumerate(LENGTHS):
+        mask[b, :n] = 1
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, PAD_ID))
+    if case["num_labels"] > 1:
+        labels = torch.randint(0, case["num_labels"], (B,), generator=g, dtype=torch.int64)
+        assert len(set(labels.tolist())) > 1, "labels all equal; change the seed"
+    else:
+        labels = torch.randn(B, generator=g, dtype=torch.float32)
+    return ids, mask, labels
+
+
+def load_model(model_dir, case):
+    from transformers import LlamaForSequenceClassification
+
+    kw = dict(dtype=torch.float32, attn_implementation="eager")
+    if case["num_labels"] != 3:
+        kw.update(num_labels=case["num_labels"], ignore_mismatched_sizes=True)
+    model = LlamaForSequenceClassification.from_pretrained(model_dir, **kw)
+    model.config.problem_type = case["problem_type"]
+    assert model.config.num_labels == case["num_labels"]
+    if "score_seed" in case:
+        g = torch.Generator().manual_seed(case["score_seed"])
+        with torch.no_grad():
+            w = torch.randn(model.score.weight.shape, generator=g, dtype=torch.float32)
+            model.score.weight.copy_(w * model.config.initializer_range)
+    assert tuple(model.score.weight.shape) == (case["num_labels"], model.config.hidden_size)
+    for p in model.parameters():
+        assert p.dtype == torch.float32
+    return model
+
+
+def wrap_peft(model, case):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        task_type="SEQ_CLS",
+        r=case["r"],
+        lora_alpha=case["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules=list(case["target_modules"]),
+        layers_to_transform=list(case["layers"]),
+        use_rslora=case["use_rslora"],
+        init_lora_weights=False,
+        bias="none",
+    )
+    torch.manual_seed(case["seed"] + 7)  # LoRA A/B init draws from the global RNG
+    pm = get_peft_model(model, cfg)
+    assert set(pm.peft_config["default"].modules_to_save) >= {"score"}, pm.peft_config["default"].modules_to_save
+    # scaling PEFT applies, checked against the formula the C code uses
+    want = case["lora_alpha"] / (math.sqrt(case["r"]) if case["use_rslora"] else case["r"])
+    for name, mod in pm.named_modules():
+        if hasattr(mod, "scaling") and isinstance(mod.scaling, dict) and "default" in mod.scaling:
+            assert abs(mod.scaling["default"] - want) < 1e-12, (name, mod.scaling)
+    return pm, want
+
+
+def trainable(pm, case):
+    params = [(short_name(n), p) for n, p in pm.named_parameters() if p.requires_grad]
+    names = [n for n, _ in params]
+    assert len(set(names)) == len(names), names
+    want = expected_names(case)
+    assert set(names) == want, (sorted(set(names) ^ want))
+    return params
+
+
+def run_case(key, model_dir, out_dir):
+    import peft
+    import transformers
+    from safetensors.torch import save_file
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    case = CASES[key]
+    model = load_model(model_dir, case)
+    pm, scaling = wrap_peft(model, case)
+    pm.train()  # dropouts are all 0, so train == eval numerically
+    params = trainable(pm, case)
+    plist = [p for _, p in params]
+
+    ids, mask, labels = make_batch(case)
+    # HF pools the rightmost token != pad_token_id; our batch makes that the last mask==1 token
+    last_nonpad = (torch.arange(T) * (ids != PAD_ID)).argmax(-1)
+    assert torch.equal(last_nonpad, torch.tensor(LENGTHS) - 1)
+
+    tensors = {
+        "input_ids": ids.to(torch.int32),
+        "attention_mask": mask.to(torch.int32),
+        "labels": labels.to(torch.int32) if case["num_labels"] > 1 else labels.to(torch.float32),
+    }
+    for n, p in params:
+        tensors["init." + n] = p.detach().clone()
+
+    # forward + backward at the initial parameters
+    pm.zero_grad(set_to_none=True)
+    out = pm(input_ids=ids, attention_mask=mask, labels=labels)
+    assert out.logits.shape == (B, case["num_labels"]) and out.logits.dtype == torch.float32
+    out.loss.backward()
+    tensors["logits"] = out.logits.detach().clone()
+    tensors["loss"] = out.loss.detach().reshape(1).clone()
+    for n, p in params:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+        assert p.grad.abs().max() > 0, f"zero gradient for {n}"
+        tensors["grad." + n] = p.grad.detach().clone()
+    print(f"[{key}] logits {out.logits.detach().tolist()}  loss {out.loss.item():.6f}")
+
+    # 10-step training trajectory on the same batch
+    opt = torch.optim.AdamW(plist, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+    if case["schedule"] == "linear":
+        sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=case["warmup_steps"], num_training_steps=STEPS)
+    else:
+        sched = get_cosine_schedule_with_warmup(opt, case["warmup_steps"], STEPS)
+    t_loss, t_lr, t_gn = [], [], []
+    for k in range(STEPS):
+        opt.zero_grad(set_to_none=True)
+        o = pm(input_ids=ids, attention_mask=mask, labels=labels)
+        o.loss.backward()
+        if k == 0:
+            assert torch.equal(o.loss.detach().reshape(1), tensors["loss"])
+            for n, p in params:
+                assert torch.equal(p.grad, tensors["grad." + n]), n
+        gn = torch.nn.utils.clip_grad_norm_(plist, case["max_grad_norm"])
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        t_loss.append(o.loss.item())
+        t_lr.append(float(lr))
+        t_gn.append(gn.item())
+        print(f"[{key}] step {k}: loss {o.loss.item():.6f}  lr {lr:.6g}  grad_norm {gn.item():.6f}")
+    mx = case["max_grad_norm"]
+    assert any(g > mx * 1.05 for g in t_gn) and any(g < mx * 0.95 for g in t_gn), (
+        f"max_grad_norm {mx} must clip on some steps and not on others: {t_gn}")
+    tensors["traj.loss"] = torch.tensor(t_loss, dtype=torch.float32)
+    tensors["traj.lr"] = torch.tensor(t_lr, dtype=torch.float32)
+    tensors["traj.grad_norm"] = torch.tensor(t_gn, dtype=torch.float32)
+    for n, p in params:
+        tensors["final." + n] = p.detach().clone()
+
+    meta = {
+        "model_dir": "tiny-llama",
+        "num_labels": case["num_labels"],
+        "problem_type": case["problem_type"],
+        "r": case["r"],
+        "lora_alpha": case["lora_alpha"],
+        "use_rslora": case["use_rslora"],
+        "lora_scaling": scaling,
+        "lora_dropout": 0.0,
+        "init_lora_weights": False,
+        "target_modules": list(case["target_modules"]),
+        "layers": list(case["layers"]),
+        "modules_to_save": ["score"],
+        "trainable": [n for n, _ in params],
+        "batch": {"B": B, "T": T, "lengths": LENGTHS, "pad_token_id": PAD_ID,
+                  "padding": "right", "token_range": [TOKEN_LO, TOKEN_HI],
+                  "pooling": "rightmost token != pad_token_id"},
+        "steps": STEPS,
+        "lr": LR,
+        "betas": list(BETAS),
+        "eps": EPS,
+        "weight_decay": WEIGHT_DECAY,
+        "optimizer": "torch.optim.AdamW",
+        "max_grad_norm": case["max_grad_norm"],
+        "schedule": case["schedule"],
+        "warmup_steps": case["warmup_steps"],
+        "seed": case["seed"],
+        "attn_implementation": "eager",
+        "dtype": "float32",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__},
+        "command": REGEN_COMMAND,
+    }
+    if "score_seed" in case:
+        meta["score_reinit"] = {"seed": case["score_seed"],
+                                "dist": "randn * initializer_range",
+                                "initializer_range": model.config.initializer_range}
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    path = os.path.join(out_dir, case["file"])
+    save_file(tensors, path, metadata={"config": json.dumps(meta, sort_keys=True)})
+    print(f"[{key}] wrote {path} ({os.path.getsize(path)} bytes, {len(tensors)} tensors)")
+    return path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model-dir", default=os.path.join(FIXTURES, "tiny-llama"))
+    ap.add_argument("--out-dir", default=FIXTURES)
+    ap.add_argument("--case", choices=["cls", "reg", "all"], default="all")
+    args = ap.parse_args(argv)
+
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
+    os.makedirs(args.out_dir, exist_ok=True)
+    keys = ["cls", "reg"] if args.case == "all" else [args.case]
+    for k in keys:
+        run_case(k, args.model_dir, args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
