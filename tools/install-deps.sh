@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# install-deps.sh: installs what actlora-mpi needs to build and test on Debian 12 / Ubuntu 22.04+.
+# Idempotent; run as root (or with sudo). Options (environment):
+#   WITH_PYTHON=1   also pip-install the light Python deps the tests use (numpy, safetensors, pytest)
+#   WITH_TORCH=1    also pip-install torch + transformers + peft (regenerating fixtures, benchmarks)
+# The CUDA toolkit (nvcc, cuBLAS, NCCL) is not installed here: when nvcc is on PATH the build
+# compiles the CUDA backend too.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+PKGS=(build-essential cmake pkg-config
+      openmpi-bin libopenmpi-dev     # MPI (libpmix comes along: srun --mpi=pmix)
+      libhdf5-dev hdf5-tools         # serial HDF5 + h5dump
+      libconfig-dev libopenblas-dev libcjson-dev
+      python3 python3-pip)
+missing=()
+for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+echo "install-deps: apt ok (${#missing[@]} newly installed: ${missing[*]:-none})"
+
+PIP="python3 -m pip install -q --disable-pip-version-check"
+# Debian's own python3 refuses system-wide pip installs (PEP 668); a venv or pyenv python does not.
+python3 -m pip --version >/dev/null 2>&1 && pip_ok=1 || pip_ok=0
+if [ "${WITH_PYTHON:-1}" = 1 ] && [ $pip_ok = 1 ]; then
+  python3 -c "import numpy, safetensors, pytest" 2>/dev/null || $PIP numpy safetensors pytest \
+    || $PIP --break-system-packages numpy safetensors pytest
+  echo "install-deps: python test deps ok"
+fi
+if [ "${WITH_TORCH:-0}" = 1 ] && [ $pip_ok = 1 ]; then
+  python3 -c "import torch, transformers, peft" 2>/dev/null || $PIP torch transformers peft
+  echo "install-deps: torch/transformers/peft ok"
+fi
