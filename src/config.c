@@ -1,0 +1,831 @@
+// config.c: the run configuration. One static schema table (KEYS below) is the single source
+// of truth for every key: its defaults, per-key validation, --set parsing, printing, hashing and
+// the key list that tests/test_config.c checks docs/config.md against. Errors never print or
+// exit here; they come back through Error so the top level can decide (die on all ranks).
+#include "actlora/config.h"
+
+#include <errno.h>
+#include <libconfig.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+typedef enum {
+    KT_INT,      // int field, integer literal
+    KT_INT64,    // int64_t field, integer literal with or without the L suffix
+    KT_DOUBLE,   // double field, float or integer literal
+    KT_BOOL,     // int field, true / false
+    KT_ENUM,     // char[] field, one of `allowed`
+    KT_STRING,   // char[] field, any string that fits (paths)
+    KT_TARGETS,  // lora.targets / n_targets: non-empty list of distinct names from `allowed`
+    KT_LAYERS,   // lora.all_layers / layers / n_layers: "all" or a list of layer indices
+} KeyType;
+
+typedef struct {
+    const char *name;             // "section.key"; keys of one section are contiguous
+    KeyType type;
+    size_t off, size;             // offsetof / sizeof the RunConfig field
+    long long imin, imax;         // KT_INT, KT_INT64: inclusive range (imax LLONG_MAX: none)
+    double dmin, dmax;            // KT_DOUBLE: range, each end open or closed
+    int dmin_open, dmax_open;
+    const char *const *allowed;   // KT_ENUM, KT_TARGETS: NULL-terminated
+    double def_num;               // default of numeric and bool keys (all exact in a double)
+    const char *def_str;          // default of string keys; targets: comma list; layers: "all"
+    const char *doc;              // one line, also in docs/config.md
+} ConfigKey;
+
+static const char *const ARCH_VALUES[] = {"auto", "llama", NULL};
+static const char *const DTYPE_VALUES[] = {"auto", "fp32", "bf16", NULL};
+static const char *const INIT_VALUES[] = {"pretrained", "random", NULL};
+static const char *const SCHEDULE_VALUES[] = {"constant", "linear", "cosine", NULL};
+static const char *const SOURCE_VALUES[] = {"synthetic", NULL};
+static const char *const DEVICE_VALUES[] = {"auto", "cpu", "cuda", NULL};
+static const char *const TARGET_VALUES[] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                            "gate_proj", "up_proj", "down_proj", NULL};
+
+// The _Generic term adds 0 to the offset but stops the build if a field's C type does not
+// match the key type, so the table cannot silently write a double into an int.
+#define FIELD(f, T) \
+    .off = offsetof(RunConfig, f) + _Generic(((RunConfig *)0)->f, T: 0), .size = sizeof(((RunConfig *)0)->f)
+#define KEY_INT(n, f, lo, hi, d, doc_) \
+    {.name = n, .type = KT_INT, FIELD(f, int), .imin = lo, .imax = hi, .def_num = d, .doc = doc_}
+#define KEY_I64(n, f, lo, hi, d, doc_) \
+    {.name = n, .type = KT_INT64, FIELD(f, int64_t), .imin = lo, .imax = hi, .def_num = d, .doc = doc_}
+#define KEY_DBL(n, f, lo, lo_open, hi, hi_open, d, doc_)                                    \
+    {.name = n, .type = KT_DOUBLE, FIELD(f, double), .dmin = lo, .dmin_open = lo_open,   \
+     .dmax = hi, .dmax_open = hi_open, .def_num = d, .doc = doc_}
+#define KEY_BOOL(n, f, d, doc_) {.name = n, .type = KT_BOOL, FIELD(f, int), .def_num = d, .doc = doc_}
+#define KEY_ENUM(n, f, vals, d, doc_) \
+    {.name = n, .type = KT_ENUM, FIELD(f, char *), .allowed = vals, .def_str = d, .doc = doc_}
+#define KEY_STR(n, f, d, doc_) {.name = n, .type = KT_STRING, FIELD(f, char *), .def_str = d, .doc = doc_}
+
+static const ConfigKey KEYS[] = {
+    KEY_STR("model.path", model.path, "", "Hugging Face model directory (config.json + *.safetensors); required"),
+    KEY_ENUM("model.arch", model.arch, ARCH_VALUES, "auto", "architecture; auto = model_type from config.json"),
+    KEY_ENUM("model.dtype", model.dtype, DTYPE_VALUES, "auto", "compute dtype; the CPU backend computes in fp32"),
+    KEY_ENUM("model.init", model.init, INIT_VALUES, "pretrained",
+             "pretrained = load the safetensors; random = weights from config.json shapes alone"),
+    KEY_INT("model.num_labels", model.num_labels, 1, 1000, 2, "classification classes; 1 = regression"),
+
+    KEY_INT("lora.r", lora.r, 1, 1024, 8, "LoRA rank"),
+    KEY_DBL("lora.alpha", lora.alpha, 0, 1, 1e6, 0, 16, "LoRA scale numerator: alpha/r (alpha/sqrt(r) with rslora)"),
+    KEY_DBL("lora.dropout", lora.dropout, 0, 0, 1, 1, 0.0, "dropout on the LoRA input during training"),
+    KEY_BOOL("lora.rslora", lora.rslora, 0, "rank-stabilised scale alpha/sqrt(r) instead of alpha/r"),
+    {.name = "lora.target_modules", .type = KT_TARGETS, FIELD(lora.targets, char(*)[32]),
+     .allowed = TARGET_VALUES, .def_str = "q_proj,v_proj",
+     .doc = "projections that get LoRA adapters, each at most once"},
+    {.name = "lora.layers", .type = KT_LAYERS, FIELD(lora.layers, int *), .imin = 0,
+     .imax = CONFIG_MAX_LAYERS - 1, .def_str = "all",
+     .doc = "decoder layers with adapters: \"all\" or a list of indices (sorted, duplicates dropped)"},
+
+    KEY_DBL("train.lr", train.lr, 0, 1, 10, 0, 1e-4, "peak learning rate (AdamW)"),
+    KEY_ENUM("train.schedule", train.schedule, SCHEDULE_VALUES, "linear",
+             "learning-rate decay to max_steps after the linear warmup"),
+    KEY_INT("train.warmup_steps", train.warmup_steps, 0, 1000000000, 0, "linear warmup steps from 0 to train.lr"),
+    KEY_DBL("train.weight_decay", train.weight_decay, 0, 0, 1, 0, 0.0, "AdamW decoupled weight decay"),
+    KEY_DBL("train.clip", train.clip, 0, 0, INFINITY, 0, 1.0, "max global gradient L2 norm; 0 = no clipping"),
+    KEY_DBL("train.beta1", train.beta1, 0, 0, 1, 1, 0.9, "AdamW first-moment decay"),
+    KEY_DBL("train.beta2", train.beta2, 0, 0, 1, 1, 0.999, "AdamW second-moment decay"),
+    KEY_DBL("train.eps", train.eps, 0, 1, 1, 1, 1e-8, "AdamW denominator epsilon"),
+    KEY_INT("train.micro_batch", train.micro_batch, 1, 65536, 8, "sequences per rank per micro-step"),
+    KEY_INT("train.grad_accum", train.grad_accum, 1, 65536, 1, "micro-steps accumulated per optimizer step"),
+    KEY_INT("train.max_steps", train.max_steps, 1, 1000000000, 100, "optimizer steps to run"),
+    KEY_I64("train.seed", train.seed, 0, INT64_MAX, 1234, "seed of every random stream (init, dropout, data)"),
+
+    KEY_ENUM("data.source", data.source, SOURCE_VALUES, "synthetic", "synthetic = random token batches from the seed"),
+    KEY_INT("data.seq_len", data.seq_len, 2, 1048576, 128, "tokens per sequence"),
+
+    KEY_STR("run.dir", run.dir, "runs/default", "run directory (logs, later checkpoints)"),
+    KEY_ENUM("run.device", run.device, DEVICE_VALUES, "auto", "auto = cuda when built with it and a GPU is visible"),
+    KEY_INT("run.threads", run.threads, 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"),
+    KEY_INT("run.log_every", run.log_every, 1, 1000000000, 10, "progress line every N optimizer steps"),
+};
+#define NUM_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
+
+int config_num_keys(void) { return NUM_KEYS; }
+
+const char *config_key_name(int i) { return i >= 0 && i < NUM_KEYS ? KEYS[i].name : NULL; }
+
+// ---------------------------------------------------------------- small helpers
+
+// "FILE:LINE: " or "--set k=v: " in front of a message; nothing when validating a RunConfig
+// that was built in code.
+#define WHERE_ARG(w) (w) ? (w) : "", (w) ? ": " : ""
+
+static size_t section_len(const char *name) {
+    const char *dot = strchr(name, '.');
+    return dot ? (size_t)(dot - name) : 0;
+}
+
+static const ConfigKey *key_find(const char *name) {
+    for (int i = 0; i < NUM_KEYS; i++)
+        if (strcmp(KEYS[i].name, name) == 0) return &KEYS[i];
+    return NULL;
+}
+
+static int section_known(const char *sec, size_t n) {
+    for (int i = 0; i < NUM_KEYS; i++)
+        if (section_len(KEYS[i].name) == n && strncmp(KEYS[i].name, sec, n) == 0) return 1;
+    return 0;
+}
+
+// Optimal-string-alignment edit distance: Levenshtein plus adjacent transpositions, so
+// "trian" is one edit from "train". Long inputs are never "close" to a key.
+static int edit_distance(const char *a, const char *b) {
+    int la = (int)strlen(a), lb = (int)strlen(b);
+    if (la > 63 || lb > 63) return 1000;
+    int d[64][64];
+    for (int i = 0; i <= la; i++) d[i][0] = i;
+    for (int j = 0; j <= lb; j++) d[0][j] = j;
+    for (int i = 1; i <= la; i++) {
+        for (int j = 1; j <= lb; j++) {
+            int v = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < v) v = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < v) v = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < v)
+                v = d[i - 2][j - 2] + 1;
+            d[i][j] = v;
+        }
+    }
+    return d[la][lb];
+}
+
+// A suggestion is only worth making when about a third or less of the typed word is wrong.
+static int close_enough(int dist, const char *typed) {
+    int thr = (int)strlen(typed) / 3;
+    return dist <= (thr < 1 ? 1 : thr);
+}
+
+static const char *suggest_value(const char *typed, const char *const *cands) {
+    const char *best = NULL;
+    int bestd = 1 << 20;
+    for (int i = 0; cands[i]; i++) {
+        int d = edit_distance(typed, cands[i]);
+        if (d < bestd) { bestd = d; best = cands[i]; }
+    }
+    return best && close_enough(bestd, typed) ? best : NULL;
+}
+
+// Did-you-mean for an unknown "section.key" (or a bare "key"): the same key name in another
+// section ("train.seq_len" -> data.seq_len), a typo within the right section, or a typo in the
+// section name, judged on the key part so that "train.foo" does not suggest "train.lr".
+static const char *suggest_key(const char *typed) {
+    size_t sl = section_len(typed);
+    const char *base = sl ? typed + sl + 1 : typed;
+    const char *best = NULL;
+    int bestd = 1 << 20;
+    for (int i = 0; i < NUM_KEYS; i++) {
+        const char *name = KEYS[i].name;
+        size_t ksl = section_len(name);
+        int d;
+        if (strcmp(base, name + ksl + 1) == 0) d = 0;
+        else if (!sl || (sl == ksl && strncmp(typed, name, sl) == 0)) d = edit_distance(base, name + ksl + 1);
+        else d = edit_distance(typed, name);
+        if (d < bestd) { bestd = d; best = name; }
+    }
+    return best && close_enough(bestd, base) ? best : NULL;
+}
+
+static int unknown_key_error(Error *err, const char *where, const char *typed) {
+    const char *s = suggest_key(typed);
+    if (s) return error_set(err, "%s%sunknown key '%s' (did you mean '%s'?)", WHERE_ARG(where), typed, s);
+    return error_set(err, "%s%sunknown key '%s' (every key is listed in docs/config.md and by --print-config)",
+                     WHERE_ARG(where), typed);
+}
+
+// Sections are derived from the key names (first key of each run of equal prefixes), so the
+// table stays the only list of them.
+static int unknown_section_error(Error *err, const char *where, const char *typed) {
+    char list[128] = "", best[32] = "";
+    size_t used = 0;
+    int bestd = 1 << 20;
+    for (int i = 0; i < NUM_KEYS; i++) {
+        char sec[32];
+        size_t sl = section_len(KEYS[i].name);
+        if (sl >= sizeof sec || (i > 0 && strncmp(KEYS[i - 1].name, KEYS[i].name, sl + 1) == 0)) continue;
+        memcpy(sec, KEYS[i].name, sl);
+        sec[sl] = '\0';
+        int d = edit_distance(typed, sec);
+        if (d < bestd) { bestd = d; strcpy(best, sec); }
+        int w = snprintf(list + used, sizeof list - used, "%s%s", used ? ", " : "", sec);
+        if (w > 0 && (size_t)w < sizeof list - used) used += (size_t)w;
+    }
+    if (close_enough(bestd, typed))
+        return error_set(err, "%s: unknown section '%s' (did you mean '%s'?)", where, typed, best);
+    return error_set(err, "%s: unknown section '%s' (sections: %s)", where, typed, list);
+}
+
+static void allowed_text(const char *const *vals, char *buf, size_t n) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; vals[i]; i++) {
+        int w = snprintf(buf + used, n - used, "%s\"%s\"", i ? ", " : "", vals[i]);
+        if (w < 0 || (size_t)w >= n - used) break;
+        used += (size_t)w;
+    }
+}
+
+// Shortest decimal text that reads back as exactly v, always with a '.' or an exponent so
+// libconfig parses it as a float again (1.0, not 1).
+static void format_double(char *buf, size_t n, double v) {
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, n, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v) break;
+    }
+    if (!strpbrk(buf, ".eEn")) strncat(buf, ".0", n - strlen(buf) - 1);   // 'n': inf / nan
+}
+
+static void range_text(const ConfigKey *k, char *buf, size_t n) {
+    if (k->type == KT_DOUBLE) {
+        if (isinf(k->dmax)) snprintf(buf, n, "%s %g", k->dmin_open ? ">" : ">=", k->dmin);
+        else snprintf(buf, n, "%g %s value %s %g", k->dmin, k->dmin_open ? "<" : "<=", k->dmax_open ? "<" : "<=", k->dmax);
+    } else if (k->imax == INT64_MAX) {
+        snprintf(buf, n, ">= %lld", k->imin);
+    } else {
+        snprintf(buf, n, "%lld..%lld", k->imin, k->imax);
+    }
+}
+
+// What libconfig read, for "(got a string)"; indexed by CONFIG_TYPE_*.
+static const char *kind_name(const config_setting_t *s) {
+    static const char *const names[] = {"nothing", "a group", "an integer", "an integer", "a float",
+                                        "a string", "a boolean", "an array", "a list"};
+    unsigned t = (unsigned)config_setting_type(s);
+    return t < sizeof names / sizeof names[0] ? names[t] : "nothing";
+}
+
+// What a key wants, for "must be a number"; indexed by KeyType.
+static const char *type_text(const ConfigKey *k) {
+    static const char *const texts[] = {
+        [KT_INT] = "an integer", [KT_INT64] = "an integer", [KT_DOUBLE] = "a number",
+        [KT_BOOL] = "true or false", [KT_ENUM] = "a string", [KT_STRING] = "a string",
+        [KT_TARGETS] = "a list of module names such as [\"q_proj\", \"v_proj\"]",
+        [KT_LAYERS] = "\"all\" or a list of layer indices such as [0, 1]"};
+    return texts[k->type];
+}
+
+// ---------------------------------------------------------------- per-key value checks
+// Shared by assignment (file, --set) and config_validate, so a RunConfig built in code gets
+// exactly the checks a file gets.
+
+static int check_int(const ConfigKey *k, long long v, const char *where, Error *err) {
+    if (v >= k->imin && v <= k->imax) return 0;
+    char r[64];
+    range_text(k, r, sizeof r);
+    return error_set(err, "%s%s%s = %lld is out of range: allowed %s", WHERE_ARG(where), k->name, v, r);
+}
+
+static int check_double(const ConfigKey *k, double v, const char *where, Error *err) {
+    int lo_ok = k->dmin_open ? v > k->dmin : v >= k->dmin;   // NaN fails both
+    int hi_ok = k->dmax_open ? v < k->dmax : v <= k->dmax;
+    if (lo_ok && hi_ok) return 0;
+    char r[64], vb[40];
+    range_text(k, r, sizeof r);
+    format_double(vb, sizeof vb, v);
+    return error_set(err, "%s%s%s = %s is out of range: allowed %s", WHERE_ARG(where), k->name, vb, r);
+}
+
+static int check_enum(const ConfigKey *k, const char *what, const char *v, const char *where, Error *err) {
+    for (int i = 0; k->allowed[i]; i++)
+        if (strcmp(v, k->allowed[i]) == 0) return 0;
+    char list[256], dym[96] = "";
+    allowed_text(k->allowed, list, sizeof list);
+    const char *s = suggest_value(v, k->allowed);
+    if (s) snprintf(dym, sizeof dym, " (did you mean \"%s\"?)", s);
+    return error_set(err, "%s%s%s = \"%s\" is not allowed: use one of %s%s", WHERE_ARG(where), what, v, list, dym);
+}
+
+static int check_string(const ConfigKey *k, const char *v, const char *where, Error *err) {
+    size_t len = strlen(v);
+    if (len >= k->size)
+        return error_set(err, "%s%s%s is too long (%zu bytes, at most %zu)", WHERE_ARG(where), k->name, len, k->size - 1);
+    return k->type == KT_ENUM ? check_enum(k, k->name, v, where, err) : 0;
+}
+
+// Target list: each name allowed, none twice, at least one.
+static int check_targets(const ConfigKey *k, char (*t)[32], int n, const char *where, Error *err) {
+    if (n < 1) return error_set(err, "%s%s%s must name at least one module", WHERE_ARG(where), k->name);
+    for (int i = 0; i < n; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "%s[%d]", k->name, i);
+        if (check_enum(k, what, t[i], where, err)) return -1;
+        for (int j = 0; j < i; j++)
+            if (strcmp(t[i], t[j]) == 0)
+                return error_set(err, "%s%s%s lists \"%s\" twice", WHERE_ARG(where), k->name, t[i]);
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------- assignment
+
+static int set_targets(const ConfigKey *k, const config_setting_t *s, RunConfig *c, const char *where, Error *err) {
+    int t = config_setting_type(s);
+    if (t != CONFIG_TYPE_ARRAY && t != CONFIG_TYPE_LIST)
+        return error_set(err, "%s%s%s must be %s (got %s)", WHERE_ARG(where), k->name, type_text(k), kind_name(s));
+    int n = config_setting_length(s);
+    if (n < 1) return error_set(err, "%s%s%s must name at least one module", WHERE_ARG(where), k->name);
+    if (n > CONFIG_MAX_TARGETS)
+        return error_set(err, "%s%s%s lists %d modules, at most %d", WHERE_ARG(where), k->name, n, CONFIG_MAX_TARGETS);
+    char names[CONFIG_MAX_TARGETS][32];
+    memset(names, 0, sizeof names);   // zero tails keep RunConfig memcmp-comparable
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        if (config_setting_type(e) != CONFIG_TYPE_STRING)
+            return error_set(err, "%s%s%s[%d] must be a string (got %s)", WHERE_ARG(where), k->name, i, kind_name(e));
+        const char *v = config_setting_get_string(e);
+        if (strlen(v) >= sizeof names[i]) {
+            char what[64];
+            snprintf(what, sizeof what, "%s[%d]", k->name, i);
+            return check_enum(k, what, v, where, err);   // too long cannot be allowed
+        }
+        strcpy(names[i], v);
+    }
+    if (check_targets(k, names, n, where, err)) return -1;
+    memcpy(c->lora.targets, names, sizeof names);
+    c->lora.n_targets = n;
+    return 0;
+}
+
+static int set_layers(const ConfigKey *k, const config_setting_t *s, RunConfig *c, const char *where, Error *err) {
+    int t = config_setting_type(s);
+    if (t == CONFIG_TYPE_STRING) {
+        const char *v = config_setting_get_string(s);
+        if (strcmp(v, "all") != 0)
+            return error_set(err, "%s%s%s = \"%s\" is not allowed: use \"all\" or a list of layer indices such as [0, 1]",
+                             WHERE_ARG(where), k->name, v);
+        c->lora.all_layers = 1;
+        c->lora.n_layers = 0;
+        memset(c->lora.layers, 0, sizeof c->lora.layers);
+        return 0;
+    }
+    if (t != CONFIG_TYPE_ARRAY && t != CONFIG_TYPE_LIST)
+        return error_set(err, "%s%s%s must be %s (got %s)", WHERE_ARG(where), k->name, type_text(k), kind_name(s));
+    int n = config_setting_length(s);
+    if (n < 1)
+        return error_set(err, "%s%s%s is an empty list: name at least one layer, or use \"all\"", WHERE_ARG(where), k->name);
+    // Indices are bounded by CONFIG_MAX_LAYERS, so a presence map sorts and deduplicates at once.
+    unsigned char seen[CONFIG_MAX_LAYERS] = {0};
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        int et = config_setting_type(e);
+        if (et != CONFIG_TYPE_INT && et != CONFIG_TYPE_INT64)
+            return error_set(err, "%s%s%s[%d] must be an integer layer index (got %s)", WHERE_ARG(where), k->name, i,
+                             kind_name(e));
+        long long v = config_setting_get_int64(e);
+        if (v < k->imin || v > k->imax)
+            return error_set(err, "%s%s%s[%d] = %lld is out of range: allowed %lld..%lld", WHERE_ARG(where), k->name, i,
+                             v, k->imin, k->imax);
+        seen[v] = 1;
+    }
+    c->lora.all_layers = 0;
+    c->lora.n_layers = 0;
+    memset(c->lora.layers, 0, sizeof c->lora.layers);
+    for (int v = 0; v < CONFIG_MAX_LAYERS; v++)
+        if (seen[v]) c->lora.layers[c->lora.n_layers++] = v;
+    return 0;
+}
+
+// Applies one parsed libconfig value to the key's field, with type and range checks.
+static int key_apply(const ConfigKey *k, const config_setting_t *s, RunConfig *c, const char *where, Error *err) {
+    char *field = (char *)c + k->off;
+    int t = config_setting_type(s);
+    int is_int = t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64;
+    switch (k->type) {
+    case KT_INT:
+    case KT_INT64: {
+        if (!is_int) break;
+        long long v = config_setting_get_int64(s);
+        if (check_int(k, v, where, err)) return -1;
+        if (k->type == KT_INT) *(int *)field = (int)v;
+        else *(int64_t *)field = (int64_t)v;
+        return 0;
+    }
+    case KT_DOUBLE: {
+        if (!is_int && t != CONFIG_TYPE_FLOAT) break;
+        // `lr = 1;` is an integer literal to libconfig but obviously means 1.0.
+        double v = is_int ? (double)config_setting_get_int64(s) : config_setting_get_float(s);
+        if (check_double(k, v, where, err)) return -1;
+        *(double *)field = v;
+        return 0;
+    }
+    case KT_BOOL:
+        if (t != CONFIG_TYPE_BOOL) break;
+        *(int *)field = config_setting_get_bool(s) ? 1 : 0;
+        return 0;
+    case KT_ENUM:
+    case KT_STRING: {
+        if (t != CONFIG_TYPE_STRING) break;
+        const char *v = config_setting_get_string(s);
+        if (check_string(k, v, where, err)) return -1;
+        memset(field, 0, k->size);
+        memcpy(field, v, strlen(v));
+        return 0;
+    }
+    case KT_TARGETS: return set_targets(k, s, c, where, err);
+    case KT_LAYERS: return set_layers(k, s, c, where, err);
+    }
+    return error_set(err, "%s%s%s must be %s (got %s)", WHERE_ARG(where), k->name, type_text(k), kind_name(s));
+}
+
+// ---------------------------------------------------------------- defaults, file, --set
+
+void config_defaults(RunConfig *c) {
+    memset(c, 0, sizeof *c);   // padding and string tails too: configs compare with memcmp
+    for (int i = 0; i < NUM_KEYS; i++) {
+        const ConfigKey *k = &KEYS[i];
+        char *field = (char *)c + k->off;
+        switch (k->type) {
+        case KT_INT: case KT_BOOL: *(int *)field = (int)k->def_num; break;
+        case KT_INT64: *(int64_t *)field = (int64_t)k->def_num; break;
+        case KT_DOUBLE: *(double *)field = k->def_num; break;
+        case KT_ENUM: case KT_STRING: memcpy(field, k->def_str, strlen(k->def_str)); break;
+        case KT_TARGETS: {
+            c->lora.n_targets = 0;
+            for (const char *p = k->def_str; *p;) {
+                size_t n = strcspn(p, ",");
+                memcpy(c->lora.targets[c->lora.n_targets++], p, n);
+                p += n + (p[n] == ',');
+            }
+            break;
+        }
+        case KT_LAYERS: c->lora.all_layers = 1; break;   // the only default the table allows
+        }
+    }
+}
+
+// Walks the root group: every top-level setting must be a known section group and every
+// member a known key. Applies onto c (the caller's scratch copy).
+static int apply_root(RunConfig *c, const config_setting_t *root, const char *path, Error *err) {
+    char where[CONFIG_PATH_MAX + 32], full[160];
+    int n = config_setting_length(root);
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *sec = config_setting_get_elem(root, (unsigned)i);
+        const char *sname = config_setting_name(sec);
+        const char *file = config_setting_source_file(sec) ? config_setting_source_file(sec) : path;
+        snprintf(where, sizeof where, "%s:%u", file, (unsigned)config_setting_source_line(sec));
+        if (!section_known(sname, strlen(sname)) || strchr(sname, '.')) {
+            if (config_setting_type(sec) != CONFIG_TYPE_GROUP) return unknown_key_error(err, where, sname);
+            return unknown_section_error(err, where, sname);
+        }
+        if (config_setting_type(sec) != CONFIG_TYPE_GROUP)
+            return error_set(err, "%s: %s must be a group such as %s = { ... }; (got %s)", where, sname, sname,
+                             kind_name(sec));
+        int m = config_setting_length(sec);
+        for (int j = 0; j < m; j++) {
+            const config_setting_t *s = config_setting_get_elem(sec, (unsigned)j);
+            file = config_setting_source_file(s) ? config_setting_source_file(s) : path;
+            snprintf(where, sizeof where, "%s:%u", file, (unsigned)config_setting_source_line(s));
+            snprintf(full, sizeof full, "%s.%s", sname, config_setting_name(s));
+            const ConfigKey *k = key_find(full);
+            if (!k) return unknown_key_error(err, where, full);
+            if (key_apply(k, s, c, where, err)) return -1;
+        }
+    }
+    return 0;
+}
+
+int config_load_file(RunConfig *c, const char *path, Error *err) {
+    // libconfig only says "file I/O error"; find the real reason first.
+    struct stat st;
+    if (stat(path, &st) != 0) return error_set(err, "cannot open config file '%s': %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) return error_set(err, "config file '%s' is a directory", path);
+    config_t cfg;
+    config_init(&cfg);
+    if (config_read_file(&cfg, path) != CONFIG_TRUE) {
+        if (config_error_type(&cfg) == CONFIG_ERR_FILE_IO)
+            error_set(err, "cannot read config file '%s': %s", path, config_error_text(&cfg));
+        else
+            error_set(err, "%s:%d: %s", config_error_file(&cfg) ? config_error_file(&cfg) : path,
+                      config_error_line(&cfg), config_error_text(&cfg));
+        config_destroy(&cfg);
+        return -1;
+    }
+    // Apply to a copy so a failed load leaves c as it was.
+    RunConfig tmp = *c;
+    int rc = apply_root(&tmp, config_root_setting(&cfg), path, err);
+    config_destroy(&cfg);
+    if (rc == 0) *c = tmp;
+    return rc;
+}
+
+static const char *skip_space(const char *p) {
+    while (*p == ' ' || *p == '\t') p++;
+    return p;
+}
+
+// Appends s as a libconfig string literal.
+static void put_quoted(char **o, const char *s, size_t n) {
+    *(*o)++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"' || s[i] == '\\') *(*o)++ = '\\';
+        *(*o)++ = s[i];
+    }
+    *(*o)++ = '"';
+}
+
+// Turns a --set value into libconfig syntax for the key's type: bare strings get quoted,
+// bare list elements too ([q_proj,v_proj] or q_proj,v_proj), and a bare comma list of layer
+// indices gets brackets. Numbers and booleans pass through for libconfig to judge.
+// An integer literal too large for 32 bits gets an L so libconfig 1.5 does not truncate it.
+static void set_value_text(const ConfigKey *k, const char *v, char *o) {
+    size_t n = strlen(v);
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t')) n--;
+    int quoted = v[0] == '"', bracket = v[0] == '[' || v[0] == '(';
+    if ((k->type == KT_ENUM || k->type == KT_STRING) && !quoted) {
+        put_quoted(&o, v, n);
+    } else if (k->type == KT_TARGETS && !quoted) {
+        char close = v[0] == '(' ? ')' : ']';
+        if (bracket) { v++; n--; if (n > 0 && v[n - 1] == close) n--; }
+        *o++ = close == ')' ? '(' : '[';
+        size_t i = 0;
+        while (i < n) {
+            while (i < n && (v[i] == ' ' || v[i] == '\t')) i++;
+            size_t j = i;
+            int inq = 0;
+            while (j < n && (inq || v[j] != ',')) { if (v[j] == '"') inq = !inq; j++; }
+            size_t e = j;
+            while (e > i && (v[e - 1] == ' ' || v[e - 1] == '\t')) e--;
+            if (e > i) {
+                if (v[i] == '"') { memcpy(o, v + i, e - i); o += e - i; }
+                else put_quoted(&o, v + i, e - i);
+                if (j < n) *o++ = ',';
+            }
+            i = j + 1;
+        }
+        *o++ = close;
+    } else if (k->type == KT_LAYERS && !quoted && !bracket) {
+        if (strspn(v, "0123456789+-, \t") >= n && n > 0) {
+            *o++ = '[';
+            memcpy(o, v, n);
+            o += n;
+            *o++ = ']';
+        } else {
+            put_quoted(&o, v, n);   // "all" and anything else, which the key then judges
+        }
+    } else {
+        memcpy(o, v, n);
+        o += n;
+        size_t digits = strspn(v + (v[0] == '-' || v[0] == '+'), "0123456789");
+        if ((k->type == KT_INT || k->type == KT_INT64) && digits >= 10 && digits + (v[0] == '-' || v[0] == '+') == n)
+            *o++ = 'L';
+    }
+    *o = '\0';
+}
+
+int config_set(RunConfig *c, const char *assignment, Error *err) {
+    const char *eq = strchr(assignment, '=');
+    if (!eq) return error_set(err, "--set %s: expected section.key=value", assignment);
+    const char *ks = skip_space(assignment);
+    size_t kn = (size_t)(eq - ks);
+    while (kn > 0 && (ks[kn - 1] == ' ' || ks[kn - 1] == '\t')) kn--;
+    char key[128];
+    if (kn >= sizeof key) kn = sizeof key - 1;
+    memcpy(key, ks, kn);
+    key[kn] = '\0';
+    char where[256];
+    snprintf(where, sizeof where, "--set %s", assignment);
+    const ConfigKey *k = key_find(key);
+    if (!k) return unknown_key_error(err, where, key);
+    const char *v = skip_space(eq + 1);
+    if (!*v) return error_set(err, "%s: empty value for %s (expected %s)", where, k->name, type_text(k));
+
+    size_t cap = 4 * strlen(v) + 32;   // worst case: every char escaped, every element quoted
+    char *text = xmalloc(cap, "--set value");
+    memcpy(text, "v = ", 4);
+    set_value_text(k, v, text + 4);
+    strcat(text, ";");
+    config_t cfg;
+    config_init(&cfg);
+    int rc;
+    if (config_read_string(&cfg, text) != CONFIG_TRUE || config_setting_length(config_root_setting(&cfg)) != 1) {
+        // A value libconfig cannot read is almost always the wrong type for the key.
+        rc = error_set(err, "%s: %s must be %s (got '%s'%s%s)", where, k->name, type_text(k), v,
+                       config_error_text(&cfg) ? ": " : "", config_error_text(&cfg) ? config_error_text(&cfg) : "");
+    } else {
+        RunConfig tmp = *c;
+        rc = key_apply(k, config_setting_get_elem(config_root_setting(&cfg), 0), &tmp, where, err);
+        if (rc == 0) *c = tmp;
+    }
+    config_destroy(&cfg);
+    free(text);
+    return rc;
+}
+
+// ---------------------------------------------------------------- validation
+
+int config_validate(const RunConfig *c, Error *err) {
+    // Per-key checks again, for configs assembled in code rather than loaded.
+    for (int i = 0; i < NUM_KEYS; i++) {
+        const ConfigKey *k = &KEYS[i];
+        const char *field = (const char *)c + k->off;
+        int rc = 0;
+        switch (k->type) {
+        case KT_INT: rc = check_int(k, *(const int *)field, NULL, err); break;
+        case KT_INT64: rc = check_int(k, *(const int64_t *)field, NULL, err); break;
+        case KT_DOUBLE: rc = check_double(k, *(const double *)field, NULL, err); break;
+        case KT_BOOL:
+            if (*(const int *)field != 0 && *(const int *)field != 1)
+                rc = error_set(err, "%s = %d must be 0 or 1", k->name, *(const int *)field);
+            break;
+        case KT_ENUM: case KT_STRING:
+            if (!memchr(field, '\0', k->size)) rc = error_set(err, "%s is not NUL-terminated", k->name);
+            else rc = check_string(k, field, NULL, err);
+            break;
+        case KT_TARGETS: {
+            int n = c->lora.n_targets;
+            if (n > CONFIG_MAX_TARGETS) rc = error_set(err, "%s has %d entries, at most %d", k->name, n, CONFIG_MAX_TARGETS);
+            for (int t = 0; !rc && t < n; t++)
+                if (!memchr(c->lora.targets[t], '\0', sizeof c->lora.targets[t]))
+                    rc = error_set(err, "%s[%d] is not NUL-terminated", k->name, t);
+            if (!rc) rc = check_targets(k, (char (*)[32])c->lora.targets, n, NULL, err);
+            break;
+        }
+        case KT_LAYERS:
+            if (c->lora.all_layers) break;
+            if (c->lora.n_layers < 1 || c->lora.n_layers > CONFIG_MAX_LAYERS)
+                rc = error_set(err, "%s lists %d layers: name 1..%d layers, or use \"all\"", k->name, c->lora.n_layers,
+                               CONFIG_MAX_LAYERS);
+            for (int l = 0; !rc && l < c->lora.n_layers; l++) {
+                int v = c->lora.layers[l];
+                if (v < k->imin || v > k->imax || (l > 0 && v <= c->lora.layers[l - 1]))
+                    rc = error_set(err, "%s must be sorted, unique indices in %lld..%lld (entry %d is %d)", k->name,
+                                   k->imin, k->imax, l, v);
+            }
+            break;
+        }
+        if (rc) return -1;
+    }
+    // Cross-key checks.
+    if (!c->model.path[0])
+        return error_set(err, "model.path is required (the model directory with config.json, also for "
+                              "model.init = \"random\"): set it in the config file or with --set model.path=DIR");
+    if (!c->run.dir[0]) return error_set(err, "run.dir must not be empty");
+    if (c->train.warmup_steps > c->train.max_steps)
+        return error_set(err, "train.warmup_steps = %d exceeds train.max_steps = %d: the run would end inside the warmup",
+                         c->train.warmup_steps, c->train.max_steps);
+    // Token counts per micro-step are int-indexed downstream.
+    long long tokens = (long long)c->train.micro_batch * c->data.seq_len;
+    if (tokens > INT32_MAX)
+        return error_set(err, "train.micro_batch * data.seq_len = %lld tokens per micro-step exceeds %d: lower one of them",
+                         tokens, INT32_MAX);
+    return 0;
+}
+
+// ---------------------------------------------------------------- command line
+
+static const char *const FLAGS[] = {"--config", "--set", "--print-config", "--help", "-h", "--version", NULL};
+
+// argv[*i] is `flag VALUE` or `flag=VALUE`: returns 1 and points *val at the value (NULL if it
+// is missing), consuming the next argument in the first form; 0 if argv[*i] is another flag.
+static int flag_value(const char *flag, int argc, char **argv, int *i, const char **val) {
+    size_t n = strlen(flag);
+    const char *a = argv[*i];
+    if (strncmp(a, flag, n) != 0) return 0;
+    if (a[n] == '=') { *val = a + n + 1; return 1; }
+    if (a[n] != '\0') return 0;
+    *val = *i + 1 < argc ? argv[++*i] : NULL;
+    return 1;
+}
+
+static int unknown_flag_error(Error *err, const char *a) {
+    char name[64];
+    size_t n = strcspn(a, "=");
+    if (n >= sizeof name) n = sizeof name - 1;
+    memcpy(name, a, n);
+    name[n] = '\0';
+    if (a[0] != '-') {
+        if (strchr(a, '=')) return error_set(err, "unexpected argument '%s' (to override a key: --set %s)", a, a);
+        return error_set(err, "unexpected argument '%s' (a config file is given with --config FILE)", a);
+    }
+    const char *s = suggest_value(name, FLAGS);
+    if (s) return error_set(err, "unknown option '%s' (did you mean '%s'?); see --help", a, s);
+    return error_set(err, "unknown option '%s'; see --help", a);
+}
+
+int config_parse_args(RunConfig *c, CliArgs *args, int argc, char **argv, Error *err) {
+    memset(args, 0, sizeof *args);
+    config_defaults(c);
+    // Pass 1 reads the flags alone, so that --help works next to a broken file and the file
+    // is applied before every --set wherever --config stands on the line.
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = NULL;
+        if (flag_value("--config", argc, argv, &i, &val)) {
+            if (!val || !*val) return error_set(err, "--config needs a file: --config FILE");
+            if (args->config_path[0])
+                return error_set(err, "--config given twice ('%s' and '%s'): one file per run, override keys with --set",
+                                 args->config_path, val);
+            if (strlen(val) >= sizeof args->config_path)
+                return error_set(err, "--config path is too long (%zu bytes)", strlen(val));
+            strcpy(args->config_path, val);
+        } else if (flag_value("--set", argc, argv, &i, &val)) {
+            if (!val || !*val) return error_set(err, "--set needs an assignment: --set section.key=value");
+        } else if (strcmp(a, "--print-config") == 0) {
+            args->print_config = 1;
+        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            args->help = 1;
+        } else if (strcmp(a, "--version") == 0) {
+            args->version = 1;
+        } else {
+            return unknown_flag_error(err, a);
+        }
+    }
+    if (args->help || args->version) return 0;
+    if (args->config_path[0] && config_load_file(c, args->config_path, err)) return -1;
+    for (int i = 1; i < argc; i++) {
+        const char *val = NULL;
+        if (flag_value("--config", argc, argv, &i, &val)) continue;
+        if (flag_value("--set", argc, argv, &i, &val) && config_set(c, val, err)) return -1;
+    }
+    return config_validate(c, err);
+}
+
+void config_usage(FILE *f) {
+    fprintf(f,
+            "usage: mpirun -n N actlora-mpi --config FILE [--set section.key=value]... [--print-config]\n"
+            "\n"
+            "  --config FILE          the run's libconfig file (one file per run)\n"
+            "  --set section.key=V    override one key after the file; repeatable, applied in order\n"
+            "                         (e.g. --set train.lr=3e-4 --set lora.target_modules=[q_proj,v_proj])\n"
+            "  --print-config         print the effective configuration (every key) and exit\n"
+            "  --help, -h             print this help and exit\n"
+            "  --version              print the version and exit\n"
+            "\n"
+            "Every key, its default and its allowed values: docs/config.md\n");
+}
+
+// ---------------------------------------------------------------- printing
+
+static void print_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+        else if (ch == '\n') fputs("\\n", f);
+        else if (ch == '\t') fputs("\\t", f);
+        else if (ch == '\r') fputs("\\r", f);
+        else if (ch == '\f') fputs("\\f", f);
+        else if (ch < 0x20) fprintf(f, "\\x%02x", ch);
+        else fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static void print_value(const ConfigKey *k, const RunConfig *c, FILE *f) {
+    const char *field = (const char *)c + k->off;
+    char buf[40];
+    switch (k->type) {
+    case KT_INT: fprintf(f, "%d", *(const int *)field); break;
+    case KT_INT64: fprintf(f, "%lldL", (long long)*(const int64_t *)field); break;
+    case KT_DOUBLE: format_double(buf, sizeof buf, *(const double *)field); fputs(buf, f); break;
+    case KT_BOOL: fputs(*(const int *)field ? "true" : "false", f); break;
+    case KT_ENUM: case KT_STRING: print_string(f, field); break;
+    case KT_TARGETS:
+        fputc('[', f);
+        for (int i = 0; i < c->lora.n_targets && i < CONFIG_MAX_TARGETS; i++) {
+            if (i) fputs(", ", f);
+            print_string(f, c->lora.targets[i]);
+        }
+        fputc(']', f);
+        break;
+    case KT_LAYERS:
+        if (c->lora.all_layers) { fputs("\"all\"", f); break; }
+        fputc('[', f);
+        for (int i = 0; i < c->lora.n_layers && i < CONFIG_MAX_LAYERS; i++) fprintf(f, "%s%d", i ? ", " : "", c->lora.layers[i]);
+        fputc(']', f);
+        break;
+    }
+}
+
+void config_print(const RunConfig *c, FILE *f) {
+    fputs("# actlora-mpi run configuration: every key, effective values (docs/config.md)\n", f);
+    const char *open = NULL;
+    size_t open_len = 0;
+    for (int i = 0; i < NUM_KEYS; i++) {
+        const ConfigKey *k = &KEYS[i];
+        size_t sl = section_len(k->name);
+        if (!open || sl != open_len || strncmp(open, k->name, sl) != 0) {
+            if (open) fputs("};\n", f);
+            fprintf(f, "%.*s = {\n", (int)sl, k->name);
+            open = k->name;
+            open_len = sl;
+        }
+        fprintf(f, "  %s = ", k->name + sl + 1);
+        print_value(k, c, f);
+        fputs(";\n", f);
+    }
+    if (open) fputs("};\n", f);
+}
+
+uint64_t config_hash(const RunConfig *c) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    check(f, "out of memory printing the config for its hash");
+    config_print(c, f);
+    fclose(f);
+    uint64_t h = fnv1a64(FNV64_INIT, buf, len);
+    free(buf);
+    return h;
+}
