@@ -128,6 +128,22 @@ static double cpu_sumsq(Backend *be, const float *x, size_t n) {
     return total;
 }
 
+// per-row norms in fp64 into a buffer, then summed in row order: independent of the threads
+static double cpu_row_norm_sum(Backend *be, const float *x, const int32_t *mask, int N, int C) {
+    double *norms = xmalloc((size_t)(N > 0 ? N : 1) * sizeof(double), "row norms");
+    #pragma omp parallel for num_threads(be->threads) if (N >= 64) schedule(static)
+    for (int n = 0; n < N; n++) {
+        double s = 0.0;
+        if (mask[n])
+            for (int c = 0; c < C; c++) s += (double)x[(size_t)n * C + c] * (double)x[(size_t)n * C + c];
+        norms[n] = sqrt(s);
+    }
+    double total = 0.0;
+    for (int n = 0; n < N; n++) total += norms[n];
+    free(norms);
+    return total;
+}
+
 // ------------------------------------------------------------------------------ embedding
 
 // out[n, :] = wte[ids[n], :]; ids: [N], wte: [V, C], out: [N, C]
@@ -331,6 +347,13 @@ static void cpu_adamw(Backend *be, float *p, const float *g, float *m, float *v,
 
 // ------------------------------------------------------------------------------ init / free
 
+// Releases the CPU backend's private state.
+static void cpu_destroy(Backend *be) {
+    CpuCtx *cx = (CpuCtx *)be->ctx;
+    free(cx->scratch);
+    free(cx);
+}
+
 void backend_cpu_init(Backend *be, int threads) {
     memset(be, 0, sizeof *be);
     if (threads <= 0) threads = omp_get_max_threads();
@@ -348,11 +371,13 @@ void backend_cpu_init(Backend *be, int threads) {
     be->zero = cpu_zero;
     be->copy = cpu_memcpy;
     be->sync = cpu_sync;
+    be->destroy = cpu_destroy;
 
     be->gemm = cpu_gemm;
     be->add = cpu_add;
     be->scale = cpu_scale;
     be->sumsq = cpu_sumsq;
+    be->row_norm_sum = cpu_row_norm_sum;
 
     be->embedding_fwd = cpu_embedding_fwd;
     be->rmsnorm_fwd = cpu_rmsnorm_fwd;
@@ -370,16 +395,8 @@ void backend_cpu_init(Backend *be, int threads) {
     be->adamw = cpu_adamw;
 }
 
-// Releases the CPU backend's private state. (A CUDA backend adds its own branch here.)
 void backend_free(Backend *be) {
     if (!be || !be->ctx) return;
-    if (be->name && strcmp(be->name, "cpu") == 0) {
-        CpuCtx *cx = (CpuCtx *)be->ctx;
-        free(cx->scratch);
-        free(cx);
-    } else {
-        die("backend_free: backend '%s' is not the cpu backend and has no release function here",
-            be->name ? be->name : "(unnamed)");
-    }
+    be->destroy(be);
     be->ctx = NULL;
 }

@@ -353,8 +353,24 @@ static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, Llama
 #undef LORA_FWD
 }
 
+// Adds the per-token norms of layer l's block output and module inputs to the statistics.
+static void probe_layer(Llama *m, Backend *be, const LlamaActs *a, const float *out, int l, int N, CalibStats *s) {
+    const ModelConfig *mc = &m->cfg;
+    int C = mc->hidden_size, I = mc->intermediate_size, qd = mc->num_attention_heads * mc->head_dim;
+    double *row = s->sums + (size_t)l * CALIB_NSTAT;
+    double n_xn1 = be->row_norm_sum(be, a->xn1, m->d_mask, N, C), n_xn2 = be->row_norm_sum(be, a->xn2, m->d_mask, N, C);
+    row[0] += be->row_norm_sum(be, out, m->d_mask, N, C);
+    row[1 + LORA_Q] += n_xn1;
+    row[1 + LORA_K] += n_xn1;
+    row[1 + LORA_V] += n_xn1;
+    row[1 + LORA_O] += be->row_norm_sum(be, a->att, m->d_mask, N, qd);
+    row[1 + LORA_GATE] += n_xn2;
+    row[1 + LORA_UP] += n_xn2;
+    row[1 + LORA_DOWN] += be->row_norm_sum(be, a->h, m->d_mask, N, I);
+}
+
 double llama_forward(Llama *m, Backend *be, const LoraSet *ls, const Batch *b, int train, float grad_scale,
-                     uint64_t dropout_key) {
+                     uint64_t dropout_key, CalibStats *stats) {
     const ModelConfig *mc = &m->cfg;
     int B = b->B, T = b->T, L = mc->num_hidden_layers, C = mc->hidden_size, K = m->num_labels;
     check(B <= m->cap_B && T <= m->cap_T, "batch [%d, %d] exceeds the activation memory planned for [%d, %d]", B,
@@ -381,7 +397,9 @@ double llama_forward(Llama *m, Backend *be, const LoraSet *ls, const Batch *b, i
         LlamaActs *a = acts_for(m, l);
         float *out = l + 1 == L ? m->x_final : acts_for(m, l + 1)->x_in;
         block_forward(m, be, ls, l, a, out, B, T, train, dropout_key);
+        if (stats) probe_layer(m, be, a, out, l, N, stats);
     }
+    if (stats) stats->tokens += (double)b->n_tokens;
     be->pool_last_fwd(be, m->pooled, m->x_final, m->d_last, B, T, C);
     be->rmsnorm_fwd(be, m->pooled_n, m->rstd_f, m->pooled, m->norm, B, C, (float)mc->rms_norm_eps);
     be->gemm(be, 0, 1, B, K, C, 1.0f, m->pooled_n, ls->params + ls->head_off, 0.0f, m->logits);

@@ -161,7 +161,7 @@ int main(int argc, char **argv) {
             uint64_t dkey = rng_key(rng_key(rng_key(rng_key(seed, 0xD207), (uint64_t)step), (uint64_t)micro),
                                     (uint64_t)rank);
             double tf = time_now();
-            loss_sum += llama_forward(&model, &be, &ls, &batch, 1, grad_scale, dkey);
+            loss_sum += llama_forward(&model, &be, &ls, &batch, 1, grad_scale, dkey, NULL);
             double tb = time_now();
             llama_backward(&model, &be, &ls, &batch, dkey);
             be.sync(&be);

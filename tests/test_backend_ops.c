@@ -259,6 +259,32 @@ static void test_add_scale_sumsq(TestCounts *tc, Backend *be) {
     be->free(be, want);
 }
 
+// masked per-row L2 norms summed (the calibration probe): vs double, and thread-independent
+static void test_row_norm_sum(TestCounts *tc, Backend *be) {
+    int N = 131, C = 37;
+    float *x = falloc(be, (size_t)N * C);
+    int32_t mask[131];
+    Rand r = {29};
+    fill(x, (size_t)N * C, -3, 3, &r);
+    double ref = 0.0;
+    for (int n = 0; n < N; n++) {
+        mask[n] = (n % 5) != 2;  // every fifth row is padding and must not count
+        if (!mask[n]) continue;
+        double s = 0.0;
+        for (int c = 0; c < C; c++) s += (double)x[n * C + c] * x[n * C + c];
+        ref += sqrt(s);
+    }
+    double got = be->row_norm_sum(be, x, mask, N, C);
+    T_CHECK(tc, fabs(got - ref) <= 1e-12 * ref, "row_norm_sum %.17g vs double %.17g", got, ref);
+    Backend b1;
+    backend_cpu_init(&b1, 1);
+    double one = b1.row_norm_sum(&b1, x, mask, N, C);
+    backend_free(&b1);
+    reinit(be);
+    T_CHECK(tc, one == got, "row_norm_sum: 1 thread %.17g != %d threads %.17g", one, be->threads, got);
+    be->free(be, x);
+}
+
 // ------------------------------------------------------------------------------ embedding, rmsnorm, rope
 
 static void test_embedding(TestCounts *tc, Backend *be) {
@@ -782,6 +808,7 @@ int main(int argc, char **argv) {
     test_gemm(&tc, &be);
     test_gemm_edges(&tc, &be);
     test_add_scale_sumsq(&tc, &be);
+    test_row_norm_sum(&tc, &be);
     test_embedding(&tc, &be);
     test_rmsnorm(&tc, &be);
     test_rope(&tc, &be);

@@ -52,7 +52,7 @@ static void teardown(Setup *s) {
 }
 
 static double loss_at(Setup *s, uint64_t key) {
-    return llama_forward(&s->model, &s->be, &s->ls, &s->b, 1, 0.0f, key) / s->b.B;
+    return llama_forward(&s->model, &s->be, &s->ls, &s->b, 1, 0.0f, key, NULL) / s->b.B;
 }
 
 static void test_dropout_gradcheck(TestCounts *tc, const char *dir) {
@@ -67,7 +67,7 @@ static void test_dropout_gradcheck(TestCounts *tc, const char *dir) {
     }
     uint64_t key = 0xABCDEF;
     s.be.zero(&s.be, s.ls.grads, s.ls.numel * sizeof(float));
-    llama_forward(&s.model, &s.be, &s.ls, &s.b, 1, 1.0f / (float)s.b.B, key);
+    llama_forward(&s.model, &s.be, &s.ls, &s.b, 1, 1.0f / (float)s.b.B, key, NULL);
     llama_backward(&s.model, &s.be, &s.ls, &s.b, key);
     // central differences on a few elements of every A, B and the head (fp32 forward: eps 1e-2)
     const float eps = 1e-2f;
@@ -99,7 +99,7 @@ static void test_dropout_gradcheck(TestCounts *tc, const char *dir) {
     printf("dropout gradcheck: %d elements, worst relative error %.2e\n", checked, worst);
     // dropout is really on: another key gives another loss, and train=0 disables it
     double l1 = loss_at(&s, key), l2 = loss_at(&s, key + 1);
-    double l_eval = llama_forward(&s.model, &s.be, &s.ls, &s.b, 0, 0.0f, key) / s.b.B;
+    double l_eval = llama_forward(&s.model, &s.be, &s.ls, &s.b, 0, 0.0f, key, NULL) / s.b.B;
     T_CHECK(tc, l1 != l2, "dropout keys %llx and %llx gave the same loss", (unsigned long long)key,
             (unsigned long long)key + 1);
     T_CHECK(tc, l1 == loss_at(&s, key), "the same dropout key gave two different losses");
@@ -142,7 +142,7 @@ static void test_stops_at_lowest(TestCounts *tc, const char *dir) {
                 s->ls.params[a->b_off + j] = 0.1f * (2.0f * rng_uniform(rng_key(6, (uint64_t)a->module), j) - 1.0f);
         }
         s->be.zero(&s->be, s->ls.grads, s->ls.numel * sizeof(float));
-        llama_forward(&s->model, &s->be, &s->ls, &s->b, 1, 1.0f / (float)s->b.B, 0);
+        llama_forward(&s->model, &s->be, &s->ls, &s->b, 1, 1.0f / (float)s->b.B, 0, NULL);
         llama_backward(&s->model, &s->be, &s->ls, &s->b, 0);
     }
     T_CHECK(tc, s1.model.saved_from == 3 && s2.model.saved_from == 0, "saved_from %d / %d, expected 3 / 0",

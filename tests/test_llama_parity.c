@@ -108,7 +108,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
 
     // ---- forward + backward at the initial parameters (loss = mean over rows)
     be.zero(&be, ls.grads, ls.numel * sizeof(float));
-    double loss = llama_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0) / B;
+    double loss = llama_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0, NULL) / B;
     llama_backward(&model, &be, &ls, &b, 0);
     float ref_logits[64], ref_loss;
     st_to_f32(need(&st, "logits"), ref_logits);
@@ -153,7 +153,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
     st_to_f32(need(&st, "traj.grad_norm"), traj_norm);
     for (int s = 0; s < S; s++) {
         be.zero(&be, ls.grads, ls.numel * sizeof(float));
-        my_loss[s] = (float)(llama_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0) / B);
+        my_loss[s] = (float)(llama_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0, NULL) / B);
         llama_backward(&model, &be, &ls, &b, 0);
         my_lr[s] = (float)optim_lr_at(&oc, s);
         my_norm[s] = (float)optim_clip(&oc, &be, &ls);

@@ -28,6 +28,7 @@ struct Backend {
     void (*zero)(Backend *be, void *p, size_t bytes);
     void (*copy)(Backend *be, void *dst, const void *src, size_t bytes);
     void (*sync)(Backend *be);
+    void (*destroy)(Backend *be);  // releases the backend's private state (backend_free calls it)
 
     // ---- dense algebra ----
     // C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C, op(X) = X^T when trans_x.
@@ -40,6 +41,9 @@ struct Backend {
     void (*scale)(Backend *be, float *x, float s, size_t n);
     // sum of squares in fp64, summed in a fixed order (deterministic for a given n)
     double (*sumsq)(Backend *be, const float *x, size_t n);
+    // sum over rows n with mask[n] != 0 of the L2 norm of x[n, :] (x: [N, C], mask: [N]), fp64,
+    // summed in a fixed order (the calibration probe: deterministic for given inputs)
+    double (*row_norm_sum)(Backend *be, const float *x, const int32_t *mask, int N, int C);
 
     // ---- embedding ----
     // out[n, :] = wte[ids[n], :]; ids: [N], wte: [V, C], out: [N, C]

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "actlora/backend.h"
+#include "actlora/calib.h"
 #include "actlora/data.h"
 #include "actlora/hfmodel.h"
 #include "actlora/lora.h"
@@ -70,9 +71,10 @@ void llama_free(Llama *m, Backend *be);
 
 // Forward pass over a batch. Returns the summed per-row loss; logits land in m->logits.
 // With train != 0, also writes dlogits = grad_scale * d(loss sum)/dlogits for llama_backward, and
-// applies LoRA dropout drawn from dropout_key.
+// applies LoRA dropout drawn from dropout_key. With stats != NULL, adds this batch's per-layer
+// activation statistics (calib.h) over its real tokens.
 double llama_forward(Llama *m, Backend *be, const LoraSet *ls, const Batch *b, int train, float grad_scale,
-                     uint64_t dropout_key);
+                     uint64_t dropout_key, CalibStats *stats);
 // Backward of the last forward: accumulates (+=) gradients of every adapter and the head into
 // ls->grads, stopping at the lowest adapted layer.
 void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t dropout_key);

@@ -1,0 +1,25 @@
+// dist.h: MPI bootstrap facts (rank, world, node-local rank) and the agreement helpers that make
+// "every rank decided the same thing" a checked fact rather than an assumption.
+#ifndef ACTLORA_DIST_H
+#define ACTLORA_DIST_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    MPI_Comm comm;
+    int rank, world;
+    int local_rank, local_world;  // within the node (MPI_COMM_TYPE_SHARED)
+} Dist;
+
+void dist_init(Dist *d, MPI_Comm comm);
+void dist_free(Dist *d);
+// Hashes `bytes` on every rank and dies, naming `what`, unless all ranks hold identical bytes.
+void dist_check_agree(const Dist *d, const void *data, size_t bytes, const char *what);
+// Logical OR of a flag over all ranks (a collective: every rank must call it).
+int dist_any(const Dist *d, int flag);
+// Sum of a double over all ranks, identical on every rank (reduce to rank 0, then broadcast).
+double dist_sum(const Dist *d, double x);
+
+#endif
