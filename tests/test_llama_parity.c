@@ -5,7 +5,8 @@
 // mixed lengths, and 10 AdamW steps with warmup, a decaying schedule and clipping.
 //
 // Tolerances (fp32 on both sides, different summation orders): logits and loss 1e-5 relative,
-// gradients 1e-4 relative to the largest element of the tensor, trajectory losses 1e-4,
+// gradients 1e-4 relative to the largest element of the tensor, trajectory losses 1e-4 of the
+// largest (initial) loss,
 // parameters after 10 steps 1e-4 relative to the tensor's largest element.
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -105,6 +106,39 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
     if (K > 1) st_to_i32(need(&st, "labels"), path, b.labels_i, &err);
     else st_to_f32(need(&st, "labels"), b.labels_f);
     llama_alloc_acts(&model, &be, &ls, B, T);
+    char what[256];
+
+    // ---- calibration statistics of the base model (no adapters) vs HF forward hooks
+    {
+        LoraSet none;
+        lora_init(&none, &be, &shapes, mc.num_hidden_layers, NULL, 0, NULL, 0, 1, 1.0, 0, 0.0, K, mc.hidden_size);
+        memcpy(none.params + none.head_off, ls.params + ls.head_off, (size_t)K * mc.hidden_size * sizeof(float));
+        Llama base;
+        llama_load(&base, &be, dir, &mc, K, 0, 0);
+        llama_alloc_acts(&base, &be, &none, B, T);
+        CalibStats cs;
+        calib_stats_init(&cs, mc.num_hidden_layers);
+        b.n_tokens = 0;
+        for (int i = 0; i < B * T; i++) b.n_tokens += b.mask[i];
+        llama_forward(&base, &be, &none, &b, 0, 0.0f, 0, &cs);
+        size_t n = (size_t)mc.num_hidden_layers * CALIB_NSTAT;
+        float *mine = xmalloc(n * sizeof(float), "stats"), *ref = xmalloc(n * sizeof(float), "ref stats");
+        for (size_t i = 0; i < n; i++) mine[i] = (float)cs.sums[i];
+        st_to_f32(need(&st, "calib.sums"), ref);
+        float ref_tokens;
+        st_to_f32(need(&st, "calib.tokens"), &ref_tokens);
+        snprintf(what, sizeof what, "%s calibration sums", fixture);
+        T_CLOSE(tc, mine, ref, n, 1e-5, 0.0, what);
+        T_CHECK(tc, cs.tokens == ref_tokens, "%s: calibration counted %g real tokens, HF %g", fixture, cs.tokens,
+                (double)ref_tokens);
+        size_t w;
+        printf("%s: calibration statistics err %.2e\n", fixture, t_max_rel_err(mine, ref, n, 0.0, &w));
+        free(mine);
+        free(ref);
+        calib_stats_free(&cs);
+        llama_free(&base, &be);
+        lora_free(&none, &be);
+    }
 
     // ---- forward + backward at the initial parameters (loss = mean over rows)
     be.zero(&be, ls.grads, ls.numel * sizeof(float));
@@ -113,7 +147,6 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
     float ref_logits[64], ref_loss;
     st_to_f32(need(&st, "logits"), ref_logits);
     st_to_f32(need(&st, "loss"), &ref_loss);
-    char what[256];
     snprintf(what, sizeof what, "%s logits", fixture);
     T_CLOSE(tc, model.logits, ref_logits, (size_t)B * K, 1e-5, 1e-3, what);
     size_t wl;
@@ -161,8 +194,9 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
     }
     snprintf(what, sizeof what, "%s trajectory lr", fixture);
     T_CLOSE(tc, my_lr, traj_lr, (size_t)S, 1e-6, 1e-12, what);
-    snprintf(what, sizeof what, "%s trajectory loss", fixture);
-    T_CLOSE(tc, my_loss, traj_loss, (size_t)S, 1e-4, 0.0, what);
+    // the loss falls ~100x over the 10 steps: measure its error against the initial loss
+    double traj_err = rel_to_max(my_loss, traj_loss, (size_t)S);
+    T_CHECK(tc, traj_err <= 1e-4, "%s trajectory loss: max err %.3g of the largest loss", fixture, traj_err);
     snprintf(what, sizeof what, "%s trajectory grad norm", fixture);
     T_CLOSE(tc, my_norm, traj_norm, (size_t)S, 1e-4, 0.0, what);
     double worst_final = 0.0;
@@ -180,7 +214,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
     }
     printf("%s: logits err %.2e, loss err %.2e, worst grad err %.2e, trajectory loss err %.2e, final params "
            "err %.2e\n", fixture, logits_err,
-           fabs(loss - ref_loss) / fabs(ref_loss), worst_grad, t_max_rel_err(my_loss, traj_loss, (size_t)S, 0.0, &wl),
+           fabs(loss - ref_loss) / fabs(ref_loss), worst_grad, traj_err,
            worst_final);
     batch_free(&b);
     llama_free(&model, &be);

@@ -199,6 +199,38 @@ def trainable(pm, case):
     return params
 
 
+MODULE_ORDER = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def calib_stats(model, ids, mask):
+    """Act-LoRA calibration statistics of the base model (no adapters) on one batch: for every
+    decoder layer, the float64 sum over real tokens of the per-token L2 norm of (column 0) the
+    layer's output and (columns 1..7) the input of each projection in MODULE_ORDER, captured with
+    forward hooks. Returns (sums [L, 8] float64, real-token count)."""
+    L = model.config.num_hidden_layers
+    sums = torch.zeros(L, 1 + len(MODULE_ORDER), dtype=torch.float64)
+    real = mask.bool()
+
+    def norm_sum(x):
+        return x.double().norm(dim=-1)[real].sum()
+
+    hooks = []
+    for l, layer in enumerate(model.model.layers):
+        def on_layer(mod, inp, out, l=l):
+            sums[l, 0] += norm_sum(out[0] if isinstance(out, tuple) else out)
+        hooks.append(layer.register_forward_hook(on_layer))
+        for j, name in enumerate(MODULE_ORDER):
+            lin = getattr(layer.self_attn if j < 4 else layer.mlp, name)
+            def on_linear(mod, inp, out, l=l, j=j):
+                sums[l, 1 + j] += norm_sum(inp[0])
+            hooks.append(lin.register_forward_hook(on_linear))
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    for h in hooks:
+        h.remove()
+    return sums, int(real.sum())
+
+
 def run_case(key, model_dir, out_dir):
     import peft
     import transformers
@@ -207,12 +239,13 @@ def run_case(key, model_dir, out_dir):
 
     case = CASES[key]
     model = load_model(model_dir, case)
+    ids, mask, labels = make_batch(case)
+    stats, n_real = calib_stats(model, ids, mask)
     pm, scaling = wrap_peft(model, case)
     pm.train()  # dropouts are all 0, so train == eval numerically
     params = trainable(pm, case)
     plist = [p for _, p in params]
 
-    ids, mask, labels = make_batch(case)
     # HF pools the rightmost token != pad_token_id; our batch makes that the last mask==1 token
     last_nonpad = (torch.arange(T) * (ids != PAD_ID)).argmax(-1)
     assert torch.equal(last_nonpad, torch.tensor(LENGTHS) - 1)
@@ -224,6 +257,8 @@ def run_case(key, model_dir, out_dir):
     }
     for n, p in params:
         tensors["init." + n] = p.detach().clone()
+    tensors["calib.sums"] = stats
+    tensors["calib.tokens"] = torch.tensor([n_real], dtype=torch.float64)
 
     # forward + backward at the initial parameters
     pm.zero_grad(set_to_none=True)
