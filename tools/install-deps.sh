@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # install-deps.sh: installs what actlora-mpi needs to build and test on Debian 12 / Ubuntu 22.04+.
 # Idempotent; run as root (or with sudo). Options (environment):
-#   WITH_PYTHON=1   also pip-install the light Python deps the tests use (numpy, safetensors, pytest)
+#   WITH_PYTHON=1   (default) pip-install tools/requirements.txt: data prep and the Python tests
 #   WITH_TORCH=1    also pip-install torch + transformers + peft (regenerating fixtures, benchmarks)
 # The CUDA toolkit (nvcc, cuBLAS, NCCL) is not installed here: when nvcc is on PATH the build
 # compiles the CUDA backend too.
@@ -25,8 +25,9 @@ PIP="python3 -m pip install -q --disable-pip-version-check"
 # Debian's own python3 refuses system-wide pip installs (PEP 668); a venv or pyenv python does not.
 python3 -m pip --version >/dev/null 2>&1 && pip_ok=1 || pip_ok=0
 if [ "${WITH_PYTHON:-1}" = 1 ] && [ $pip_ok = 1 ]; then
-  python3 -c "import numpy, safetensors, pytest" 2>/dev/null || $PIP numpy safetensors pytest \
-    || $PIP --break-system-packages numpy safetensors pytest
+  req="$(dirname "$0")/requirements.txt"
+  python3 -c "import numpy, safetensors, pytest, h5py, tokenizers" 2>/dev/null || $PIP -r "$req" \
+    || $PIP --break-system-packages -r "$req"
   echo "install-deps: python test deps ok"
 fi
 if [ "${WITH_TORCH:-0}" = 1 ] && [ $pip_ok = 1 ]; then
