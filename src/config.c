@@ -12,96 +12,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-typedef enum {
-    KT_INT,      // int field, integer literal
-    KT_INT64,    // int64_t field, integer literal with or without the L suffix
-    KT_DOUBLE,   // double field, float or integer literal
-    KT_BOOL,     // int field, true / false
-    KT_ENUM,     // char[] field, one of `allowed`
-    KT_STRING,   // char[] field, any string that fits (paths)
-    KT_TARGETS,  // lora.targets / n_targets: non-empty list of distinct names from `allowed`
-    KT_LAYERS,   // lora.all_layers / layers / n_layers: "all" or a list of layer indices
-} KeyType;
+#include "config_keys.h"
 
-typedef struct {
-    const char *name;             // "section.key"; keys of one section are contiguous
-    KeyType type;
-    size_t off, size;             // offsetof / sizeof the RunConfig field
-    long long imin, imax;         // KT_INT, KT_INT64: inclusive range (imax LLONG_MAX: none)
-    double dmin, dmax;            // KT_DOUBLE: range, each end open or closed
-    int dmin_open, dmax_open;
-    const char *const *allowed;   // KT_ENUM, KT_TARGETS: NULL-terminated
-    double def_num;               // default of numeric and bool keys (all exact in a double)
-    const char *def_str;          // default of string keys; targets: comma list; layers: "all"
-    const char *doc;              // one line, also in docs/config.md
-} ConfigKey;
-
-static const char *const ARCH_VALUES[] = {"auto", "llama", NULL};
-static const char *const DTYPE_VALUES[] = {"auto", "fp32", "bf16", NULL};
-static const char *const INIT_VALUES[] = {"pretrained", "random", NULL};
-static const char *const SCHEDULE_VALUES[] = {"constant", "linear", "cosine", NULL};
-static const char *const SOURCE_VALUES[] = {"synthetic", NULL};
-static const char *const DEVICE_VALUES[] = {"auto", "cpu", "cuda", NULL};
-static const char *const TARGET_VALUES[] = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                            "gate_proj", "up_proj", "down_proj", NULL};
-
-// The _Generic term adds 0 to the offset but stops the build if a field's C type does not
-// match the key type, so the table cannot silently write a double into an int.
-#define FIELD(f, T) \
-    .off = offsetof(RunConfig, f) + _Generic(((RunConfig *)0)->f, T: 0), .size = sizeof(((RunConfig *)0)->f)
-#define KEY_INT(n, f, lo, hi, d, doc_) \
-    {.name = n, .type = KT_INT, FIELD(f, int), .imin = lo, .imax = hi, .def_num = d, .doc = doc_}
-#define KEY_I64(n, f, lo, hi, d, doc_) \
-    {.name = n, .type = KT_INT64, FIELD(f, int64_t), .imin = lo, .imax = hi, .def_num = d, .doc = doc_}
-#define KEY_DBL(n, f, lo, lo_open, hi, hi_open, d, doc_)                                    \
-    {.name = n, .type = KT_DOUBLE, FIELD(f, double), .dmin = lo, .dmin_open = lo_open,   \
-     .dmax = hi, .dmax_open = hi_open, .def_num = d, .doc = doc_}
-#define KEY_BOOL(n, f, d, doc_) {.name = n, .type = KT_BOOL, FIELD(f, int), .def_num = d, .doc = doc_}
-#define KEY_ENUM(n, f, vals, d, doc_) \
-    {.name = n, .type = KT_ENUM, FIELD(f, char *), .allowed = vals, .def_str = d, .doc = doc_}
-#define KEY_STR(n, f, d, doc_) {.name = n, .type = KT_STRING, FIELD(f, char *), .def_str = d, .doc = doc_}
-
-static const ConfigKey KEYS[] = {
-    KEY_STR("model.path", model.path, "", "Hugging Face model directory (config.json + *.safetensors); required"),
-    KEY_ENUM("model.arch", model.arch, ARCH_VALUES, "auto", "architecture; auto = model_type from config.json"),
-    KEY_ENUM("model.dtype", model.dtype, DTYPE_VALUES, "auto", "compute dtype; the CPU backend computes in fp32"),
-    KEY_ENUM("model.init", model.init, INIT_VALUES, "pretrained",
-             "pretrained = load the safetensors; random = weights from config.json shapes alone"),
-    KEY_INT("model.num_labels", model.num_labels, 1, 1000, 2, "classification classes; 1 = regression"),
-
-    KEY_INT("lora.r", lora.r, 1, 1024, 8, "LoRA rank"),
-    KEY_DBL("lora.alpha", lora.alpha, 0, 1, 1e6, 0, 16, "LoRA scale numerator: alpha/r (alpha/sqrt(r) with rslora)"),
-    KEY_DBL("lora.dropout", lora.dropout, 0, 0, 1, 1, 0.0, "dropout on the LoRA input during training"),
-    KEY_BOOL("lora.rslora", lora.rslora, 0, "rank-stabilised scale alpha/sqrt(r) instead of alpha/r"),
-    {.name = "lora.target_modules", .type = KT_TARGETS, FIELD(lora.targets, char(*)[32]),
-     .allowed = TARGET_VALUES, .def_str = "q_proj,v_proj",
-     .doc = "projections that get LoRA adapters, each at most once"},
-    {.name = "lora.layers", .type = KT_LAYERS, FIELD(lora.layers, int *), .imin = 0,
-     .imax = CONFIG_MAX_LAYERS - 1, .def_str = "all",
-     .doc = "decoder layers with adapters: \"all\" or a list of indices (sorted, duplicates dropped)"},
-
-    KEY_DBL("train.lr", train.lr, 0, 1, 10, 0, 1e-4, "peak learning rate (AdamW)"),
-    KEY_ENUM("train.schedule", train.schedule, SCHEDULE_VALUES, "linear",
-             "learning-rate decay to max_steps after the linear warmup"),
-    KEY_INT("train.warmup_steps", train.warmup_steps, 0, 1000000000, 0, "linear warmup steps from 0 to train.lr"),
-    KEY_DBL("train.weight_decay", train.weight_decay, 0, 0, 1, 0, 0.0, "AdamW decoupled weight decay"),
-    KEY_DBL("train.clip", train.clip, 0, 0, INFINITY, 0, 1.0, "max global gradient L2 norm; 0 = no clipping"),
-    KEY_DBL("train.beta1", train.beta1, 0, 0, 1, 1, 0.9, "AdamW first-moment decay"),
-    KEY_DBL("train.beta2", train.beta2, 0, 0, 1, 1, 0.999, "AdamW second-moment decay"),
-    KEY_DBL("train.eps", train.eps, 0, 1, 1, 1, 1e-8, "AdamW denominator epsilon"),
-    KEY_INT("train.micro_batch", train.micro_batch, 1, 65536, 8, "sequences per rank per micro-step"),
-    KEY_INT("train.grad_accum", train.grad_accum, 1, 65536, 1, "micro-steps accumulated per optimizer step"),
-    KEY_INT("train.max_steps", train.max_steps, 1, 1000000000, 100, "optimizer steps to run"),
-    KEY_I64("train.seed", train.seed, 0, INT64_MAX, 1234, "seed of every random stream (init, dropout, data)"),
-
-    KEY_ENUM("data.source", data.source, SOURCE_VALUES, "synthetic", "synthetic = random token batches from the seed"),
-    KEY_INT("data.seq_len", data.seq_len, 2, 1048576, 128, "tokens per sequence"),
-
-    KEY_STR("run.dir", run.dir, "runs/default", "run directory (logs, later checkpoints)"),
-    KEY_ENUM("run.device", run.device, DEVICE_VALUES, "auto", "auto = cuda when built with it and a GPU is visible"),
-    KEY_INT("run.threads", run.threads, 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"),
-    KEY_INT("run.log_every", run.log_every, 1, 1000000000, 10, "progress line every N optimizer steps"),
-};
 #define NUM_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
 
 int config_num_keys(void) { return NUM_KEYS; }
@@ -262,7 +174,7 @@ static const char *type_text(const ConfigKey *k) {
         [KT_INT] = "an integer", [KT_INT64] = "an integer", [KT_DOUBLE] = "a number",
         [KT_BOOL] = "true or false", [KT_ENUM] = "a string", [KT_STRING] = "a string",
         [KT_TARGETS] = "a list of module names such as [\"q_proj\", \"v_proj\"]",
-        [KT_LAYERS] = "\"all\" or a list of layer indices such as [0, 1]"};
+        [KT_LAYERS] = "\"auto\", \"all\" or a list of layer indices such as [0, 1]"};
     return texts[k->type];
 }
 
@@ -352,10 +264,11 @@ static int set_layers(const ConfigKey *k, const config_setting_t *s, RunConfig *
     int t = config_setting_type(s);
     if (t == CONFIG_TYPE_STRING) {
         const char *v = config_setting_get_string(s);
-        if (strcmp(v, "all") != 0)
-            return error_set(err, "%s%s%s = \"%s\" is not allowed: use \"all\" or a list of layer indices such as [0, 1]",
+        if (strcmp(v, "all") != 0 && strcmp(v, "auto") != 0)
+            return error_set(err, "%s%s%s = \"%s\" is not allowed: use \"auto\", \"all\" or a list of layer indices such as [0, 1]",
                              WHERE_ARG(where), k->name, v);
-        c->lora.all_layers = 1;
+        c->lora.all_layers = strcmp(v, "all") == 0;
+        c->lora.auto_layers = !c->lora.all_layers;
         c->lora.n_layers = 0;
         memset(c->lora.layers, 0, sizeof c->lora.layers);
         return 0;
@@ -380,6 +293,7 @@ static int set_layers(const ConfigKey *k, const config_setting_t *s, RunConfig *
         seen[v] = 1;
     }
     c->lora.all_layers = 0;
+    c->lora.auto_layers = 0;
     c->lora.n_layers = 0;
     memset(c->lora.layers, 0, sizeof c->lora.layers);
     for (int v = 0; v < CONFIG_MAX_LAYERS; v++)
@@ -450,7 +364,7 @@ void config_defaults(RunConfig *c) {
             }
             break;
         }
-        case KT_LAYERS: c->lora.all_layers = 1; break;   // the only default the table allows
+        case KT_LAYERS: c->lora.auto_layers = 1; break;   // the only default the table allows
         }
     }
 }
@@ -643,7 +557,9 @@ int config_validate(const RunConfig *c, Error *err) {
             break;
         }
         case KT_LAYERS:
-            if (c->lora.all_layers) break;
+            if (c->lora.all_layers && c->lora.auto_layers)
+                rc = error_set(err, "%s cannot be both \"all\" and \"auto\"", k->name);
+            if (rc || c->lora.all_layers || c->lora.auto_layers) break;
             if (c->lora.n_layers < 1 || c->lora.n_layers > CONFIG_MAX_LAYERS)
                 rc = error_set(err, "%s lists %d layers: name 1..%d layers, or use \"all\"", k->name, c->lora.n_layers,
                                CONFIG_MAX_LAYERS);
@@ -662,9 +578,17 @@ int config_validate(const RunConfig *c, Error *err) {
         return error_set(err, "model.path is required (the model directory with config.json, also for "
                               "model.init = \"random\"): set it in the config file or with --set model.path=DIR");
     if (!c->run.dir[0]) return error_set(err, "run.dir must not be empty");
-    if (c->train.warmup_steps > c->train.max_steps)
+    if (c->train.max_steps > 0 && c->train.warmup_steps > c->train.max_steps)
         return error_set(err, "train.warmup_steps = %d exceeds train.max_steps = %d: the run would end inside the warmup",
                          c->train.warmup_steps, c->train.max_steps);
+    if (c->train.max_steps == 0 && c->train.epochs == 0)
+        return error_set(err, "train.max_steps = 0 and train.epochs = 0: set how long to train with one of them");
+    int glue = strcmp(c->data.source, "glue") == 0;
+    if (glue && !c->data.path[0])
+        return error_set(err, "data.source = \"glue\" needs data.path, the HDF5 file written by tools/prep_glue.py "
+                              "(or use data.source = \"synthetic\")");
+    if (!glue && c->train.max_steps == 0)
+        return error_set(err, "data.source = \"synthetic\" has no epochs: set train.max_steps");
     // Token counts per micro-step are int-indexed downstream.
     long long tokens = (long long)c->train.micro_batch * c->data.seq_len;
     if (tokens > INT32_MAX)
@@ -675,7 +599,8 @@ int config_validate(const RunConfig *c, Error *err) {
 
 // ---------------------------------------------------------------- command line
 
-static const char *const FLAGS[] = {"--config", "--set", "--print-config", "--help", "-h", "--version", NULL};
+static const char *const FLAGS[] = {"--config", "--set", "--print-config", "--calibrate-only", "--help", "-h",
+                                    "--version", NULL};
 
 // argv[*i] is `flag VALUE` or `flag=VALUE`: returns 1 and points *val at the value (NULL if it
 // is missing), consuming the next argument in the first form; 0 if argv[*i] is another flag.
@@ -723,6 +648,8 @@ int config_parse_args(RunConfig *c, CliArgs *args, int argc, char **argv, Error 
             if (!val || !*val) return error_set(err, "--set needs an assignment: --set section.key=value");
         } else if (strcmp(a, "--print-config") == 0) {
             args->print_config = 1;
+        } else if (strcmp(a, "--calibrate-only") == 0) {
+            args->calibrate_only = 1;
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             args->help = 1;
         } else if (strcmp(a, "--version") == 0) {
@@ -749,6 +676,7 @@ void config_usage(FILE *f) {
             "  --set section.key=V    override one key after the file; repeatable, applied in order\n"
             "                         (e.g. --set train.lr=3e-4 --set lora.target_modules=[q_proj,v_proj])\n"
             "  --print-config         print the effective configuration (every key) and exit\n"
+            "  --calibrate-only       stop after calibration and layer selection (writes calibration.h5)\n"
             "  --help, -h             print this help and exit\n"
             "  --version              print the version and exit\n"
             "\n"
@@ -791,6 +719,7 @@ static void print_value(const ConfigKey *k, const RunConfig *c, FILE *f) {
         break;
     case KT_LAYERS:
         if (c->lora.all_layers) { fputs("\"all\"", f); break; }
+        if (c->lora.auto_layers) { fputs("\"auto\"", f); break; }
         fputc('[', f);
         for (int i = 0; i < c->lora.n_layers && i < CONFIG_MAX_LAYERS; i++) fprintf(f, "%s%d", i ? ", " : "", c->lora.layers[i]);
         fputc(']', f);

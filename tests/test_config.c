@@ -1,6 +1,7 @@
 // test_config.c: the config module: defaults, file loading and every kind of error it
-// reports, --set, command-line flags, the print -> load round trip and hash, and that
-// docs/config.md documents exactly the schema's keys.
+// reports, --set, the three forms of lora.layers ("auto", "all", a list), command-line flags
+// (--calibrate-only included), the cross-key validation rules, the print -> load round trip
+// and hash, and that docs/config.md documents exactly the schema's keys with their defaults.
 // Usage: test_config SOURCE_DIR [BUILD_DIR]   (temporary files go under BUILD_DIR or /tmp)
 #include <math.h>
 #include <stdio.h>
@@ -76,24 +77,34 @@ static void test_defaults(TestCounts *tc) {
     T_CHECK(tc, c.lora.r == 8 && c.lora.alpha == 16.0 && c.lora.dropout == 0.0 && c.lora.rslora == 0, "lora defaults");
     T_CHECK(tc, c.lora.n_targets == 2 && strcmp(c.lora.targets[0], "q_proj") == 0 &&
                     strcmp(c.lora.targets[1], "v_proj") == 0, "target_modules default");
-    T_CHECK(tc, c.lora.all_layers == 1 && c.lora.n_layers == 0, "layers default 'all'");
+    T_CHECK(tc, c.lora.auto_layers == 1 && c.lora.all_layers == 0 && c.lora.n_layers == 0 && c.lora.layers[0] == 0,
+            "layers default 'auto'");
     T_CHECK(tc, c.train.lr == 1e-4 && strcmp(c.train.schedule, "linear") == 0 && c.train.warmup_steps == 0,
             "train lr/schedule/warmup defaults");
     T_CHECK(tc, c.train.weight_decay == 0.0 && c.train.clip == 1.0 && c.train.beta1 == 0.9 &&
                     c.train.beta2 == 0.999 && c.train.eps == 1e-8, "optimizer defaults");
-    T_CHECK(tc, c.train.micro_batch == 8 && c.train.grad_accum == 1 && c.train.max_steps == 100 &&
-                    c.train.seed == 1234, "batch/steps/seed defaults");
-    T_CHECK(tc, strcmp(c.data.source, "synthetic") == 0 && c.data.seq_len == 128, "data defaults");
+    T_CHECK(tc, c.train.micro_batch == 8 && c.train.grad_accum == 1 && c.train.max_steps == 0 &&
+                    c.train.epochs == 1 && c.train.eval_every == 0 && c.train.seed == 1234,
+            "batch/steps/epochs/eval_every/seed defaults");
+    T_CHECK(tc, strcmp(c.data.source, "glue") == 0 && strcmp(c.data.path, "") == 0 && strcmp(c.data.task, "") == 0 &&
+                    c.data.seq_len == 128 && c.data.group_window == 1024, "data defaults");
+    T_CHECK(tc, strcmp(c.calibration.method, "activation") == 0 && strcmp(c.calibration.probe, "block_output") == 0 &&
+                    c.calibration.batches == 8 && strcmp(c.calibration.rule, "fraction") == 0 &&
+                    c.calibration.k == 4 && c.calibration.fraction == 0.5 && c.calibration.threshold == 0.5,
+            "calibration defaults");
     T_CHECK(tc, strcmp(c.run.dir, "runs/default") == 0 && strcmp(c.run.device, "auto") == 0 && c.run.threads == 0 &&
                     c.run.log_every == 10, "run defaults");
-    // The defaults lack only the model directory.
+    // The defaults lack only the model directory and the data file (glue is the default source).
     T_CHECK(tc, config_validate(&c, &err) == -1 && has(&err, "model.path"), "defaults validate without model.path: [%s]",
             err.msg);
     strcpy(c.model.path, "models/tiny");
-    T_CHECK(tc, config_validate(&c, &err) == 0, "defaults + model.path validate: [%s]", err.msg);
+    T_CHECK(tc, config_validate(&c, &err) == -1 && has(&err, "data.source = \"glue\" needs data.path"),
+            "defaults + model.path lack data.path: [%s]", err.msg);
+    strcpy(c.data.path, "data/sst2.h5");
+    T_CHECK(tc, config_validate(&c, &err) == 0, "defaults + model.path + data.path validate: [%s]", err.msg);
 
     int n = config_num_keys();
-    T_CHECK(tc, n == 29, "config_num_keys() = %d, want 29", n);
+    T_CHECK(tc, n == 41, "config_num_keys() = %d, want 41", n);
     T_CHECK(tc, config_key_name(-1) == NULL && config_key_name(n) == NULL, "config_key_name out of range is NULL");
     for (int i = 0; i < n; i++) {
         const char *k = config_key_name(i);
@@ -116,8 +127,11 @@ static void test_load_valid(TestCounts *tc) {
                        "};\n"
                        "train = { lr = 1; schedule = \"cosine\"; warmup_steps = 10; weight_decay = 0.01;\n"
                        "          clip = 0; beta1 = 0.8; beta2 = 0.99; eps = 1e-6; micro_batch = 4;\n"
-                       "          grad_accum = 2; max_steps = 50L; seed = 99L; };\n"
-                       "data = { source = \"synthetic\"; seq_len = 64; };\n"
+                       "          grad_accum = 2; max_steps = 50L; epochs = 4; eval_every = 25; seed = 99L; };\n"
+                       "data = { source = \"synthetic\"; path = \"/data/sst2 x.h5\"; task = \"SST-2\";\n"
+                       "         seq_len = 64; group_window = 1; };\n"
+                       "calibration = { method = \"gradient\"; probe = \"lora_input\"; batches = 2;\n"
+                       "                rule = \"cumulative\"; k = 1024; fraction = 1; threshold = 0.75; };\n"
                        "run = { dir = \"runs/x\"; device = \"cpu\"; threads = 3; log_every = 5; };\n",
                        &err);
     T_CHECK(tc, rc == 0, "valid file: [%s]", err.msg);
@@ -128,22 +142,42 @@ static void test_load_valid(TestCounts *tc) {
             "lora scalars loaded");
     T_CHECK(tc, c.lora.n_targets == 3 && strcmp(c.lora.targets[0], "k_proj") == 0 &&
                     strcmp(c.lora.targets[2], "down_proj") == 0 && c.lora.targets[3][0] == '\0', "targets loaded");
-    T_CHECK(tc, c.lora.all_layers == 0 && c.lora.n_layers == 3 && c.lora.layers[0] == 1 && c.lora.layers[1] == 3 &&
-                    c.lora.layers[2] == 5 && c.lora.layers[3] == 0, "layers [5,1,3,1] sorted + deduplicated to [1,3,5]");
+    T_CHECK(tc, c.lora.all_layers == 0 && c.lora.auto_layers == 0 && c.lora.n_layers == 3 && c.lora.layers[0] == 1 &&
+                    c.lora.layers[1] == 3 && c.lora.layers[2] == 5 && c.lora.layers[3] == 0,
+            "layers [5,1,3,1] sorted + deduplicated to [1,3,5], neither auto nor all");
     T_CHECK(tc, c.train.lr == 1.0, "integer literal accepted for a double key (lr = 1)");
     T_CHECK(tc, strcmp(c.train.schedule, "cosine") == 0 && c.train.warmup_steps == 10 && c.train.weight_decay == 0.01 &&
                     c.train.clip == 0.0 && c.train.beta1 == 0.8 && c.train.beta2 == 0.99 && c.train.eps == 1e-6,
             "train doubles loaded");
     T_CHECK(tc, c.train.micro_batch == 4 && c.train.grad_accum == 2 && c.train.max_steps == 50 && c.train.seed == 99,
             "train ints loaded (int64 literal for an int key, L literal for int64)");
-    T_CHECK(tc, c.data.seq_len == 64 && strcmp(c.run.dir, "runs/x") == 0 && strcmp(c.run.device, "cpu") == 0 &&
-                    c.run.threads == 3 && c.run.log_every == 5, "data/run loaded");
+    T_CHECK(tc, c.train.epochs == 4 && c.train.eval_every == 25, "train.epochs/eval_every loaded");
+    T_CHECK(tc, strcmp(c.data.source, "synthetic") == 0 && strcmp(c.data.path, "/data/sst2 x.h5") == 0 &&
+                    strcmp(c.data.task, "SST-2") == 0 && c.data.seq_len == 64 && c.data.group_window == 1,
+            "data section loaded");
+    T_CHECK(tc, strcmp(c.calibration.method, "gradient") == 0 && strcmp(c.calibration.probe, "lora_input") == 0 &&
+                    c.calibration.batches == 2 && strcmp(c.calibration.rule, "cumulative") == 0 &&
+                    c.calibration.k == 1024 && c.calibration.fraction == 1.0 && c.calibration.threshold == 0.75,
+            "calibration section loaded (k = 1024 and fraction = 1 are the inclusive upper bounds)");
+    T_CHECK(tc, strcmp(c.run.dir, "runs/x") == 0 && strcmp(c.run.device, "cpu") == 0 && c.run.threads == 3 &&
+                    c.run.log_every == 5, "run loaded");
     T_CHECK(tc, config_validate(&c, &err) == 0, "loaded file validates: [%s]", err.msg);
 
     // Partial file: untouched keys keep their defaults; plain int for the int64 seed.
     rc = load_text(&c, "train = { seed = 77; };\nlora = { layers = \"all\"; };\n", &err);
-    T_CHECK(tc, rc == 0 && c.train.seed == 77 && c.train.lr == 1e-4 && c.lora.all_layers == 1, "partial file: [%s]",
-            err.msg);
+    T_CHECK(tc, rc == 0 && c.train.seed == 77 && c.train.lr == 1e-4 && c.lora.all_layers == 1 && !c.lora.auto_layers,
+            "partial file, layers \"all\" clears the default \"auto\": [%s]", err.msg);
+    rc = load_text(&c, "lora = { layers = \"auto\"; };\ncalibration = { rule = \"top_k\"; k = 3; };\n", &err);
+    T_CHECK(tc, rc == 0 && c.lora.auto_layers == 1 && !c.lora.all_layers && c.lora.n_layers == 0 &&
+                    strcmp(c.calibration.rule, "top_k") == 0 && c.calibration.k == 3 && c.calibration.batches == 8,
+            "layers \"auto\" + a partial calibration section: [%s]", err.msg);
+    // A glue run needs only the data file; a synthetic one needs max_steps instead.
+    rc = load_text(&c, "model = { path = \"/m\"; };\ndata = { path = \"d.h5\"; };\n", &err);
+    T_CHECK(tc, rc == 0 && config_validate(&c, &err) == 0 && c.train.max_steps == 0 && c.train.epochs == 1,
+            "minimal glue file validates: [%s]", err.msg);
+    rc = load_text(&c, "model = { path = \"/m\"; };\ndata = { source = \"synthetic\"; };\ntrain = { max_steps = 1; };\n",
+                   &err);
+    T_CHECK(tc, rc == 0 && config_validate(&c, &err) == 0, "minimal synthetic file validates: [%s]", err.msg);
     rc = load_text(&c, "train = { seed = 5000000000L; };\n", &err);
     T_CHECK(tc, rc == 0 && c.train.seed == 5000000000LL, "seed 5000000000L: [%s]", err.msg);
     rc = load_text(&c, "", &err);
@@ -152,9 +186,19 @@ static void test_load_valid(TestCounts *tc) {
     rc = load_text(&c, "lora = { dropout = 0.999; };\ntrain = { lr = 10; micro_batch = 65536; };\n", &err);
     T_CHECK(tc, rc == 0 && c.lora.dropout == 0.999 && c.train.lr == 10.0 && c.train.micro_batch == 65536,
             "inclusive bounds accepted: [%s]", err.msg);
-    // A layers list replaces "all", and "all" replaces a list.
+    rc = load_text(&c,
+                   "train = { max_steps = 0; epochs = 0; eval_every = 0; };\ndata = { group_window = 0; };\n"
+                   "calibration = { batches = 1; k = 1; fraction = 1e-9; threshold = 1.0; };\n",
+                   &err);
+    T_CHECK(tc, rc == 0 && c.train.max_steps == 0 && c.train.epochs == 0 && c.data.group_window == 0 &&
+                    c.calibration.batches == 1 && c.calibration.k == 1 && c.calibration.fraction == 1e-9 &&
+                    c.calibration.threshold == 1.0,
+            "lower bounds of the new keys load (the 0/0 length is a validation error, not a load error): [%s]",
+            err.msg);
+    // A layers list replaces the default "auto".
     rc = load_text(&c, "lora = { layers = [2]; };\n", &err);
-    T_CHECK(tc, rc == 0 && !c.lora.all_layers && c.lora.n_layers == 1 && c.lora.layers[0] == 2, "layers [2]");
+    T_CHECK(tc, rc == 0 && !c.lora.all_layers && !c.lora.auto_layers && c.lora.n_layers == 1 && c.lora.layers[0] == 2,
+            "layers [2]");
 }
 
 static void test_load_errors(TestCounts *tc) {
@@ -171,7 +215,13 @@ static void test_load_errors(TestCounts *tc) {
                 err.msg);
     }
     expect_load_error(tc, "\n\ntrian = { lr = 0.1; };\n", "@:3: unknown section 'trian' (did you mean 'train'?)");
-    expect_load_error(tc, "optimizer = { lr = 0.1; };\n", "unknown section 'optimizer' (sections: model, lora, train, data, run)");
+    expect_load_error(tc, "optimizer = { lr = 0.1; };\n", "unknown section 'optimizer' (sections: model, lora, train, data, calibration, run)");
+    expect_load_error(tc, "calibraton = { k = 2; };\n", "@:1: unknown section 'calibraton' (did you mean 'calibration'?)");
+    expect_load_error(tc, "calibration = {\n  treshold = 0.9;\n};\n",
+                      "@:2: unknown key 'calibration.treshold' (did you mean 'calibration.threshold'?)");
+    expect_load_error(tc, "train = { epoch = 2; };\n", "unknown key 'train.epoch' (did you mean 'train.epochs'?)");
+    expect_load_error(tc, "train = { k = 2; };\n", "unknown key 'train.k' (did you mean 'calibration.k'?)");
+    expect_load_error(tc, "data = { rule = \"top_k\"; };\n", "unknown key 'data.rule' (did you mean 'calibration.rule'?)");
     expect_load_error(tc, "train = 5;\n", "@:1: train must be a group");
     // Wrong types.
     expect_load_error(tc, "train = {\n  lr = \"abc\";\n};\n", "@:2: train.lr must be a number (got a string)");
@@ -181,7 +231,14 @@ static void test_load_errors(TestCounts *tc) {
     expect_load_error(tc, "model = { path = 3; };\n", "model.path must be a string (got an integer)");
     expect_load_error(tc, "lora = { target_modules = \"q_proj\"; };\n", "lora.target_modules must be a list");
     expect_load_error(tc, "lora = { target_modules = (\"q_proj\", 1); };\n", "lora.target_modules[1] must be a string");
-    expect_load_error(tc, "lora = { layers = 3; };\n", "lora.layers must be \"all\" or a list");
+    expect_load_error(tc, "lora = { layers = 3; };\n",
+                      "lora.layers must be \"auto\", \"all\" or a list of layer indices such as [0, 1] (got an integer)");
+    expect_load_error(tc, "lora = { layers = true; };\n", "lora.layers must be \"auto\", \"all\" or a list");
+    expect_load_error(tc, "data = { path = 1; };\n", "data.path must be a string (got an integer)");
+    expect_load_error(tc, "train = { epochs = 1.5; };\n", "train.epochs must be an integer (got a float)");
+    expect_load_error(tc, "calibration = { k = \"4\"; };\n", "calibration.k must be an integer (got a string)");
+    expect_load_error(tc, "calibration = { fraction = \"half\"; };\n", "calibration.fraction must be a number (got a string)");
+    expect_load_error(tc, "calibration = { rule = 1; };\n", "calibration.rule must be a string (got an integer)");
     expect_load_error(tc, "lora = { layers = [1.5]; };\n", "lora.layers[0] must be an integer layer index (got a float)");
     // Out of range, including open bounds.
     expect_load_error(tc, "train = {\n micro_batch = 0;\n};\n",
@@ -196,12 +253,50 @@ static void test_load_errors(TestCounts *tc) {
     expect_load_error(tc, "lora = { r = 2048; };\n", "lora.r = 2048 is out of range: allowed 1..1024");
     expect_load_error(tc, "lora = { layers = [0, -1]; };\n", "lora.layers[1] = -1 is out of range");
     expect_load_error(tc, "lora = { layers = []; };\n", "lora.layers is an empty list");
-    expect_load_error(tc, "lora = { layers = \"some\"; };\n", "lora.layers = \"some\" is not allowed");
+    expect_load_error(tc, "lora = { layers = \"some\"; };\n",
+                      "lora.layers = \"some\" is not allowed: use \"auto\", \"all\" or a list of layer indices");
+    expect_load_error(tc, "lora = { layers = \"AUTO\"; };\n", "lora.layers = \"AUTO\" is not allowed");
+    expect_load_error(tc, "lora = { layers = \"\"; };\n", "lora.layers = \"\" is not allowed");
+    // Ranges of the new keys.
+    expect_load_error(tc, "train = { max_steps = -1; };\n", "train.max_steps = -1 is out of range: allowed 0..1000000000");
+    expect_load_error(tc, "train = { epochs = -1; };\n", "train.epochs = -1 is out of range: allowed 0..1000000");
+    expect_load_error(tc, "train = { epochs = 1000001; };\n", "train.epochs = 1000001 is out of range");
+    expect_load_error(tc, "train = { eval_every = -5; };\n", "train.eval_every = -5 is out of range: allowed 0..1000000000");
+    expect_load_error(tc, "data = { group_window = -1; };\n", "data.group_window = -1 is out of range: allowed 0..1000000000");
+    expect_load_error(tc, "calibration = { batches = 0; };\n", "calibration.batches = 0 is out of range: allowed 1..1000000");
+    expect_load_error(tc, "calibration = { k = 0; };\n", "calibration.k = 0 is out of range: allowed 1..1024");
+    expect_load_error(tc, "calibration = { k = 1025; };\n", "calibration.k = 1025 is out of range: allowed 1..1024");
+    expect_load_error(tc, "calibration = { fraction = 0; };\n",
+                      "calibration.fraction = 0.0 is out of range: allowed 0 < value <= 1");
+    expect_load_error(tc, "calibration = { fraction = 1.5; };\n", "calibration.fraction = 1.5 is out of range");
+    expect_load_error(tc, "calibration = { threshold = 0.0; };\n",
+                      "calibration.threshold = 0.0 is out of range: allowed 0 < value <= 1");
+    expect_load_error(tc, "calibration = { threshold = 1.01; };\n", "calibration.threshold = 1.01 is out of range");
+    expect_load_error(tc, "data = { task = \"a task name over 15\"; };\n", "data.task is too long (19 bytes, at most 15)");
     // Enumerations and target lists.
     expect_load_error(tc, "train = { schedule = \"cosin\"; };\n",
                       "train.schedule = \"cosin\" is not allowed: use one of \"constant\", \"linear\", \"cosine\" "
                       "(did you mean \"cosine\"?)");
     expect_load_error(tc, "run = { device = \"gpu\"; };\n", "use one of \"auto\", \"cpu\", \"cuda\"");
+    expect_load_error(tc, "data = { source = \"gleu\"; };\n",
+                      "data.source = \"gleu\" is not allowed: use one of \"glue\", \"synthetic\" (did you mean \"glue\"?)");
+    expect_load_error(tc, "calibration = {\n  method = \"activations\";\n};\n",
+                      "@:2: calibration.method = \"activations\" is not allowed: use one of \"activation\", "
+                      "\"gradient\", \"random\" (did you mean \"activation\"?)");
+    expect_load_error(tc, "calibration = { probe = \"block-output\"; };\n",
+                      "calibration.probe = \"block-output\" is not allowed: use one of \"block_output\", "
+                      "\"lora_input\" (did you mean \"block_output\"?)");
+    expect_load_error(tc, "calibration = { rule = \"topk\"; };\n",
+                      "calibration.rule = \"topk\" is not allowed: use one of \"top_k\", \"fraction\", "
+                      "\"cumulative\" (did you mean \"top_k\"?)");
+    expect_load_error(tc, "calibration = { rule = \"cumulativ\"; };\n", "(did you mean \"cumulative\"?)");
+    {   // far from every value: the allowed list but no suggestion
+        RunConfig c;
+        Error err;
+        load_text(&c, "calibration = { method = \"fisher\"; };\n", &err);
+        T_CHECK(tc, has(&err, "calibration.method = \"fisher\" is not allowed: use one of") && !has(&err, "did you mean"),
+                "no suggestion for method fisher: [%s]", err.msg);
+    }
     expect_load_error(tc, "lora = { target_modules = [\"q_proj\", \"v_proj\", \"q_proj\"]; };\n",
                       "lora.target_modules lists \"q_proj\" twice");
     expect_load_error(tc, "lora = { target_modules = [\"x_proj\"]; };\n",
@@ -268,8 +363,78 @@ static void test_set(TestCounts *tc) {
     T_CHECK(tc, c.lora.n_layers == 1 && c.lora.layers[0] == 7, "--set lora.layers=[7]");
     {
         Error err = {{0}};
-        T_CHECK(tc, config_set(&c, "lora.layers=all", &err) == 0 && c.lora.all_layers && c.lora.n_layers == 0 &&
-                        c.lora.layers[0] == 0, "--set lora.layers=all after a list: [%s]", err.msg);
+        T_CHECK(tc, config_set(&c, "lora.layers=all", &err) == 0 && c.lora.all_layers && !c.lora.auto_layers &&
+                        c.lora.n_layers == 0 && c.lora.layers[0] == 0, "--set lora.layers=all after a list: [%s]", err.msg);
+    }
+    c = set_ok(tc, "calibration.rule=top_k");
+    T_CHECK(tc, strcmp(c.calibration.rule, "top_k") == 0, "--set calibration.rule=top_k");
+    c = set_ok(tc, "calibration.fraction=1");
+    T_CHECK(tc, c.calibration.fraction == 1.0, "--set calibration.fraction=1 (integer for double)");
+    c = set_ok(tc, "data.source=synthetic");
+    T_CHECK(tc, strcmp(c.data.source, "synthetic") == 0, "--set data.source=synthetic");
+    c = set_ok(tc, "data.path=/data/a b.h5");
+    T_CHECK(tc, strcmp(c.data.path, "/data/a b.h5") == 0, "--set bare data.path with a space");
+    c = set_ok(tc, "train.max_steps=0");
+    T_CHECK(tc, c.train.max_steps == 0, "--set train.max_steps=0 (epochs decide) is in range");
+
+    expect_set_error(tc, "calibration.rule=topk", "--set calibration.rule=topk: calibration.rule = \"topk\" is not allowed: "
+                                                  "use one of \"top_k\", \"fraction\", \"cumulative\" (did you mean \"top_k\"?)");
+    expect_set_error(tc, "calibration.method=gradiant", "(did you mean \"gradient\"?)");
+    expect_set_error(tc, "calibration.probe=lora-input", "(did you mean \"lora_input\"?)");
+    expect_set_error(tc, "data.source=synthetc", "data.source = \"synthetc\" is not allowed: use one of \"glue\", "
+                                                 "\"synthetic\" (did you mean \"synthetic\"?)");
+    expect_set_error(tc, "calibration.k=0", "--set calibration.k=0: calibration.k = 0 is out of range: allowed 1..1024");
+    expect_set_error(tc, "calibration.threshold=0", "calibration.threshold = 0.0 is out of range");
+    expect_set_error(tc, "train.epochs=-1", "train.epochs = -1 is out of range");
+    expect_set_error(tc, "calibration.tresh=0.5", "unknown key 'calibration.tresh'");
+    expect_set_error(tc, "lora.layers=Auto", "lora.layers = \"Auto\" is not allowed: use \"auto\", \"all\"");
+}
+
+// lora.layers has three forms; every assignment replaces the previous one entirely, so the
+// flags and the list never mix (and a config that went list -> auto equals the defaults).
+static void test_layers_forms(TestCounts *tc) {
+    RunConfig c, def;
+    Error err = {{0}};
+    config_defaults(&def);
+    c = def;
+    T_CHECK(tc, config_set(&c, "lora.layers=[4,2]", &err) == 0 && !c.lora.auto_layers && !c.lora.all_layers &&
+                    c.lora.n_layers == 2 && c.lora.layers[0] == 2 && c.lora.layers[1] == 4,
+            "auto -> [2,4]: [%s]", err.msg);
+    T_CHECK(tc, config_set(&c, "lora.layers=auto", &err) == 0 && c.lora.auto_layers && !c.lora.all_layers &&
+                    c.lora.n_layers == 0 && c.lora.layers[0] == 0 && c.lora.layers[1] == 0,
+            "[2,4] -> auto clears the list: [%s]", err.msg);
+    T_CHECK(tc, memcmp(&c, &def, sizeof c) == 0, "list -> auto is byte-identical to the defaults");
+    T_CHECK(tc, config_set(&c, "lora.layers=all", &err) == 0 && c.lora.all_layers && !c.lora.auto_layers &&
+                    c.lora.n_layers == 0, "auto -> all: [%s]", err.msg);
+    T_CHECK(tc, config_set(&c, "lora.layers=\"auto\"", &err) == 0 && c.lora.auto_layers && !c.lora.all_layers,
+            "all -> \"auto\" (quoted): [%s]", err.msg);
+    T_CHECK(tc, memcmp(&c, &def, sizeof c) == 0, "all -> auto is byte-identical to the defaults");
+    T_CHECK(tc, config_set(&c, "lora.layers=all", &err) == 0 && config_set(&c, "lora.layers=7", &err) == 0 &&
+                    !c.lora.all_layers && !c.lora.auto_layers && c.lora.n_layers == 1 && c.lora.layers[0] == 7,
+            "all -> 7 (a single bare index is a list): [%s]", err.msg);
+    // A failed assignment keeps the previous form.
+    RunConfig before = c;
+    T_CHECK(tc, config_set(&c, "lora.layers=sometimes", &err) == -1 && memcmp(&c, &before, sizeof c) == 0,
+            "a bad layers value keeps the list");
+    T_CHECK(tc, config_set(&c, "lora.layers=[]", &err) == -1 && has(&err, "empty list") &&
+                    memcmp(&c, &before, sizeof c) == 0, "an empty layers list keeps the list: [%s]", err.msg);
+
+    // The same through a file: the file's form replaces whatever came before.
+    T_CHECK(tc, load_text(&c, "lora = { layers = \"all\"; };\n", &err) == 0 && c.lora.all_layers &&
+                    !c.lora.auto_layers, "file: layers \"all\": [%s]", err.msg);
+    write_text(g_cfg, "lora = { layers = \"auto\"; };\n");
+    c = def;
+    T_CHECK(tc, config_set(&c, "lora.layers=1,3", &err) == 0 && config_load_file(&c, g_cfg, &err) == 0 &&
+                    memcmp(&c, &def, sizeof c) == 0, "file: list -> \"auto\" equals the defaults: [%s]", err.msg);
+
+    // Each form validates (with the data file a glue run needs).
+    strcpy(def.model.path, "/m");
+    strcpy(def.data.path, "d.h5");
+    const char *forms[] = {"lora.layers=auto", "lora.layers=all", "lora.layers=[0]", "lora.layers=[1023]"};
+    for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
+        c = def;
+        T_CHECK(tc, config_set(&c, forms[i], &err) == 0 && config_validate(&c, &err) == 0, "%s validates: [%s]",
+                forms[i], err.msg);
     }
 
     expect_set_error(tc, "train.lr=abc", "--set train.lr=abc: train.lr must be a number (got 'abc'");
@@ -298,7 +463,9 @@ static void test_args(TestCounts *tc) {
     CliArgs a;
     Error err = {{0}};
     char cfgarg[4300];
-    write_text(g_cfg, "model = { path = \"/m\"; };\ntrain = { lr = 0.5; max_steps = 20; };\n");
+    // A synthetic run: valid with max_steps set (glue would need data.path, tested below).
+    write_text(g_cfg, "model = { path = \"/m\"; };\ntrain = { lr = 0.5; max_steps = 20; };\n"
+                      "data = { source = \"synthetic\"; };\n");
 
     char *help[] = {"prog", "--help", NULL};
     T_CHECK(tc, config_parse_args(&c, &a, 2, help, &err) == 0 && a.help && !a.version,
@@ -312,7 +479,8 @@ static void test_args(TestCounts *tc) {
     char *full[] = {"prog", "--set", "train.lr=0.25", "--config", g_cfg, "--set=train.max_steps=30",
                     "--set", "train.max_steps=40", "--print-config", NULL};
     int rc = config_parse_args(&c, &a, 9, full, &err);
-    T_CHECK(tc, rc == 0 && a.print_config && strcmp(a.config_path, g_cfg) == 0, "full command line: [%s]", err.msg);
+    T_CHECK(tc, rc == 0 && a.print_config && !a.calibrate_only && strcmp(a.config_path, g_cfg) == 0,
+            "full command line: [%s]", err.msg);
     T_CHECK(tc, c.train.lr == 0.25 && c.train.max_steps == 40 && strcmp(c.model.path, "/m") == 0,
             "order defaults -> file -> --set in order (lr %g, max_steps %d)", c.train.lr, c.train.max_steps);
     snprintf(cfgarg, sizeof cfgarg, "--config=%s", g_cfg);
@@ -349,6 +517,48 @@ static void test_args(TestCounts *tc) {
             "warmup_steps > max_steps: [%s]", err.msg);
     char *warm_ok[] = {"prog", "--config", g_cfg, "--set", "train.warmup_steps=20", NULL};
     T_CHECK(tc, config_parse_args(&c, &a, 5, warm_ok, &err) == 0, "warmup_steps == max_steps ok: [%s]", err.msg);
+    char *syn0[] = {"prog", "--config", g_cfg, "--set", "train.max_steps=0", NULL};
+    T_CHECK(tc, config_parse_args(&c, &a, 5, syn0, &err) == -1 &&
+                    has(&err, "data.source = \"synthetic\" has no epochs: set train.max_steps"),
+            "synthetic with max_steps = 0 through parse_args: [%s]", err.msg);
+    char *toglue[] = {"prog", "--config", g_cfg, "--set", "data.source=glue", NULL};
+    T_CHECK(tc, config_parse_args(&c, &a, 5, toglue, &err) == -1 && has(&err, "needs data.path"),
+            "--set data.source=glue without data.path: [%s]", err.msg);
+    char *glue_ok[] = {"prog", "--config", g_cfg, "--set", "data.source=glue", "--set", "data.path=d.h5",
+                       "--set", "train.max_steps=0", "--set", "train.warmup_steps=500", NULL};
+    T_CHECK(tc, config_parse_args(&c, &a, 11, glue_ok, &err) == 0 && c.train.max_steps == 0 &&
+                    c.train.warmup_steps == 500 && strcmp(c.data.path, "d.h5") == 0,
+            "glue with data.path, max_steps 0: warmup is not checked against max_steps: [%s]", err.msg);
+
+    // --calibrate-only: a plain flag, anywhere on the line; the config still loads and validates.
+    char *cal[] = {"prog", "--calibrate-only", "--config", g_cfg, "--set", "lora.layers=auto", NULL};
+    rc = config_parse_args(&c, &a, 6, cal, &err);
+    T_CHECK(tc, rc == 0 && a.calibrate_only && !a.print_config && !a.help && c.lora.auto_layers &&
+                    c.train.max_steps == 20, "--calibrate-only: [%s]", err.msg);
+    char *cal_end[] = {"prog", "--config", g_cfg, "--print-config", "--calibrate-only", NULL};
+    rc = config_parse_args(&c, &a, 5, cal_end, &err);
+    T_CHECK(tc, rc == 0 && a.calibrate_only && a.print_config, "--calibrate-only last, with --print-config: [%s]",
+            err.msg);
+    T_CHECK(tc, config_parse_args(&c, &a, 3, (char *[]){"prog", "--config", g_cfg, NULL}, &err) == 0 &&
+                    !a.calibrate_only, "no --calibrate-only leaves the flag 0 (args are reset): [%s]", err.msg);
+    char *cal_bad[] = {"prog", "--calibrate-only", "--config", g_cfg, "--set", "train.max_steps=0", NULL};
+    T_CHECK(tc, config_parse_args(&c, &a, 6, cal_bad, &err) == -1 && has(&err, "has no epochs"),
+            "--calibrate-only still validates: [%s]", err.msg);
+    char *cal_nopath[] = {"prog", "--calibrate-only", NULL};
+    T_CHECK(tc, config_parse_args(&c, &a, 2, cal_nopath, &err) == -1 && has(&err, "model.path is required"),
+            "--calibrate-only alone needs a config: [%s]", err.msg);
+    char *cal_help[] = {"prog", "--calibrate-only", "--help", NULL};
+    T_CHECK(tc, config_parse_args(&c, &a, 3, cal_help, &err) == 0 && a.help && a.calibrate_only,
+            "--calibrate-only --help prints help: [%s]", err.msg);
+    char *cal_typo[] = {"prog", "--calibrate_only", NULL};
+    T_CHECK(tc, config_parse_args(&c, &a, 2, cal_typo, &err) == -1 && has(&err, "unknown option '--calibrate_only'") &&
+                    has(&err, "did you mean '--calibrate-only'?"), "--calibrate_only: [%s]", err.msg);
+    char *cal_val[] = {"prog", "--calibrate-only=1", NULL};
+    T_CHECK(tc, config_parse_args(&c, &a, 2, cal_val, &err) == -1 && has(&err, "unknown option '--calibrate-only=1'"),
+            "--calibrate-only takes no value: [%s]", err.msg);
+    char *cal_short[] = {"prog", "--calibrate", NULL};
+    T_CHECK(tc, config_parse_args(&c, &a, 2, cal_short, &err) == -1 && has(&err, "unknown option '--calibrate'"),
+            "--calibrate is not an abbreviation: [%s]", err.msg);
 
     // config_usage names the flags and the docs.
     char *buf = NULL;
@@ -357,40 +567,133 @@ static void test_args(TestCounts *tc) {
     config_usage(f);
     fclose(f);
     T_CHECK(tc, strstr(buf, "--config") && strstr(buf, "--set") && strstr(buf, "--print-config") &&
-                    strstr(buf, "--version") && strstr(buf, "docs/config.md"), "usage text:\n%s", buf);
+                    strstr(buf, "--calibrate-only") && strstr(buf, "--version") && strstr(buf, "docs/config.md"),
+            "usage text:\n%s", buf);
     free(buf);
+}
+
+// Defaults plus what a default (glue) run must name: the model directory and the data file.
+static void valid_defaults(RunConfig *c) {
+    config_defaults(c);
+    strcpy(c->model.path, "/m");
+    strcpy(c->data.path, "data/sst2.h5");
+}
+
+// config_validate(c) must fail with a message containing `want`.
+static void expect_invalid(TestCounts *tc, const RunConfig *c, const char *want, const char *what) {
+    Error err = {{0}};
+    int rc = config_validate(c, &err);
+    T_CHECK(tc, rc == -1 && has(&err, want), "%s: want error containing [%s], got rc %d [%s]", what, want, rc, err.msg);
+}
+
+static void expect_valid(TestCounts *tc, const RunConfig *c, const char *what) {
+    Error err = {{0}};
+    T_CHECK(tc, config_validate(c, &err) == 0, "%s: unexpected error [%s]", what, err.msg);
 }
 
 static void test_validate(TestCounts *tc) {
     RunConfig c;
-    Error err = {{0}};
-    config_defaults(&c);
-    strcpy(c.model.path, "/m");
+    valid_defaults(&c);
+    expect_valid(tc, &c, "valid_defaults");
     c.train.micro_batch = 65536;
     c.data.seq_len = 1048576;
-    T_CHECK(tc, config_validate(&c, &err) == -1 && has(&err, "tokens per micro-step"), "token overflow: [%s]", err.msg);
+    expect_invalid(tc, &c, "tokens per micro-step", "token overflow");
     // Configs built in code get the per-key checks too.
-    config_defaults(&c);
-    strcpy(c.model.path, "/m");
+    valid_defaults(&c);
     c.train.lr = -1;
-    T_CHECK(tc, config_validate(&c, &err) == -1 && has(&err, "train.lr = -1.0 is out of range"), "code lr: [%s]", err.msg);
+    expect_invalid(tc, &c, "train.lr = -1.0 is out of range", "code lr");
     c.train.lr = NAN;
-    T_CHECK(tc, config_validate(&c, &err) == -1 && has(&err, "train.lr"), "NaN lr rejected: [%s]", err.msg);
-    config_defaults(&c);
-    strcpy(c.model.path, "/m");
+    expect_invalid(tc, &c, "train.lr", "NaN lr rejected");
+    valid_defaults(&c);
     strcpy(c.lora.targets[1], "q_proj");
-    T_CHECK(tc, config_validate(&c, &err) == -1 && has(&err, "twice"), "code duplicate target: [%s]", err.msg);
-    config_defaults(&c);
-    strcpy(c.model.path, "/m");
-    c.lora.all_layers = 0;
+    expect_invalid(tc, &c, "twice", "code duplicate target");
+    valid_defaults(&c);
+    c.lora.auto_layers = 0;
     c.lora.n_layers = 2;
     c.lora.layers[0] = 3;
     c.lora.layers[1] = 1;
-    T_CHECK(tc, config_validate(&c, &err) == -1 && has(&err, "sorted"), "code unsorted layers: [%s]", err.msg);
-    config_defaults(&c);
-    strcpy(c.model.path, "/m");
+    expect_invalid(tc, &c, "sorted", "code unsorted layers");
+    valid_defaults(&c);
     strcpy(c.run.device, "tpu");
-    T_CHECK(tc, config_validate(&c, &err) == -1 && has(&err, "run.device = \"tpu\""), "code bad enum: [%s]", err.msg);
+    expect_invalid(tc, &c, "run.device = \"tpu\"", "code bad enum");
+    valid_defaults(&c);
+    strcpy(c.calibration.rule, "topk");
+    expect_invalid(tc, &c, "calibration.rule = \"topk\" is not allowed: use one of \"top_k\", \"fraction\", "
+                           "\"cumulative\" (did you mean \"top_k\"?)", "code bad calibration.rule");
+    valid_defaults(&c);
+    strcpy(c.calibration.method, "");
+    expect_invalid(tc, &c, "calibration.method = \"\" is not allowed", "code empty calibration.method");
+    valid_defaults(&c);
+    c.calibration.fraction = 0.0;
+    expect_invalid(tc, &c, "calibration.fraction = 0.0 is out of range", "code calibration.fraction 0");
+    valid_defaults(&c);
+    c.calibration.threshold = NAN;
+    expect_invalid(tc, &c, "calibration.threshold", "code NaN threshold");
+    valid_defaults(&c);
+    c.calibration.k = 0;
+    expect_invalid(tc, &c, "calibration.k = 0 is out of range", "code calibration.k 0");
+    valid_defaults(&c);
+    c.train.epochs = -1;
+    expect_invalid(tc, &c, "train.epochs = -1 is out of range", "code negative epochs");
+
+    // lora.layers: the two flags are exclusive; with neither, the list must be valid.
+    valid_defaults(&c);
+    c.lora.all_layers = 1;
+    expect_invalid(tc, &c, "lora.layers cannot be both \"all\" and \"auto\"", "all + auto");
+    valid_defaults(&c);
+    c.lora.auto_layers = 0;
+    expect_invalid(tc, &c, "lora.layers lists 0 layers", "neither flag and no list");
+    c.lora.n_layers = 1;
+    c.lora.layers[0] = 5;
+    expect_valid(tc, &c, "neither flag, list [5]");
+    c.lora.all_layers = 1;
+    c.lora.auto_layers = 0;
+    c.lora.n_layers = 0;
+    c.lora.layers[0] = 0;
+    expect_valid(tc, &c, "all alone");
+
+    // Training length: max_steps 0 means the epochs decide, so both 0 is an error.
+    valid_defaults(&c);
+    T_CHECK(tc, c.train.max_steps == 0 && c.train.epochs == 1, "default length is one epoch");
+    c.train.epochs = 0;
+    expect_invalid(tc, &c, "train.max_steps = 0 and train.epochs = 0", "max_steps 0 and epochs 0");
+    c.train.max_steps = 10;
+    expect_valid(tc, &c, "epochs 0 with max_steps 10");
+    c.train.max_steps = 0;
+    c.train.epochs = 3;
+    expect_valid(tc, &c, "max_steps 0 with epochs 3");
+
+    // Warmup is only checked against a positive max_steps.
+    valid_defaults(&c);
+    c.train.warmup_steps = 1000;
+    expect_valid(tc, &c, "warmup 1000 with max_steps 0 (epochs decide)");
+    c.train.max_steps = 999;
+    expect_invalid(tc, &c, "train.warmup_steps = 1000 exceeds train.max_steps = 999", "warmup > max_steps");
+    c.train.max_steps = 1000;
+    expect_valid(tc, &c, "warmup == max_steps");
+
+    // glue needs data.path.
+    valid_defaults(&c);
+    c.data.path[0] = '\0';
+    expect_invalid(tc, &c, "data.source = \"glue\" needs data.path", "glue without data.path");
+    c.train.max_steps = 100;
+    expect_invalid(tc, &c, "needs data.path", "glue without data.path, max_steps set");
+    strcpy(c.data.path, "x");
+    expect_valid(tc, &c, "glue with data.path and max_steps");
+
+    // synthetic needs max_steps > 0 (no epochs); data.path is not needed, but allowed.
+    valid_defaults(&c);
+    strcpy(c.data.source, "synthetic");
+    expect_invalid(tc, &c, "data.source = \"synthetic\" has no epochs: set train.max_steps", "synthetic, max_steps 0");
+    c.data.path[0] = '\0';
+    expect_invalid(tc, &c, "has no epochs", "synthetic, max_steps 0, no data.path");
+    c.train.max_steps = 1;
+    expect_valid(tc, &c, "synthetic, max_steps 1, no data.path");
+    strcpy(c.data.path, "ignored.h5");
+    c.train.epochs = 0;
+    expect_valid(tc, &c, "synthetic, max_steps 1, epochs 0, a data.path");
+    c.train.max_steps = 0;
+    expect_invalid(tc, &c, "train.max_steps = 0 and train.epochs = 0", "synthetic, both 0: the length error first");
 }
 
 static char *print_to_string(const RunConfig *c) {
@@ -414,6 +717,27 @@ static void round_trip(TestCounts *tc, const RunConfig *c, const char *what) {
     free(text);
 }
 
+// The value text config_print wrote for `key` ("section.key") into `text`, looked up inside its
+// own section (model.path and data.path share the name "path"); 0 if the key is not there.
+static int printed_value(const char *text, const char *key, char *out, size_t n) {
+    const char *dot = strchr(key, '.');
+    char open[64], item[96];
+    snprintf(open, sizeof open, "\n%.*s = {\n", (int)(dot - key), key);
+    snprintf(item, sizeof item, "\n  %s = ", dot + 1);
+    const char *sec = strstr(text, open);
+    if (!sec) return 0;
+    sec += strlen(open) - 1;   // keep the '\n' so the first item matches too
+    const char *close = strstr(sec, "\n};");
+    const char *p = strstr(sec, item);
+    if (!p || !close || p > close) return 0;
+    p += strlen(item);
+    const char *e = strstr(p, ";\n");
+    if (!e || (size_t)(e - p) >= n) return 0;
+    memcpy(out, p, (size_t)(e - p));
+    out[e - p] = '\0';
+    return 1;
+}
+
 static void test_round_trip(TestCounts *tc) {
     RunConfig c;
     Error err = {{0}};
@@ -421,29 +745,58 @@ static void test_round_trip(TestCounts *tc) {
     round_trip(tc, &c, "defaults");
     char *text = print_to_string(&c);
     T_CHECK(tc, strstr(text, "  alpha = 16.0;\n") && strstr(text, "  lr = 0.0001;\n") &&
-                    strstr(text, "  seed = 1234L;\n") && strstr(text, "  layers = \"all\";\n") &&
-                    strstr(text, "  target_modules = [\"q_proj\", \"v_proj\"];\n"), "printed defaults:\n%s", text);
-    for (int i = 0; i < config_num_keys(); i++) {
-        const char *k = config_key_name(i), *dot = strchr(k, '.');
-        char line[96];
-        snprintf(line, sizeof line, "\n  %s = ", dot + 1);
-        T_CHECK(tc, strstr(text, line) != NULL, "config_print lacks key %s", k);
+                    strstr(text, "  seed = 1234L;\n") && strstr(text, "  layers = \"auto\";\n") &&
+                    strstr(text, "  target_modules = [\"q_proj\", \"v_proj\"];\n") &&
+                    strstr(text, "  max_steps = 0;\n  epochs = 1;\n  eval_every = 0;\n") &&
+                    strstr(text, "data = {\n  source = \"glue\";\n  path = \"\";\n  task = \"\";\n  seq_len = 128;\n"
+                                 "  group_window = 1024;\n};\n") &&
+                    strstr(text, "calibration = {\n  method = \"activation\";\n  probe = \"block_output\";\n"
+                                 "  batches = 8;\n  rule = \"fraction\";\n  k = 4;\n  fraction = 0.5;\n"
+                                 "  threshold = 0.5;\n};\nrun = {\n"),
+            "printed defaults:\n%s", text);
+    // Sections in table order, each printed once.
+    const char *secs[] = {"\nmodel = {\n", "\nlora = {\n", "\ntrain = {\n", "\ndata = {\n", "\ncalibration = {\n",
+                          "\nrun = {\n"};
+    const char *prev = text;
+    for (size_t i = 0; i < sizeof secs / sizeof secs[0]; i++) {
+        const char *at = strstr(text, secs[i]);
+        T_CHECK(tc, at && at > prev && strstr(at + 1, secs[i]) == NULL, "section %zu printed once, in order", i);
+        if (at) prev = at;
+    }
+    static char defval[64][4096];
+    T_CHECK(tc, config_num_keys() <= 64, "too many keys for this test");
+    for (int i = 0; i < config_num_keys() && i < 64; i++) {
+        const char *k = config_key_name(i);
+        T_CHECK(tc, printed_value(text, k, defval[i], sizeof defval[i]), "config_print lacks key %s", k);
     }
     free(text);
 
+    // Every key set away from its default, the new ones included.
     const char *sets[] = {"model.path=/models/tiny", "model.arch=llama", "model.dtype=fp32", "model.init=random",
                           "model.num_labels=5", "lora.r=4", "lora.alpha=7.5", "lora.dropout=0.1", "lora.rslora=true",
                           "lora.target_modules=[down_proj,q_proj,up_proj]", "lora.layers=[9,0,4]",
                           "train.schedule=cosine", "train.warmup_steps=3", "train.weight_decay=0.3",
                           "train.clip=2", "train.beta1=0.95", "train.beta2=0.98765432123", "train.eps=1e-12",
-                          "train.micro_batch=3", "train.grad_accum=5", "train.max_steps=1000",
-                          "train.seed=1099511627776", "data.seq_len=333", "run.dir=runs/odd", "run.device=cuda",
-                          "run.threads=6", "run.log_every=7"};
+                          "train.micro_batch=3", "train.grad_accum=5", "train.max_steps=1000", "train.epochs=3",
+                          "train.eval_every=50", "train.seed=1099511627776", "data.source=synthetic",
+                          "data.path=/data/glue/SST-2 tok.h5", "data.task=SST-2", "data.seq_len=333",
+                          "data.group_window=64", "calibration.method=gradient", "calibration.probe=lora_input",
+                          "calibration.batches=2", "calibration.rule=cumulative", "calibration.k=7",
+                          "calibration.fraction=0.3", "calibration.threshold=0.9", "run.dir=runs/odd",
+                          "run.device=cuda", "run.threads=6", "run.log_every=7"};
     for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++)
         T_CHECK(tc, config_set(&c, sets[i], &err) == 0, "--set %s: [%s]", sets[i], err.msg);
     c.train.lr = 1.0 / 3.0;                     // needs all 17 digits
     strcpy(c.run.dir, "runs/\"q\"\\b\tc\nd\x01");   // every escape the printer knows
     T_CHECK(tc, config_validate(&c, &err) == 0, "round-trip config validates: [%s]", err.msg);
+    text = print_to_string(&c);
+    for (int i = 0; i < config_num_keys() && i < 64; i++) {
+        char v[4096];
+        const char *k = config_key_name(i);
+        T_CHECK(tc, printed_value(text, k, v, sizeof v) && strcmp(v, defval[i]) != 0,
+                "the round-trip config leaves %s at its default %s", k, defval[i]);
+    }
+    free(text);
     round_trip(tc, &c, "every key changed");
 
     RunConfig d = c;
@@ -453,9 +806,38 @@ static void test_round_trip(TestCounts *tc) {
     d = c;
     d.train.seed++;
     T_CHECK(tc, config_hash(&d) != config_hash(&c), "a seed change keeps the hash");
+    d = c;
+    d.calibration.fraction = nextafter(c.calibration.fraction, 0.0);
+    T_CHECK(tc, config_hash(&d) != config_hash(&c), "a one-ulp calibration.fraction change keeps the hash");
+    round_trip(tc, &d, "calibration.fraction - 1 ulp");
+
+    // The three layer forms print, load back and hash apart.
+    RunConfig forms[3];
+    const char *form_sets[] = {"lora.layers=auto", "lora.layers=all", "lora.layers=[0,1]"};
+    const char *form_text[] = {"  layers = \"auto\";\n", "  layers = \"all\";\n", "  layers = [0, 1];\n"};
+    for (int i = 0; i < 3; i++) {
+        forms[i] = c;   // from a list, so "auto" and "all" must clear it
+        T_CHECK(tc, config_set(&forms[i], form_sets[i], &err) == 0, "--set %s: [%s]", form_sets[i], err.msg);
+        text = print_to_string(&forms[i]);
+        T_CHECK(tc, strstr(text, form_text[i]) != NULL, "%s prints [%s]", form_sets[i], form_text[i]);
+        free(text);
+        round_trip(tc, &forms[i], form_sets[i]);
+    }
+    T_CHECK(tc, config_hash(&forms[0]) != config_hash(&forms[1]) && config_hash(&forms[0]) != config_hash(&forms[2]) &&
+                    config_hash(&forms[1]) != config_hash(&forms[2]), "auto, all and a list hash apart");
+
+    // A glue run that lets the epochs decide round-trips too.
+    config_defaults(&d);
+    strcpy(d.model.path, "/m");
+    strcpy(d.data.path, "data/mrpc.h5");
+    d.train.epochs = 7;
+    d.train.warmup_steps = 100;
+    T_CHECK(tc, config_validate(&d, &err) == 0, "glue epoch run validates: [%s]", err.msg);
+    round_trip(tc, &d, "glue, max_steps 0, epochs 7");
 }
 
-// Every key in the first column of docs/config.md's table rows, as `section.key`.
+// Every key in the first column of docs/config.md's table rows, as `section.key`, exactly once;
+// the third column (Default) must be what --print-config prints for the defaults.
 static void test_docs(TestCounts *tc, const char *src) {
     char path[4200], line[2048];
     snprintf(path, sizeof path, "%s/docs/config.md", src);
@@ -463,9 +845,10 @@ static void test_docs(TestCounts *tc, const char *src) {
     T_CHECK(tc, f != NULL, "cannot open %s", path);
     if (!f) return;
     enum { MAXDOC = 256 };
-    static char doc[MAXDOC][96];
-    int n = 0;
+    static char doc[MAXDOC][96], docdef[MAXDOC][128];
+    int n = 0, flag_documented = 0;
     while (fgets(line, sizeof line, f)) {
+        if (strstr(line, "`--calibrate-only`")) flag_documented = 1;
         const char *p = line;
         while (*p == ' ') p++;
         if (*p != '|') continue;
@@ -481,16 +864,39 @@ static void test_docs(TestCounts *tc, const char *src) {
         if (n < MAXDOC) {
             memcpy(doc[n], p + 1, (size_t)(close - p - 1));
             doc[n][close - p - 1] = '\0';
+            // Default cell: the one after the Type cell, "`value`" with blanks around it.
+            docdef[n][0] = '\0';
+            const char *t = strchr(end + 1, '|'), *dend = t ? strchr(t + 1, '|') : NULL;
+            if (t && dend) {
+                const char *a = t + 1, *b = dend;
+                while (a < b && *a == ' ') a++;
+                while (b > a && b[-1] == ' ') b--;
+                if (b - a >= 2 && *a == '`' && b[-1] == '`' && (size_t)(b - a - 2) < sizeof docdef[n]) {
+                    memcpy(docdef[n], a + 1, (size_t)(b - a - 2));
+                    docdef[n][b - a - 2] = '\0';
+                }
+            }
             n++;
         }
     }
     fclose(f);
     T_CHECK(tc, n > 0, "docs/config.md has no key rows");
+    T_CHECK(tc, flag_documented, "docs/config.md does not describe `--calibrate-only`");
+    RunConfig def;
+    config_defaults(&def);
+    char *printed = print_to_string(&def);
     for (int i = 0; i < config_num_keys(); i++) {
         int found = 0;
-        for (int j = 0; j < n; j++) found += strcmp(doc[j], config_key_name(i)) == 0;
+        for (int j = 0; j < n; j++) {
+            if (strcmp(doc[j], config_key_name(i)) != 0) continue;
+            found++;
+            char v[4096] = "";
+            T_CHECK(tc, printed_value(printed, config_key_name(i), v, sizeof v) && strcmp(v, docdef[j]) == 0,
+                    "docs/config.md: default of %s is `%s`, --print-config says %s", doc[j], docdef[j], v);
+        }
         T_CHECK(tc, found == 1, "docs/config.md: key %s documented %d times (want once)", config_key_name(i), found);
     }
+    free(printed);
     for (int j = 0; j < n; j++) {
         int found = 0;
         for (int i = 0; i < config_num_keys(); i++) found |= strcmp(doc[j], config_key_name(i)) == 0;
@@ -533,6 +939,7 @@ int main(int argc, char **argv) {
     test_load_valid(&tc);
     test_load_errors(&tc);
     test_set(&tc);
+    test_layers_forms(&tc);
     test_args(&tc);
     test_validate(&tc);
     test_round_trip(&tc);

@@ -29,7 +29,8 @@ typedef struct {
         int rslora;                                  // scaling alpha/sqrt(r) instead of alpha/r
         int n_targets;
         char targets[CONFIG_MAX_TARGETS][32];        // HF module names, e.g. "q_proj"
-        int all_layers;                              // lora.layers = "all"
+        int all_layers;                              // lora.layers = "all" (plain-LoRA baseline)
+        int auto_layers;                             // lora.layers = "auto" (calibrate and select)
         int n_layers;
         int layers[CONFIG_MAX_LAYERS];               // else: explicit layer indices, sorted, unique
     } lora;
@@ -42,13 +43,27 @@ typedef struct {
         double beta1, beta2, eps;
         int micro_batch;            // sequences per rank per micro-step
         int grad_accum;             // micro-steps per optimizer step
-        int max_steps;              // optimizer steps
+        int max_steps;              // optimizer steps; 0 = train.epochs decide
+        int epochs;                 // passes over the training split (data.source = "glue")
+        int eval_every;             // evaluate every N optimizer steps; 0 = only at the end
         int64_t seed;
     } train;
     struct {
-        char source[16];            // "synthetic": random token batches from the seed
-        int seq_len;                // max tokens per sequence
+        char source[16];            // "glue": HDF5 from tools/prep_glue.py | "synthetic": drawn from the seed
+        char path[CONFIG_PATH_MAX]; // the HDF5 token file (glue)
+        char task[16];              // expected task in that file ("" = whatever it holds)
+        int seq_len;                // synthetic: tokens per sequence; glue: must be >= the file's max_len
+        int group_window;           // length grouping: sort windows of this many samples by length
     } data;
+    struct {
+        char method[16];            // "activation" | "gradient" | "random"
+        char probe[16];             // "block_output" | "lora_input"
+        int batches;                // calibration micro-batches per rank
+        char rule[16];              // "top_k" | "fraction" | "cumulative"
+        int k;
+        double fraction;
+        double threshold;
+    } calibration;
     struct {
         char dir[CONFIG_PATH_MAX];  // run directory (logs, later checkpoints)
         char device[16];            // "auto" | "cpu" | "cuda"
@@ -63,6 +78,7 @@ typedef struct {
     int print_config;                   // --print-config: print the effective config and exit
     int help;                           // --help
     int version;                        // --version
+    int calibrate_only;                 // --calibrate-only: stop after calibration and selection
 } CliArgs;
 
 // Fills every key with its documented default.
