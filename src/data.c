@@ -11,6 +11,8 @@ void batch_init(Batch *b, int B, int T) {
     memset(b, 0, sizeof *b);
     b->B = B;
     b->T = T;
+    b->cap_B = B;
+    b->cap_T = T;
     b->ids = xcalloc((size_t)B * T, sizeof(int32_t), "batch ids");
     b->mask = xcalloc((size_t)B * T, sizeof(int32_t), "batch mask");
     b->labels_i = xcalloc((size_t)B, sizeof(int32_t), "batch labels");
@@ -28,6 +30,8 @@ void batch_free(Batch *b) {
 void data_synthetic_batch(Batch *b, int vocab, int pad_id, int num_labels, uint64_t seed, int64_t step, int micro,
                           int rank) {
     uint64_t key = rng_key(rng_key(rng_key(rng_key(seed, 0xDA7A), (uint64_t)step), (uint64_t)micro), (uint64_t)rank);
+    b->B = b->cap_B;  // synthetic batches always fill the whole capacity
+    b->T = b->cap_T;
     int T = b->T, min_len = T / 2 > 2 ? T / 2 : 2;
     if (min_len > T) min_len = T;
     b->n_tokens = 0;

@@ -155,6 +155,7 @@ int llama_init_head(Llama *m, Backend *be, const char *dir, int random_init, Lor
 // ---------------------------------------------------------------------------- activations
 
 void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
+    llama_free_acts(m, be);  // re-planning (e.g. after calibration) replaces the old buffers
     const ModelConfig *mc = &m->cfg;
     check(T <= m->rope_T, "sequence length %d exceeds the model's max_position_embeddings %d", T, m->rope_T);
     int L = mc->num_hidden_layers, C = mc->hidden_size, I = mc->intermediate_size, K = m->num_labels;
@@ -225,7 +226,39 @@ void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
     m->act_bytes = bytes;
 }
 
+void llama_free_acts(Llama *m, Backend *be) {
+    if (!m->acts) return;
+    int L = m->cfg.num_hidden_layers;
+    int n_sets = (L - m->saved_from) + (m->saved_from > 0 ? 1 : 0);
+    for (int s = 0; s < n_sets; s++) {
+        LlamaActs *a = &m->acts[s];
+        float *p[] = {a->x_in, a->rstd1, a->xn1, a->q, a->k, a->v, a->probs, a->att,
+                      a->x_mid, a->rstd2, a->xn2, a->gate, a->up, a->h};
+        for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) be->free(be, p[i]);
+        for (int mod = 0; mod < LORA_NUM_MODULES; mod++)
+            if (a->lora_a[mod]) be->free(be, a->lora_a[mod]);
+    }
+    free(m->acts);
+    float *p[] = {m->x_final, m->pooled, m->rstd_f, m->pooled_n, m->logits, m->dlogits, m->dpool,
+                  m->dpool_n, m->dres, m->dxn, m->dh, m->dgate, m->dup, m->datt, m->dq, m->dk,
+                  m->dv, m->lora_da, m->lora_tmp, m->d_labels_f};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+        if (p[i]) be->free(be, p[i]);
+    be->free(be, m->d_ids);
+    be->free(be, m->d_mask);
+    be->free(be, m->d_last);
+    be->free(be, m->d_labels_i);
+    free(m->last);
+    m->acts = NULL;
+    m->x_final = m->pooled = m->rstd_f = m->pooled_n = m->logits = m->dlogits = m->dpool = m->dpool_n = NULL;
+    m->dres = m->dxn = m->dh = m->dgate = m->dup = m->datt = m->dq = m->dk = m->dv = NULL;
+    m->lora_da = m->lora_tmp = m->d_labels_f = NULL;
+    m->d_ids = m->d_mask = m->d_last = m->d_labels_i = m->last = NULL;
+    m->act_bytes = 0;
+}
+
 void llama_free(Llama *m, Backend *be) {
+    llama_free_acts(m, be);
     int L = m->cfg.num_hidden_layers;
     for (int l = 0; l < L && m->layers; l++) {
         LlamaLayer *w = &m->layers[l];
@@ -237,28 +270,6 @@ void llama_free(Llama *m, Backend *be) {
     be->free(be, m->norm);
     be->free(be, m->rope_cos);
     be->free(be, m->rope_sin);
-    if (m->acts) {
-        int n_sets = (L - m->saved_from) + (m->saved_from > 0 ? 1 : 0);
-        for (int s = 0; s < n_sets; s++) {
-            LlamaActs *a = &m->acts[s];
-            float *p[] = {a->x_in, a->rstd1, a->xn1, a->q, a->k, a->v, a->probs, a->att,
-                          a->x_mid, a->rstd2, a->xn2, a->gate, a->up, a->h};
-            for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) be->free(be, p[i]);
-            for (int mod = 0; mod < LORA_NUM_MODULES; mod++)
-                if (a->lora_a[mod]) be->free(be, a->lora_a[mod]);
-        }
-        free(m->acts);
-        float *p[] = {m->x_final, m->pooled, m->rstd_f, m->pooled_n, m->logits, m->dlogits, m->dpool,
-                      m->dpool_n, m->dres, m->dxn, m->dh, m->dgate, m->dup, m->datt, m->dq, m->dk,
-                      m->dv, m->lora_da, m->lora_tmp, m->d_labels_f};
-        for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
-            if (p[i]) be->free(be, p[i]);
-        be->free(be, m->d_ids);
-        be->free(be, m->d_mask);
-        be->free(be, m->d_last);
-        be->free(be, m->d_labels_i);
-        free(m->last);
-    }
     memset(m, 0, sizeof *m);
 }
 

@@ -1,74 +1,83 @@
 // main.c: actlora-mpi, the story of a run.
-//   init -> config -> load model -> adapters -> train (fwd, bwd, all-reduce, AdamW) -> summary
-// Later phases (data files, calibration and selection, checkpoints, evaluation, export) slot in
-// between these steps; docs/ describes each.
+//   init -> config -> load model -> data -> calibrate + select -> train (fwd, bwd, all-reduce,
+//   AdamW) with periodic evaluation -> final evaluation -> summary
+// docs/method.md describes the method; docs/config.md every key.
+#include <cjson/cJSON.h>
 #include <mpi.h>
 #include <stdio.h>
-#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "actlora/backend.h"
 #include "actlora/comm.h"
 #include "actlora/common.h"
 #include "actlora/config.h"
 #include "actlora/data.h"
+#include "actlora/dist.h"
 #include "actlora/hfmodel.h"
 #include "actlora/llama.h"
+#include "actlora/log.h"
 #include "actlora/lora.h"
-#include "actlora/optim.h"
-#include "actlora/rng.h"
+#include "actlora/select.h"
+#include "actlora/source.h"
+#include "actlora/train.h"
 
-// Seconds spent in each phase on this rank (x ranks = CPU- or GPU-hours).
-typedef struct {
-    double load, forward, backward, comm, optim, total;
-} Ledger;
+#define MAX_EVAL 4
 
-static void fmt_duration(char *buf, size_t n, double s) {
-    long t = s > 0 ? (long)(s + 0.5) : 0;
-    snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static uint64_t params_checksum(Backend *be, const LoraSet *ls) {
-    float *host = xmalloc(ls->numel * sizeof(float), "checksum copy");
-    be->download(be, host, ls->params, ls->numel * sizeof(float));
-    uint64_t h = fnv1a64(FNV64_INIT, host, ls->numel * sizeof(float));
-    free(host);
-    return h;
-}
-
-// All ranks must hold bit-identical trainable parameters; a mismatch is fatal.
-static void check_ranks_agree(Backend *be, const LoraSet *ls, MPI_Comm comm, const char *when) {
-    unsigned long long h = params_checksum(be, ls), lo = 0, hi = 0;
-    MPI_Allreduce(&h, &lo, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, comm);
-    MPI_Allreduce(&h, &hi, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, comm);
-    check(lo == hi, "ranks hold different parameters %s (checksums %016llx .. %016llx): the gradient "
-          "all-reduce is not reproducible on this MPI; please report it", when, lo, hi);
+static void print_summary(const Trainer *t, const Ledger *total, const EvalResult *ev, int n_ev, const Dist *d,
+                          Log *lg, double wall) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    if (d->rank != 0) return;
+    double all = 0.0;
+    for (int p = 0; p < PHASE_COUNT; p++) all += total->seconds[p];
+    printf("summary | %lld steps, %lld epoch(s) | trainable %zu params (%d adapters + head) | peak RSS %.0f MiB "
+           "(rank 0)\n", (long long)t->step, (long long)t->epoch, t->ls->numel, t->ls->n, (double)ru.ru_maxrss / 1024.0);
+    for (int i = 0; i < n_ev; i++) {
+        printf("summary | %s:", ev[i].split);
+        for (int k = 0; k < ev[i].score.n; k++) printf(" %s %.4f", ev[i].score.name[k], ev[i].score.value[k]);
+        printf("\n");
+    }
+    printf("summary | step %.1f ms (median) | wall %.1f s x %d rank(s) | time x ranks by phase:",
+           1000.0 * trainer_median_step(t), wall, d->world);
+    for (int p = 0; p < PHASE_COUNT; p++) printf(" %s %.1f s", phase_name((Phase)p), total->seconds[p]);
+    printf(" | %.4f %s-hours\n", wall * d->world / 3600.0, strcmp(t->be->name, "cuda") == 0 ? "GPU" : "CPU");
+    fflush(stdout);
+    char rec[2048];
+    int len = snprintf(rec, sizeof rec,
+                       "{\"type\":\"summary\",\"steps\":%lld,\"epochs\":%lld,\"trainable_params\":%zu,\"adapters\":%d,"
+                       "\"world\":%d,\"wall_s\":%.3f,\"device_hours\":%.6f,\"ledger_s\":{",
+                       (long long)t->step, (long long)t->epoch, t->ls->numel, t->ls->n, d->world, wall,
+                       wall * d->world / 3600.0);
+    for (int p = 0; p < PHASE_COUNT; p++)
+        len += snprintf(rec + len, sizeof rec - (size_t)len, "%s\"%s\":%.3f", p ? "," : "", phase_name((Phase)p),
+                        total->seconds[p]);
+    len += snprintf(rec + len, sizeof rec - (size_t)len, "},\"accounted_s\":%.3f,\"eval\":{", all);
+    for (int i = 0; i < n_ev; i++)
+        len += snprintf(rec + len, sizeof rec - (size_t)len, "%s\"%s\":%.8g", i ? "," : "", ev[i].split,
+                        ev[i].score.main);
+    snprintf(rec + len, sizeof rec - (size_t)len, "}}");
+    log_record(lg, rec);
 }
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     double t_start = time_now();
-    int rank = 0, world = 1;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    Dist d;
+    dist_init(&d, MPI_COMM_WORLD);
 
-    // ---- config: defaults -> file -> --set overrides -> validate (identical on every rank)
-    static RunConfig cfg;  // large (paths): keep it off the stack
+    // ---- config: defaults -> file -> --set overrides -> validate; identical on every rank
+    static RunConfig cfg;  // large (paths): off the stack
     CliArgs args;
     Error err;
     if (config_parse_args(&cfg, &args, argc, argv, &err) != 0) {
-        if (rank == 0) fprintf(stderr, "actlora-mpi: error: %s\n(run with --help for usage)\n", err.msg);
+        if (d.rank == 0) fprintf(stderr, "actlora-mpi: error: %s\n(run with --help for usage)\n", err.msg);
         MPI_Finalize();
         return 2;
     }
     if (args.help || args.version || args.print_config) {
-        if (rank == 0) {
+        if (d.rank == 0) {
             if (args.help) config_usage(stdout);
             else if (args.version) printf("actlora-mpi %s\n", ACTLORA_VERSION);
             else config_print(&cfg, stdout);
@@ -76,18 +85,18 @@ int main(int argc, char **argv) {
         MPI_Finalize();
         return 0;
     }
-    unsigned long long my_hash = config_hash(&cfg), root_hash = my_hash;
-    MPI_Bcast(&root_hash, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
-    check(my_hash == root_hash, "rank %d read a different configuration than rank 0: give every rank the same "
-          "--config file and --set overrides", rank);
+    uint64_t cfg_hash = config_hash(&cfg);
+    dist_check_agree(&d, &cfg_hash, sizeof cfg_hash, "the configuration (give every rank the same --config and --set)");
     check(strcmp(cfg.run.device, "cuda") != 0,
           "run.device = \"cuda\" but this build has no CUDA backend yet: use run.device = \"cpu\"");
 
-    // ---- backend
+    // ---- backend, communication, run directory
     Backend be;
     backend_cpu_init(&be, cfg.run.threads);
     Comm comm;
     comm_init(&comm, MPI_COMM_WORLD);
+    Log lg;
+    log_open(&lg, &d, cfg.run.dir);
     Ledger led = {0};
 
     // ---- load: HF config.json + weights (or random weights of the same shapes)
@@ -98,123 +107,120 @@ int main(int argc, char **argv) {
     if (hfconfig_load(&mc, cfg_path, &err) != 0) die("%s", err.msg);
     check(strcmp(cfg.model.arch, "auto") == 0 || strcmp(cfg.model.arch, mc.model_type) == 0,
           "model.arch = \"%s\" but %s says model_type \"%s\"", cfg.model.arch, cfg_path, mc.model_type);
-    check(cfg.data.seq_len <= mc.max_position_embeddings,
-          "data.seq_len = %d exceeds max_position_embeddings = %d of %s", cfg.data.seq_len,
-          mc.max_position_embeddings, cfg_path);
     int random_init = strcmp(cfg.model.init, "random") == 0;
     uint64_t seed = (uint64_t)cfg.train.seed;
     Llama model;
     llama_load(&model, &be, cfg.model.path, &mc, cfg.model.num_labels, random_init, seed);
 
-    // ---- adapters on the configured layers, plus the classification head
-    int L = mc.num_hidden_layers, layers[CONFIG_MAX_LAYERS], n_layers = 0, modules[LORA_NUM_MODULES];
-    if (cfg.lora.all_layers)
-        for (int l = 0; l < L && l < CONFIG_MAX_LAYERS; l++) layers[n_layers++] = l;
-    else
-        for (int i = 0; i < cfg.lora.n_layers; i++) layers[n_layers++] = cfg.lora.layers[i];
+    // ---- data: this rank's view of the GLUE file (or the synthetic task)
+    Source src;
+    source_open(&src, &cfg, &mc, cfg.train.micro_batch);
+    Batch batch;
+    batch_init(&batch, cfg.train.micro_batch, src.max_T);
+    led.seconds[PHASE_LOAD] = time_now() - t0;
+    if (d.rank == 0) {
+        printf("actlora-mpi %s | %d rank(s) | backend %s, %d thread(s) per rank | run dir %s\n", ACTLORA_VERSION,
+               d.world, be.name, be.threads, cfg.run.dir);
+        printf("model   %s: %s, %d layers, hidden %d, heads %d/%d, vocab %d (%s weights, %.1f s)\n", cfg.model.path,
+               mc.model_type, mc.num_hidden_layers, mc.hidden_size, mc.num_attention_heads, mc.num_key_value_heads,
+               mc.vocab_size, random_init ? "random" : "pretrained", led.seconds[PHASE_LOAD]);
+        if (src.glue)
+            printf("data    %s: %s, %lld train rows, %d dev split(s), %d labels, longest row %d\n", cfg.data.path,
+                   src.task, (long long)src.train.rows, src.n_eval, src.num_labels, src.max_T);
+        else
+            printf("data    synthetic task: %d labels, sequences of %d tokens\n", src.num_labels, src.max_T);
+        char hash[32];
+        snprintf(hash, sizeof hash, "%016llx", (unsigned long long)cfg_hash);
+        cJSON *rec = cJSON_CreateObject();  // cJSON escapes the user's paths
+        cJSON_AddStringToObject(rec, "type", "start");
+        cJSON_AddNumberToObject(rec, "world", d.world);
+        cJSON_AddStringToObject(rec, "model", cfg.model.path);
+        cJSON_AddStringToObject(rec, "data", cfg.data.path);
+        cJSON_AddStringToObject(rec, "task", src.task);
+        cJSON_AddStringToObject(rec, "config_hash", hash);
+        char *text = cJSON_PrintUnformatted(rec);
+        log_record(&lg, text);
+        free(text);
+        cJSON_Delete(rec);
+        fflush(stdout);
+    }
+    check(src.num_labels == cfg.model.num_labels, "model.num_labels = %d but the data has %d labels",
+          cfg.model.num_labels, src.num_labels);
+
+    // ---- calibrate + select (lora.layers = "auto"), or the configured layers
+    int modules[LORA_NUM_MODULES];
     for (int i = 0; i < cfg.lora.n_targets; i++) {
         modules[i] = lora_module_parse(cfg.lora.targets[i]);
         check(modules[i] >= 0, "lora.target_modules: '%s' is not a Llama module", cfg.lora.targets[i]);
     }
+    Selection sel;
+    if (cfg.lora.auto_layers) {
+        double tc = time_now();
+        select_calibrate(&sel, &cfg, &d, &be, &model, &src, &batch, modules, cfg.lora.n_targets, &lg);
+        led.seconds[PHASE_CALIBRATION] = time_now() - tc;
+    } else {
+        select_explicit(&sel, &cfg, mc.num_hidden_layers);
+    }
+    if (args.calibrate_only) {
+        if (d.rank == 0) printf("--calibrate-only: stopping after selection (%s/calibration.h5)\n", cfg.run.dir);
+        select_free(&sel);
+        source_close(&src);
+        batch_free(&batch);
+        llama_free(&model, &be);
+        backend_free(&be);
+        log_close(&lg);
+        MPI_Finalize();
+        return 0;
+    }
+
+    // ---- adapters on the selected layers, plus the classification head
     LoraShapes shapes;
     llama_lora_shapes(&mc, &shapes);
     LoraSet ls;
-    lora_init(&ls, &be, &shapes, L, layers, n_layers, modules, cfg.lora.n_targets, cfg.lora.r, cfg.lora.alpha,
-              cfg.lora.rslora, cfg.lora.dropout, cfg.model.num_labels, mc.hidden_size);
+    lora_init(&ls, &be, &shapes, mc.num_hidden_layers, sel.selected, sel.n_selected, modules, cfg.lora.n_targets,
+              cfg.lora.r, cfg.lora.alpha, cfg.lora.rslora, cfg.lora.dropout, cfg.model.num_labels, mc.hidden_size);
     int head_loaded = llama_init_head(&model, &be, cfg.model.path, random_init, &ls, seed);
     lora_init_weights(&ls, &be, seed);
-    int B = cfg.train.micro_batch, T = cfg.data.seq_len;
-    llama_alloc_acts(&model, &be, &ls, B, T);
-    led.load = time_now() - t0;
-    if (rank == 0) {
-        printf("actlora-mpi %s | %d rank(s) | backend %s, %d thread(s)\n", ACTLORA_VERSION, world, be.name, be.threads);
-        printf("model   %s: %s, %d layers, hidden %d, heads %d/%d, vocab %d (%s weights, loaded in %.1f s)\n",
-               cfg.model.path, mc.model_type, L, mc.hidden_size, mc.num_attention_heads, mc.num_key_value_heads,
-               mc.vocab_size, random_init ? "random" : "pretrained", led.load);
-        printf("lora    r=%d alpha=%g scaling=%g on %d adapter(s), layers %d..%d (backward stops at layer %d); "
-               "head %s\n", ls.r, cfg.lora.alpha, ls.scaling, ls.n, ls.n ? ls.ad[0].layer : -1,
-               ls.n ? ls.ad[ls.n - 1].layer : -1, ls.lowest_layer, head_loaded ? "loaded" : "new");
-        printf("params  %zu trainable (%zu in adapters, %zu in head), gradient all-reduce %zu bytes/step\n", ls.numel,
-               ls.head_off, ls.numel - ls.head_off, ls.numel * sizeof(float));
-        printf("memory  activations %.1f MiB for micro-batch %d x %d\n", (double)model.act_bytes / 1048576.0, B, T);
+    llama_alloc_acts(&model, &be, &ls, cfg.train.micro_batch, src.max_T);
+    Trainer tr;
+    trainer_init(&tr, &cfg, &d, &be, &comm, &lg, &led, &model, &ls, &src, &batch);
+    if (d.rank == 0) {
+        printf("lora    r=%d alpha=%g (scale %g) on %d adapter(s) in layers [", ls.r, cfg.lora.alpha, ls.scaling, ls.n);
+        for (int i = 0; i < sel.n_selected; i++) printf("%s%d", i ? ", " : "", sel.selected[i]);
+        printf("], backward stops at layer %d; head %s\n", ls.lowest_layer, head_loaded ? "loaded" : "new");
+        printf("params  %zu trainable (%zu in adapters, %zu in head); gradient all-reduce of %zu bytes per step\n",
+               ls.numel, ls.head_off, ls.numel - ls.head_off, ls.numel * sizeof(float));
+        printf("plan    %lld steps (%lld per epoch) of global batch %lld = %d x %d x %d rank(s); activations %.1f MiB\n",
+               (long long)tr.total_steps, (long long)tr.steps_per_epoch, (long long)tr.G, cfg.train.micro_batch,
+               cfg.train.grad_accum, d.world, (double)model.act_bytes / 1048576.0);
         fflush(stdout);
     }
 
-    // ---- train
-    OptimConfig oc = {.lr = cfg.train.lr, .kind = (ScheduleKind)optim_schedule_parse(cfg.train.schedule),
-                      .warmup_steps = cfg.train.warmup_steps, .total_steps = cfg.train.max_steps,
-                      .beta1 = cfg.train.beta1, .beta2 = cfg.train.beta2, .eps = cfg.train.eps,
-                      .weight_decay = cfg.train.weight_decay, .clip = cfg.train.clip};
-    int accum = cfg.train.grad_accum, K = cfg.model.num_labels;
-    float grad_scale = 1.0f / (float)(B * accum);  // mean over the micro-batches; ranks averaged by comm
-    Batch batch;
-    batch_init(&batch, B, T);
-    double t_train = time_now(), loss_ema = 0.0;
-    int64_t tokens = 0;
-    double *step_s = xcalloc((size_t)cfg.train.max_steps, sizeof(double), "step times");
-    for (int step = 0; step < cfg.train.max_steps; step++) {
-        double t_step = time_now();
-        be.zero(&be, ls.grads, ls.numel * sizeof(float));
-        double loss_sum = 0.0;
-        for (int micro = 0; micro < accum; micro++) {
-            data_synthetic_batch(&batch, mc.vocab_size, mc.pad_token_id, K, seed, step, micro, rank);
-            uint64_t dkey = rng_key(rng_key(rng_key(rng_key(seed, 0xD207), (uint64_t)step), (uint64_t)micro),
-                                    (uint64_t)rank);
-            double tf = time_now();
-            loss_sum += llama_forward(&model, &be, &ls, &batch, 1, grad_scale, dkey, NULL);
-            double tb = time_now();
-            llama_backward(&model, &be, &ls, &batch, dkey);
-            be.sync(&be);
-            led.forward += tb - tf;
-            led.backward += time_now() - tb;
-            tokens += batch.n_tokens;
-        }
-        comm_allreduce_mean(&comm, &be, ls.grads, ls.numel);
-        double to = time_now();
-        double lr = optim_lr_at(&oc, step);
-        double gnorm = optim_clip(&oc, &be, &ls);
-        optim_step(&oc, &be, &ls, lr, step + 1);
-        be.sync(&be);
-        led.optim += time_now() - to;
-        step_s[step] = time_now() - t_step;
-        double loss = loss_sum / (double)(B * accum), all_loss = 0.0;
-        MPI_Allreduce(&loss, &all_loss, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);  // logging only
-        loss = all_loss / world;
-        loss_ema = step == 0 ? loss : 0.9 * loss_ema + 0.1 * loss;
-        if (rank == 0 && ((step + 1) % cfg.run.log_every == 0 || step + 1 == cfg.train.max_steps)) {
-            double el = time_now() - t_train, eta = el / (step + 1) * (cfg.train.max_steps - step - 1);
-            char eta_s[32];
-            fmt_duration(eta_s, sizeof eta_s, eta);
-            printf("step %*d/%d | loss %.4f (avg %.4f) | lr %.3e | grad %.4f | %.0f tok/s | ETA %s\n",
-                   snprintf(NULL, 0, "%d", cfg.train.max_steps), step + 1, cfg.train.max_steps, loss, loss_ema, lr,
-                   gnorm, (double)tokens * world / el, eta_s);
-            fflush(stdout);
-        }
+    // ---- train, evaluating every train.eval_every steps
+    EvalResult ev[MAX_EVAL];
+    int n_ev = 0;
+    while (tr.step < tr.total_steps) {
+        double grad_norm, lr, loss = trainer_step(&tr, &grad_norm, &lr);
+        trainer_report(&tr, loss, grad_norm, lr);
+        if (cfg.train.eval_every > 0 && tr.step % cfg.train.eval_every == 0 && tr.step < tr.total_steps)
+            trainer_evaluate(&tr, ev, MAX_EVAL);
     }
-    check_ranks_agree(&be, &ls, MPI_COMM_WORLD, "at the end of training");
-    led.comm = comm.seconds;
-    led.total = time_now() - t_start;
+    n_ev = trainer_evaluate(&tr, ev, MAX_EVAL);
+    trainer_check_agree(&tr, "at the end of training");
 
-    // ---- summary
-    int n_timed = cfg.train.max_steps > 1 ? cfg.train.max_steps - 1 : 1;  // the first step warms caches
-    qsort(step_s + (cfg.train.max_steps - n_timed), (size_t)n_timed, sizeof(double), cmp_double);
-    double step_median = step_s[cfg.train.max_steps - n_timed + n_timed / 2];
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    if (rank == 0) {
-        printf("perf    step %.1f ms (median of %d) | peak RSS %.1f MiB (rank 0)\n", 1000.0 * step_median, n_timed,
-               (double)ru.ru_maxrss / 1024.0);
-        printf("done    %d steps, %lld tokens, %.1f s | time x ranks: load %.1f s, forward %.1f s, backward %.1f s, "
-               "optimizer %.1f s, communication %.1f s, total %.1f s (%.4f CPU-hours)\n",
-               cfg.train.max_steps, (long long)tokens * world, led.total, led.load * world, led.forward * world,
-               led.backward * world, led.optim * world, led.comm * world, led.total * world,
-               led.total * world / 3600.0);
-    }
-    free(step_s);
+    // ---- summary: metrics, trainable parameters, time x ranks by phase
+    Ledger total;
+    ledger_reduce(&led, &total, &d);
+    print_summary(&tr, &total, ev, n_ev, &d, &lg, time_now() - t_start);
+
+    trainer_free(&tr);
+    select_free(&sel);
+    source_close(&src);
     batch_free(&batch);
     llama_free(&model, &be);
     lora_free(&ls, &be);
     backend_free(&be);
+    log_close(&lg);
     MPI_Finalize();
     return 0;
 }

@@ -28,11 +28,11 @@ echo "bench_cpu: Llama L=$L hidden=$C inter=$I heads=$H/$KVH seq=$T batch=$B r=$
 printf "%-10s %14s %14s %14s %14s %10s\n" "adapters" "ours ms/step" "ours RSS MiB" "torch ms/step" "torch RSS MiB" "speedup"
 for top in 1 $((L / 2)) $L; do
   layers="[$(seq -s, $((L - top)) $((L - 1)))]"
-  out=$(OMP_NUM_THREADS=$THREADS "$bin" --set model.path="$work" --set model.init=random --set model.num_labels=2 \
+  out=$(OMP_NUM_THREADS=$THREADS "$bin" --set model.path="$work" --set model.init=random --set model.num_labels=2 --set data.source=synthetic \
         --set data.seq_len=$T --set train.micro_batch=$B --set train.max_steps=$STEPS --set lora.r=$R \
         --set lora.alpha=$((2 * R)) --set "lora.target_modules=$targets" --set "lora.layers=$layers" \
         --set run.threads=$THREADS --set run.log_every=1000000 --set run.device=cpu --set run.dir="$work/run")
-  ours_ms=$(sed -n 's/^perf *step \([0-9.]*\) ms.*/\1/p' <<<"$out")
+  ours_ms=$(sed -n 's/^summary | step \([0-9.]*\) ms.*/\1/p' <<<"$out")
   ours_rss=$(sed -n 's/.*peak RSS \([0-9.]*\) MiB.*/\1/p' <<<"$out")
   if [ $have_torch = 1 ]; then
     js=$(python3 "$root/tools/bench_torch.py" --model "$work" --top $top --batch $B --seq $T --threads $THREADS \

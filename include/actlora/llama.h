@@ -65,8 +65,11 @@ void llama_load(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, i
 // [num_labels, hidden], else N(0, 0.02) drawn from `seed` (as transformers initialises a new head).
 // Returns 1 if loaded, 0 if initialised.
 int llama_init_head(Llama *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed);
-// Allocates activation memory for batches up to [B, T] given the adapters' lowest layer.
+// Allocates activation memory for batches up to [B, T] given the adapters' lowest layer
+// (replacing any earlier allocation).
 void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T);
+// Releases the activation memory only (the weights stay).
+void llama_free_acts(Llama *m, Backend *be);
 void llama_free(Llama *m, Backend *be);
 
 // Forward pass over a batch. Returns the summed per-row loss; logits land in m->logits.
