@@ -115,7 +115,9 @@ void trainer_report(Trainer *t, double loss, double grad_norm, double lr) {
     int64_t all_tokens = 0, mine = t->tokens;
     MPI_Allreduce(&mine, &all_tokens, 1, MPI_INT64_T, MPI_SUM, t->d->comm);
     if (t->d->rank != 0) return;
-    double el = time_now() - t->t_start, tps = (double)all_tokens / (el > 0 ? el : 1e-9);
+    double el = time_now() - t->t_start, train_s = 0.0;  // throughput and ETA from step time alone (no eval)
+    for (int64_t i = 0; i < t->step; i++) train_s += t->step_s[i];
+    double tps = (double)all_tokens / (train_s > 0 ? train_s : 1e-9);
     char rec[512];
     snprintf(rec, sizeof rec,
              "{\"type\":\"train\",\"step\":%lld,\"total_steps\":%lld,\"epoch\":%lld,\"loss\":%.8g,\"lr\":%.8g,"
@@ -125,7 +127,7 @@ void trainer_report(Trainer *t, double loss, double grad_norm, double lr) {
     int every = t->cfg->run.log_every;
     if (t->step % every != 0 && t->step != t->total_steps && t->step != 1) return;
     char eta[32];
-    log_duration(eta, sizeof eta, el / (double)t->step * (double)(t->total_steps - t->step));
+    log_duration(eta, sizeof eta, train_s / (double)t->step * (double)(t->total_steps - t->step));
     int w = snprintf(NULL, 0, "%lld", (long long)t->total_steps);
     printf("step %*lld/%lld | epoch %lld | loss %.4f (avg %.4f) | lr %.3e | grad %.3f | %.0f tok/s | ETA %s\n", w,
            (long long)t->step, (long long)t->total_steps, (long long)t->epoch, loss, t->loss_ema, lr, grad_norm, tps,
