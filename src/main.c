@@ -125,8 +125,10 @@ int main(int argc, char **argv) {
                mc.model_type, mc.num_hidden_layers, mc.hidden_size, mc.num_attention_heads, mc.num_key_value_heads,
                mc.vocab_size, random_init ? "random" : "pretrained", led.seconds[PHASE_LOAD]);
         if (src.glue)
-            printf("data    %s: %s, %lld train rows, %d dev split(s), %d labels, longest row %d\n", cfg.data.path,
-                   src.task, (long long)src.train.rows, src.n_eval, src.num_labels, src.max_T);
+            printf("data    %s: %s, %lld train rows, %d dev split(s), %d labels, longest row %d; tokenizer %s\n",
+                   cfg.data.path, src.task, (long long)src.train.rows, src.n_eval, src.num_labels, src.max_T,
+                   src.tokenizer_checked ? "matches the model's tokenizer.json"
+                                         : "not checked (no tokenizer.json in the model directory)");
         else
             printf("data    synthetic task: %d labels, sequences of %d tokens\n", src.num_labels, src.max_T);
         char hash[32];

@@ -3,10 +3,12 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "actlora/common.h"
 #include "actlora/rng.h"
 #include "actlora/sampler.h"
+#include "actlora/sha256.h"
 
 void source_open(Source *s, const RunConfig *cfg, const ModelConfig *mc, int micro_batch) {
     memset(s, 0, sizeof *s);
@@ -26,8 +28,14 @@ void source_open(Source *s, const RunConfig *cfg, const ModelConfig *mc, int mic
     const char *path = cfg->data.path;
     if (dataset_split_open(&s->train, path, "train", &err) != 0) die("%s", err.msg);
     const DatasetInfo *di = &s->train.info;
-    if (dataset_check(di, cfg->data.task[0] ? cfg->data.task : NULL, cfg->model.num_labels, NULL, &err) != 0)
-        die("%s (model.num_labels = %d, data.task = \"%s\")", err.msg, cfg->model.num_labels, cfg->data.task);
+    // the file must come from this model's own tokenizer when the model directory has one
+    char tok_path[CONFIG_PATH_MAX + 32], tok_sha[65] = "";
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", cfg->model.path);
+    if (access(tok_path, R_OK) == 0 && sha256_file_hex(tok_path, tok_sha, &err) != 0) die("%s", err.msg);
+    s->tokenizer_checked = tok_sha[0] != '\0';
+    if (dataset_check(di, cfg->data.task[0] ? cfg->data.task : NULL, cfg->model.num_labels, tok_sha, &err) != 0)
+        die("%s (model.num_labels = %d, data.task = \"%s\", model tokenizer %s)", err.msg, cfg->model.num_labels,
+            cfg->data.task, s->tokenizer_checked ? tok_path : "not in the model directory");
     snprintf(s->task, sizeof s->task, "%s", di->task);
     s->num_labels = di->num_labels;
     s->pad_id = di->pad_id;

@@ -90,5 +90,32 @@ PY
 out=$(run_mpi 1 "${common[@]}" --set model.path="$work/small" --set run.dir="$work/bad2" 2>&1) && bad "wrong vocabulary accepted" || {
   grep -q "vocabulary" <<<"$out" && ok || bad "wrong-vocabulary message unclear: $out"; }
 
+# the tokenizer check: a model directory with the same tokenizer.json passes, another one is refused
+mkdir -p "$work/m_same" "$work/m_other"
+cp "$root/tests/fixtures/tiny-llama3/config.json" "$work/m_same/"; cp "$root/tests/fixtures/tiny-llama3/config.json" "$work/m_other/"
+cp "$shared/data/tokenizers/llama3/tokenizer.json" "$work/m_same/"
+echo '{"version": "1.0", "model": {"type": "WordLevel", "vocab": {}}}' > "$work/m_other/tokenizer.json"
+out=$(run_mpi 1 "${common[@]}" --set model.path="$work/m_same" --set run.dir="$work/tok1" --calibrate-only 2>&1) || bad "same tokenizer refused: $out"
+grep -q "matches the model's tokenizer.json" <<<"$out" && ok || bad "tokenizer match not reported: $out"
+out=$(run_mpi 1 "${common[@]}" --set model.path="$work/m_other" --set run.dir="$work/tok2" --calibrate-only 2>&1) && bad "other tokenizer accepted" || {
+  grep -q "tokenized with tokenizer" <<<"$out" && ok || bad "tokenizer-mismatch message unclear: $out"; }
+
+# baselines: gradient importance and random selection choose the configured number of layers
+for method in gradient random; do
+  out=$(run_mpi 2 "${common[@]}" --set calibration.method=$method --set run.dir="$work/$method" --calibrate-only 2>&1) \
+    || bad "calibration.method=$method failed: $out"
+  python3 - "$work/$method/calibration.h5" "$method" <<'PY' && ok || bad "calibration.method=$method results"
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], "r")
+assert f.attrs["method"] in (sys.argv[2], sys.argv[2].encode()), f.attrs["method"]
+s = f["scores"][...]
+assert len(f["selected"][...]) == 2 and np.all(np.isfinite(s))
+if sys.argv[2] == "gradient":
+    assert np.all(s > 0) and f["tokens"][0] == 8, (s, f["tokens"][...])   # 4 micro-batches x 2 ranks
+else:
+    assert np.all((0 <= s) & (s < 1)) and len(set(s.tolist())) == len(s)
+PY
+done
+
 echo "test_pipeline: $passes passed, $fails failed"
 [ $fails -eq 0 ]

@@ -22,6 +22,7 @@ typedef struct {
     int vocab;                   // synthetic token range
     uint64_t seed;
     int window;                  // length-grouping window
+    int tokenizer_checked;       // the file's tokenizer sha256 matched <model.path>/tokenizer.json
     DatasetSplit train;          // glue only
     int n_eval;
     DatasetSplit eval[SOURCE_MAX_EVAL];  // every split whose name starts with "dev"
