@@ -26,7 +26,7 @@ PIP="python3 -m pip install -q --disable-pip-version-check"
 python3 -m pip --version >/dev/null 2>&1 && pip_ok=1 || pip_ok=0
 if [ "${WITH_PYTHON:-1}" = 1 ] && [ $pip_ok = 1 ]; then
   req="$(dirname "$0")/requirements.txt"
-  python3 -c "import numpy, safetensors, pytest, h5py, tokenizers" 2>/dev/null || $PIP -r "$req" \
+  python3 -c "import numpy, safetensors, pytest, h5py, tokenizers, matplotlib, scipy" 2>/dev/null || $PIP -r "$req" \
     || $PIP --break-system-packages -r "$req"
   echo "install-deps: python test deps ok"
 fi
