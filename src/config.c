@@ -400,6 +400,22 @@ static int apply_root(RunConfig *c, const config_setting_t *root, const char *pa
     return 0;
 }
 
+int config_load_text(RunConfig *c, const char *text, const char *source, Error *err) {
+    config_t cfg;
+    config_init(&cfg);
+    config_defaults(c);
+    if (config_read_string(&cfg, text) != CONFIG_TRUE) {
+        error_set(err, "%s:%d: %s", source, config_error_line(&cfg), config_error_text(&cfg));
+        config_destroy(&cfg);
+        return -1;
+    }
+    RunConfig tmp = *c;
+    int rc = apply_root(&tmp, config_root_setting(&cfg), source, err);
+    config_destroy(&cfg);
+    if (rc == 0) *c = tmp;
+    return rc;
+}
+
 int config_load_file(RunConfig *c, const char *path, Error *err) {
     // libconfig only says "file I/O error"; find the real reason first.
     struct stat st;
@@ -599,8 +615,8 @@ int config_validate(const RunConfig *c, Error *err) {
 
 // ---------------------------------------------------------------- command line
 
-static const char *const FLAGS[] = {"--config", "--set", "--print-config", "--calibrate-only", "--help", "-h",
-                                    "--version", NULL};
+static const char *const FLAGS[] = {"--config", "--set", "--print-config", "--calibrate-only", "--resume", "--force",
+                                    "--help", "-h", "--version", NULL};
 
 // argv[*i] is `flag VALUE` or `flag=VALUE`: returns 1 and points *val at the value (NULL if it
 // is missing), consuming the next argument in the first form; 0 if argv[*i] is another flag.
@@ -631,6 +647,7 @@ static int unknown_flag_error(Error *err, const char *a) {
 
 int config_parse_args(RunConfig *c, CliArgs *args, int argc, char **argv, Error *err) {
     memset(args, 0, sizeof *args);
+    strcpy(args->resume, "auto");
     config_defaults(c);
     // Pass 1 reads the flags alone, so that --help works next to a broken file and the file
     // is applied before every --set wherever --config stands on the line.
@@ -646,6 +663,12 @@ int config_parse_args(RunConfig *c, CliArgs *args, int argc, char **argv, Error 
             strcpy(args->config_path, val);
         } else if (flag_value("--set", argc, argv, &i, &val)) {
             if (!val || !*val) return error_set(err, "--set needs an assignment: --set section.key=value");
+        } else if (flag_value("--resume", argc, argv, &i, &val)) {
+            if (!val || !*val) return error_set(err, "--resume needs a value: auto, no, or a checkpoint path");
+            if (strlen(val) >= sizeof args->resume) return error_set(err, "--resume path is too long");
+            strcpy(args->resume, val);
+        } else if (strcmp(a, "--force") == 0) {
+            args->force = 1;
         } else if (strcmp(a, "--print-config") == 0) {
             args->print_config = 1;
         } else if (strcmp(a, "--calibrate-only") == 0) {
@@ -677,6 +700,9 @@ void config_usage(FILE *f) {
             "                         (e.g. --set train.lr=3e-4 --set lora.target_modules=[q_proj,v_proj])\n"
             "  --print-config         print the effective configuration (every key) and exit\n"
             "  --calibrate-only       stop after calibration and layer selection (writes calibration.h5)\n"
+            "  --resume auto|no|PATH  auto (default): continue from the newest valid checkpoint in\n"
+            "                         <run.dir>/checkpoints if there is one; no: start fresh; PATH: that one\n"
+            "  --force                resume even though keys that change the run differ from the checkpoint's\n"
             "  --help, -h             print this help and exit\n"
             "  --version              print the version and exit\n"
             "\n"
@@ -757,4 +783,41 @@ uint64_t config_hash(const RunConfig *c) {
     uint64_t h = fnv1a64(FNV64_INIT, buf, len);
     free(buf);
     return h;
+}
+
+// Keys that do not change what a run computes: they may differ between a checkpoint and its resume.
+static int key_is_bookkeeping(const char *name) {
+    static const char *const free_keys[] = {"run.dir", "run.threads", "run.log_every", "run.device", "train.eval_every",
+                                            "train.max_steps", "train.epochs", NULL};
+    if (strncmp(name, "checkpoint.", 11) == 0) return 1;
+    for (int i = 0; free_keys[i]; i++)
+        if (strcmp(name, free_keys[i]) == 0) return 1;
+    return 0;
+}
+
+int config_diff_run(const RunConfig *a, const RunConfig *b, char *out, size_t n) {
+    int count = 0;
+    size_t used = 0;
+    if (n) out[0] = '\0';
+    for (int i = 0; i < NUM_KEYS; i++) {
+        const ConfigKey *k = &KEYS[i];
+        if (key_is_bookkeeping(k->name)) continue;
+        char *va = NULL, *vb = NULL;
+        size_t la = 0, lb = 0;
+        FILE *fa = open_memstream(&va, &la), *fb = open_memstream(&vb, &lb);
+        check(fa && fb, "out of memory comparing configurations");
+        print_value(k, a, fa);
+        print_value(k, b, fb);
+        fclose(fa);
+        fclose(fb);
+        if (la != lb || memcmp(va, vb, la) != 0) {
+            count++;
+            if (used < n) used += (size_t)snprintf(out + used, n - used, "%s  %s: %s -> %s", count > 1 ? "\n" : "",
+                                                   k->name, va, vb);
+        }
+        free(va);
+        free(vb);
+    }
+    if (used >= n && n) out[n - 1] = '\0';
+    return count;
 }

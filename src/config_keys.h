@@ -118,7 +118,13 @@ static const ConfigKey KEYS[] = {
     KEY_DBL("calibration.threshold", calibration.threshold, 0, 1, 1, 0, 0.5,
             "rule cumulative: smallest top set whose share of the total score reaches this"),
 
-    KEY_STR("run.dir", run.dir, "runs/default", "run directory (logs, later checkpoints)"),
+    KEY_INT("checkpoint.every_steps", checkpoint.every_steps, 0, 1000000000, 0,
+            "write a checkpoint every N optimizer steps; 0 = off"),
+    KEY_DBL("checkpoint.every_minutes", checkpoint.every_minutes, 0, 0, 1e6, 0, 0.0,
+            "write a checkpoint every M minutes of wall time; 0 = off"),
+    KEY_INT("checkpoint.keep", checkpoint.keep, 1, 1000, 2, "checkpoints kept in <run.dir>/checkpoints"),
+
+    KEY_STR("run.dir", run.dir, "runs/default", "run directory (log, calibration, checkpoints, adapter export)"),
     KEY_ENUM("run.device", run.device, DEVICE_VALUES, "auto", "auto = cuda when built with it and a GPU is visible"),
     KEY_INT("run.threads", run.threads, 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"),
     KEY_INT("run.log_every", run.log_every, 1, 1000000000, 10, "progress line every N optimizer steps"),

@@ -104,7 +104,7 @@ static void test_defaults(TestCounts *tc) {
     T_CHECK(tc, config_validate(&c, &err) == 0, "defaults + model.path + data.path validate: [%s]", err.msg);
 
     int n = config_num_keys();
-    T_CHECK(tc, n == 41, "config_num_keys() = %d, want 41", n);
+    T_CHECK(tc, n == 44, "config_num_keys() = %d, want 44", n);
     T_CHECK(tc, config_key_name(-1) == NULL && config_key_name(n) == NULL, "config_key_name out of range is NULL");
     for (int i = 0; i < n; i++) {
         const char *k = config_key_name(i);
@@ -215,7 +215,7 @@ static void test_load_errors(TestCounts *tc) {
                 err.msg);
     }
     expect_load_error(tc, "\n\ntrian = { lr = 0.1; };\n", "@:3: unknown section 'trian' (did you mean 'train'?)");
-    expect_load_error(tc, "optimizer = { lr = 0.1; };\n", "unknown section 'optimizer' (sections: model, lora, train, data, calibration, run)");
+    expect_load_error(tc, "optimizer = { lr = 0.1; };\n", "unknown section 'optimizer' (sections: model, lora, train, data, calibration, checkpoint, run)");
     expect_load_error(tc, "calibraton = { k = 2; };\n", "@:1: unknown section 'calibraton' (did you mean 'calibration'?)");
     expect_load_error(tc, "calibration = {\n  treshold = 0.9;\n};\n",
                       "@:2: unknown key 'calibration.treshold' (did you mean 'calibration.threshold'?)");
@@ -752,11 +752,12 @@ static void test_round_trip(TestCounts *tc) {
                                  "  group_window = 1024;\n};\n") &&
                     strstr(text, "calibration = {\n  method = \"activation\";\n  probe = \"block_output\";\n"
                                  "  batches = 8;\n  rule = \"fraction\";\n  k = 4;\n  fraction = 0.5;\n"
-                                 "  threshold = 0.5;\n};\nrun = {\n"),
+                                 "  threshold = 0.5;\n};\ncheckpoint = {\n  every_steps = 0;\n"
+                                 "  every_minutes = 0.0;\n  keep = 2;\n};\nrun = {\n"),
             "printed defaults:\n%s", text);
     // Sections in table order, each printed once.
     const char *secs[] = {"\nmodel = {\n", "\nlora = {\n", "\ntrain = {\n", "\ndata = {\n", "\ncalibration = {\n",
-                          "\nrun = {\n"};
+                          "\ncheckpoint = {\n", "\nrun = {\n"};
     const char *prev = text;
     for (size_t i = 0; i < sizeof secs / sizeof secs[0]; i++) {
         const char *at = strstr(text, secs[i]);
@@ -782,7 +783,8 @@ static void test_round_trip(TestCounts *tc) {
                           "data.path=/data/glue/SST-2 tok.h5", "data.task=SST-2", "data.seq_len=333",
                           "data.group_window=64", "calibration.method=gradient", "calibration.probe=lora_input",
                           "calibration.batches=2", "calibration.rule=cumulative", "calibration.k=7",
-                          "calibration.fraction=0.3", "calibration.threshold=0.9", "run.dir=runs/odd",
+                          "calibration.fraction=0.3", "calibration.threshold=0.9", "checkpoint.every_steps=25",
+                          "checkpoint.every_minutes=7.5", "checkpoint.keep=3", "run.dir=runs/odd",
                           "run.device=cuda", "run.threads=6", "run.log_every=7"};
     for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++)
         T_CHECK(tc, config_set(&c, sets[i], &err) == 0, "--set %s: [%s]", sets[i], err.msg);

@@ -65,7 +65,12 @@ typedef struct {
         double threshold;
     } calibration;
     struct {
-        char dir[CONFIG_PATH_MAX];  // run directory (logs, later checkpoints)
+        int every_steps;            // checkpoint every N optimizer steps; 0 = off
+        double every_minutes;       // ... and/or every M minutes of wall time; 0 = off
+        int keep;                   // checkpoints kept in <run.dir>/checkpoints (>= 1)
+    } checkpoint;
+    struct {
+        char dir[CONFIG_PATH_MAX];  // run directory (log, calibration, checkpoints, adapter export)
         char device[16];            // "auto" | "cpu" | "cuda"
         int threads;                // CPU threads per rank; 0 = OMP_NUM_THREADS or all cores
         int log_every;              // progress line every N optimizer steps
@@ -79,6 +84,8 @@ typedef struct {
     int help;                           // --help
     int version;                        // --version
     int calibrate_only;                 // --calibrate-only: stop after calibration and selection
+    char resume[CONFIG_PATH_MAX];       // --resume auto (default) | no | PATH
+    int force;                          // --force: resume although keys that change the run differ
 } CliArgs;
 
 // Fills every key with its documented default.
@@ -97,6 +104,13 @@ void config_usage(FILE *f);
 void config_print(const RunConfig *c, FILE *f);
 // Hash of the printed config: equal on all ranks iff the configs are equal.
 uint64_t config_hash(const RunConfig *c);
+// Loads config_print text (e.g. from a checkpoint) onto defaults; `source` names it in errors.
+int config_load_text(RunConfig *c, const char *text, const char *source, Error *err);
+// Keys whose values differ between a and b that change the course of a run (everything except
+// bookkeeping keys such as run.log_every, run.threads, checkpoint.*, train.eval_every, run.dir,
+// and the ones that end a run: train.max_steps, train.epochs). Writes "key: A -> B" lines into
+// out (NUL-terminated, truncated to n) and returns how many keys differ.
+int config_diff_run(const RunConfig *a, const RunConfig *b, char *out, size_t n);
 
 // Schema introspection (used by the docs test): number of keys and the i-th "section.key".
 int config_num_keys(void);
