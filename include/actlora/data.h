@@ -5,9 +5,12 @@
 
 #include <stdint.h>
 
-// A batch of right-padded sequences (host memory).
+// A batch of right-padded sequences (host memory). B and T are the current shape (a dataset
+// reader pads each batch only to its longest row); cap_B and cap_T are what batch_init
+// allocated for, and every fill must keep B <= cap_B, T <= cap_T (ids/mask hold cap_B * cap_T).
 typedef struct {
     int B, T;
+    int cap_B, cap_T;   // allocated capacity
     int32_t *ids;       // [B, T]
     int32_t *mask;      // [B, T], 1 = real token
     int32_t *labels_i;  // [B] (classification) or NULL
