@@ -500,3 +500,27 @@ int hfweights_read_f32(const HFWeights *w, const char *name, int ndim, const int
     st_to_f32(t, out);
     return 0;
 }
+
+int hfmodel_fingerprint(const char *dir, int with_weights, uint64_t *out, Error *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    size_t n = 0;
+    char *text = file_read_all(path, &n, err);
+    if (!text) return -1;
+    uint64_t h = fnv1a64(FNV64_INIT, text, n);
+    free(text);
+    if (with_weights) {
+        HFWeights w;
+        if (hfweights_open(&w, dir, err) != 0) return -1;
+        for (int f = 0; f < w.n_files; f++)
+            for (int i = 0; i < w.files[f].n; i++) {
+                const StTensor *t = &w.files[f].tensors[i];
+                h = fnv1a64(h, t->name, strlen(t->name) + 1);
+                h = fnv1a64(h, &t->dtype, sizeof t->dtype);
+                h = fnv1a64(h, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+            }
+        hfweights_close(&w);
+    }
+    *out = h;
+    return 0;
+}

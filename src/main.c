@@ -1,6 +1,6 @@
 // main.c: actlora-mpi, the story of a run.
-//   init -> config -> load model -> data -> calibrate + select -> train (fwd, bwd, all-reduce,
-//   AdamW) with periodic evaluation -> final evaluation -> summary
+//   init -> config -> load model -> data -> resume? -> calibrate + select -> train (fwd, bwd,
+//   all-reduce, AdamW) <-> checkpoint, with periodic evaluation -> final evaluation -> summary
 // docs/method.md describes the method; docs/config.md every key.
 #include <cjson/cJSON.h>
 #include <mpi.h>
@@ -15,11 +15,14 @@
 #include "actlora/config.h"
 #include "actlora/data.h"
 #include "actlora/dist.h"
+#include "actlora/export.h"
 #include "actlora/hfmodel.h"
 #include "actlora/llama.h"
 #include "actlora/log.h"
 #include "actlora/lora.h"
+#include "actlora/resume.h"
 #include "actlora/select.h"
+#include "actlora/signals.h"
 #include "actlora/source.h"
 #include "actlora/train.h"
 
@@ -27,6 +30,7 @@
 
 static void print_summary(const Trainer *t, const Ledger *total, const EvalResult *ev, int n_ev, const Dist *d,
                           Log *lg, double wall) {
+    // total and wall include the runs this one resumed from
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     if (d->rank != 0) return;
@@ -63,6 +67,7 @@ static void print_summary(const Trainer *t, const Ledger *total, const EvalResul
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
+    signals_install();
     double t_start = time_now();
     Dist d;
     dist_init(&d, MPI_COMM_WORLD);
@@ -149,14 +154,23 @@ int main(int argc, char **argv) {
     check(src.num_labels == cfg.model.num_labels, "model.num_labels = %d but the data has %d labels",
           cfg.model.num_labels, src.num_labels);
 
-    // ---- calibrate + select (lora.layers = "auto"), or the configured layers
+    // ---- resume? the newest valid checkpoint of run.dir (--resume auto), a given one, or none
+    uint64_t fingerprint = 0;
+    if (hfmodel_fingerprint(cfg.model.path, !random_init, &fingerprint, &err) != 0) die("%s", err.msg);
+    Resume res;
+    CkptState ck;
+    int resumed = resume_open(&res, &ck, &args, &cfg, &d, fingerprint);
+
+    // ---- calibrate + select (lora.layers = "auto"), or the configured layers, or the checkpoint's
     int modules[LORA_NUM_MODULES];
     for (int i = 0; i < cfg.lora.n_targets; i++) {
         modules[i] = lora_module_parse(cfg.lora.targets[i]);
         check(modules[i] >= 0, "lora.target_modules: '%s' is not a Llama module", cfg.lora.targets[i]);
     }
     Selection sel;
-    if (cfg.lora.auto_layers) {
+    if (resumed) {
+        resume_selection(&ck, &sel);
+    } else if (cfg.lora.auto_layers) {
         double tc = time_now();
         select_calibrate(&sel, &cfg, &d, &be, &model, &src, &batch, modules, cfg.lora.n_targets, &lg);
         led.seconds[PHASE_CALIBRATION] = time_now() - tc;
@@ -186,6 +200,10 @@ int main(int argc, char **argv) {
     llama_alloc_acts(&model, &be, &ls, cfg.train.micro_batch, src.max_T);
     Trainer tr;
     trainer_init(&tr, &cfg, &d, &be, &comm, &lg, &led, &model, &ls, &src, &batch);
+    if (resumed) {
+        resume_apply(&res, &ck, &tr);
+        ckpt_state_free(&ck);
+    }
     if (d.rank == 0) {
         printf("lora    r=%d alpha=%g (scale %g) on %d adapter(s) in layers [", ls.r, cfg.lora.alpha, ls.scaling, ls.n);
         for (int i = 0; i < sel.n_selected; i++) printf("%s%d", i ? ", " : "", sel.selected[i]);
@@ -198,22 +216,52 @@ int main(int argc, char **argv) {
         fflush(stdout);
     }
 
-    // ---- train, evaluating every train.eval_every steps
+    // ---- train: micro-steps, then the all-reduce + AdamW; at every micro-step boundary the ranks
+    //      agree whether a stop signal arrived (then: checkpoint together, exit "requeue me")
     EvalResult ev[MAX_EVAL];
     int n_ev = 0;
+    double every_s = 60.0 * cfg.checkpoint.every_minutes;
     while (tr.step < tr.total_steps) {
-        double grad_norm, lr, loss = trainer_step(&tr, &grad_norm, &lr);
+        while (tr.micro < cfg.train.grad_accum) {
+            if (dist_any(&d, actlora_stop_signal != 0)) {
+                if (d.rank == 0) printf("signal  received: writing a checkpoint before exiting\n");
+                if (resume_save(&res, &tr, &sel, "stop signal", &err) != 0)
+                    die("the stop-signal checkpoint failed: %s (earlier checkpoints are intact)", err.msg);
+                log_close(&lg);
+                MPI_Finalize();
+                return CKPT_EXIT_REQUEUE;
+            }
+            trainer_micro_step(&tr);
+        }
+        double grad_norm, lr, loss = trainer_finish_step(&tr, &grad_norm, &lr);
         trainer_report(&tr, loss, grad_norm, lr);
         if (cfg.train.eval_every > 0 && tr.step % cfg.train.eval_every == 0 && tr.step < tr.total_steps)
             trainer_evaluate(&tr, ev, MAX_EVAL);
+        // periodic checkpoints: by steps, or by wall time on rank 0's clock (agreed by all-reduce)
+        int due = (cfg.checkpoint.every_steps > 0 && tr.step % cfg.checkpoint.every_steps == 0) ||
+                  (every_s > 0 && dist_any(&d, d.rank == 0 && time_now() - res.t_last_save >= every_s));
+        if (due && tr.step < tr.total_steps && resume_save(&res, &tr, &sel, "periodic", &err) != 0 && d.rank == 0)
+            fprintf(stderr, "actlora-mpi: warning: periodic checkpoint failed, training goes on: %s\n", err.msg);
     }
     n_ev = trainer_evaluate(&tr, ev, MAX_EVAL);
     trainer_check_agree(&tr, "at the end of training");
+    if ((cfg.checkpoint.every_steps > 0 || every_s > 0) && resume_save(&res, &tr, &sel, "final", &err) != 0 &&
+        d.rank == 0)
+        fprintf(stderr, "actlora-mpi: warning: final checkpoint failed: %s\n", err.msg);
 
-    // ---- summary: metrics, trainable parameters, time x ranks by phase
+    // ---- export: a PEFT adapter directory (rank 0)
+    char export_dir[CONFIG_PATH_MAX + 16];
+    snprintf(export_dir, sizeof export_dir, "%s/adapter", cfg.run.dir);
+    int exported = d.rank != 0 || export_lora(export_dir, &cfg, &ls, &be, sel.selected, sel.n_selected, &err) == 0;
+    MPI_Bcast(&exported, 1, MPI_INT, 0, d.comm);
+    check(exported, "exporting the adapter to %s failed: %s", export_dir, err.msg);
+    if (d.rank == 0) printf("export  %s (PEFT adapter: adapter_model.safetensors + adapter_config.json)\n", export_dir);
+
+    // ---- summary: metrics, trainable parameters, time x ranks by phase (earlier runs included)
     Ledger total;
     ledger_reduce(&led, &total, &d);
-    print_summary(&tr, &total, ev, n_ev, &d, &lg, time_now() - t_start);
+    for (int p = 0; p < PHASE_COUNT; p++) total.seconds[p] += res.ledger_prior[p];
+    print_summary(&tr, &total, ev, n_ev, &d, &lg, res.wall_prior + time_now() - t_start);
 
     trainer_free(&tr);
     select_free(&sel);

@@ -47,6 +47,15 @@ void select_explicit(Selection *sel, const RunConfig *cfg, int num_layers) {
     for (int l = 0; l < num_layers; l++) sel->order[l] = sel->rank_of[l] = l;
 }
 
+void select_restore(Selection *sel, int num_layers, const double *scores, const int *selected, int n_selected) {
+    selection_alloc(sel, num_layers);
+    memcpy(sel->scores, scores, sizeof(double) * (size_t)num_layers);
+    calib_rank(sel->scores, num_layers, sel->order, sel->rank_of);
+    check(n_selected >= 0 && n_selected <= num_layers, "restored selection has %d of %d layers", n_selected, num_layers);
+    memcpy(sel->selected, selected, sizeof(int) * (size_t)n_selected);
+    sel->n_selected = n_selected;
+}
+
 // Forward-only passes with no adapters: per-layer activation statistics of this rank.
 static void collect_activation(const RunConfig *cfg, const Dist *d, Backend *be, Llama *model, Source *src,
                                Batch *batch, CalibStats *mine) {

@@ -67,31 +67,41 @@ double trainer_median_step(const Trainer *t) {
     return med;
 }
 
-double trainer_step(Trainer *t, double *grad_norm, double *lr) {
+void trainer_micro_step(Trainer *t) {
     const RunConfig *cfg = t->cfg;
     Backend *be = t->be;
     LoraSet *ls = t->ls;
     int mb = cfg->train.micro_batch, accum = cfg->train.grad_accum;
     float grad_scale = 1.0f / (float)(mb * accum);  // mean over this rank's samples; ranks then averaged
-    double t_step = time_now();
-    be->zero(be, ls->grads, ls->numel * sizeof(float));
-    double loss_sum = 0.0;
-    for (int micro = 0; micro < accum; micro++) {
-        source_train_batch(t->src, t->batch, t->epoch, t->cursor, micro, mb, t->d->world, t->d->rank);
-        uint64_t key = rng_key(rng_key(rng_key(rng_key((uint64_t)cfg->train.seed, 0xD207), (uint64_t)t->step),
-                                       (uint64_t)micro), (uint64_t)t->d->rank);
-        double t0 = time_now();
-        loss_sum += llama_forward(t->model, be, ls, t->batch, 1, grad_scale, key, NULL);
-        double t1 = time_now();
-        llama_backward(t->model, be, ls, t->batch, key);
-        be->sync(be);
-        t->led->seconds[PHASE_FORWARD] += t1 - t0;
-        t->led->seconds[PHASE_BACKWARD] += time_now() - t1;
-        t->tokens += t->batch->n_tokens;
+    double t0 = time_now();
+    if (t->micro == 0) {
+        be->zero(be, ls->grads, ls->numel * sizeof(float));
+        t->loss_partial = 0.0;
     }
+    source_train_batch(t->src, t->batch, t->epoch, t->cursor, t->micro, mb, t->d->world, t->d->rank);
+    uint64_t key = rng_key(rng_key(rng_key(rng_key((uint64_t)cfg->train.seed, 0xD207), (uint64_t)t->step),
+                                   (uint64_t)t->micro), (uint64_t)t->d->rank);
+    double t1 = time_now();
+    t->loss_partial += llama_forward(t->model, be, ls, t->batch, 1, grad_scale, key, NULL);
+    double t2 = time_now();
+    llama_backward(t->model, be, ls, t->batch, key);
+    be->sync(be);
+    t->led->seconds[PHASE_FORWARD] += t2 - t1;
+    t->led->seconds[PHASE_BACKWARD] += time_now() - t2;
+    t->tokens += t->batch->n_tokens;
+    t->micro++;
+    t->step_s[t->step] += time_now() - t0;
+    (void)accum;
+}
+
+double trainer_finish_step(Trainer *t, double *grad_norm, double *lr) {
+    Backend *be = t->be;
+    LoraSet *ls = t->ls;
+    check(t->micro == t->cfg->train.grad_accum, "internal: step finished after %d of %d micro-steps", t->micro,
+          t->cfg->train.grad_accum);
     double c0 = time_now();
     comm_allreduce_mean(t->comm, be, ls->grads, ls->numel);
-    double global_loss = dist_sum(t->d, loss_sum) / (double)t->G;
+    double global_loss = dist_sum(t->d, t->loss_partial) / (double)t->G;
     double o0 = time_now();
     t->led->seconds[PHASE_COMM] += o0 - c0;
     *lr = optim_lr_at(&t->oc, (int)t->step);
@@ -99,9 +109,10 @@ double trainer_step(Trainer *t, double *grad_norm, double *lr) {
     optim_step(&t->oc, be, ls, *lr, (int)t->step + 1);
     be->sync(be);
     t->led->seconds[PHASE_OPTIMIZER] += time_now() - o0;
-    t->step_s[t->step] = time_now() - t_step;
+    t->step_s[t->step] += time_now() - c0;
     // advance the global sample cursor; an incomplete last global batch ends the epoch
     t->step++;
+    t->micro = 0;
     t->cursor += t->G;
     if (sampler_steps_left(t->src->glue ? t->src->train.rows : INT64_MAX, t->cursor, t->G) == 0) {
         t->epoch++;
@@ -109,6 +120,11 @@ double trainer_step(Trainer *t, double *grad_norm, double *lr) {
     }
     t->loss_ema = t->step == 1 ? global_loss : 0.9 * t->loss_ema + 0.1 * global_loss;
     return global_loss;
+}
+
+double trainer_step(Trainer *t, double *grad_norm, double *lr) {
+    while (t->micro < t->cfg->train.grad_accum) trainer_micro_step(t);
+    return trainer_finish_step(t, grad_norm, lr);
 }
 
 void trainer_report(Trainer *t, double loss, double grad_norm, double lr) {

@@ -11,6 +11,6 @@ cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" --output-on-failure
 cd "$root"
 rc=0
-python3 -m pytest -q tests/python || rc=$?
+ACTLORA_BUILD_DIR="$build" python3 -m pytest -q tests/python || rc=$?
 [ $rc -eq 5 ] && { echo "pytest: no tests collected"; rc=0; }
 exit $rc

@@ -57,4 +57,8 @@ const StTensor *hfweights_find(const HFWeights *w, const char *name, const char 
 int hfweights_read_f32(const HFWeights *w, const char *name, int ndim, const int64_t *shape, float *out,
                        Error *err);
 
+// A fingerprint of a model directory for checkpoint compatibility: config.json's bytes and, when
+// with_weights, every tensor's name, dtype and shape (not the values: hashing 16 GB would be slow).
+int hfmodel_fingerprint(const char *dir, int with_weights, uint64_t *out, Error *err);
+
 #endif

@@ -38,6 +38,8 @@ typedef struct {
     int64_t total_steps;
     int64_t step;             // optimizer steps done
     int64_t epoch, cursor;    // where the next global batch starts
+    int micro;                // micro-steps of the current step done (gradients accumulated)
+    double loss_partial;      // this rank's loss sum over those micro-steps
     int64_t tokens;           // real tokens this rank has trained on
     double t_start, loss_ema;
     double *step_s;           // [total_steps] wall time of each step on this rank
@@ -57,7 +59,12 @@ void trainer_init(Trainer *t, const RunConfig *cfg, const Dist *d, Backend *be, 
 void trainer_free(Trainer *t);
 // Median wall time of the steps run so far, the first (warm-up) step excluded when there are more.
 double trainer_median_step(const Trainer *t);
-// One optimizer step; returns the mean training loss of the global batch (identical on every
+// One micro-step of the current optimizer step: forward + backward, gradients accumulated.
+void trainer_micro_step(Trainer *t);
+// After grad_accum micro-steps: all-reduce, clip, AdamW, advance the cursor; returns the mean
+// training loss of the global batch (identical on every rank).
+double trainer_finish_step(Trainer *t, double *grad_norm, double *lr);
+// One optimizer step (the remaining micro-steps + finish); returns the mean training loss of the global batch (identical on every
 // rank) and the pre-clip gradient norm and learning rate used.
 double trainer_step(Trainer *t, double *grad_norm, double *lr);
 // Prints the progress line (rank 0) and appends the train record to the JSONL log.
