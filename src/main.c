@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/resource.h>
 
 #include "actlora/backend.h"
@@ -221,8 +222,14 @@ int main(int argc, char **argv) {
     EvalResult ev[MAX_EVAL];
     int n_ev = 0;
     double every_s = 60.0 * cfg.checkpoint.every_minutes;
+    // testing aid: ACTLORA_FAULT_STOP_AT=STEP.MICRO raises SIGUSR1 on this process at that boundary
+    long long stop_step = -1, stop_micro = -1;
+    const char *fault = getenv("ACTLORA_FAULT_STOP_AT");
+    if (fault) check(sscanf(fault, "%lld.%lld", &stop_step, &stop_micro) == 2,
+                     "ACTLORA_FAULT_STOP_AT='%s' must be STEP.MICRO", fault);
     while (tr.step < tr.total_steps) {
         while (tr.micro < cfg.train.grad_accum) {
+            if (tr.step == stop_step && tr.micro == stop_micro) raise(SIGUSR1);
             if (dist_any(&d, actlora_stop_signal != 0)) {
                 if (d.rank == 0) printf("signal  received: writing a checkpoint before exiting\n");
                 if (resume_save(&res, &tr, &sel, "stop signal", &err) != 0)
