@@ -927,6 +927,47 @@ static void test_shipped_configs(TestCounts *tc, const char *src) {
     closedir(d);
 }
 
+// A checkpoint stores config_print text: it loads back, and config_diff_run reports exactly the
+// keys that change a run (bookkeeping keys may differ freely); --resume/--force parse.
+static void test_resume_support(TestCounts *tc) {
+    static RunConfig a, b;
+    Error err = {{0}};
+    config_defaults(&a);
+    strcpy(a.model.path, "m");
+    strcpy(a.data.path, "d.h5");
+    a.lora.r = 16;
+    char *text = print_to_string(&a);
+    T_CHECK(tc, config_load_text(&b, text, "ckpt.h5", &err) == 0 && memcmp(&a, &b, sizeof a) == 0,
+            "config_load_text(config_print) round trip: [%s]", err.msg);
+    free(text);
+    char diff[1024];
+    T_CHECK(tc, config_diff_run(&a, &b, diff, sizeof diff) == 0, "identical configs differ: %s", diff);
+    b.run.log_every = 3;
+    b.run.threads = 7;
+    b.train.max_steps = 99;
+    b.checkpoint.keep = 5;
+    strcpy(b.run.dir, "elsewhere");
+    T_CHECK(tc, config_diff_run(&a, &b, diff, sizeof diff) == 0, "bookkeeping keys must not count: %s", diff);
+    b.lora.r = 4;
+    b.train.lr = 0.5;
+    int n = config_diff_run(&a, &b, diff, sizeof diff);
+    T_CHECK(tc, n == 2 && strstr(diff, "lora.r: 16 -> 4") && strstr(diff, "train.lr: 0.0001 -> 0.5"),
+            "diff of lora.r and train.lr: %d [%s]", n, diff);
+    T_CHECK(tc, config_load_text(&b, "train = { lr = ; };", "ckpt.h5", &err) == -1 && has(&err, "ckpt.h5:1"),
+            "unreadable stored config names its source: [%s]", err.msg);
+    CliArgs args;
+    char *argv1[] = {"x", "--set", "model.path=m", "--set", "data.path=d", NULL};
+    T_CHECK(tc, config_parse_args(&a, &args, 5, argv1, &err) == 0 && strcmp(args.resume, "auto") == 0 && !args.force,
+            "--resume defaults to auto: [%s]", err.msg);
+    char *argv2[] = {"x", "--resume", "runs/a/checkpoints/ckpt-5-0.h5", "--force", "--set", "model.path=m", "--set",
+                     "data.path=d", NULL};
+    T_CHECK(tc, config_parse_args(&a, &args, 8, argv2, &err) == 0 && strcmp(args.resume, "runs/a/checkpoints/ckpt-5-0.h5") == 0 &&
+                    args.force, "--resume PATH --force: [%s]", err.msg);
+    char *argv3[] = {"x", "--resume", NULL};
+    T_CHECK(tc, config_parse_args(&a, &args, 2, argv3, &err) == -1 && has(&err, "--resume needs a value"),
+            "--resume without a value: [%s]", err.msg);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s SOURCE_DIR [BUILD_DIR]\n", argv[0]);
@@ -945,6 +986,7 @@ int main(int argc, char **argv) {
     test_args(&tc);
     test_validate(&tc);
     test_round_trip(&tc);
+    test_resume_support(&tc);
     test_docs(&tc, argv[1]);
     test_shipped_configs(&tc, argv[1]);
 
