@@ -67,8 +67,9 @@ static void print_summary(const Trainer *t, const Ledger *total, const EvalResul
 }
 
 int main(int argc, char **argv) {
+    signals_install();  // before MPI_Init (a signal during a slow start must not kill a rank) ...
     MPI_Init(&argc, &argv);
-    signals_install();
+    signals_install();  // ... and after, in case the MPI library installed its own handlers
     double t_start = time_now();
     Dist d;
     dist_init(&d, MPI_COMM_WORLD);

@@ -3,6 +3,7 @@
 # Idempotent; run as root (or with sudo). Options (environment):
 #   WITH_PYTHON=1   (default) pip-install tools/requirements.txt: data prep and the Python tests
 #   WITH_TORCH=1    also pip-install torch + transformers + peft (regenerating fixtures, benchmarks)
+#   WITH_SLURM=0    skip slurm-wlm + munge (needed only by the Slurm tests, which then skip)
 # The CUDA toolkit (nvcc, cuBLAS, NCCL) is not installed here: when nvcc is on PATH the build
 # compiles the CUDA backend too.
 set -euo pipefail
@@ -12,6 +13,7 @@ PKGS=(build-essential cmake pkg-config
       libhdf5-dev hdf5-tools         # serial HDF5 + h5dump
       libconfig-dev libopenblas-dev libcjson-dev
       python3 python3-pip)
+[ "${WITH_SLURM:-1}" = 1 ] && PKGS+=(slurm-wlm munge)   # the Slurm tests (tools/slurm-local/); WITH_SLURM=0 skips
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
