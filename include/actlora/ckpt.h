@@ -1,15 +1,17 @@
 // ckpt.h: checkpoints that make preemption a non-event. One HDF5 file per checkpoint, written
 // only by rank 0 (the caller gathers per-rank pieces first), verified on load.
 //
-// Write protocol (ckpt_write): <dir>/.ckpt-<step>-<micro>.h5.tmp.<pid> -> every dataset with
-// HDF5's fletcher32 checksum -> close -> fsync -> rename to <dir>/ckpt-<step>-<micro>.h5 ->
+// Write protocol (ckpt_write): the file is built in memory (HDF5 core driver), every dataset with
+// HDF5's fletcher32 checksum, sealed by a 512-byte user block (format, size, whole-file checksum)
+// -> written to <dir>/.ckpt-<step>-<micro>.h5.tmp.<pid> -> fsync -> rename to <dir>/ckpt-<step>-<micro>.h5 ->
 // fsync(<dir>) -> <dir>/latest (the file name, one line) replaced atomically the same way ->
 // older checkpoints beyond `keep` removed, never the newest valid one. A crash at any point
 // leaves either the previous state or the new one, never a file that passes for valid and is not.
 //
 // Layout (docs/checkpoint-format.md is the reference):
+//   user block (bytes 0..511): "actlora-checkpoint 1\nbytes <file size>\nfnv1a64w <hex>\n", NUL-padded
 //   root attributes: format "actlora-checkpoint", format_version, config_hash, model_fingerprint,
-//     world, step, epoch, cursor, micro, seed, num_layers, n_selected, wall_s
+//     world, step, epoch, cursor, micro, seed, num_layers, n_selected, n_tensors, numel, wall_s
 //   /config_text (uint8 [n]): the effective configuration (config_print) of the run
 //   /selection/scores float64 [L], /selection/selected int32 [n]
 //   /layout/names (uint8 [total], NUL-separated), /layout/offsets int64 [n_tensors],
@@ -17,7 +19,7 @@
 //   /params/<PEFT name> float32 [rows, cols]   (every LoRA A/B and the head, as PEFT names them)
 //   /optimizer/adam_m, /optimizer/adam_v float32 [numel] (flat, layout order)
 //   /partial/grads float32 [world, numel], /partial/loss float64 [world] (only when micro > 0)
-//   /counters/tokens int64 [world], /counters/ledger float64 [PHASE_COUNT]
+//   /counters/tokens int64 [world], /counters/ledger float64 [PHASE_COUNT] (attribute phases: names)
 #ifndef ACTLORA_CKPT_H
 #define ACTLORA_CKPT_H
 
