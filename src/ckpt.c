@@ -3,6 +3,7 @@
 // that seals the whole file (size + checksum). Built in memory, written under a temporary name and
 // published by rename + `latest`, so a crash never leaves a file that passes for valid and is not.
 #include "actlora/ckpt.h"
+#include "actlora/h5util.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -48,19 +49,6 @@ static void h5_cause(H5Cause *c) {
 }
 
 static const char *cause_str(const H5Cause *c) { return c->desc[0] ? c->desc : "HDF5 error"; }
-
-// HDF5 prints its error stack on stderr by default; ours become Error messages instead.
-typedef struct {
-    H5E_auto2_t func;
-    void *data;
-} H5Quiet;
-
-static void h5_quiet(H5Quiet *q) {
-    H5Eget_auto2(H5E_DEFAULT, &q->func, &q->data);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-}
-
-static void h5_loud(const H5Quiet *q) { H5Eset_auto2(H5E_DEFAULT, q->func, q->data); }
 
 static hid_t h5_fapl(void) {
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
@@ -541,7 +529,7 @@ int ckpt_write(const char *dir, const CkptState *s, int keep, char *path_out, si
     sigemptyset(&ign.sa_mask);
     sigaction(SIGXFSZ, &ign, &old_xfsz);
     H5Quiet q;
-    h5_quiet(&q);
+    h5_quiet_begin(&q);
 
     int rc = write_h5(tmp, s, &e), en;
     if (rc == 0 && rename(tmp, final) != 0) rc = error_set(&e, "renaming %s failed: %s", tmp, strerror(errno));
@@ -554,7 +542,7 @@ int ckpt_write(const char *dir, const CkptState *s, int keep, char *path_out, si
             fsync_dir(dir);
         }
     }
-    h5_loud(&q);
+    h5_quiet_end(&q);
     sigaction(SIGXFSZ, &old_xfsz, NULL);
     if (rc != 0)
         return error_set(err, "checkpoint %s not written: %s; the previous checkpoints and %s/latest are untouched",
@@ -862,7 +850,7 @@ static int read_file(const char *path, CkptState *s, Error *err) {
     int sealed = check_seal(path, err);
     if (sealed < 0) return -1;
     H5Quiet q;
-    h5_quiet(&q);
+    h5_quiet_begin(&q);
     hid_t fapl = h5_fapl(), f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     H5Cause c;
     h5_cause(&c);
@@ -875,7 +863,7 @@ static int read_file(const char *path, CkptState *s, Error *err) {
         if (H5Fclose(f) < 0 && rc == 0) rc = error_set(err, "closing the file failed");
     }
     H5Eclear2(H5E_DEFAULT);
-    h5_loud(&q);
+    h5_quiet_end(&q);
     if (rc == 0 && sealed) rc = error_set(err, "file checksum mismatch: the file is corrupt");
     if (rc != 0) ckpt_state_free(s);
     return rc;

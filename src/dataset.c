@@ -2,6 +2,7 @@
 // Every value read from the file is validated before use; an error names the file, the split,
 // the attribute or row at fault and what was expected.
 #include "actlora/dataset.h"
+#include "actlora/h5util.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -20,20 +21,6 @@ _Static_assert(sizeof(hid_t) == sizeof(int64_t), "DatasetSplit stores hid_t hand
 #endif
 
 // ---------------------------------------------------------------------------------- HDF5 helpers
-
-// HDF5 prints its error stack on stderr by default; we report errors ourselves, so every entry
-// point silences it for its duration and restores whatever the caller had.
-typedef struct {
-    H5E_auto2_t fn;
-    void *data;
-} H5Quiet;
-
-static void quiet_begin(H5Quiet *q) {
-    H5Eget_auto2(H5E_DEFAULT, &q->fn, &q->data);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-}
-
-static void quiet_end(const H5Quiet *q) { H5Eset_auto2(H5E_DEFAULT, q->fn, q->data); }
 
 static herr_t h5_err_walk(unsigned n, const H5E_error2_t *e, void *out) {
     if (n == 0 && e->desc) snprintf(out, 256, "%s", e->desc);  // the innermost (most specific) error
@@ -333,11 +320,11 @@ done:
 
 int dataset_info_read(DatasetInfo *di, const char *path, Error *err) {
     H5Quiet q;
-    quiet_begin(&q);
+    h5_quiet_begin(&q);
     hid_t fid = file_open(path, err);
     int rc = fid < 0 ? -1 : info_read_fid(di, fid, path, err);
     if (fid >= 0) H5Fclose(fid);
-    quiet_end(&q);
+    h5_quiet_end(&q);
     return rc;
 }
 
@@ -548,20 +535,20 @@ int dataset_split_open(DatasetSplit *s, const char *path, const char *split, Err
     memset(s, 0, sizeof *s);
     s->file_id = s->tokens_id = H5I_INVALID_HID;
     H5Quiet q;
-    quiet_begin(&q);
+    h5_quiet_begin(&q);
     s->file_id = file_open(path, err);
     int rc = s->file_id < 0 ? -1 : split_load(s, s->file_id, path, split, err);
-    quiet_end(&q);
+    h5_quiet_end(&q);
     if (rc) dataset_split_close(s);
     return rc;
 }
 
 void dataset_split_close(DatasetSplit *s) {
     H5Quiet q;
-    quiet_begin(&q);
+    h5_quiet_begin(&q);
     if (s->tokens_id > 0) H5Dclose(s->tokens_id);
     if (s->file_id > 0) H5Fclose(s->file_id);
-    quiet_end(&q);
+    h5_quiet_end(&q);
     free(s->offsets);
     free(s->lengths);
     free(s->labels_i);
@@ -673,9 +660,9 @@ int dataset_split_read(DatasetSplit *s, const int64_t *rows, int n, Batch *b, Er
     if (n == 0) return 0;
     int64_t *pos = xmalloc((size_t)n * sizeof(int64_t), "row positions");
     H5Quiet q;
-    quiet_begin(&q);
+    h5_quiet_begin(&q);
     int rc = split_read_union(s, rows, n, pos, err);
-    quiet_end(&q);
+    h5_quiet_end(&q);
     for (int i = 0; i < n && rc == 0; i++) {  // ids, mask [n, T]: row i, right-padded
         int len = s->lengths[rows[i]];
         const int32_t *src = s->scratch + pos[i];

@@ -15,17 +15,6 @@
 
 // ----------------------------------------------------------------------------------- config.json
 
-static const char *json_kind(const cJSON *v) {
-    if (!v) return "nothing";
-    if (cJSON_IsNull(v)) return "null";
-    if (cJSON_IsBool(v)) return "a boolean";
-    if (cJSON_IsNumber(v)) return "a number";
-    if (cJSON_IsString(v)) return "a string";
-    if (cJSON_IsArray(v)) return "an array";
-    if (cJSON_IsObject(v)) return "an object";
-    return "an invalid value";
-}
-
 // Absent and null both mean "use the default" (transformers writes null for unset ids).
 static const cJSON *json_get(const cJSON *obj, const char *key) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);

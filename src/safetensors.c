@@ -61,7 +61,7 @@ static const char *shape_str(char *buf, size_t cap, int ndim, const int64_t *sha
 }
 
 // Describes a JSON value for "expected X, found Y" messages.
-static const char *json_kind(const cJSON *v) {
+const char *json_kind(const cJSON *v) {
     if (!v) return "nothing";
     if (cJSON_IsNull(v)) return "null";
     if (cJSON_IsBool(v)) return "a boolean";

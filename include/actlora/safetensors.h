@@ -62,4 +62,9 @@ typedef struct {
 int safetensors_write(const char *path, const StWriteTensor *t, int n, const char *const *meta_keys,
                       const char *const *meta_vals, int n_meta, Error *err);
 
+// "a number", "a string", ... : how a JSON value is described in "expected X, found Y" messages
+// (shared by the safetensors header and config.json readers).
+struct cJSON;
+const char *json_kind(const struct cJSON *v);
+
 #endif
