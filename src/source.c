@@ -75,6 +75,15 @@ int64_t source_steps_per_epoch(const Source *s, int64_t G) {
     return s->glue ? sampler_steps_per_epoch(s->train.rows, G) : INT64_MAX;
 }
 
+double source_pad_fraction(Source *s, int64_t epoch, int64_t G, int micro_batch, int world) {
+    if (!s->glue) return 0.0;
+    if (s->order_epoch != epoch) {
+        sampler_epoch_order(s->order, s->train.rows, s->train.lengths, s->seed, epoch, s->window);
+        s->order_epoch = epoch;
+    }
+    return sampler_epoch_pad_fraction(s->order, s->train.rows, s->train.lengths, G, micro_batch, world);
+}
+
 static void read_rows(Source *s, DatasetSplit *split, Batch *b, int n) {
     Error err;
     if (dataset_split_read(split, s->rows, n, b, &err) != 0) die("%s", err.msg);
