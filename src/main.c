@@ -212,11 +212,12 @@ int main(int argc, char **argv) {
         printf("], backward stops at layer %d; head %s\n", ls.lowest_layer, head_loaded ? "loaded" : "new");
         printf("params  %zu trainable (%zu in adapters, %zu in head); gradient all-reduce of %zu bytes per step\n",
                ls.numel, ls.head_off, ls.numel - ls.head_off, ls.numel * sizeof(float));
-        printf("plan    %lld steps (%lld per epoch) of global batch %lld = %d x %d x %d rank(s); activations %.1f MiB; "
-               "padding %.1f%% of tokens\n", (long long)tr.total_steps,
-               (long long)(src.glue ? tr.steps_per_epoch : tr.total_steps), (long long)tr.G,
-               cfg.train.micro_batch, cfg.train.grad_accum, d.world, (double)model.act_bytes / 1048576.0,
-               100.0 * source_pad_fraction(&src, tr.epoch, tr.G, cfg.train.micro_batch, d.world));
+        double pad = source_pad_fraction(&src, tr.epoch, tr.G, cfg.train.micro_batch, d.world);
+        printf("plan    %lld steps (%lld per epoch) of global batch %lld = %d x %d x %d rank(s); activations %.1f MiB",
+               (long long)tr.total_steps, (long long)(src.glue ? tr.steps_per_epoch : tr.total_steps), (long long)tr.G,
+               cfg.train.micro_batch, cfg.train.grad_accum, d.world, (double)model.act_bytes / 1048576.0);
+        if (pad >= 0) printf("; padding %.1f%% of tokens (length-grouped)", 100.0 * pad);
+        printf("\n");
         fflush(stdout);
     }
 

@@ -76,7 +76,7 @@ int64_t source_steps_per_epoch(const Source *s, int64_t G) {
 }
 
 double source_pad_fraction(Source *s, int64_t epoch, int64_t G, int micro_batch, int world) {
-    if (!s->glue) return 0.0;
+    if (!s->glue) return -1.0;
     if (s->order_epoch != epoch) {
         sampler_epoch_order(s->order, s->train.rows, s->train.lengths, s->seed, epoch, s->window);
         s->order_epoch = epoch;

@@ -40,7 +40,7 @@ void source_close(Source *s);
 
 // Optimizer steps in one epoch at global batch G (synthetic: unbounded, returns INT64_MAX).
 int64_t source_steps_per_epoch(const Source *s, int64_t G);
-// Fraction of padding tokens over epoch `epoch`'s micro-batches (0 for synthetic data).
+// Fraction of padding tokens over epoch `epoch`'s micro-batches (-1 for synthetic data).
 double source_pad_fraction(Source *s, int64_t epoch, int64_t G, int micro_batch, int world);
 // Training micro-batch `micro` of this rank for the global batch at (epoch, cursor).
 void source_train_batch(Source *s, Batch *b, int64_t epoch, int64_t cursor, int micro, int micro_batch,
