@@ -54,7 +54,7 @@ dir="$work/sig"
 run_mpi 2 "${C[@]}" --set train.max_steps=16 --set run.dir="$dir" > "$dir.1.out" 2>&1 &
 pid=$!
 for _ in $(seq 100); do grep -q '"step":3,' "$dir/log.jsonl" 2>/dev/null && break; sleep 0.05; done
-pkill -USR1 -f -- "$bin --config" ; wait $pid; rc=$?
+pkill -USR1 -f -- "run.dir=$dir( |$)" ; wait $pid; rc=$?   # only this test's ranks
 if [ $rc -eq 85 ]; then ok; run_mpi 2 "${C[@]}" --set run.dir="$dir" > "$dir.2.out" 2>&1 || bad "signal: resume failed"
 elif [ $rc -eq 0 ]; then echo "note: the run finished before the signal arrived"; ok
 else bad "signal: exit $rc"; cat "$dir.1.out"; fi
@@ -65,7 +65,7 @@ dir="$work/kill"
 run_mpi 2 "${C[@]}" --set checkpoint.every_steps=1 --set checkpoint.keep=2 --set run.dir="$dir" > "$dir.1.out" 2>&1 &
 pid=$!
 for _ in $(seq 200); do [ "$(ls "$dir/checkpoints" 2>/dev/null | grep -c '^ckpt-')" -ge 2 ] && break; sleep 0.02; done
-sleep 0.0$((RANDOM % 9)); pkill -KILL -f -- "$bin --config"; wait $pid 2>/dev/null
+sleep 0.0$((RANDOM % 9)); pkill -KILL -f -- "run.dir=$dir( |$)"; wait $pid 2>/dev/null
 run_mpi 2 "${C[@]}" --set checkpoint.every_steps=1 --set checkpoint.keep=2 --set run.dir="$dir" > "$dir.2.out" 2>&1 \
   || { bad "kill -9: resume failed"; cat "$dir.2.out"; }
 [ "$(sha "$dir")" = "$REF" ] && ok || bad "kill -9: adapters differ from the uninterrupted run"
