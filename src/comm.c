@@ -9,12 +9,21 @@ void comm_init(Comm *c, MPI_Comm comm) {
     MPI_Comm_size(comm, &c->world);
     c->seconds = 0.0;
     c->bytes_per_call = 0;
+    c->nccl = NULL;
 }
 
 void comm_allreduce_mean(Comm *c, Backend *be, float *grads, size_t n) {
     c->bytes_per_call = n * sizeof(float);
     if (c->world == 1) return;
     double t0 = time_now();
+#ifdef ACTLORA_HAVE_CUDA
+    if (c->nccl) {  // the CUDA backend: one ncclAllReduce(ncclAvg) of the device buffer
+        (void)be;
+        comm_nccl_allreduce_mean(c, grads, n);
+        c->seconds += time_now() - t0;
+        return;
+    }
+#endif
     // MPI counts are int: reduce in chunks (the flat buffer of an 8B model's adapters fits one).
     for (size_t off = 0; off < n;) {
         int cnt = n - off > (size_t)1 << 30 ? 1 << 30 : (int)(n - off);

@@ -33,6 +33,7 @@ void llama_lora_shapes(const ModelConfig *mc, LoraShapes *s) {
 
 // Standard normal draws from a counter-based stream (Box-Muller on two uniforms).
 static void fill_normal(float *x, size_t n, float std, uint64_t key) {
+    #pragma omp parallel for schedule(static) if (n > 65536)  // each draw is a function of (key, i)
     for (size_t i = 0; i < n; i++) {
         double u1 = (double)rng_uniform(key, 2 * i) + 1.0 / 33554432.0;  // (0, 1]
         double u2 = (double)rng_uniform(key, 2 * i + 1);

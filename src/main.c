@@ -11,16 +11,21 @@
 #include <sys/resource.h>
 
 #include "actlora/backend.h"
+#ifdef ACTLORA_HAVE_CUDA
+#include "actlora/backend_cuda.h"
+#endif
 #include "actlora/comm.h"
 #include "actlora/common.h"
 #include "actlora/config.h"
 #include "actlora/data.h"
+#include "actlora/devbind.h"
 #include "actlora/dist.h"
 #include "actlora/export.h"
 #include "actlora/hfmodel.h"
 #include "actlora/llama.h"
 #include "actlora/log.h"
 #include "actlora/lora.h"
+#include "actlora/memplan.h"
 #include "actlora/resume.h"
 #include "actlora/select.h"
 #include "actlora/signals.h"
@@ -77,7 +82,7 @@ int main(int argc, char **argv) {
     // ---- config: defaults -> file -> --set overrides -> validate; identical on every rank
     static RunConfig cfg;  // large (paths): off the stack
     CliArgs args;
-    Error err;
+    Error err = {{0}};
     if (config_parse_args(&cfg, &args, argc, argv, &err) != 0) {
         if (d.rank == 0) fprintf(stderr, "actlora-mpi: error: %s\n(run with --help for usage)\n", err.msg);
         MPI_Finalize();
@@ -94,14 +99,25 @@ int main(int argc, char **argv) {
     }
     uint64_t cfg_hash = config_hash(&cfg);
     dist_check_agree(&d, &cfg_hash, sizeof cfg_hash, "the configuration (give every rank the same --config and --set)");
-    check(strcmp(cfg.run.device, "cuda") != 0,
-          "run.device = \"cuda\" but this build has no CUDA backend yet: use run.device = \"cpu\"");
 
-    // ---- backend, communication, run directory
+    // ---- device: one GPU per rank (node-local rank k -> visible device k), or the CPU backend
+    int device = -1;
+    int use_cuda = devbind_choose(d.local_rank, d.local_world, devbind_visible_devices(), cfg.run.device,
+                                  devbind_built_with_cuda(), &device, &err);
+    check(!dist_any(&d, use_cuda < 0), "%s",
+          use_cuda < 0 ? err.msg : "another rank cannot use the requested device (see its message)");
+    dist_check_agree(&d, &use_cuda, sizeof use_cuda, "the backend (cuda on some ranks, cpu on others)");
+    if (d.rank == 0 && err.msg[0]) printf("device  %s\n", err.msg);
     Backend be;
-    backend_cpu_init(&be, cfg.run.threads);
     Comm comm;
     comm_init(&comm, MPI_COMM_WORLD);
+#ifdef ACTLORA_HAVE_CUDA
+    if (use_cuda) {
+        backend_cuda_init(&be, device);
+        comm_nccl_init(&comm);
+    } else
+#endif
+        backend_cpu_init(&be, cfg.run.threads);
     Log lg;
     log_open(&lg, &d, cfg.run.dir);
     Ledger led = {0};
@@ -197,6 +213,20 @@ int main(int argc, char **argv) {
     LoraSet ls;
     lora_init(&ls, &be, &shapes, mc.num_hidden_layers, sel.selected, sel.n_selected, modules, cfg.lora.n_targets,
               cfg.lora.r, cfg.lora.alpha, cfg.lora.rslora, cfg.lora.dropout, cfg.model.num_labels, mc.hidden_size);
+#ifdef ACTLORA_HAVE_CUDA
+    if (use_cuda) {  // the device-memory plan of this run, and an early, clear refusal if it cannot fit
+        MemPlan plan;
+        memplan_llama(&plan, &mc, cfg.model.num_labels, ls.lowest_layer, sel.n_selected, modules, cfg.lora.n_targets,
+                      cfg.lora.r, cfg.train.micro_batch, src.max_T, 4);
+        size_t free_b = 0, total_b = 0;
+        backend_cuda_device_memory(device, &free_b, &total_b);
+        char report[4096];
+        int fits = memplan_fit(&plan, total_b, report, sizeof report);
+        if (d.rank == 0) printf("%s\n", report);
+        check(fits, "the run does not fit in the %.1f GiB of device %d (plan above)", (double)total_b / 1073741824.0,
+              device);
+    }
+#endif
     int head_loaded = llama_init_head(&model, &be, cfg.model.path, random_init, &ls, seed);
     lora_init_weights(&ls, &be, seed);
     llama_alloc_acts(&model, &be, &ls, cfg.train.micro_batch, src.max_T);
@@ -280,6 +310,9 @@ int main(int argc, char **argv) {
     batch_free(&batch);
     llama_free(&model, &be);
     lora_free(&ls, &be);
+#ifdef ACTLORA_HAVE_CUDA
+    if (comm.nccl) comm_nccl_free(&comm);
+#endif
     backend_free(&be);
     log_close(&lg);
     MPI_Finalize();

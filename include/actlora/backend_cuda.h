@@ -1,0 +1,40 @@
+// backend_cuda.h: the CUDA backend — the op table of backend.h in fp32 on one GPU, with cuBLAS
+// for the GEMMs and hand-written kernels for everything else (src/cuda/*.cu; docs/gpu.md).
+// Only declared when the program is built with -DACTLORA_CUDA=ON (ACTLORA_HAVE_CUDA); callers
+// that may be built without CUDA guard their calls with #ifdef ACTLORA_HAVE_CUDA.
+//
+// Every op runs on the backend's one CUDA stream, in the order it was called; ops that hand
+// results to the host (download, sumsq, row_norm_sum, loss_fwd_bwd, sync) wait for the stream.
+// Results are deterministic run to run on the same GPU model / toolkit: reductions are summed
+// in a fixed order (no atomics) and cuBLAS runs with a fixed workspace on one stream.
+#ifndef ACTLORA_BACKEND_CUDA_H
+#define ACTLORA_BACKEND_CUDA_H
+
+#include <stddef.h>
+
+#include "actlora/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Number of CUDA devices this process can see (after CUDA_VISIBLE_DEVICES); 0 when there is no
+// driver, no device or any other CUDA error. Never dies.
+int backend_cuda_device_count(void);
+// 1 when at least one device is visible (backend_cuda_device_count() > 0), else 0. Never dies.
+int backend_cuda_available(void);
+// Total and free memory of device `device` in bytes; returns 0, or -1 (and leaves the outputs 0)
+// when the device cannot be queried. Never dies.
+int backend_cuda_device_memory(int device, size_t *free_bytes, size_t *total_bytes);
+// Binds the calling thread to `device` and fills every op of the table (be->name = "cuda").
+// Dies with the CUDA error when the device cannot be used.
+void backend_cuda_init(Backend *be, int device);
+
+// cuBLAS workspace the backend reserves (bytes; the memory planner counts it).
+#define BACKEND_CUDA_CUBLAS_WORKSPACE ((size_t)32 << 20)
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,150 @@
+// cuda_internal.cuh: what the CUDA backend's translation units share — the backend context, the
+// error-checking macros, launch helpers, the device-side error flag and deterministic block
+// reductions. Not a public header (include/actlora/backend_cuda.h is).
+#ifndef ACTLORA_CUDA_INTERNAL_CUH
+#define ACTLORA_CUDA_INTERNAL_CUH
+
+// System and CUDA headers first: common.h defines a function-like macro `check`.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+extern "C" {
+#include "actlora/backend.h"
+#include "actlora/backend_cuda.h"
+#include "actlora/common.h"
+}
+
+// ---------------------------------------------------------------------------- error checking
+
+// cuda_check(call): a failed CUDA runtime call is fatal; the message names the call, the source
+// location and CUDA's error string (die() ends the whole MPI job).
+#define cuda_check(call)                                                                          \
+    do {                                                                                          \
+        cudaError_t _ce = (call);                                                                 \
+        if (_ce != cudaSuccess)                                                                   \
+            die("CUDA call %s failed at %s:%d: %s (%s)", #call, __FILE__, __LINE__,               \
+                cudaGetErrorString(_ce), cudaGetErrorName(_ce));                                  \
+    } while (0)
+
+// cublas_check(call): the same for cuBLAS status codes.
+#define cublas_check(call)                                                                        \
+    do {                                                                                          \
+        cublasStatus_t _bs = (call);                                                              \
+        if (_bs != CUBLAS_STATUS_SUCCESS)                                                         \
+            die("cuBLAS call %s failed at %s:%d: %s (status %d)", #call, __FILE__, __LINE__,      \
+                cublasGetStatusString(_bs), (int)_bs);                                            \
+    } while (0)
+
+// launch_check(name): call right after a kernel launch; reports bad launch configurations at
+// once (errors raised while the kernel runs surface at the next synchronising call).
+#define launch_check(name)                                                                        \
+    do {                                                                                          \
+        cudaError_t _le = cudaGetLastError();                                                     \
+        if (_le != cudaSuccess)                                                                   \
+            die("CUDA kernel %s failed to launch at %s:%d: %s (%s)", name, __FILE__, __LINE__,    \
+                cudaGetErrorString(_le), cudaGetErrorName(_le));                                  \
+    } while (0)
+
+// ---------------------------------------------------------------------------- context
+
+// Codes of the device-side error flag: kernels that find bad input (which the CPU backend
+// checks on the host) record the first such error here instead of reading out of bounds; the
+// host reports it, with the values, at the next synchronising call.
+enum {
+    CUDA_ERR_NONE = 0,
+    CUDA_ERR_TOKEN_ID = 1,   // info: token index, id
+    CUDA_ERR_POOL_LAST = 2,  // info: row, position, T
+    CUDA_ERR_LABEL = 3,      // info: row, label, K
+};
+#define CUDA_ERR_WORDS 4     // code + 3 info words
+
+typedef struct {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *blas_ws;              // fixed cuBLAS workspace (BACKEND_CUDA_CUBLAS_WORKSPACE bytes)
+    float *scratch;             // grow-only device scratch (attention backward dS, overlapping copies)
+    size_t scratch_n;           // floats
+    double *partials;           // grow-only device buffer of reduction partials
+    size_t partials_n;
+    double *host_partials;      // host copy of the partials (summed there in index order)
+    size_t host_partials_n;
+    int *d_err;                 // device error flag [CUDA_ERR_WORDS]
+    const char *err_op;         // name of the last op that may set the flag (for the message)
+} CudaCtx;
+
+static inline CudaCtx *cuda_ctx(Backend *be) { return (CudaCtx *)be->ctx; }
+
+// Threads per block of the elementwise kernels, and a grid that covers n elements with a
+// grid-stride loop (capped so huge n still launches).
+#define CUDA_THREADS 256
+static inline unsigned cuda_blocks(size_t n) {
+    size_t b = (n + CUDA_THREADS - 1) / CUDA_THREADS;
+    if (b < 1) b = 1;
+    if (b > ((size_t)1 << 20)) b = (size_t)1 << 20;
+    return (unsigned)b;
+}
+
+// backend_cuda.cu
+float *cuda_scratch(Backend *be, size_t n, const char *what);  // n floats, contents undefined
+double *cuda_partials(Backend *be, size_t n);                 // n doubles on the device
+double *cuda_host_partials(Backend *be, size_t n);            // n doubles on the host
+// Waits for the stream and dies if a kernel recorded a device-side error (names `where`).
+void cuda_sync_and_check(Backend *be, const char *where);
+
+// reduce.cu, elementwise.cu, attention.cu: fill their part of the op table
+void cuda_install_reduce(Backend *be);
+void cuda_install_elementwise(Backend *be);
+void cuda_install_attention(Backend *be);
+
+// ---------------------------------------------------------------------------- device helpers
+
+// Records the first device-side error (later ones are dropped); not a reduction.
+static __device__ __forceinline__ void cuda_set_error(int *err, int code, int a, int b, int c) {
+    if (atomicCAS(err, 0, code) == 0) {
+        err[1] = a;
+        err[2] = b;
+        err[3] = c;
+    }
+}
+
+// Sum over the block in a fixed tree order (blockDim.x a power of two, sh >= blockDim.x
+// elements). Every thread gets the result. Deterministic: the order depends only on blockDim.x.
+template <typename T>
+static __device__ __forceinline__ T block_sum(T v, T *sh) {
+    unsigned t = threadIdx.x;
+    sh[t] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (t < s) sh[t] += sh[t + s];
+        __syncthreads();
+    }
+    T r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+template <typename T>
+static __device__ __forceinline__ T block_max(T v, T *sh) {
+    unsigned t = threadIdx.x;
+    sh[t] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (t < s) sh[t] = sh[t + s] > sh[t] ? sh[t + s] : sh[t];
+        __syncthreads();
+    }
+    T r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// Sum over a full warp in a fixed tree order; lane 0's sum is broadcast so every lane holds the
+// same bits (a butterfly would give each lane its own summation order).
+static __device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return __shfl_sync(0xffffffffu, v, 0);
+}
+
+#endif

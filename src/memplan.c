@@ -1,0 +1,224 @@
+// memplan.c: device-memory plan of a Llama LoRA run (memplan.h). Every term is the element
+// count of a buffer the code allocates, written next to the name it has there, so a change to
+// llama_alloc_acts that is not mirrored here fails tests/test_memplan.c.
+#include "actlora/memplan.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "actlora/backend_cuda.h"  // BACKEND_CUDA_CUBLAS_WORKSPACE (a constant; no CUDA needed)
+#include "actlora/common.h"
+
+#define F32 sizeof(float)
+#define SUMSQ_CHUNK 8192  // src/cuda/reduce.cu: elements per sumsq partial
+
+// r * (in + out) of one adapter on module m
+static size_t adapter_params(const ModelConfig *mc, int m, int r) {
+    size_t C = (size_t)mc->hidden_size, I = (size_t)mc->intermediate_size,
+           qd = (size_t)mc->num_attention_heads * mc->head_dim, kvd = (size_t)mc->num_key_value_heads * mc->head_dim;
+    size_t in = 0, out = 0;
+    switch (m) {
+    case LORA_Q: in = C; out = qd; break;
+    case LORA_K: in = C; out = kvd; break;
+    case LORA_V: in = C; out = kvd; break;
+    case LORA_O: in = qd; out = C; break;
+    case LORA_GATE: in = C; out = I; break;
+    case LORA_UP: in = C; out = I; break;
+    case LORA_DOWN: in = I; out = C; break;
+    default: die("internal: memplan: bad LoRA module id %d", m);
+    }
+    return (size_t)r * (in + out);
+}
+
+void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest_layer, int n_adapted_layers,
+                   const int *modules, int n_modules, int r, int micro_batch, int seq_len, int weight_bytes) {
+    memset(p, 0, sizeof *p);
+    int L = mc->num_hidden_layers;
+    check(weight_bytes == 2 || weight_bytes == 4, "memplan: weight_bytes %d (2 = bf16, 4 = fp32)", weight_bytes);
+    check(micro_batch >= 1 && seq_len >= 1 && r >= 1 && num_labels >= 1, "memplan: micro_batch %d, seq_len %d, "
+          "r %d, num_labels %d must be positive", micro_batch, seq_len, r, num_labels);
+    check(n_modules >= 0 && n_modules <= LORA_NUM_MODULES, "memplan: %d modules", n_modules);
+    if (n_adapted_layers <= 0 || n_modules == 0) {
+        n_adapted_layers = 0;
+        lowest_layer = L;
+    }
+    check(n_adapted_layers == 0 || (lowest_layer >= 0 && lowest_layer < L && n_adapted_layers <= L - lowest_layer),
+          "memplan: %d adapted layers from layer %d do not fit a model of %d layers", n_adapted_layers, lowest_layer,
+          L);
+    p->mc = *mc;
+    p->num_labels = num_labels;
+    p->lowest_layer = lowest_layer;
+    p->n_adapted_layers = n_adapted_layers;
+    for (int i = 0; i < n_modules; i++) p->modules[i] = modules[i];
+    p->n_modules = n_modules;
+    p->r = r;
+    p->micro_batch = micro_batch;
+    p->seq_len = seq_len;
+    p->weight_bytes = weight_bytes;
+
+    size_t B = (size_t)micro_batch, T = (size_t)seq_len, N = B * T, C = (size_t)mc->hidden_size,
+           I = (size_t)mc->intermediate_size, H = (size_t)mc->num_attention_heads, V = (size_t)mc->vocab_size,
+           K = (size_t)num_labels, R = (size_t)r, qd = H * mc->head_dim,
+           kvd = (size_t)mc->num_key_value_heads * mc->head_dim;
+
+    // ---- frozen weights (llama_load): embedding, final norm, per layer 2 norms + 7 projections
+    size_t per_layer = 2 * C + qd * C + 2 * kvd * C + C * qd + 3 * C * I;
+    p->weights = (V * C + C + (size_t)L * per_layer) * (size_t)weight_bytes;
+    p->rope = 2 * (size_t)mc->max_position_embeddings * (size_t)(mc->head_dim / 2) * F32;
+
+    // ---- trainable state (lora_init): adapters + head, four fp32 buffers
+    size_t per_adapted_layer = 0;
+    for (int i = 0; i < n_modules; i++) per_adapted_layer += adapter_params(mc, modules[i], r);
+    p->n_adapters = n_adapted_layers * n_modules;
+    p->trainable_params = (size_t)n_adapted_layers * per_adapted_layer + K * C;
+    p->trainable = 4 * p->trainable_params * F32;
+
+    // ---- activations (llama_alloc_acts)
+    p->saved_from = lowest_layer < L ? lowest_layer : L;
+    p->act_sets = (L - p->saved_from) + (p->saved_from > 0 ? 1 : 0);
+    size_t set = N * C      // x_in
+                 + N        // rstd1
+                 + N * C    // xn1
+                 + N * qd   // q
+                 + N * kvd  // k
+                 + N * kvd  // v
+                 + B * H * T * T  // probs
+                 + N * qd   // att
+                 + N * C    // x_mid
+                 + N        // rstd2
+                 + N * C    // xn2
+                 + N * I    // gate
+                 + N * I    // up
+                 + N * I;   // h
+    p->acts_layers = ((size_t)p->act_sets * set + (size_t)p->n_adapters * N * R) * F32;  // + lora_a per adapter
+    p->logits = 2 * B * K * F32;                                                           // logits, dlogits
+    p->acts_head = (N * C          // x_final
+                    + B * C        // pooled
+                    + B            // rstd_f
+                    + B * C        // pooled_n
+                    + 2 * B * K    // logits, dlogits
+                    + B * C        // dpool
+                    + B * C)       // dpool_n
+                   * F32;
+    int trains_layers = p->saved_from < L;
+    if (trains_layers) {
+        size_t wide = I > C ? I : C;
+        if (qd > wide) wide = qd;
+        p->acts_bwd = (N * C        // dres
+                       + N * C      // dxn
+                       + 3 * N * I  // dh, dgate, dup
+                       + N * qd     // datt
+                       + N * qd     // dq
+                       + 2 * N * kvd  // dk, dv
+                       + N * R      // lora_da
+                       + N * wide)  // lora_tmp
+                      * F32;
+    }
+    p->acts = p->acts_layers + p->acts_head + p->acts_bwd;
+    p->batch = (2 * N + 3 * B) * sizeof(int32_t);  // ids, mask; last, labels_i, labels_f
+
+    // ---- backend scratch: attention backward's dS (whenever backward reaches an attention block:
+    //      any layer above the lowest, or q/k/v adapters on the lowest), and reduction partials
+    int attn_bwd = 0;
+    if (trains_layers) {
+        attn_bwd = p->saved_from < L - 1;
+        for (int i = 0; i < n_modules; i++)
+            if (modules[i] == LORA_Q || modules[i] == LORA_K || modules[i] == LORA_V) attn_bwd = 1;
+    }
+    size_t partials = p->trainable_params / SUMSQ_CHUNK + 1;
+    if (N > partials) partials = N;
+    p->scratch = (attn_bwd ? B * H * T * T * F32 : 0) + partials * sizeof(double);
+    p->workspace = BACKEND_CUDA_CUBLAS_WORKSPACE;
+
+    p->total = p->weights + p->rope + p->trainable + p->acts + p->batch + p->scratch + p->workspace;
+}
+
+size_t memplan_margin(size_t device_bytes) { return MEMPLAN_MARGIN_FIXED + device_bytes / 100 * MEMPLAN_MARGIN_PERCENT; }
+
+static int fits(const MemPlan *p, size_t device_bytes) {
+    size_t need = p->total + memplan_margin(device_bytes);
+    return need >= p->total && need <= device_bytes;
+}
+
+int memplan_max_micro_batch(const MemPlan *p, size_t device_bytes) {
+    MemPlan q;
+    int lo = 0, hi = 1;  // fits(lo) (or lo == 0), and we look for the largest
+    const int cap = 65536;
+    for (;;) {  // double until it stops fitting
+        memplan_llama(&q, &p->mc, p->num_labels, p->lowest_layer, p->n_adapted_layers, p->modules, p->n_modules,
+                      p->r, hi, p->seq_len, p->weight_bytes);
+        if (!fits(&q, device_bytes)) break;
+        lo = hi;
+        if (hi == cap) return cap;
+        hi = hi * 2 > cap ? cap : hi * 2;
+    }
+    while (hi - lo > 1) {  // fits(lo), !fits(hi)
+        int mid = lo + (hi - lo) / 2;
+        memplan_llama(&q, &p->mc, p->num_labels, p->lowest_layer, p->n_adapted_layers, p->modules, p->n_modules,
+                      p->r, mid, p->seq_len, p->weight_bytes);
+        if (fits(&q, device_bytes)) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
+#define GIB(x) ((double)(x) / 1073741824.0)
+
+int memplan_fit(const MemPlan *p, size_t device_bytes, char *report, size_t n) {
+    const ModelConfig *mc = &p->mc;
+    int ok = fits(p, device_bytes);
+    size_t margin = memplan_margin(device_bytes);
+    char buf[4096];
+    size_t len = 0;
+#define OUT(...)                                                                                 \
+    do {                                                                                         \
+        if (len < sizeof buf) {                                                                  \
+            int _w = snprintf(buf + len, sizeof buf - len, __VA_ARGS__);                         \
+            len = _w < 0 ? sizeof buf : len + (size_t)_w;                                        \
+        }                                                                                        \
+    } while (0)
+#define ROW(name, bytes) OUT("  %-34s %10.2f GiB\n", name, GIB(bytes))
+    char mods[128] = "";
+    for (int i = 0; i < p->n_modules; i++)
+        snprintf(mods + strlen(mods), sizeof mods - strlen(mods), "%s%s", i ? "," : "",
+                 lora_module_name((LoraModule)p->modules[i]));
+    OUT("memory plan: Llama %d layers, hidden %d, inter %d, heads %d/%d, vocab %d | micro-batch %d x %d tokens | "
+        "weights %s | LoRA r=%d on %d layer(s) from layer %d [%s]\n",
+        mc->num_hidden_layers, mc->hidden_size, mc->intermediate_size, mc->num_attention_heads,
+        mc->num_key_value_heads, mc->vocab_size, p->micro_batch, p->seq_len, p->weight_bytes == 2 ? "bf16" : "fp32",
+        p->r, p->n_adapted_layers, p->lowest_layer, mods);
+    ROW("frozen weights", p->weights);
+    ROW("RoPE tables (fp32)", p->rope);
+    char what[64];
+    snprintf(what, sizeof what, "activations, %d layer set(s) (fp32)", p->act_sets);
+    ROW(what, p->acts_layers);
+    ROW("head buffers (incl. logits)", p->acts_head);
+    ROW("  of which logits + dlogits", p->logits);
+    ROW("backward scratch", p->acts_bwd);
+    ROW("backend scratch (attention dS)", p->scratch);
+    ROW("batch buffers", p->batch);
+    snprintf(what, sizeof what, "trainable p/g/m/v (%zu params)", p->trainable_params);
+    ROW(what, p->trainable);
+    ROW("cuBLAS workspace", p->workspace);
+    ROW("total", p->total);
+    ROW("safety margin", margin);
+    ROW("device", device_bytes);
+    if (ok) {
+        OUT("  => fits, %.2f GiB to spare; largest micro-batch that fits: %d\n",
+            GIB(device_bytes - p->total - margin), memplan_max_micro_batch(p, device_bytes));
+    } else {
+        int best = memplan_max_micro_batch(p, device_bytes);
+        OUT("  => does not fit: needs %.2f GiB + %.2f GiB margin, the device has %.2f GiB\n", GIB(p->total),
+            GIB(margin), GIB(device_bytes));
+        if (best > 0)
+            OUT("     set train.micro_batch <= %d (and raise train.grad_accum to keep the global batch)\n", best);
+        else
+            OUT("     not even micro-batch 1 fits: adapt fewer layers (lora.layers, or calibration keeping the top "
+                "layers), shorten data.seq_len,%s spread the run over a larger GPU\n",
+                p->weight_bytes == 4 ? " use bf16 weights (not implemented yet: docs/gpu.md)," : "");
+    }
+#undef ROW
+#undef OUT
+    if (report && n) snprintf(report, n, "%s", buf);
+    return ok;
+}

@@ -1,0 +1,783 @@
+// test_backend_cuda.c: the CUDA backend against the CPU reference backend, op by op on random
+// inputs, then a whole tiny-model forward/backward. Exits 77 (skipped) when the build has no CUDA
+// backend or no GPU is visible. The CPU backend itself is checked against double references and
+// finite differences in test_backend_ops.c; this test checks that the two backends agree.
+//
+// Measures and tolerances:
+//   rel(tol)  max_i |gpu_i - cpu_i| / (|cpu_i| + 1e-2 * max_j |cpu_j|)   (test_backend_ops' measure)
+//   norm(tol) max_i |gpu_i - cpu_i| / max_j |cpu_j|                      (sums over T keys / C
+//             columns with cancellation, where an element-wise bound would test rounding noise)
+//   exact     bitwise equal
+//   gemm: rel 1e-4 (cuBLAS fp32, TF32 off: a 512-deep product with TF32 would miss this by 10x)
+//   add, scale, embedding, pooling, dropout (mask and values), memory ops: exact
+//   rmsnorm_fwd, rope, swiglu, loss (dlogits), adamw (5 steps): rel 1e-5
+//   rmsnorm_bwd, attention fwd (out, probs) and bwd (dq, dk, dv): norm 1e-5
+//   sumsq, row_norm_sum, loss sum (fp64 on both): 1e-12 relative; and bitwise run to run on the GPU
+//   tiny model: loss 1e-5 relative, logits norm 1e-5 (one of a handful of logits can be ~0, where an
+//   element-wise bound tests rounding noise: seen 1.3e-7 absolute on a logit of 0.0017, largest 0.41),
+//   every adapter's and the head's gradient norm 1e-4 (test_llama_parity's gradient tolerance),
+//   calibration statistics 1e-5 relative;
+//   a second forward/backward on the GPU is bitwise identical to the first
+//   device-side input errors (negative token id, bad label, bad pooled position) and an impossible
+//   allocation die with a message naming them (checked in a re-executed child process)
+//   NCCL: a one-rank comm_nccl_allreduce_mean leaves the buffer bitwise unchanged (skipped with
+//   ACTLORA_TEST_NO_NCCL=1; run under `mpirun -np 1` where a singleton MPI_Init is not possible)
+// ACTLORA_TEST_HARNESS_ON_CPU=1 runs every comparison with the CPU backend on both sides: a check of
+// this test's own code on machines without a GPU.
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "test_util.h"
+
+#ifdef ACTLORA_HAVE_CUDA
+#include <mpi.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "actlora/backend.h"
+#include "actlora/backend_cuda.h"
+#include "actlora/calib.h"
+#include "actlora/comm.h"
+#include "actlora/common.h"
+#include "actlora/data.h"
+#include "actlora/hfmodel.h"
+#include "actlora/llama.h"
+#include "actlora/lora.h"
+#include "actlora/rng.h"
+
+// ------------------------------------------------------------------------------ helpers
+
+typedef struct {
+    uint64_t s;
+} Rand;
+
+static double rnd(Rand *r) {
+    r->s = r->s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (double)(r->s >> 11) * (1.0 / 9007199254740992.0);
+}
+
+typedef struct {
+    TestCounts *tc;
+    Backend cpu, gpu;
+    Rand r;
+} Ctx;
+
+static float *hrand(Ctx *c, size_t n, double lo, double hi) {
+    float *x = xmalloc((n ? n : 1) * sizeof(float), "test host tensor");
+    for (size_t i = 0; i < n; i++) x[i] = (float)(lo + (hi - lo) * rnd(&c->r));
+    return x;
+}
+
+// a CPU-backend buffer holding a copy of host data
+static void *on_cpu(Ctx *c, const void *h, size_t bytes) {
+    void *p = c->cpu.alloc(&c->cpu, bytes, "cpu test tensor");
+    if (bytes) memcpy(p, h, bytes);
+    return p;
+}
+
+// a GPU buffer holding a copy of host data
+static void *on_gpu(Ctx *c, const void *h, size_t bytes) {
+    void *p = c->gpu.alloc(&c->gpu, bytes, "gpu test tensor");
+    c->gpu.upload(&c->gpu, p, h, bytes);
+    return p;
+}
+
+// a fresh host copy of n floats of GPU memory
+static float *from_gpu(Ctx *c, const void *d, size_t n) {
+    float *h = xmalloc((n ? n : 1) * sizeof(float), "test download");
+    c->gpu.download(&c->gpu, h, d, n * sizeof(float));
+    return h;
+}
+
+static void cmp_rel(Ctx *c, const float *got, const float *want, size_t n, double tol, const char *what) {
+    double mx = 0.0, worst = 0.0;
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs((double)want[i]));
+    double atol = 1e-2 * mx + 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - (double)want[i]) / (fabs((double)want[i]) + atol);
+        if (!(e <= worst)) {  // NaN is the worst
+            worst = e;
+            w = i;
+        }
+    }
+    T_CHECK(c->tc, worst <= tol, "%s: max rel err %.3g > %.1g at [%zu] (gpu %.9g vs cpu %.9g)", what, worst, tol, w,
+            n ? (double)got[w] : 0.0, n ? (double)want[w] : 0.0);
+    printf("  %-52s rel  %.2e (tol %.0e)\n", what, worst, tol);
+}
+
+static void cmp_norm(Ctx *c, const float *got, const float *want, size_t n, double tol, const char *what) {
+    double mx = 0.0, dmax = 0.0;
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++) {
+        mx = fmax(mx, fabs((double)want[i]));
+        double d = fabs((double)got[i] - (double)want[i]);
+        if (!(d <= dmax)) {
+            dmax = d;
+            w = i;
+        }
+    }
+    double e = dmax / (mx > 0 ? mx : 1.0);
+    T_CHECK(c->tc, e <= tol, "%s: max |diff| / max |cpu| = %.3g > %.1g at [%zu] (gpu %.9g vs cpu %.9g)", what, e, tol,
+            w, n ? (double)got[w] : 0.0, n ? (double)want[w] : 0.0);
+    printf("  %-52s norm %.2e (tol %.0e)\n", what, e, tol);
+}
+
+static void cmp_exact(Ctx *c, const float *got, const float *want, size_t n, const char *what) {
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&got[i], &want[i], sizeof(float)) != 0) {
+            if (!bad) first = i;
+            bad++;
+        }
+    T_CHECK(c->tc, bad == 0, "%s: %zu of %zu elements differ, first [%zu] gpu %.9g vs cpu %.9g", what, bad, n, first,
+            n ? (double)got[first] : 0.0, n ? (double)want[first] : 0.0);
+    printf("  %-52s %s\n", what, bad ? "DIFFERS" : "bit-identical");
+}
+
+static void cmp_double(Ctx *c, double got, double want, double tol, const char *what) {
+    double e = fabs(got - want) / (fabs(want) + 1e-300);
+    T_CHECK(c->tc, e <= tol, "%s: gpu %.17g vs cpu %.17g (rel %.3g > %.1g)", what, got, want, e, tol);
+    printf("  %-52s rel  %.2e (tol %.0e)\n", what, e, tol);
+}
+
+// ------------------------------------------------------------------------------ memory
+
+static void test_memory(Ctx *c) {
+    printf("memory ops\n");
+    size_t n = 4099;
+    float *d = c->gpu.alloc(&c->gpu, n * sizeof(float), "zero test"), *h = from_gpu(c, d, n);
+    float *zeros = xcalloc(n, sizeof(float), "zeros");
+    cmp_exact(c, h, zeros, n, "alloc is zero-filled");
+    float *src = hrand(c, n, -1, 1);
+    c->gpu.upload(&c->gpu, d, src, n * sizeof(float));
+    float *d2 = c->gpu.alloc(&c->gpu, n * sizeof(float), "copy test");
+    c->gpu.copy(&c->gpu, d2, d, n * sizeof(float));
+    free(h);
+    h = from_gpu(c, d2, n);
+    cmp_exact(c, h, src, n, "upload / copy / download round trip");
+    c->gpu.zero(&c->gpu, d2 + 10, 100 * sizeof(float));
+    free(h);
+    h = from_gpu(c, d2, n);
+    float *want = xmalloc(n * sizeof(float), "want");
+    memcpy(want, src, n * sizeof(float));
+    memset(want + 10, 0, 100 * sizeof(float));
+    cmp_exact(c, h, want, n, "zero has the right extent");
+    // overlapping copies have memmove semantics, both directions
+    c->gpu.copy(&c->gpu, d + 7, d, 1000 * sizeof(float));
+    memmove(src + 7, src, 1000 * sizeof(float));
+    c->gpu.copy(&c->gpu, d + 100, d + 150, 2000 * sizeof(float));
+    memmove(src + 100, src + 150, 2000 * sizeof(float));
+    free(h);
+    h = from_gpu(c, d, n);
+    cmp_exact(c, h, src, n, "overlapping copy (memmove)");
+    c->gpu.sync(&c->gpu);
+    void *z = c->gpu.alloc(&c->gpu, 0, "empty");  // a 0-byte allocation is valid and freeable
+    c->gpu.free(&c->gpu, z);
+    c->gpu.free(&c->gpu, NULL);
+    c->gpu.free(&c->gpu, d);
+    c->gpu.free(&c->gpu, d2);
+    free(h);
+    free(zeros);
+    free(src);
+    free(want);
+}
+
+// ------------------------------------------------------------------------------ dense algebra
+
+static void test_gemm(Ctx *c) {
+    printf("gemm\n");
+    const int sizes[4][3] = {{13, 7, 19}, {67, 45, 129}, {256, 384, 512}, {5, 1, 3}};
+    const float ab[3][2] = {{0.7f, -0.3f}, {1.0f, 0.0f}, {-1.3f, 1.0f}};
+    for (int s = 0; s < 4; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int k = 0; k < 3; k++) {
+                    int M = sizes[s][0], N = sizes[s][1], K = sizes[s][2];
+                    size_t na = (size_t)M * K, nb = (size_t)K * N, nc = (size_t)M * N;
+                    float *A = hrand(c, na, -1, 1), *B = hrand(c, nb, -1, 1), *C = hrand(c, nc, -1, 1);
+                    if (ab[k][1] == 0.0f)
+                        for (size_t i = 0; i < nc; i++) C[i] = NAN;  // beta = 0 overwrites, never reads C
+                    float *ca = on_cpu(c, A, na * 4), *cb = on_cpu(c, B, nb * 4), *cc = on_cpu(c, C, nc * 4);
+                    float *ga = on_gpu(c, A, na * 4), *gb = on_gpu(c, B, nb * 4), *gc = on_gpu(c, C, nc * 4);
+                    c->cpu.gemm(&c->cpu, ta, tb, M, N, K, ab[k][0], ca, cb, ab[k][1], cc);
+                    c->gpu.gemm(&c->gpu, ta, tb, M, N, K, ab[k][0], ga, gb, ab[k][1], gc);
+                    float *got = from_gpu(c, gc, nc);
+                    char what[96];
+                    snprintf(what, sizeof what, "gemm %dx%dx%d ta=%d tb=%d a=%g b=%g", M, N, K, ta, tb,
+                             (double)ab[k][0], (double)ab[k][1]);
+                    cmp_rel(c, got, cc, nc, 1e-4, what);
+                    free(A), free(B), free(C), free(got);
+                    c->cpu.free(&c->cpu, ca), c->cpu.free(&c->cpu, cb), c->cpu.free(&c->cpu, cc);
+                    c->gpu.free(&c->gpu, ga), c->gpu.free(&c->gpu, gb), c->gpu.free(&c->gpu, gc);
+                }
+    // K = 0: C = beta * C
+    float *C = hrand(c, 12, -1, 1), *cc = on_cpu(c, C, 48), *gc = on_gpu(c, C, 48);
+    c->cpu.gemm(&c->cpu, 0, 0, 3, 4, 0, 1.0f, cc, cc, 0.5f, cc);
+    c->gpu.gemm(&c->gpu, 0, 0, 3, 4, 0, 1.0f, gc, gc, 0.5f, gc);
+    float *got = from_gpu(c, gc, 12);
+    cmp_exact(c, got, cc, 12, "gemm K=0 (C = beta C)");
+    free(C), free(got);
+    c->cpu.free(&c->cpu, cc);
+    c->gpu.free(&c->gpu, gc);
+}
+
+static void test_add_scale_reduce(Ctx *c) {
+    printf("add, scale, sumsq, row_norm_sum\n");
+    size_t n = 1000003;
+    float *x = hrand(c, n, -2, 2), *y = hrand(c, n, -2, 2);
+    float *cx = on_cpu(c, x, n * 4), *cy = on_cpu(c, y, n * 4), *gx = on_gpu(c, x, n * 4), *gy = on_gpu(c, y, n * 4);
+    c->cpu.add(&c->cpu, cy, cx, n);
+    c->gpu.add(&c->gpu, gy, gx, n);
+    float *got = from_gpu(c, gy, n);
+    cmp_exact(c, got, cy, n, "add");
+    free(got);
+    c->cpu.scale(&c->cpu, cy, -0.37f, n);
+    c->gpu.scale(&c->gpu, gy, -0.37f, n);
+    got = from_gpu(c, gy, n);
+    cmp_exact(c, got, cy, n, "scale");
+    free(got);
+    double s_cpu = c->cpu.sumsq(&c->cpu, cy, n), s1 = c->gpu.sumsq(&c->gpu, gy, n), s2 = c->gpu.sumsq(&c->gpu, gy, n);
+    cmp_double(c, s1, s_cpu, 1e-12, "sumsq (1000003 elements)");
+    T_CHECK(c->tc, memcmp(&s1, &s2, sizeof s1) == 0, "sumsq is not deterministic on the GPU: %.17g vs %.17g", s1, s2);
+    cmp_double(c, c->gpu.sumsq(&c->gpu, gy, 5), c->cpu.sumsq(&c->cpu, cy, 5), 1e-12, "sumsq (5 elements)");
+    T_CHECK(c->tc, c->gpu.sumsq(&c->gpu, gy, 0) == 0.0, "sumsq of nothing must be 0");
+    // row norms over masked rows
+    int N = 37, C = 300;
+    int32_t mask[37];
+    for (int i = 0; i < N; i++) mask[i] = (i % 5) != 3;
+    int32_t *cm = on_cpu(c, mask, sizeof mask), *gm = on_gpu(c, mask, sizeof mask);
+    double r_cpu = c->cpu.row_norm_sum(&c->cpu, cx, cm, N, C), r1 = c->gpu.row_norm_sum(&c->gpu, gx, gm, N, C),
+           r2 = c->gpu.row_norm_sum(&c->gpu, gx, gm, N, C);
+    cmp_double(c, r1, r_cpu, 1e-12, "row_norm_sum (37 x 300, masked rows)");
+    T_CHECK(c->tc, memcmp(&r1, &r2, sizeof r1) == 0, "row_norm_sum is not deterministic on the GPU");
+    free(x), free(y);
+    c->cpu.free(&c->cpu, cx), c->cpu.free(&c->cpu, cy), c->cpu.free(&c->cpu, cm);
+    c->gpu.free(&c->gpu, gx), c->gpu.free(&c->gpu, gy), c->gpu.free(&c->gpu, gm);
+}
+
+// ------------------------------------------------------------------------------ row ops
+
+static void test_embedding_rmsnorm(Ctx *c) {
+    printf("embedding, rmsnorm\n");
+    int V = 50, C = 333, N = 41;
+    float *wte = hrand(c, (size_t)V * C, -1, 1);
+    int32_t ids[41];
+    for (int i = 0; i < N; i++) ids[i] = (int32_t)(rnd(&c->r) * V);
+    float *cw = on_cpu(c, wte, (size_t)V * C * 4), *gw = on_gpu(c, wte, (size_t)V * C * 4);
+    int32_t *ci = on_cpu(c, ids, sizeof ids), *gi = on_gpu(c, ids, sizeof ids);
+    size_t nc = (size_t)N * C;
+    float *co = c->cpu.alloc(&c->cpu, nc * 4, "out"), *go = c->gpu.alloc(&c->gpu, nc * 4, "out");
+    c->cpu.embedding_fwd(&c->cpu, co, ci, cw, N, C);
+    c->gpu.embedding_fwd(&c->gpu, go, gi, gw, N, C);
+    float *got = from_gpu(c, go, nc);
+    cmp_exact(c, got, co, nc, "embedding_fwd");
+    free(got);
+    // rmsnorm forward on the embedded rows, then backward into a prefilled gradient
+    float *w = hrand(c, (size_t)C, 0.5, 1.5);
+    float *cwn = on_cpu(c, w, (size_t)C * 4), *gwn = on_gpu(c, w, (size_t)C * 4);
+    float *cy = c->cpu.alloc(&c->cpu, nc * 4, "y"), *gy = c->gpu.alloc(&c->gpu, nc * 4, "y");
+    float *cr = c->cpu.alloc(&c->cpu, (size_t)N * 4, "rstd"), *gr = c->gpu.alloc(&c->gpu, (size_t)N * 4, "rstd");
+    c->cpu.rmsnorm_fwd(&c->cpu, cy, cr, co, cwn, N, C, 1e-5f);
+    c->gpu.rmsnorm_fwd(&c->gpu, gy, gr, go, gwn, N, C, 1e-5f);
+    got = from_gpu(c, gy, nc);
+    cmp_rel(c, got, cy, nc, 1e-5, "rmsnorm_fwd out");
+    free(got);
+    got = from_gpu(c, gr, (size_t)N);
+    cmp_rel(c, got, cr, (size_t)N, 1e-5, "rmsnorm_fwd rstd");
+    free(got);
+    float *dy = hrand(c, nc, -1, 1), *dx0 = hrand(c, nc, -1, 1);
+    float *cdy = on_cpu(c, dy, nc * 4), *gdy = on_gpu(c, dy, nc * 4);
+    float *cdx = on_cpu(c, dx0, nc * 4), *gdx = on_gpu(c, dx0, nc * 4);
+    c->cpu.rmsnorm_bwd(&c->cpu, cdx, cdy, co, cwn, cr, N, C);
+    c->gpu.rmsnorm_bwd(&c->gpu, gdx, gdy, go, gwn, gr, N, C);
+    got = from_gpu(c, gdx, nc);
+    cmp_norm(c, got, cdx, nc, 1e-5, "rmsnorm_bwd (accumulates)");
+    free(got);
+    free(wte), free(w), free(dy), free(dx0);
+    void *cp[] = {cw, ci, co, cwn, cy, cr, cdy, cdx}, *gp[] = {gw, gi, go, gwn, gy, gr, gdy, gdx};
+    for (int i = 0; i < 8; i++) c->cpu.free(&c->cpu, cp[i]), c->gpu.free(&c->gpu, gp[i]);
+}
+
+static void test_rope_swiglu(Ctx *c) {
+    printf("rope, swiglu\n");
+    int B = 3, T = 11, nh = 5, D = 18;
+    size_t n = (size_t)B * T * nh * D, nt = (size_t)T * (D / 2);
+    float *x = hrand(c, n, -1, 1), *cs = xmalloc(nt * 4, "cos"), *sn = xmalloc(nt * 4, "sin");
+    for (size_t i = 0; i < nt; i++) {
+        double a = 6.283 * rnd(&c->r);
+        cs[i] = (float)cos(a);
+        sn[i] = (float)sin(a);
+    }
+    float *cx = on_cpu(c, x, n * 4), *gx = on_gpu(c, x, n * 4);
+    float *ccs = on_cpu(c, cs, nt * 4), *gcs = on_gpu(c, cs, nt * 4), *csn = on_cpu(c, sn, nt * 4),
+          *gsn = on_gpu(c, sn, nt * 4);
+    c->cpu.rope_fwd(&c->cpu, cx, ccs, csn, B, T, nh, D);
+    c->gpu.rope_fwd(&c->gpu, gx, gcs, gsn, B, T, nh, D);
+    float *got = from_gpu(c, gx, n);
+    cmp_rel(c, got, cx, n, 1e-5, "rope_fwd");
+    free(got);
+    c->cpu.rope_bwd(&c->cpu, cx, ccs, csn, B, T, nh, D);
+    c->gpu.rope_bwd(&c->gpu, gx, gcs, gsn, B, T, nh, D);
+    got = from_gpu(c, gx, n);
+    cmp_rel(c, got, cx, n, 1e-5, "rope_bwd");
+    free(got);
+    // swiglu over a wide range of gate values
+    size_t m = 100003;
+    float *g = hrand(c, m, -12, 12), *u = hrand(c, m, -2, 2), *dh = hrand(c, m, -1, 1);
+    float *cg = on_cpu(c, g, m * 4), *gg = on_gpu(c, g, m * 4), *cu = on_cpu(c, u, m * 4), *gu = on_gpu(c, u, m * 4);
+    float *cdh = on_cpu(c, dh, m * 4), *gdh = on_gpu(c, dh, m * 4);
+    float *ch = c->cpu.alloc(&c->cpu, m * 4, "h"), *gh = c->gpu.alloc(&c->gpu, m * 4, "h");
+    float *cdg = c->cpu.alloc(&c->cpu, m * 4, "dg"), *gdg = c->gpu.alloc(&c->gpu, m * 4, "dg");
+    float *cdu = c->cpu.alloc(&c->cpu, m * 4, "du"), *gdu = c->gpu.alloc(&c->gpu, m * 4, "du");
+    c->cpu.swiglu_fwd(&c->cpu, ch, cg, cu, m);
+    c->gpu.swiglu_fwd(&c->gpu, gh, gg, gu, m);
+    got = from_gpu(c, gh, m);
+    cmp_rel(c, got, ch, m, 1e-5, "swiglu_fwd");
+    free(got);
+    c->cpu.swiglu_bwd(&c->cpu, cdg, cdu, cdh, cg, cu, m);
+    c->gpu.swiglu_bwd(&c->gpu, gdg, gdu, gdh, gg, gu, m);
+    got = from_gpu(c, gdg, m);
+    cmp_rel(c, got, cdg, m, 1e-5, "swiglu_bwd dgate");
+    free(got);
+    got = from_gpu(c, gdu, m);
+    cmp_rel(c, got, cdu, m, 1e-5, "swiglu_bwd dup");
+    free(got);
+    free(x), free(cs), free(sn), free(g), free(u), free(dh);
+    void *cp[] = {cx, ccs, csn, cg, cu, cdh, ch, cdg, cdu}, *gp[] = {gx, gcs, gsn, gg, gu, gdh, gh, gdg, gdu};
+    for (int i = 0; i < 9; i++) c->cpu.free(&c->cpu, cp[i]), c->gpu.free(&c->gpu, gp[i]);
+}
+
+static void test_dropout(Ctx *c) {
+    printf("dropout\n");
+    size_t n = 300007;
+    float *x = hrand(c, n, -1, 1);
+    const float ps[] = {0.1f, 0.3f, 0.5f, 1.0f, 0.0f};
+    for (int k = 0; k < 5; k++) {
+        uint64_t key = rng_key(0xD20u, (uint64_t)k) ^ 0xFFFFFFFF00000000ULL;
+        float *cx = on_cpu(c, x, n * 4), *gx = on_gpu(c, x, n * 4);
+        float *co = c->cpu.alloc(&c->cpu, n * 4, "o"), *go = c->gpu.alloc(&c->gpu, n * 4, "o");
+        c->cpu.dropout(&c->cpu, co, cx, n, ps[k], key);
+        c->gpu.dropout(&c->gpu, go, gx, n, ps[k], key);
+        float *got = from_gpu(c, go, n);
+        char what[64];
+        snprintf(what, sizeof what, "dropout p=%g (mask and values)", (double)ps[k]);
+        cmp_exact(c, got, co, n, what);
+        free(got);
+        // in place (out aliases inp)
+        c->cpu.dropout(&c->cpu, cx, cx, n, ps[k], key + 1);
+        c->gpu.dropout(&c->gpu, gx, gx, n, ps[k], key + 1);
+        got = from_gpu(c, gx, n);
+        snprintf(what, sizeof what, "dropout p=%g in place", (double)ps[k]);
+        cmp_exact(c, got, cx, n, what);
+        free(got);
+        c->cpu.free(&c->cpu, cx), c->cpu.free(&c->cpu, co);
+        c->gpu.free(&c->gpu, gx), c->gpu.free(&c->gpu, go);
+    }
+    free(x);
+}
+
+static void test_head(Ctx *c) {
+    printf("pool_last, loss, adamw\n");
+    int B = 6, T = 13, C = 70;
+    size_t nx = (size_t)B * T * C, np = (size_t)B * C;
+    float *x = hrand(c, nx, -1, 1), *dp = hrand(c, np, -1, 1), *dx0 = hrand(c, nx, -1, 1);
+    int32_t last[6];
+    for (int b = 0; b < B; b++) last[b] = (int32_t)(rnd(&c->r) * T);
+    float *cx = on_cpu(c, x, nx * 4), *gx = on_gpu(c, x, nx * 4);
+    int32_t *cl = on_cpu(c, last, sizeof last), *gl = on_gpu(c, last, sizeof last);
+    float *cp = c->cpu.alloc(&c->cpu, np * 4, "pooled"), *gp = c->gpu.alloc(&c->gpu, np * 4, "pooled");
+    c->cpu.pool_last_fwd(&c->cpu, cp, cx, cl, B, T, C);
+    c->gpu.pool_last_fwd(&c->gpu, gp, gx, gl, B, T, C);
+    float *got = from_gpu(c, gp, np);
+    cmp_exact(c, got, cp, np, "pool_last_fwd");
+    free(got);
+    float *cdp = on_cpu(c, dp, np * 4), *gdp = on_gpu(c, dp, np * 4);
+    float *cdx = on_cpu(c, dx0, nx * 4), *gdx = on_gpu(c, dx0, nx * 4);
+    c->cpu.pool_last_bwd(&c->cpu, cdx, cdp, cl, B, T, C);
+    c->gpu.pool_last_bwd(&c->gpu, gdx, gdp, gl, B, T, C);
+    got = from_gpu(c, gdx, nx);
+    cmp_exact(c, got, cdx, nx, "pool_last_bwd (accumulates)");
+    free(got);
+    // losses: classification (K = 3, 1000) and regression (K = 1)
+    const int Ks[] = {3, 1000, 1};
+    for (int t = 0; t < 3; t++) {
+        int K = Ks[t];
+        size_t nl = (size_t)B * K;
+        float *lg = hrand(c, nl, -4, 4), *lf = hrand(c, (size_t)B, -1, 1);
+        int32_t li[6];
+        for (int b = 0; b < B; b++) li[b] = (int32_t)(rnd(&c->r) * K);
+        float *clg = on_cpu(c, lg, nl * 4), *glg = on_gpu(c, lg, nl * 4);
+        int32_t *cli = on_cpu(c, li, sizeof li), *gli = on_gpu(c, li, sizeof li);
+        float *clf = on_cpu(c, lf, (size_t)B * 4), *glf = on_gpu(c, lf, (size_t)B * 4);
+        float *cd = c->cpu.alloc(&c->cpu, nl * 4, "dlogits"), *gd = c->gpu.alloc(&c->gpu, nl * 4, "dlogits");
+        double lc = 0, lgpu = 0;
+        c->cpu.loss_fwd_bwd(&c->cpu, &lc, cd, clg, K > 1 ? cli : NULL, K == 1 ? clf : NULL, B, K, 0.125f);
+        c->gpu.loss_fwd_bwd(&c->gpu, &lgpu, gd, glg, K > 1 ? gli : NULL, K == 1 ? glf : NULL, B, K, 0.125f);
+        char what[64];
+        snprintf(what, sizeof what, "loss_fwd_bwd K=%d loss sum", K);
+        cmp_double(c, lgpu, lc, 1e-12, what);
+        got = from_gpu(c, gd, nl);
+        snprintf(what, sizeof what, "loss_fwd_bwd K=%d dlogits", K);
+        cmp_rel(c, got, cd, nl, 1e-5, what);
+        free(got), free(lg), free(lf);
+        void *cpp[] = {clg, cli, clf, cd}, *gpp[] = {glg, gli, glf, gd};
+        for (int i = 0; i < 4; i++) c->cpu.free(&c->cpu, cpp[i]), c->gpu.free(&c->gpu, gpp[i]);
+    }
+    double l0 = -1.0;
+    c->gpu.loss_fwd_bwd(&c->gpu, &l0, NULL, NULL, NULL, NULL, 0, 3, 1.0f);
+    T_CHECK(c->tc, l0 == 0.0, "loss of an empty batch must be 0 (got %g)", l0);
+    // AdamW: five steps with fresh gradients
+    size_t n = 50021;
+    float *p = hrand(c, n, -1, 1);
+    float *cpp_ = on_cpu(c, p, n * 4), *gpp_ = on_gpu(c, p, n * 4);
+    float *cm = c->cpu.alloc(&c->cpu, n * 4, "m"), *gm = c->gpu.alloc(&c->gpu, n * 4, "m");
+    float *cv = c->cpu.alloc(&c->cpu, n * 4, "v"), *gv = c->gpu.alloc(&c->gpu, n * 4, "v");
+    for (int t = 1; t <= 5; t++) {
+        float *g = hrand(c, n, -0.1, 0.1);
+        float *cg = on_cpu(c, g, n * 4), *gg = on_gpu(c, g, n * 4);
+        c->cpu.adamw(&c->cpu, cpp_, cg, cm, cv, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, t);
+        c->gpu.adamw(&c->gpu, gpp_, gg, gm, gv, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, t);
+        free(g);
+        c->cpu.free(&c->cpu, cg);
+        c->gpu.free(&c->gpu, gg);
+    }
+    got = from_gpu(c, gpp_, n);
+    cmp_rel(c, got, cpp_, n, 1e-5, "adamw params after 5 steps");
+    free(got);
+    got = from_gpu(c, gm, n);
+    cmp_rel(c, got, cm, n, 1e-5, "adamw m after 5 steps");
+    free(got);
+    got = from_gpu(c, gv, n);
+    cmp_rel(c, got, cv, n, 1e-5, "adamw v after 5 steps");
+    free(got), free(p), free(x), free(dp), free(dx0);
+    void *cq[] = {cx, cl, cp, cdp, cdx, cpp_, cm, cv}, *gq[] = {gx, gl, gp, gdp, gdx, gpp_, gm, gv};
+    for (int i = 0; i < 8; i++) c->cpu.free(&c->cpu, cq[i]), c->gpu.free(&c->gpu, gq[i]);
+}
+
+// ------------------------------------------------------------------------------ attention
+
+static void attention_case(Ctx *c, int B, int T, int H, int KVH, int D, int left_pad) {
+    size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * KVH * D, np = (size_t)B * H * T * T;
+    float *q = hrand(c, nq, -1, 1), *k = hrand(c, nk, -1, 1), *v = hrand(c, nk, -1, 1), *dout = hrand(c, nq, -1, 1);
+    int32_t *mask = xmalloc((size_t)B * T * sizeof(int32_t), "mask");
+    for (int b = 0; b < B; b++) {  // row b: right padding of b tokens; the last row also left-padded
+        int len = T - b < 1 ? 1 : T - b;
+        for (int t = 0; t < T; t++) mask[b * T + t] = t < len;
+        if (left_pad && b == B - 1)
+            for (int t = 0; t < T / 3; t++) mask[b * T + t] = 0;
+    }
+    float *cq = on_cpu(c, q, nq * 4), *ck = on_cpu(c, k, nk * 4), *cv = on_cpu(c, v, nk * 4),
+          *cdo = on_cpu(c, dout, nq * 4);
+    float *gq = on_gpu(c, q, nq * 4), *gk = on_gpu(c, k, nk * 4), *gv = on_gpu(c, v, nk * 4),
+          *gdo = on_gpu(c, dout, nq * 4);
+    int32_t *cm = on_cpu(c, mask, (size_t)B * T * 4), *gm = on_gpu(c, mask, (size_t)B * T * 4);
+    float *co = c->cpu.alloc(&c->cpu, nq * 4, "out"), *go = c->gpu.alloc(&c->gpu, nq * 4, "out");
+    float *cp = c->cpu.alloc(&c->cpu, np * 4, "probs"), *gp = c->gpu.alloc(&c->gpu, np * 4, "probs");
+    c->cpu.attention_fwd(&c->cpu, co, cp, cq, ck, cv, cm, B, T, H, KVH, D);
+    c->gpu.attention_fwd(&c->gpu, go, gp, gq, gk, gv, gm, B, T, H, KVH, D);
+    char what[96];
+    float *got = from_gpu(c, go, nq);
+    snprintf(what, sizeof what, "attention_fwd out B%d T%d H%d/%d D%d", B, T, H, KVH, D);
+    cmp_norm(c, got, co, nq, 1e-5, what);
+    free(got);
+    got = from_gpu(c, gp, np);
+    snprintf(what, sizeof what, "attention_fwd probs B%d T%d H%d/%d D%d", B, T, H, KVH, D);
+    cmp_norm(c, got, cp, np, 1e-5, what);
+    free(got);
+    float *cdq = c->cpu.alloc(&c->cpu, nq * 4, "dq"), *gdq = c->gpu.alloc(&c->gpu, nq * 4, "dq");
+    float *cdk = c->cpu.alloc(&c->cpu, nk * 4, "dk"), *gdk = c->gpu.alloc(&c->gpu, nk * 4, "dk");
+    float *cdv = c->cpu.alloc(&c->cpu, nk * 4, "dv"), *gdv = c->gpu.alloc(&c->gpu, nk * 4, "dv");
+    c->cpu.attention_bwd(&c->cpu, cdq, cdk, cdv, cdo, cp, cq, ck, cv, B, T, H, KVH, D);
+    c->gpu.attention_bwd(&c->gpu, gdq, gdk, gdv, gdo, gp, gq, gk, gv, B, T, H, KVH, D);
+    const float *cw[3] = {cdq, cdk, cdv}, *gw[3] = {gdq, gdk, gdv};
+    const size_t nw[3] = {nq, nk, nk};
+    const char *names[3] = {"dq", "dk", "dv"};
+    for (int i = 0; i < 3; i++) {
+        got = from_gpu(c, gw[i], nw[i]);
+        snprintf(what, sizeof what, "attention_bwd %s B%d T%d H%d/%d D%d", names[i], B, T, H, KVH, D);
+        cmp_norm(c, got, cw[i], nw[i], 1e-5, what);
+        free(got);
+    }
+    free(q), free(k), free(v), free(dout), free(mask);
+    void *cpp[] = {cq, ck, cv, cdo, cm, co, cp, cdq, cdk, cdv}, *gpp[] = {gq, gk, gv, gdo, gm, go, gp, gdq, gdk, gdv};
+    for (int i = 0; i < 10; i++) c->cpu.free(&c->cpu, cpp[i]), c->gpu.free(&c->gpu, gpp[i]);
+}
+
+static void test_attention(Ctx *c) {
+    printf("attention\n");
+    attention_case(c, 2, 7, 4, 2, 6, 0);     // test_backend_ops' awkward sizes
+    attention_case(c, 3, 37, 4, 1, 64, 1);   // GQA 4:1, a left-padded row (rows with no visible key)
+    attention_case(c, 1, 300, 2, 2, 160, 0); // T past one staged chunk (256), D past one block (128)
+    attention_case(c, 2, 64, 8, 2, 128, 1);  // Llama-shaped heads
+}
+
+// ------------------------------------------------------------------------------ tiny model
+
+typedef struct {
+    Backend *be;
+    Llama m;
+    LoraSet ls;
+} ModelSide;
+
+static void side_init(ModelSide *s, Backend *be, const char *dir, const ModelConfig *mc, int K, const int *layers,
+                      int nl, const int *mods, int nm, double dropout, int B, int T, const float *params) {
+    s->be = be;
+    llama_load(&s->m, be, dir, mc, K, 0, 0);
+    LoraShapes shapes;
+    llama_lora_shapes(mc, &shapes);
+    lora_init(&s->ls, be, &shapes, mc->num_hidden_layers, layers, nl, mods, nm, 4, 8.0, K == 1, dropout, K,
+              mc->hidden_size);
+    if (params) be->upload(be, s->ls.params, params, s->ls.numel * sizeof(float));
+    else {
+        llama_init_head(&s->m, be, dir, 0, &s->ls, 7);
+        lora_init_weights(&s->ls, be, 7);
+    }
+    llama_alloc_acts(&s->m, be, &s->ls, B, T);
+}
+
+static void side_free(ModelSide *s) {
+    llama_free(&s->m, s->be);
+    lora_free(&s->ls, s->be);
+}
+
+static void model_case(Ctx *c, const char *dir, int K, const int *layers, int nl, const int *mods, int nm,
+                       double dropout, int B, int T, const char *name) {
+    printf("tiny model: %s\n", name);
+    char path[4096];
+    Error err;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    ModelConfig mc;
+    if (hfconfig_load(&mc, path, &err) != 0) die("%s", err.msg);
+    ModelSide cs, gs;
+    side_init(&cs, &c->cpu, dir, &mc, K, layers, nl, mods, nm, dropout, B, T, NULL);
+    // non-zero B so every adapter has a gradient and changes the output; the same bytes on the GPU
+    float *params = xmalloc(cs.ls.numel * sizeof(float), "params");
+    memcpy(params, cs.ls.params, cs.ls.numel * sizeof(float));
+    for (int i = 0; i < cs.ls.n; i++) {
+        const LoraAdapter *a = &cs.ls.ad[i];
+        for (size_t j = 0; j < (size_t)a->out * cs.ls.r; j++)
+            params[a->b_off + j] = 0.2f * (2.0f * rng_uniform(rng_key(5, (uint64_t)i), j) - 1.0f);
+    }
+    memcpy(cs.ls.params, params, cs.ls.numel * sizeof(float));
+    side_init(&gs, &c->gpu, dir, &mc, K, layers, nl, mods, nm, dropout, B, T, params);
+    Batch b;
+    batch_init(&b, B, T);
+    data_synthetic_batch(&b, mc.vocab_size, mc.pad_token_id, K, 99, 3, 1, 0);
+    uint64_t key = 0xABCDEF;
+    float gs_scale = 1.0f / (float)B;
+    size_t nlog = (size_t)B * K;
+
+    // training forward + backward
+    c->cpu.zero(&c->cpu, cs.ls.grads, cs.ls.numel * 4);
+    c->gpu.zero(&c->gpu, gs.ls.grads, gs.ls.numel * 4);
+    double lc = llama_forward(&cs.m, &c->cpu, &cs.ls, &b, 1, gs_scale, key, NULL);
+    double lg = llama_forward(&gs.m, &c->gpu, &gs.ls, &b, 1, gs_scale, key, NULL);
+    cmp_double(c, lg, lc, 1e-5, "train forward loss");
+    float *got = from_gpu(c, gs.m.logits, nlog);
+    cmp_norm(c, got, cs.m.logits, nlog, 1e-5, "train forward logits");  // a logit can be ~0: rel to the largest
+    free(got);
+    llama_backward(&cs.m, &c->cpu, &cs.ls, &b, key);
+    llama_backward(&gs.m, &c->gpu, &gs.ls, &b, key);
+    float *g1 = from_gpu(c, gs.ls.grads, gs.ls.numel);
+    for (int i = 0; i <= cs.ls.n; i++)
+        for (int w = 0; w < 2; w++) {
+            if (i == cs.ls.n && w == 1) break;
+            char pname[160], what[200];
+            lora_param_name(&cs.ls, i < cs.ls.n ? i : -1, w, pname, sizeof pname);
+            size_t off, numel;
+            lora_param_lookup(&cs.ls, pname, &off, &numel);
+            snprintf(what, sizeof what, "grad %s", pname);
+            cmp_norm(c, g1 + off, cs.ls.grads + off, numel, 1e-4, what);
+        }
+    // the GPU run is deterministic: the same forward/backward again gives the same bits
+    c->gpu.zero(&c->gpu, gs.ls.grads, gs.ls.numel * 4);
+    double lg2 = llama_forward(&gs.m, &c->gpu, &gs.ls, &b, 1, gs_scale, key, NULL);
+    llama_backward(&gs.m, &c->gpu, &gs.ls, &b, key);
+    float *g2 = from_gpu(c, gs.ls.grads, gs.ls.numel);
+    T_CHECK(c->tc, memcmp(&lg, &lg2, sizeof lg) == 0, "GPU training loss differs run to run: %.17g vs %.17g", lg, lg2);
+    cmp_exact(c, g2, g1, gs.ls.numel, "GPU gradients, second run vs first");
+    free(g1), free(g2);
+
+    // evaluation forward with calibration statistics (row_norm_sum through the model)
+    CalibStats sc, sg;
+    calib_stats_init(&sc, mc.num_hidden_layers);
+    calib_stats_init(&sg, mc.num_hidden_layers);
+    double ec = llama_forward(&cs.m, &c->cpu, &cs.ls, &b, 0, 0.0f, 0, &sc);
+    double eg = llama_forward(&gs.m, &c->gpu, &gs.ls, &b, 0, 0.0f, 0, &sg);
+    cmp_double(c, eg, ec, 1e-5, "eval forward loss");
+    double worst = 0.0;
+    for (int i = 0; i < mc.num_hidden_layers * CALIB_NSTAT; i++)
+        worst = fmax(worst, fabs(sg.sums[i] - sc.sums[i]) / (fabs(sc.sums[i]) + 1e-30));
+    T_CHECK(c->tc, worst <= 1e-5 && sg.tokens == sc.tokens, "calibration statistics differ: worst rel %.3g", worst);
+    printf("  %-52s rel  %.2e (tol 1e-05)\n", "calibration statistics", worst);
+    calib_stats_free(&sc);
+    calib_stats_free(&sg);
+    batch_free(&b);
+    free(params);
+    side_free(&cs);
+    side_free(&gs);
+}
+
+static void test_model(Ctx *c, const char *root) {
+    char dir[2048];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/tiny-llama", root);
+    int all[] = {LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN}, qvd[] = {LORA_Q, LORA_V, LORA_DOWN};
+    int l13[] = {1, 3}, l02[] = {0, 2};
+    model_case(c, dir, 3, l13, 2, all, 7, 0.1, 4, 24, "classification, layers 1,3, all modules, dropout 0.1");
+    model_case(c, dir, 1, l02, 2, qvd, 3, 0.0, 3, 17, "regression (rsLoRA), layers 0,2, q/v/down");
+}
+
+// ------------------------------------------------------------------------------ NCCL
+
+static void test_nccl(Ctx *c) {
+    printf("NCCL (one rank)\n");
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) MPI_Init(NULL, NULL);
+    Comm comm;
+    comm_init(&comm, MPI_COMM_WORLD);
+    comm.nccl = NULL;
+    comm_nccl_init(&comm);
+    size_t n = 100001;
+    float *x = hrand(c, n, -1, 1), *gx = on_gpu(c, x, n * 4);
+    c->gpu.scale(&c->gpu, gx, 2.0f, n);  // pending work on the backend's stream before the all-reduce
+    for (size_t i = 0; i < n; i++) x[i] *= 2.0f;
+    comm_nccl_allreduce_mean(&comm, gx, n);
+    float *got = from_gpu(c, gx, n);
+    cmp_exact(c, got, x, n, "allreduce mean over 1 rank leaves the values");
+    T_CHECK(c->tc, comm.bytes_per_call == n * sizeof(float), "bytes_per_call %zu", comm.bytes_per_call);
+    comm_nccl_free(&comm);
+    T_CHECK(c->tc, comm.nccl == NULL, "comm_nccl_free must clear c->nccl");
+    free(x), free(got);
+    c->gpu.free(&c->gpu, gx);
+}
+
+// ------------------------------------------------------------------------------ device-side errors
+
+// Child mode (`test_backend_cuda --die CASE`): makes the GPU backend meet a bad input; must die.
+static int death_case(const char *which) {
+    Backend be;
+    backend_cuda_init(&be, 0);
+    if (strcmp(which, "oom") == 0) {
+        be.alloc(&be, (size_t)1 << 50, "an impossible test buffer");
+        return 0;
+    }
+    int32_t bad_ids[4] = {1, 2, -7, 3}, bad_last[2] = {1, 9}, bad_labels[2] = {0, 5};
+    float *x = be.alloc(&be, 4 * 8 * sizeof(float), "x"), *o = be.alloc(&be, 4 * 8 * sizeof(float), "o");
+    if (strcmp(which, "token") == 0) {
+        int32_t *d = be.alloc(&be, sizeof bad_ids, "ids");
+        be.upload(&be, d, bad_ids, sizeof bad_ids);
+        be.embedding_fwd(&be, o, d, x, 4, 8);
+    } else if (strcmp(which, "pool") == 0) {
+        int32_t *d = be.alloc(&be, sizeof bad_last, "last");
+        be.upload(&be, d, bad_last, sizeof bad_last);
+        be.pool_last_fwd(&be, o, x, d, 2, 4, 4);
+    } else if (strcmp(which, "label") == 0) {
+        int32_t *d = be.alloc(&be, sizeof bad_labels, "labels");
+        be.upload(&be, d, bad_labels, sizeof bad_labels);
+        double l;
+        be.loss_fwd_bwd(&be, &l, o, x, d, NULL, 2, 3, 1.0f);
+    }
+    be.sync(&be);
+    return 0;  // survived: the parent reports the failure
+}
+
+static void expect_death(Ctx *c, const char *which, const char *needle) {
+    int fds[2];
+    if (pipe(fds) != 0) {
+        T_CHECK(c->tc, 0, "pipe failed");
+        return;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {  // a fresh process image: CUDA state does not survive fork
+        close(fds[0]);
+        dup2(fds[1], 2);
+        dup2(fds[1], 1);
+        char *args[] = {(char *)"test_backend_cuda", (char *)"--die", (char *)which, NULL};
+        execv("/proc/self/exe", args);
+        _exit(3);
+    }
+    close(fds[1]);
+    char buf[8192];
+    size_t len = 0;
+    ssize_t r;
+    while (len < sizeof buf - 1 && (r = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)r;
+    buf[len] = 0;
+    close(fds[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    T_CHECK(c->tc, WIFEXITED(st) && WEXITSTATUS(st) == 1 && strstr(buf, needle),
+            "--die %s: expected exit 1 with '%s', got status %d, output '%s'", which, needle, st, buf);
+    printf("  %-52s %s\n", which, strstr(buf, needle) ? "dies with a clear message" : "WRONG");
+}
+
+static void test_deaths(Ctx *c) {
+    printf("device-side input errors\n");
+    expect_death(c, "token", "embedding_fwd: token 2 has negative id -7");
+    expect_death(c, "pool", "pool_last: row 1 pools position 9, outside [0, 4)");
+    expect_death(c, "label", "loss_fwd_bwd: row 1 has label 5, outside [0, 3)");
+    expect_death(c, "oom", "out of GPU memory");
+}
+
+static int run(const char *root) {
+    // ACTLORA_TEST_HARNESS_ON_CPU=1: both sides on the CPU backend, to check this test's own code on
+    // a machine without a GPU (every comparison must then hold exactly or within rounding)
+    int harness = getenv("ACTLORA_TEST_HARNESS_ON_CPU") != NULL;
+    int n = harness ? 1 : backend_cuda_device_count();
+    if (n <= 0) {
+        printf("test_backend_cuda: SKIP: no CUDA device is visible\n");
+        return TEST_SKIP;
+    }
+    size_t fb = 0, tb = 0;
+    if (!harness) backend_cuda_device_memory(0, &fb, &tb);
+    printf("test_backend_cuda: %d device(s); device 0 has %.1f of %.1f GiB free\n", n, (double)fb / 1073741824.0,
+           (double)tb / 1073741824.0);
+    TestCounts tc = {0};
+    Ctx c;
+    memset(&c, 0, sizeof c);
+    c.tc = &tc;
+    c.r.s = 20240601;
+    backend_cpu_init(&c.cpu, 0);
+    if (harness) {
+        backend_cpu_init(&c.gpu, 0);
+    } else {
+        backend_cuda_init(&c.gpu, 0);
+        T_CHECK(&tc, strcmp(c.gpu.name, "cuda") == 0, "backend name '%s'", c.gpu.name);
+        test_deaths(&c);  // first: children re-execute this binary
+    }
+    test_memory(&c);
+    test_gemm(&c);
+    test_add_scale_reduce(&c);
+    test_embedding_rmsnorm(&c);
+    test_rope_swiglu(&c);
+    test_dropout(&c);
+    test_head(&c);
+    test_attention(&c);
+    test_model(&c, root);
+    if (!harness && !getenv("ACTLORA_TEST_NO_NCCL")) test_nccl(&c);
+    backend_free(&c.gpu);
+    backend_free(&c.cpu);
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (inited) MPI_Finalize();
+    return t_finish(&tc, "test_backend_cuda");
+}
+#endif  // ACTLORA_HAVE_CUDA
+
+int main(int argc, char **argv) {
+#ifndef ACTLORA_HAVE_CUDA
+    (void)argc;
+    (void)argv;
+    printf("test_backend_cuda: SKIP: built without the CUDA backend (configure with -DACTLORA_CUDA=ON)\n");
+    return TEST_SKIP;
+#else
+    if (argc > 2 && strcmp(argv[1], "--die") == 0) return death_case(argv[2]);
+    return run(argc > 1 ? argv[1] : ".");
+#endif
+}

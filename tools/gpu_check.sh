@@ -1,0 +1,373 @@
+#!/usr/bin/env bash
+# gpu_check.sh: every check of the CUDA backend that needs a GPU, in one run (about 8 minutes on one
+# H200, no internet). Each section reports PASS / FAIL / SKIP (with the reason) into
+# OUT_DIR/gpu_check.txt and never stops the sections after it; full logs go to OUT_DIR/logs/.
+#
+#   tools/gpu_check.sh OUT_DIR        on the GPU machine (from any directory)
+#   tools/gpu_check.sh --fetch-deps   on a Debian 12 machine with apt: downloads the runtime + dev
+#                                     packages the build needs into .deps/ (docs/gpu.md), to carry along
+#
+# Sections: 1 environment (what is present, what is missing and how to bring it; sets up .deps/ when
+# it exists) | 2 build (-DACTLORA_CUDA=ON) | 3 test_backend_cuda (op-by-op and tiny-model parity with
+# the CPU backend, determinism, NCCL) | 4 CPU reference tests (test_llama_parity vs HF, memplan, devbind)
+# | 5 determinism of the program on the GPU (two identical runs: identical logged losses) | 6 checkpoint ->
+# resume bit-identity on the GPU (ACTLORA_FAULT_STOP_AT) | 7 throughput of a Llama-3.1-8B-shaped model
+# at seq 256, LoRA on all / top 16 / top 8 layers | 8 the same all-layer step in HF transformers + PEFT.
+#
+# Environment: BUILD (build dir, default <root>/build-gpu), DEPS (default <root>/.deps), NP (MPI ranks
+# of the program runs, 1), BENCH_BATCH (8), BENCH_STEPS (4), BENCH_TIMEOUT (s per 8B run, 240),
+# BUDGET (s for the whole script, 480; sections that no longer fit are skipped),
+# ACTLORA_GPU_CHECK_DEVICE (run.device of the program sections, "cuda"; "cpu" dry-runs them anywhere).
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+DEPS="${DEPS:-$root/.deps}"
+
+# ------------------------------------------------------------------------------ --fetch-deps
+DEBS_MAIN=(openmpi-bin openmpi-common libopenmpi3 libopenmpi-dev libevent-core-2.1-7 libevent-pthreads-2.1-7
+  libfabric1 libhwloc15 libibverbs1 libnl-3-200 libnl-route-3-200 libpmix2 libpsm-infinipath1 libpsm2-2 libucx0
+  libmunge2 libnuma1 librdmacm1 libhdf5-103-1 libhdf5-dev libhdf5-hl-100 libsz2 libaec0 libconfig9 libconfig-dev
+  libcjson1 libcjson-dev libopenblas0-pthread libopenblas-pthread-dev libgfortran5 pkgconf pkgconf-bin libpkgconf3)
+# libcurl4 (libhdf5's ROS3 driver) and its libraries: only used where the machine has none of its own
+DEBS_FALLBACK=(libcurl4 libbrotli1 libgssapi-krb5-2 libidn2-0 libldap-2.5-0 libnghttp2-14 libpsl5 librtmp1 libssh2-1
+  libssl3 libzstd1 libkrb5-3 libk5crypto3 libkrb5support0 libcom-err2 libkeyutils1 libsasl2-2 libsasl2-modules-db
+  libdb5.3 libgnutls30 libhogweed6 libnettle8 libgmp10 libp11-kit0 libtasn1-6 libunistring2 libffi8)
+if [ "${1:-}" = "--fetch-deps" ]; then
+  command -v apt-get >/dev/null || { echo "gpu_check: --fetch-deps needs apt-get (Debian 12)"; exit 1; }
+  mkdir -p "$DEPS/debs" "$DEPS/debs-fallback"
+  (cd "$DEPS/debs" && apt-get download "${DEBS_MAIN[@]}") || exit 1
+  (cd "$DEPS/debs-fallback" && apt-get download "${DEBS_FALLBACK[@]}") || exit 1
+  echo "gpu_check: $(ls "$DEPS"/debs*/*.deb | wc -l) packages in $DEPS ($(du -sh "$DEPS" | cut -f1)); carry it to the GPU machine"
+  exit 0
+fi
+[ $# -ge 1 ] || { echo "usage: tools/gpu_check.sh OUT_DIR | --fetch-deps" >&2; exit 2; }
+mkdir -p "$1/logs" || exit 2
+OUT="$(cd "$1" && pwd)"
+LOGS="$OUT/logs"
+REPORT="$OUT/gpu_check.txt"
+BUILD="${BUILD:-$root/build-gpu}"
+DEV="${ACTLORA_GPU_CHECK_DEVICE:-cuda}"
+NP="${NP:-1}"
+BENCH_BATCH="${BENCH_BATCH:-8}" BENCH_STEPS="${BENCH_STEPS:-4}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-240}"
+BUDGET="${BUDGET:-480}"
+T0=$(date +%s)
+ORIG_LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
+: > "$REPORT"
+
+say() { echo "$*" | tee -a "$REPORT"; }
+result() {  # STATUS SECTION DETAIL
+  printf '[%-4s] %-34s %s\n' "$1" "$2" "$3" | tee -a "$REPORT"
+  case "$1" in PASS) n_pass=$((n_pass + 1)) ;; FAIL) n_fail=$((n_fail + 1)) ;; *) n_skip=$((n_skip + 1)) ;; esac
+}
+excerpt() {  # LOGFILE: the lines that explain a failure, into the report
+  { echo "  --- $(basename "$1") (failures and last lines) ---"
+    grep -E "FAIL|error|Error|rror:|not found|undefined" "$1" | head -25 | sed 's/^/  | /'
+    tail -15 "$1" | sed 's/^/  | /'; } >> "$REPORT"
+}
+elapsed() { echo $(($(date +%s) - T0)); }
+left() { echo $((BUDGET - $(elapsed))); }
+n_pass=0 n_fail=0 n_skip=0
+
+say "gpu_check $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname) | source $root ($(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo 'no git'))"
+say "program sections run with run.device=$DEV, $NP rank(s); budget ${BUDGET}s"
+
+# ------------------------------------------------------------------------------ 1. environment
+say ""
+say "== 1. environment"
+if [ -d "$DEPS/debs" ]; then
+  # Debian packages carried in .deps/debs (tools/gpu_check.sh --fetch-deps): unpack, relocate, use
+  R="$DEPS/root" RF="$DEPS/root-fallback"
+  if [ ! -f "$R/.unpacked" ] || [ "$DEPS/debs" -nt "$R/.unpacked" ]; then
+    rm -rf "$R" "$RF"; mkdir -p "$R" "$RF"
+    for f in "$DEPS"/debs/*.deb; do dpkg -x "$f" "$R" || say "  cannot unpack $f"; done
+    for f in "$DEPS"/debs-fallback/*.deb; do [ -e "$f" ] && { dpkg -x "$f" "$RF" || say "  cannot unpack $f"; }; done
+    # .pc files name /usr: point them at the unpacked tree; recreate the links update-alternatives makes
+    grep -rl "=/usr" "$R/usr/lib/x86_64-linux-gnu" --include='*.pc' 2>/dev/null | while read -r pc; do
+      sed -i "s#=/usr#=$R/usr#g" "$pc"; done
+    for t in mpicc mpirun mpiexec; do ln -sf "$t.openmpi" "$R/usr/bin/$t"; done
+    ln -sf ../openblas-pthread/pkgconfig/openblas.pc "$R/usr/lib/x86_64-linux-gnu/pkgconfig/openblas.pc" 2>/dev/null
+    touch "$R/.unpacked"
+  fi
+  L="$R/usr/lib/x86_64-linux-gnu"
+  export PATH="$R/usr/bin:$PATH"
+  export OPAL_PREFIX="$R/usr"                                   # relocates OpenMPI (wrappers, mpirun, MCA)
+  export PMIX_MCA_mca_base_component_path="$R/usr/lib/x86_64-linux-gnu/pmix2/lib/pmix"  # not the machine's own PMIx plugins
+  export CPATH="$R/usr/include:$R/usr/include/hdf5/serial:$R/usr/include/x86_64-linux-gnu/openblas-pthread${CPATH:+:$CPATH}"
+  export LIBRARY_PATH="$L:$L/openblas-pthread:$L/hdf5/serial${LIBRARY_PATH:+:$LIBRARY_PATH}"
+  export LD_LIBRARY_PATH="$L:$L/openblas-pthread:$L/openmpi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}:$RF/usr/lib/x86_64-linux-gnu"
+  export PKG_CONFIG_PATH="$L/pkgconfig:$L/openblas-pthread/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+  export CMAKE_PREFIX_PATH="$R/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+  say "  using $DEPS: $(ls "$DEPS"/debs/*.deb | wc -l) packages unpacked in $R (+ $(ls "$DEPS"/debs-fallback/*.deb 2>/dev/null | wc -l) fallback libraries, used only where the machine has none)"
+fi
+for d in /usr/local/cuda/bin /usr/local/cuda-13.0/bin; do [ -x "$d/nvcc" ] && { export PATH="$PATH:$d"; break; }; done
+# NCCL: the toolkit's, $NCCL_HOME, or the one PyTorch ships (nvidia-nccl-*); a shim gives CMake libnccl.so + nccl.h
+nccl_lib="" nccl_inc=""
+pyn=$(python3 -c "import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])" 2>/dev/null)
+for d in "${NCCL_HOME:-/nonexistent}" /usr/local/cuda /usr/local/cuda/targets/x86_64-linux /usr "$pyn"; do
+  [ -n "$d" ] || continue
+  for l in "$d"/lib/libnccl.so* "$d"/lib64/libnccl.so* "$d"/lib/x86_64-linux-gnu/libnccl.so*; do
+    [ -e "$l" ] && [ -z "$nccl_lib" ] && nccl_lib="$l"; done
+  [ -z "$nccl_inc" ] && [ -f "$d/include/nccl.h" ] && nccl_inc="$d/include"
+done
+if [ -n "$nccl_lib" ] && [ -n "$nccl_inc" ]; then
+  shim="$BUILD/nccl-shim"; rm -rf "$shim"; mkdir -p "$shim/lib"   # lives with the build (CMake caches it)
+  ln -sf "$(readlink -f "$nccl_lib")" "$shim/lib/libnccl.so"; ln -sf "$(readlink -f "$nccl_lib")" "$shim/lib/libnccl.so.2"
+  ln -sf "$nccl_inc" "$shim/include"
+  export NCCL_HOME="$shim" LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$shim/lib"
+fi
+missing=()
+have() {  # NAME OK DETAIL HOW
+  if [ "$2" = 1 ]; then say "  present  $1: $3"; else say "  MISSING  $1: $4"; missing+=("$1"); fi
+}
+pc_ver() { pkg-config --modversion "$1" 2>/dev/null; }
+v=$(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')
+have nvcc "$([ -n "$v" ] && echo 1)" "CUDA $v ($(command -v nvcc))" "install the CUDA toolkit or put its bin/ on PATH"
+v=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
+have GPU "$([ -n "$v" ] && echo 1)" "$v" "nvidia-smi sees no GPU: the CUDA sections will skip"
+v=$(cmake --version 2>/dev/null | head -1)
+have cmake "$([ -n "$v" ] && echo 1)" "$v" "pip install cmake (>= 3.18) or apt-get install cmake"
+v=$(cc --version 2>/dev/null | head -1)
+have "C compiler" "$([ -n "$v" ] && echo 1)" "$v" "apt-get install gcc"
+v=$(mpirun --version 2>/dev/null | head -1)
+have "mpicc/mpirun (OpenMPI)" "$(command -v mpicc >/dev/null && [ -n "$v" ] && echo 1)" "$v" \
+  "bring openmpi-bin libopenmpi-dev (tools/gpu_check.sh --fetch-deps; docs/gpu.md)"
+h5=$(for d in ${CPATH//:/ } /usr/include/hdf5/serial /usr/include; do [ -f "$d/hdf5.h" ] && { echo "$d/hdf5.h"; break; }; done)
+have HDF5 "$([ -n "$h5" ] && echo 1)" "$h5 $(pc_ver hdf5-serial)" "bring libhdf5-dev libhdf5-103-1 (--fetch-deps)"
+v=$(pc_ver libconfig); have libconfig "$([ -n "$v" ] && echo 1)" "$v" "bring libconfig-dev libconfig9 (--fetch-deps)"
+v=$(pc_ver openblas); have OpenBLAS "$([ -n "$v" ] && echo 1)" "$v" "bring libopenblas-pthread-dev libopenblas0-pthread (--fetch-deps)"
+v=$(pc_ver libcjson); have cJSON "$([ -n "$v" ] && echo 1)" "$v" "bring libcjson-dev libcjson1 (--fetch-deps)"
+have NCCL "$([ -n "$nccl_lib" ] && [ -n "$nccl_inc" ] && echo 1)" "$nccl_lib, $nccl_inc/nccl.h" \
+  "set NCCL_HOME to an NCCL with include/nccl.h and lib/libnccl.so (pip nvidia-nccl-cu13 has one)"
+PY_ENV=(env -u OPAL_PREFIX "LD_LIBRARY_PATH=$ORIG_LD_LIBRARY_PATH")  # python's own libraries, not the carried ones
+v=$("${PY_ENV[@]}" python3 -c "import torch, transformers, peft; print('torch', torch.__version__, '(cuda', torch.cuda.is_available(), ') transformers', transformers.__version__, 'peft', peft.__version__)" 2>/dev/null)
+have "python torch/transformers/peft" "$([ -n "$v" ] && echo 1)" "$v" \
+  "pip wheels carried as .whl (docs/gpu.md); only section 8 needs them"
+if ((${#missing[@]})); then result WARN "environment" "missing: ${missing[*]} (docs/gpu.md: bringing runtime libraries)"
+else result PASS "environment" "everything present"; fi
+
+# ------------------------------------------------------------------------------ 2. build
+say ""
+say "== 2. build (-DACTLORA_CUDA=ON, sm_90) into $BUILD"
+built=0
+t=$(date +%s)
+{ cmake -S "$root" -B "$BUILD" -DACTLORA_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 &&
+  cmake --build "$BUILD" -j "$(nproc)"; } > "$LOGS/build.log" 2>&1
+if [ $? -eq 0 ] && [ -x "$BUILD/actlora-mpi" ]; then
+  built=1
+  nw=$(grep -ci "warning" "$LOGS/build.log")
+  result PASS "build" "$(($(date +%s) - t)) s, $nw warning line(s)"
+  nf=$(ldd "$BUILD/actlora-mpi" "$BUILD/test_backend_cuda" 2>/dev/null | grep -c "not found")
+  [ "$nf" -eq 0 ] || { say "  unresolved libraries:"; ldd "$BUILD/actlora-mpi" "$BUILD/test_backend_cuda" | grep "not found" | sort -u | sed 's/^/  /' | tee -a "$REPORT"; }
+else
+  result FAIL "build" "see logs/build.log"
+  excerpt "$LOGS/build.log"
+fi
+grep -qs "CUDA backend ON" "$LOGS/build.log" || say "  note: cmake did not report 'CUDA backend ON'"
+
+run_test() {  # NAME BINARY ARGS...: a ctest-style binary (0 pass, 77 skip); LAUNCH=(mpirun -np 1) optional
+  local name=$1 bin=$2; shift 2
+  if [ $built = 0 ] || [ ! -x "$bin" ]; then result SKIP "$name" "not built"; return; fi
+  local t; t=$(date +%s)
+  (cd "$BUILD" && timeout 300 "${LAUNCH[@]}" "$bin" "$@") > "$LOGS/$name.log" 2>&1
+  local rc=$? sum
+  sum=$(grep -E "^[a-z_]+: [0-9]+ passed, [0-9]+ failed" "$LOGS/$name.log" | tail -1)
+  case $rc in
+    0) result PASS "$name" "${sum:-ok} ($(($(date +%s) - t)) s)" ;;
+    77) result SKIP "$name" "$(grep -m1 SKIP "$LOGS/$name.log")" ;;
+    124) result FAIL "$name" "timed out after 300 s"; excerpt "$LOGS/$name.log" ;;
+    *) result FAIL "$name" "exit $rc; ${sum}"; excerpt "$LOGS/$name.log" ;;
+  esac
+}
+
+# ------------------------------------------------------------------------------ 3. CUDA backend tests
+say ""
+say "== 3. CUDA backend: op-by-op parity with the CPU backend, tiny-model parity, determinism, NCCL"
+# under mpirun when there is one (its NCCL part calls MPI_Init; a singleton MPI_Init needs orted too)
+LAUNCH=(); command -v mpirun >/dev/null && LAUNCH=(mpirun --allow-run-as-root -np 1)
+run_test test_backend_cuda "$BUILD/test_backend_cuda" "$root" "$BUILD"
+LAUNCH=()
+[ -f "$LOGS/test_backend_cuda.log" ] && grep -E "^  (gemm 256|attention_(fwd|bwd)|grad score|GPU gradients|sumsq|dropout p=0.3 \(|allreduce)" \
+  "$LOGS/test_backend_cuda.log" | head -20 >> "$REPORT"
+
+# ------------------------------------------------------------------------------ 4. CPU reference tests
+say ""
+say "== 4. CPU reference (the GPU results are compared against these)"
+run_test test_llama_parity "$BUILD/test_llama_parity" "$root" "$BUILD"
+run_test test_memplan "$BUILD/test_memplan" "$root" "$BUILD"
+run_test test_devbind "$BUILD/test_devbind" "$root" "$BUILD"
+[ -f "$LOGS/test_memplan.log" ] && grep -E "largest micro-batch on 80 GB" "$LOGS/test_memplan.log" | sed 's/^/  /' >> "$REPORT"
+
+# ------------------------------------------------------------------------------ the program on the GPU
+MPIRUN=(mpirun --allow-run-as-root --oversubscribe -np "$NP")
+prog() {  # LOG ARGS...: one run of the program; returns its exit code
+  local log=$1; shift
+  "${MPIRUN[@]}" "$BUILD/actlora-mpi" "$@" > "$log" 2>&1
+}
+losses() { grep -h '"type":"train"' "$1/log.jsonl" 2>/dev/null | sed 's/.*"step":\([0-9]*\),.*"loss":\([^,]*\),.*/\1 \2/'; }
+sha() { sha256sum "$1/adapter/adapter_model.safetensors" 2>/dev/null | cut -d' ' -f1; }
+TINY=(--config "$root/configs/tiny_cpu.cfg" --set model.path="$root/tests/fixtures/tiny-llama" --set run.device="$DEV"
+      --set run.log_every=1 --set lora.dropout=0.1 --set train.grad_accum=2 --set train.micro_batch=8)
+gpu_path=0 why=""
+if [ $built = 0 ]; then why="not built"
+elif ! command -v mpirun >/dev/null; then why="no mpirun (bring openmpi-bin: docs/gpu.md)"
+else
+  prog "$LOGS/probe.log" "${TINY[@]}" --set train.max_steps=1 --set train.warmup_steps=0 --set run.dir="$work/probe"
+  rc=$?
+  if [ $rc -eq 0 ] && grep -q "backend $DEV" "$LOGS/probe.log"; then gpu_path=1
+  elif grep -q "no CUDA backend yet" "$LOGS/probe.log"; then why="src/main.c does not drive the CUDA backend yet (run.device=cuda is refused)"
+  else why="probe run failed (exit $rc): see logs/probe.log"; excerpt "$LOGS/probe.log"; fi
+fi
+
+# ------------------------------------------------------------------------------ 5. determinism
+say ""
+say "== 5. determinism: the same run twice on the device gives identical logged losses"
+if [ $gpu_path = 0 ]; then result SKIP "determinism" "$why"
+elif [ "$(left)" -lt 60 ]; then result SKIP "determinism" "time budget spent"
+else
+  det=(--set train.max_steps=30 --set train.warmup_steps=5)
+  prog "$LOGS/det_a.log" "${TINY[@]}" "${det[@]}" --set run.dir="$work/det_a"; ra=$?
+  prog "$LOGS/det_b.log" "${TINY[@]}" "${det[@]}" --set run.dir="$work/det_b"; rb=$?
+  la=$(losses "$work/det_a") lb=$(losses "$work/det_b")
+  if [ $ra -ne 0 ] || [ $rb -ne 0 ]; then result FAIL "determinism" "runs exited $ra / $rb"; excerpt "$LOGS/det_a.log"
+  elif [ -z "$la" ]; then result FAIL "determinism" "no train records in log.jsonl"
+  elif [ "$la" = "$lb" ] && [ "$(sha "$work/det_a")" = "$(sha "$work/det_b")" ]; then
+    result PASS "determinism" "$(wc -l <<<"$la") logged losses and the adapters identical (last: $(tail -1 <<<"$la"))"
+  else
+    result FAIL "determinism" "losses or adapters differ"
+    diff <(echo "$la") <(echo "$lb") | head -10 | sed 's/^/  /' >> "$REPORT"
+  fi
+fi
+
+# ------------------------------------------------------------------------------ 6. checkpoint -> resume
+say ""
+say "== 6. checkpoint -> resume on the device: bit-identical adapters (tests/test_resume.sh style)"
+if [ $gpu_path = 0 ]; then result SKIP "resume" "$why"
+elif [ "$(left)" -lt 60 ]; then result SKIP "resume" "time budget spent"
+else
+  rs=(--set train.max_steps=12 --set train.warmup_steps=2)
+  prog "$LOGS/resume_ref.log" "${TINY[@]}" "${rs[@]}" --set run.dir="$work/res_ref"
+  ref=$(sha "$work/res_ref")
+  for stop in 5.1 0.1; do
+    d="$work/res_${stop/./_}"
+    ACTLORA_FAULT_STOP_AT=$stop prog "$LOGS/resume_stop_$stop.log" "${TINY[@]}" "${rs[@]}" --set run.dir="$d"; r1=$?
+    prog "$LOGS/resume_again_$stop.log" "${TINY[@]}" "${rs[@]}" --set run.dir="$d"; r2=$?
+    if [ -z "$ref" ]; then result FAIL "resume (stop at $stop)" "the reference run wrote no adapter"; excerpt "$LOGS/resume_ref.log"
+    elif [ $r1 -ne 85 ]; then result FAIL "resume (stop at $stop)" "the stopped run exited $r1, expected 85"; excerpt "$LOGS/resume_stop_$stop.log"
+    elif [ $r2 -ne 0 ]; then result FAIL "resume (stop at $stop)" "the resumed run exited $r2"; excerpt "$LOGS/resume_again_$stop.log"
+    elif ! grep -q "^resume  from" "$LOGS/resume_again_$stop.log"; then result FAIL "resume (stop at $stop)" "the second run did not resume"
+    elif [ "$(sha "$d")" = "$ref" ]; then result PASS "resume (stop at $stop)" "exit 85, resumed, adapter sha256 ${ref:0:16}... identical"
+    else result FAIL "resume (stop at $stop)" "adapter differs from the uninterrupted run"; fi
+  done
+fi
+
+# ------------------------------------------------------------------------------ 7. throughput, Llama-3.1-8B shapes
+say ""
+say "== 7. throughput: Llama-3.1-8B shapes (random weights), seq 256, micro-batch $BENCH_BATCH, LoRA r=8 on all 7 modules"
+m8="$work/llama8b"; mkdir -p "$m8"
+cat > "$m8/config.json" <<'JSON'
+{"model_type": "llama", "architectures": ["LlamaForSequenceClassification"], "hidden_size": 4096,
+ "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+ "head_dim": 128, "vocab_size": 128256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-05,
+ "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+ "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}, "bos_token_id": 128000,
+ "eos_token_id": 128001, "pad_token_id": 128004, "tie_word_embeddings": false, "num_labels": 2}
+JSON
+TARGETS='["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]'
+ours_all=""
+declare -A LAYERS=([all]=all [top16]="[$(seq -s, 16 31)]" [top8]="[$(seq -s, 24 31)]")
+for sel in all top16 top8; do
+  if [ $gpu_path = 0 ]; then result SKIP "ours, 8B, lora.layers=$sel" "$why"; continue; fi
+  if [ "$(left)" -lt 90 ]; then result SKIP "ours, 8B, lora.layers=$sel" "time budget spent"; continue; fi
+  tl=$(( $(left) - 60 < BENCH_TIMEOUT ? $(left) - 60 : BENCH_TIMEOUT ))
+  log="$LOGS/bench_$sel.log"
+  timeout "$tl" "${MPIRUN[@]}" "$BUILD/actlora-mpi" --set model.path="$m8" --set model.init=random \
+    --set model.num_labels=2 --set data.source=synthetic --set data.seq_len=256 --set train.micro_batch="$BENCH_BATCH" \
+    --set train.grad_accum=1 --set train.max_steps="$BENCH_STEPS" --set train.warmup_steps=0 --set lora.r=8 \
+    --set lora.alpha=16 --set "lora.target_modules=$TARGETS" --set "lora.layers=${LAYERS[$sel]}" \
+    --set run.device="$DEV" --set run.log_every=1 --set run.dir="$work/bench_$sel" > "$log" 2>&1
+  rc=$?
+  ms=$(sed -n 's/^summary | step \([0-9.]*\) ms.*/\1/p' "$log")
+  tps_real=$(grep '^step ' "$log" | tail -1 | sed -n 's/.*| \([0-9.]*\) tok\/s.*/\1/p')
+  load=$(sed -n 's/.*random weights, \([0-9.]*\) s).*/\1/p' "$log")
+  if [ $rc -eq 0 ] && [ -n "$ms" ]; then
+    tps=$(awk -v b="$BENCH_BATCH" -v ms="$ms" 'BEGIN { printf "%.0f", b * 256 * 1000 / ms }')
+    [ $sel = all ] && ours_all=$tps
+    result PASS "ours, 8B, lora.layers=$sel" "step ${ms} ms (median) = $tps padded tok/s; last step line ${tps_real:-?} real tok/s; load ${load:-?} s"
+  elif [ $rc -eq 124 ]; then
+    result FAIL "ours, 8B, lora.layers=$sel" "timed out after ${tl} s$([ -n "$load" ] && echo " (model loaded in $load s)" || echo " before the model finished loading (random init of 7.5e9 weights on the host)")"
+    excerpt "$log"
+  else result FAIL "ours, 8B, lora.layers=$sel" "exit $rc"; excerpt "$log"; fi
+done
+
+# ------------------------------------------------------------------------------ 8. HF transformers + PEFT
+say ""
+say "== 8. HF transformers + PEFT: the same all-layer LoRA step on the GPU (fp32, as ours; bf16 for reference)"
+if ! "${PY_ENV[@]}" python3 -c "import torch, transformers, peft; assert torch.cuda.is_available()" 2>/dev/null; then
+  result SKIP "HF PEFT, 8B, all layers" "python3 lacks torch/transformers/peft or CUDA"
+elif [ "$(left)" -lt 60 ]; then result SKIP "HF PEFT, 8B, all layers" "time budget spent"
+else
+  cat > "$work/hf_step.py" <<'PY'
+import json, statistics, sys, time
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForSequenceClassification
+model_dir, batch, steps, dtype_name = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+torch.backends.cuda.matmul.allow_tf32 = False      # fp32 means fp32, as in our backend
+torch.backends.cudnn.allow_tf32 = False
+torch.manual_seed(0)
+cfg = LlamaConfig.from_pretrained(model_dir)
+cfg.num_labels = 2
+t0 = time.perf_counter()
+with torch.device("cuda"):
+    model = LlamaForSequenceClassification(cfg)
+if dtype != torch.float32:
+    model = model.to(dtype)
+lc = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.0,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+model = get_peft_model(model, lc)
+model.train()
+params = [p for p in model.parameters() if p.requires_grad]
+opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+T = 256
+ids = torch.randint(3, cfg.vocab_size, (batch, T), device="cuda")
+mask = torch.ones_like(ids)
+labels = torch.randint(0, 2, (batch,), device="cuda")
+load_s = time.perf_counter() - t0
+times = []
+for step in range(steps + 1):
+    torch.cuda.synchronize(); t = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    torch.cuda.synchronize()
+    if step > 0:
+        times.append(time.perf_counter() - t)
+ms = 1000 * statistics.median(times)
+print(json.dumps({"dtype": dtype_name, "step_ms": ms, "tok_s": batch * T * 1000 / ms, "load_s": load_s,
+                  "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "trainable": sum(p.numel() for p in params)}))
+PY
+  for dt in fp32 bf16; do
+    if [ "$(left)" -lt 45 ]; then result SKIP "HF PEFT, 8B, all layers, $dt" "time budget spent"; continue; fi
+    tl=$(( $(left) - 20 < 240 ? $(left) - 20 : 240 ))
+    js=$(timeout "$tl" "${PY_ENV[@]}" python3 "$work/hf_step.py" "$m8" "$BENCH_BATCH" "$BENCH_STEPS" "$dt" 2> "$LOGS/hf_$dt.log" | tail -1)
+    rc=$?
+    if [ -n "$js" ] && python3 -c "import json,sys; json.loads(sys.argv[1])" "$js" 2>/dev/null; then
+      read -r hms htps hload hmem < <(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%.1f %.0f %.1f %.1f' % (d['step_ms'], d['tok_s'], d['load_s'], d['peak_gib']))" "$js")
+      extra=""
+      [ "$dt" = fp32 ] && [ -n "$ours_all" ] && extra="; ours/HF = $(awk -v a="$ours_all" -v b="$htps" 'BEGIN { printf "%.2f", a / b }')"
+      result PASS "HF PEFT, 8B, all layers, $dt" "step $hms ms = $htps tok/s, peak $hmem GiB, build ${hload} s$extra"
+    else
+      result FAIL "HF PEFT, 8B, all layers, $dt" "exit $rc: see logs/hf_$dt.log"; excerpt "$LOGS/hf_$dt.log"
+    fi
+  done
+fi
+
+say ""
+say "gpu_check: $n_pass passed, $n_fail failed, $n_skip skipped/warned in $(elapsed) s (logs in $LOGS)"
+[ $n_fail -eq 0 ]
