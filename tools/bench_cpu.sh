@@ -24,6 +24,8 @@ JSON
 targets='["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]'
 have_torch=1
 python3 -c "import torch, transformers, peft" 2>/dev/null || have_torch=0
+core=$(OPENBLAS_VERBOSE=2 "$bin" --version 2>&1 | sed -n 's/^Core: //p')
+echo "bench_cpu: OpenBLAS kernel ${core:-unknown} (OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}); docs/benchmarks.md"
 echo "bench_cpu: Llama L=$L hidden=$C inter=$I heads=$H/$KVH seq=$T batch=$B r=$R threads=$THREADS steps=$STEPS"
 printf "%-10s %14s %14s %14s %14s %10s\n" "adapters" "ours ms/step" "ours RSS MiB" "torch ms/step" "torch RSS MiB" "speedup"
 for top in 1 $((L / 2)) $L; do
