@@ -61,6 +61,9 @@ while ((counter < steps)); do
   sleep "$tick" & sl=$!
   wait "$sl" || true
   if [[ -n $got ]]; then
+    # from here on, further signals (scancel --full reaches the whole process group) are ignored,
+    # by the shell and by the children it starts (mv, sleep): the save must finish
+    trap '' USR1 TERM
     kill "$sl" 2>/dev/null || true
     echo "stand_in: rank $rank caught SIG$got at step $counter: writing checkpoint"
     sleep "$save_s" || true                   # a repeated signal may hit the sleep (process group)
