@@ -128,6 +128,11 @@ static double cpu_sumsq(Backend *be, const float *x, size_t n) {
     return total;
 }
 
+static void cpu_randn(Backend *be, float *x, size_t n, float mean, float std, uint64_t key) {
+    #pragma omp parallel for num_threads(be->threads) if (n >= PAR_MIN) schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] = mean + std * rng_normal(key, (uint64_t)i);
+}
+
 // per-row norms in fp64 into a buffer, then summed in row order: independent of the threads
 static double cpu_row_norm_sum(Backend *be, const float *x, const int32_t *mask, int N, int C) {
     double *norms = xmalloc((size_t)(N > 0 ? N : 1) * sizeof(double), "row norms");
@@ -389,6 +394,7 @@ void backend_cpu_init(Backend *be, int threads) {
     be->swiglu_fwd = cpu_swiglu_fwd;
     be->swiglu_bwd = cpu_swiglu_bwd;
     be->dropout = cpu_dropout;
+    be->randn = cpu_randn;
     be->pool_last_fwd = cpu_pool_last_fwd;
     be->pool_last_bwd = cpu_pool_last_bwd;
     be->loss_fwd_bwd = cpu_loss_fwd_bwd;

@@ -31,32 +31,22 @@ void llama_lora_shapes(const ModelConfig *mc, LoraShapes *s) {
 
 // ---------------------------------------------------------------------------- loading
 
-// Standard normal draws from a counter-based stream (Box-Muller on two uniforms).
-static void fill_normal(float *x, size_t n, float std, uint64_t key) {
-    #pragma omp parallel for schedule(static) if (n > 65536)  // each draw is a function of (key, i)
-    for (size_t i = 0; i < n; i++) {
-        double u1 = (double)rng_uniform(key, 2 * i) + 1.0 / 33554432.0;  // (0, 1]
-        double u2 = (double)rng_uniform(key, 2 * i + 1);
-        x[i] = (float)(std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
-    }
-}
-
 // Reads one tensor (or draws it) into freshly allocated backend memory.
+// Random weights (model.init = "random"): N(0, 0.02) keyed by the tensor's name, norms 1; drawn
+// on the backend (an 8B model's 7.5e9 draws would take minutes on the host).
 static float *load_tensor(Backend *be, const HFWeights *w, const char *name, int ndim, int64_t d0, int64_t d1,
                           int random_init, uint64_t seed, int is_norm) {
     int64_t shape[2] = {d0, d1};
     size_t n = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
-    float *host = xmalloc(n * sizeof(float), name);
-    if (random_init) {
-        if (is_norm)
-            for (size_t i = 0; i < n; i++) host[i] = 1.0f;
-        else
-            fill_normal(host, n, 0.02f, rng_key(seed, fnv1a64(FNV64_INIT, name, strlen(name))));
-    } else {
-        Error err;
-        if (hfweights_read_f32(w, name, ndim, shape, host, &err) != 0) die("%s", err.msg);
-    }
     float *dev = be->alloc(be, n * sizeof(float), name);
+    if (random_init) {
+        be->randn(be, dev, n, is_norm ? 1.0f : 0.0f, is_norm ? 0.0f : 0.02f,
+                  rng_key(seed, fnv1a64(FNV64_INIT, name, strlen(name))));
+        return dev;
+    }
+    float *host = xmalloc(n * sizeof(float), name);
+    Error err;
+    if (hfweights_read_f32(w, name, ndim, shape, host, &err) != 0) die("%s", err.msg);
     be->upload(be, dev, host, n * sizeof(float));
     free(host);
     return dev;
@@ -147,8 +137,8 @@ int llama_init_head(Llama *m, Backend *be, const char *dir, int random_init, Lor
         }
         hfweights_close(&w);
     }
-    if (!loaded) fill_normal(host, n, 0.02f, rng_key(seed, 0x5c03e));
-    be->upload(be, ls->params + ls->head_off, host, n * sizeof(float));
+    if (loaded) be->upload(be, ls->params + ls->head_off, host, n * sizeof(float));
+    else be->randn(be, ls->params + ls->head_off, n, 0.0f, 0.02f, rng_key(seed, 0x5c03e));
     free(host);
     return loaded;
 }

@@ -380,6 +380,19 @@ static void test_dropout(Ctx *c) {
     free(x);
 }
 
+// random init: the same counter-based normals as the CPU (libm vs CUDA log/cos: ~1 ulp)
+static void test_randn(Ctx *c) {
+    printf("randn\n");
+    size_t n = 300007;
+    float *co = c->cpu.alloc(&c->cpu, n * 4, "r"), *go = c->gpu.alloc(&c->gpu, n * 4, "r");
+    c->cpu.randn(&c->cpu, co, n, 0.5f, 0.02f, 0xABCDu);
+    c->gpu.randn(&c->gpu, go, n, 0.5f, 0.02f, 0xABCDu);
+    float *got = from_gpu(c, go, n);
+    cmp_rel(c, got, co, n, 1e-6, "randn");
+    free(got);
+    c->cpu.free(&c->cpu, co), c->gpu.free(&c->gpu, go);
+}
+
 static void test_head(Ctx *c) {
     printf("pool_last, loss, adamw\n");
     int B = 6, T = 13, C = 70;
@@ -757,6 +770,7 @@ static int run(const char *root) {
     test_embedding_rmsnorm(&c);
     test_rope_swiglu(&c);
     test_dropout(&c);
+    test_randn(&c);
     test_head(&c);
     test_attention(&c);
     test_model(&c, root);

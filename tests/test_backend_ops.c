@@ -259,6 +259,33 @@ static void test_add_scale_sumsq(TestCounts *tc, Backend *be) {
     be->free(be, want);
 }
 
+// random init: exactly mean + std * rng_normal(key, i), independent of the threads, N(mean, std)
+static void test_randn(TestCounts *tc, Backend *be) {
+    size_t n = 200003;
+    float *x = falloc(be, n);
+    be->randn(be, x, n, 1.5f, 0.25f, 42);
+    int exact = 1;
+    double s = 0.0, ss = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        exact &= x[i] == 1.5f + 0.25f * rng_normal(42, i);
+        s += x[i];
+        ss += ((double)x[i] - 1.5) * ((double)x[i] - 1.5);
+    }
+    T_CHECK(tc, exact, "randn: x[i] != mean + std * rng_normal(key, i)");
+    double mean = s / n, sd = sqrt(ss / n);
+    T_CHECK(tc, fabs(mean - 1.5) < 0.002 && fabs(sd - 0.25) < 0.002, "randn: mean %.5f sd %.5f, want 1.5 / 0.25", mean,
+            sd);
+    Backend b1;
+    backend_cpu_init(&b1, 1);
+    float *y = falloc(&b1, n);
+    b1.randn(&b1, y, n, 1.5f, 0.25f, 42);
+    T_CHECK(tc, memcmp(x, y, n * sizeof(float)) == 0, "randn depends on the thread count");
+    b1.free(&b1, y);
+    backend_free(&b1);
+    reinit(be);
+    be->free(be, x);
+}
+
 // masked per-row L2 norms summed (the calibration probe): vs double, and thread-independent
 static void test_row_norm_sum(TestCounts *tc, Backend *be) {
     int N = 131, C = 37;
@@ -809,6 +836,7 @@ int main(int argc, char **argv) {
     test_gemm_edges(&tc, &be);
     test_add_scale_sumsq(&tc, &be);
     test_row_norm_sum(&tc, &be);
+    test_randn(&tc, &be);
     test_embedding(&tc, &be);
     test_rmsnorm(&tc, &be);
     test_rope(&tc, &be);

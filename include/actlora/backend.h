@@ -83,6 +83,10 @@ struct Backend {
     void (*swiglu_bwd)(Backend *be, float *dgate, float *dup, const float *dh, const float *gate,
                        const float *up, size_t n);
 
+    // ---- random init: x[i] = mean + std * rng_normal(key, i) (rng.h), drawn on the backend so that
+    //      billions of weights (model.init = "random" at production shapes) need no host pass
+    void (*randn)(Backend *be, float *x, size_t n, float mean, float std, uint64_t key);
+
     // ---- LoRA dropout (inverted): out[i] = keep ? inp[i] / (1-p) : 0,
     //      keep = rng_uniform(key, i) >= p (rng.h). out may alias inp. p == 0 copies.
     void (*dropout)(Backend *be, float *out, const float *inp, size_t n, float p, uint64_t key);

@@ -5,6 +5,7 @@
 #ifndef ACTLORA_RNG_H
 #define ACTLORA_RNG_H
 
+#include <math.h>
 #include <stdint.h>
 
 #ifdef __CUDACC__
@@ -29,5 +30,12 @@ RNG_FN uint64_t rng_u64(uint64_t key, uint64_t i) { return rng_mix(key ^ rng_mix
 
 // The i-th uniform draw in [0, 1) of stream `key` (24 random bits, exact in fp32).
 RNG_FN float rng_uniform(uint64_t key, uint64_t i) { return (float)(rng_u64(key, i) >> 40) * (1.0f / 16777216.0f); }
+
+// The i-th standard normal draw of stream `key` (Box-Muller on draws 2i and 2i+1, in double).
+RNG_FN float rng_normal(uint64_t key, uint64_t i) {
+    double u1 = (double)rng_uniform(key, 2 * i) + 1.0 / 33554432.0;  // (0, 1]
+    double u2 = (double)rng_uniform(key, 2 * i + 1);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
 
 #endif

@@ -253,7 +253,7 @@ extern "C" void backend_cuda_init(Backend *be, int device) {
     NEED(alloc); NEED(free); NEED(upload); NEED(download); NEED(zero); NEED(copy); NEED(sync); NEED(destroy);
     NEED(gemm); NEED(add); NEED(scale); NEED(sumsq); NEED(row_norm_sum); NEED(embedding_fwd);
     NEED(rmsnorm_fwd); NEED(rmsnorm_bwd); NEED(rope_fwd); NEED(rope_bwd); NEED(attention_fwd);
-    NEED(attention_bwd); NEED(swiglu_fwd); NEED(swiglu_bwd); NEED(dropout); NEED(pool_last_fwd);
+    NEED(attention_bwd); NEED(swiglu_fwd); NEED(swiglu_bwd); NEED(dropout); NEED(randn); NEED(pool_last_fwd);
     NEED(pool_last_bwd); NEED(loss_fwd_bwd); NEED(adamw);
 #undef NEED
 }

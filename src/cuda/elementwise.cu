@@ -201,6 +201,18 @@ static void cu_dropout(Backend *be, float *out, const float *inp, size_t n, floa
     launch_check("dropout");
 }
 
+// ---------------------------------------------------------------------------- random init
+
+static __global__ void k_randn(float *x, size_t n, float mean, float std, uint64_t key) {
+    GRID_STRIDE(i, n) x[i] = mean + std * rng_normal(key, (uint64_t)i);
+}
+
+static void cu_randn(Backend *be, float *x, size_t n, float mean, float std, uint64_t key) {
+    if (!n) return;
+    k_randn<<<cuda_blocks(n), CUDA_THREADS, 0, cuda_ctx(be)->stream>>>(x, n, mean, std, key);
+    launch_check("randn");
+}
+
 // ---------------------------------------------------------------------------- pooling
 
 // pooled[b, :] = x[b, last[b], :]; a position outside [0, T) sets the error flag, writes zeros
@@ -292,6 +304,7 @@ void cuda_install_elementwise(Backend *be) {
     be->swiglu_fwd = cu_swiglu_fwd;
     be->swiglu_bwd = cu_swiglu_bwd;
     be->dropout = cu_dropout;
+    be->randn = cu_randn;
     be->pool_last_fwd = cu_pool_last_fwd;
     be->pool_last_bwd = cu_pool_last_bwd;
     be->adamw = cu_adamw;
