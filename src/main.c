@@ -107,7 +107,7 @@ int main(int argc, char **argv) {
     check(!dist_any(&d, use_cuda < 0), "%s",
           use_cuda < 0 ? err.msg : "another rank cannot use the requested device (see its message)");
     dist_check_agree(&d, &use_cuda, sizeof use_cuda, "the backend (cuda on some ranks, cpu on others)");
-    if (d.rank == 0 && err.msg[0]) printf("device  %s\n", err.msg);
+    if (d.rank == 0 && err.msg[0]) printf("device  %s\n", err.msg), fflush(stdout);
     Backend be;
     Comm comm;
     comm_init(&comm, MPI_COMM_WORLD);
@@ -127,7 +127,7 @@ int main(int argc, char **argv) {
     char cfg_path[CONFIG_PATH_MAX + 16];
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", cfg.model.path);
     ModelConfig mc;
-    if (hfconfig_load(&mc, cfg_path, &err) != 0) die("%s", err.msg);
+    if (hfconfig_load(&mc, cfg_path, &err) != 0) die("%s (model.path must be a Hugging Face model directory)", err.msg);
     check(strcmp(cfg.model.arch, "auto") == 0 || strcmp(cfg.model.arch, mc.model_type) == 0,
           "model.arch = \"%s\" but %s says model_type \"%s\"", cfg.model.arch, cfg_path, mc.model_type);
     int random_init = strcmp(cfg.model.init, "random") == 0;
