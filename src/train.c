@@ -71,8 +71,8 @@ void trainer_micro_step(Trainer *t) {
     const RunConfig *cfg = t->cfg;
     Backend *be = t->be;
     LoraSet *ls = t->ls;
-    int mb = cfg->train.micro_batch, accum = cfg->train.grad_accum;
-    float grad_scale = 1.0f / (float)(mb * accum);  // mean over this rank's samples; ranks then averaged
+    int mb = cfg->train.micro_batch;
+    float grad_scale = 1.0f / (float)(mb * cfg->train.grad_accum);  // mean over this rank's samples; ranks then averaged
     double t0 = time_now();
     if (t->micro == 0) {
         be->zero(be, ls->grads, ls->numel * sizeof(float));
@@ -91,7 +91,6 @@ void trainer_micro_step(Trainer *t) {
     t->tokens += t->batch->n_tokens;
     t->micro++;
     t->step_s[t->step] += time_now() - t0;
-    (void)accum;
 }
 
 double trainer_finish_step(Trainer *t, double *grad_norm, double *lr) {
