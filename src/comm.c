@@ -27,8 +27,6 @@ void comm_allreduce_mean(Comm *c, Backend *be, float *grads, size_t n) {
     // MPI counts are int: reduce in chunks (the flat buffer of an 8B model's adapters fits one).
     for (size_t off = 0; off < n;) {
         int cnt = n - off > (size_t)1 << 30 ? 1 << 30 : (int)(n - off);
-        // MPI asks implementations to give every rank the same result; ranks are also compared
-        // through a parameter checksum at evaluation so any drift is caught, not assumed away.
         int rc = MPI_Allreduce(MPI_IN_PLACE, grads + off, cnt, MPI_FLOAT, MPI_SUM, c->comm);
         check(rc == MPI_SUCCESS, "MPI_Allreduce of the gradient buffer failed (code %d)", rc);
         off += (size_t)cnt;

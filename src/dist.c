@@ -14,8 +14,6 @@ void dist_init(Dist *d, MPI_Comm comm) {
     MPI_Comm_free(&node);
 }
 
-void dist_free(Dist *d) { (void)d; }
-
 void dist_check_agree(const Dist *d, const void *data, size_t bytes, const char *what) {
     unsigned long long h = fnv1a64(FNV64_INIT, data, bytes), lo = 0, hi = 0;
     MPI_Allreduce(&h, &lo, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, d->comm);

@@ -88,16 +88,14 @@ int export_lora(const char *out_dir, const RunConfig *cfg, const LoraSet *ls, Ba
                 int n_layers, Error *err) {
     float *host = xmalloc(ls->numel * sizeof(float), "export parameters");
     be->download(be, host, ls->params, ls->numel * sizeof(float));
-    int n = 2 * ls->n + 1;
+    int n = lora_num_tensors(ls);
     ExportTensor *t = xcalloc((size_t)n, sizeof(ExportTensor), "export tensors");
     char (*names)[160] = xcalloc((size_t)n, sizeof *names, "export names");
     for (int i = 0; i < n; i++) {
-        int adapter = i / 2 < ls->n ? i / 2 : -1, which = i % 2;
-        lora_param_name(ls, adapter, which, names[i], sizeof names[i]);
-        size_t off, numel;
-        lora_param_lookup(ls, names[i], &off, &numel);
-        int64_t rows = adapter < 0 ? ls->num_labels : (which ? ls->ad[adapter].out : ls->r);
-        t[i] = (ExportTensor){.name = names[i], .rows = rows, .cols = (int64_t)numel / rows, .data = host + off};
+        size_t off;
+        lora_tensor(ls, i, names[i], sizeof names[i], &off, &t[i].rows, &t[i].cols);
+        t[i].name = names[i];
+        t[i].data = host + off;
     }
     int rc = export_peft(out_dir, cfg, t, n, layers, n_layers, err);
     free(names);

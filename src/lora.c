@@ -131,3 +131,18 @@ int lora_param_lookup(const LoraSet *ls, const char *name, size_t *off, size_t *
         }
     return -1;
 }
+
+void lora_tensor(const LoraSet *ls, int i, char *name, size_t name_n, size_t *off, int64_t *rows, int64_t *cols) {
+    int adapter = i / 2 < ls->n ? i / 2 : -1, which = i % 2;
+    lora_param_name(ls, adapter, which, name, name_n);
+    if (adapter < 0) {
+        *off = ls->head_off;
+        *rows = ls->num_labels;
+        *cols = ls->hidden;
+        return;
+    }
+    const LoraAdapter *a = &ls->ad[adapter];
+    *off = which ? a->b_off : a->a_off;
+    *rows = which ? a->out : ls->r;
+    *cols = which ? ls->r : a->in;
+}

@@ -137,7 +137,7 @@ int main(int argc, char **argv) {
 
     // ---- data: this rank's view of the GLUE file (or the synthetic task)
     Source src;
-    source_open(&src, &cfg, &mc, cfg.train.micro_batch);
+    source_open(&src, &cfg, &mc);
     Batch batch;
     batch_init(&batch, cfg.train.micro_batch, src.max_T);
     led.seconds[PHASE_LOAD] = time_now() - t0;

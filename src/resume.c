@@ -93,9 +93,9 @@ static size_t tensor_off(const CkptState *ck, int i, const LoraSet *ls, size_t *
 void resume_apply(Resume *r, const CkptState *ck, Trainer *t) {
     LoraSet *ls = t->ls;
     Backend *be = t->be;
-    check(ck->numel == ls->numel && ck->n_tensors == 2 * ls->n + 1,
+    check(ck->numel == ls->numel && ck->n_tensors == lora_num_tensors(ls),
           "checkpoint %s holds %zu parameters in %d tensors, this run %zu in %d", r->path, ck->numel, ck->n_tensors,
-          ls->numel, 2 * ls->n + 1);
+          ls->numel, lora_num_tensors(ls));
     int partial = ck->micro > 0 && !r->elastic;
     for (int i = 0; i < ck->n_tensors; i++) {
         size_t n, off = tensor_off(ck, i, ls, &n), src = (size_t)ck->offsets[i];
@@ -168,26 +168,16 @@ int resume_save(Resume *r, Trainer *t, const Selection *sel, const char *reason,
         ck.scores = sel->scores;
         ck.n_selected = sel->n_selected;
         ck.selected = sel->selected;
-        ck.n_tensors = 2 * ls->n + 1;
+        ck.n_tensors = lora_num_tensors(ls);
         ck.names = xcalloc((size_t)ck.n_tensors, sizeof(char *), "tensor names");
         ck.shapes = xcalloc((size_t)ck.n_tensors, sizeof *ck.shapes, "tensor shapes");
         ck.offsets = xcalloc((size_t)ck.n_tensors, sizeof(int64_t), "tensor offsets");
         for (int i = 0; i < ck.n_tensors; i++) {
             char name[160];
-            int adapter = i / 2 < ls->n ? i / 2 : -1, which = i % 2;
-            lora_param_name(ls, adapter, which, name, sizeof name);
+            size_t off;
+            lora_tensor(ls, i, name, sizeof name, &off, &ck.shapes[i][0], &ck.shapes[i][1]);
             ck.names[i] = xstrdup(name);
-            size_t off, n;
-            lora_param_lookup(ls, name, &off, &n);
             ck.offsets[i] = (int64_t)off;
-            if (adapter < 0) {
-                ck.shapes[i][0] = ls->num_labels;
-                ck.shapes[i][1] = ls->hidden;
-            } else {
-                const LoraAdapter *a = &ls->ad[adapter];
-                ck.shapes[i][0] = which ? a->out : ls->r;
-                ck.shapes[i][1] = which ? ls->r : a->in;
-            }
         }
         ck.numel = numel;
         ck.params = xmalloc(numel * sizeof(float), "params copy");

@@ -14,6 +14,9 @@
 #include "actlora/lora.h"
 #include "actlora/rng.h"
 
+static void write_h5(const Selection *sel, const CalibStats *mine, const RunConfig *cfg, const Dist *d,
+                     const char *task, const char *dir);
+
 static void selection_alloc(Selection *sel, int L) {
     memset(sel, 0, sizeof *sel);
     sel->num_layers = L;
@@ -174,7 +177,7 @@ void select_calibrate(Selection *sel, const RunConfig *cfg, const Dist *d, Backe
     sel->seconds = time_now() - t0;
     if (d->rank == 0) print_table(sel, cfg, d);
     log_selection(sel, cfg, lg);
-    select_write_h5(sel, &mine, cfg, d, "", cfg->run.dir);
+    write_h5(sel, &mine, cfg, d, src->task, cfg->run.dir);
     calib_stats_free(&mine);
 }
 
@@ -207,7 +210,8 @@ static int h5_dataset(hid_t loc, const char *name, hid_t type, int rank, const h
     return rc;
 }
 
-void select_write_h5(const Selection *sel, const CalibStats *mine, const RunConfig *cfg, const Dist *d,
+// <dir>/calibration.h5 (rank 0 writes; the other ranks send their statistics). Collective.
+static void write_h5(const Selection *sel, const CalibStats *mine, const RunConfig *cfg, const Dist *d,
                      const char *task, const char *dir) {
     int L = sel->num_layers;
     size_t n = (size_t)L * CALIB_NSTAT;

@@ -10,13 +10,13 @@
 #include "actlora/sampler.h"
 #include "actlora/sha256.h"
 
-void source_open(Source *s, const RunConfig *cfg, const ModelConfig *mc, int micro_batch) {
+void source_open(Source *s, const RunConfig *cfg, const ModelConfig *mc) {
     memset(s, 0, sizeof *s);
     s->seed = (uint64_t)cfg->train.seed;
     s->window = cfg->data.group_window;
     s->vocab = mc->vocab_size;
     s->order_epoch = -1;
-    s->rows = xmalloc(sizeof(int64_t) * (size_t)micro_batch, "micro-batch rows");
+    s->rows = xmalloc(sizeof(int64_t) * (size_t)cfg->train.micro_batch, "micro-batch rows");
     if (strcmp(cfg->data.source, "synthetic") == 0) {
         s->num_labels = cfg->model.num_labels;
         s->max_T = cfg->data.seq_len;

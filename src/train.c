@@ -121,11 +121,6 @@ double trainer_finish_step(Trainer *t, double *grad_norm, double *lr) {
     return global_loss;
 }
 
-double trainer_step(Trainer *t, double *grad_norm, double *lr) {
-    while (t->micro < t->cfg->train.grad_accum) trainer_micro_step(t);
-    return trainer_finish_step(t, grad_norm, lr);
-}
-
 void trainer_report(Trainer *t, double loss, double grad_norm, double lr) {
     int64_t all_tokens = 0, mine = t->tokens;
     MPI_Allreduce(&mine, &all_tokens, 1, MPI_INT64_T, MPI_SUM, t->d->comm);

@@ -70,6 +70,7 @@ python3 - "$work/cal/calibration.h5" <<'PY' && ok || bad "calibration.h5 content
 import sys, h5py, numpy as np
 f = h5py.File(sys.argv[1], "r")
 L = int(f.attrs["num_layers"])
+assert f.attrs["task"] in ("SST-2", b"SST-2"), f.attrs["task"]     # the data's task, not the (empty) data.task
 assert f["scores"].shape == (L,) and f["sums"].shape == (L, 8) and f["per_rank_sums"].shape == (2, L, 8)
 assert np.allclose(f["per_rank_sums"][...].sum(0), f["sums"][...], rtol=1e-12)
 assert sorted(f["order"][...].tolist()) == list(range(L))

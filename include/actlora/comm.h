@@ -17,7 +17,9 @@ typedef struct {
 } Comm;
 
 void comm_init(Comm *c, MPI_Comm comm);
-// grads[i] = mean over ranks of grads[i]. Every rank ends with bit-identical values.
+// grads[i] = mean over ranks of grads[i] (MPI_Allreduce, or NCCL when c->nccl is set). MPI does
+// not promise bit-identical results on every rank; the trainer compares a parameter checksum at
+// every evaluation and at the end, and a drift is fatal.
 void comm_allreduce_mean(Comm *c, Backend *be, float *grads, size_t n);
 
 #ifdef ACTLORA_HAVE_CUDA

@@ -14,7 +14,6 @@ typedef struct {
 } Dist;
 
 void dist_init(Dist *d, MPI_Comm comm);
-void dist_free(Dist *d);
 // Hashes `bytes` on every rank and dies, naming `what`, unless all ranks hold identical bytes.
 void dist_check_agree(const Dist *d, const void *data, size_t bytes, const char *what);
 // Logical OR of a flag over all ranks (a collective: every rank must call it).

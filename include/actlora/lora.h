@@ -62,6 +62,10 @@ static inline int lora_find(const LoraSet *ls, int layer, LoraModule m) {
 }
 // PEFT-style name of A (which = 0) or B (which = 1) of adapter i; "score.weight" for the head.
 void lora_param_name(const LoraSet *ls, int i, int which, char *buf, size_t n);
+// The trainable tensors in layout order: i in [0, 2 * n + 1) is A, B of each adapter, then the head.
+// Fills its PEFT-style name, element offset in the flat buffers and [rows, cols] shape.
+static inline int lora_num_tensors(const LoraSet *ls) { return 2 * ls->n + 1; }
+void lora_tensor(const LoraSet *ls, int i, char *name, size_t name_n, size_t *off, int64_t *rows, int64_t *cols);
 // Looks a name up: returns 0 and the offset / element count in the flat buffer, or -1.
 int lora_param_lookup(const LoraSet *ls, const char *name, size_t *off, size_t *numel);
 

@@ -41,8 +41,4 @@ void select_explicit(Selection *sel, const RunConfig *cfg, int num_layers);
 // A selection restored from a checkpoint (no statistics).
 void select_restore(Selection *sel, int num_layers, const double *scores, const int *selected, int n_selected);
 void select_free(Selection *sel);
-// Writes <dir>/calibration.h5 (rank 0 only; other ranks send their statistics). Collective.
-void select_write_h5(const Selection *sel, const CalibStats *mine, const RunConfig *cfg, const Dist *d,
-                     const char *task, const char *dir);
-
 #endif

@@ -35,7 +35,7 @@ typedef struct {
 // Opens the configured data and checks it against the model: task, label count, token ids within
 // the vocabulary's range, sequence length within max_position_embeddings. Dies with a message
 // naming the file and what to change.
-void source_open(Source *s, const RunConfig *cfg, const ModelConfig *mc, int micro_batch);
+void source_open(Source *s, const RunConfig *cfg, const ModelConfig *mc);
 void source_close(Source *s);
 
 // Optimizer steps in one epoch at global batch G (synthetic: unbounded, returns INT64_MAX).

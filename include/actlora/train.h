@@ -64,9 +64,6 @@ void trainer_micro_step(Trainer *t);
 // After grad_accum micro-steps: all-reduce, clip, AdamW, advance the cursor; returns the mean
 // training loss of the global batch (identical on every rank).
 double trainer_finish_step(Trainer *t, double *grad_norm, double *lr);
-// One optimizer step (the remaining micro-steps + finish); returns the mean training loss of the global batch (identical on every
-// rank) and the pre-clip gradient norm and learning rate used.
-double trainer_step(Trainer *t, double *grad_norm, double *lr);
 // Prints the progress line (rank 0) and appends the train record to the JSONL log.
 void trainer_report(Trainer *t, double loss, double grad_norm, double lr);
 // Evaluates every dev split of the data (sharded over ranks, predictions gathered on rank 0);
