@@ -399,6 +399,7 @@ void backend_cpu_init(Backend *be, int threads) {
     be->pool_last_bwd = cpu_pool_last_bwd;
     be->loss_fwd_bwd = cpu_loss_fwd_bwd;
     be->adamw = cpu_adamw;
+    backend_cpu_enc_init(be);
 }
 
 void backend_free(Backend *be) {

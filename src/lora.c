@@ -9,23 +9,30 @@
 #include "actlora/common.h"
 #include "actlora/rng.h"
 
-static const char *const MODULE_NAMES[LORA_NUM_MODULES] = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                                           "gate_proj", "up_proj", "down_proj"};
+const LoraNaming LORA_NAMING_LLAMA = {
+    .layer_fmt = "model.layers.%d.",
+    .module_path = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                    "mlp.up_proj", "mlp.down_proj"},
+    .module_name = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
+    .head_weight = "score.weight",
+    .head_bias = NULL,
+};
 
-const char *lora_module_name(LoraModule m) { return MODULE_NAMES[m]; }
+const char *lora_module_name(const LoraNaming *nm, LoraModule m) { return nm->module_name[m]; }
 
-int lora_module_parse(const char *name) {
+int lora_module_parse(const LoraNaming *nm, const char *name) {
     for (int m = 0; m < LORA_NUM_MODULES; m++)
-        if (strcmp(name, MODULE_NAMES[m]) == 0) return m;
+        if (nm->module_name[m] && strcmp(name, nm->module_name[m]) == 0) return m;
     return -1;
 }
 
-void lora_init(LoraSet *ls, Backend *be, const LoraShapes *shapes, int num_layers, const int *layers,
+void lora_init(LoraSet *ls, Backend *be, const LoraNaming *nm, const LoraShapes *shapes, int num_layers, const int *layers,
                int n_layers, const int *modules, int n_modules, int r, double alpha, int rslora,
                double dropout, int num_labels, int hidden) {
     memset(ls, 0, sizeof *ls);
     check(r > 0, "lora.r must be positive (got %d)", r);
     ls->r = r;
+    ls->naming = nm;
     ls->scaling = (float)(rslora ? alpha / sqrt((double)r) : alpha / (double)r);
     ls->dropout = (float)dropout;
     ls->num_layers = num_layers;
@@ -35,7 +42,8 @@ void lora_init(LoraSet *ls, Backend *be, const LoraShapes *shapes, int num_layer
     for (int i = 0; i < num_layers * LORA_NUM_MODULES; i++) ls->index[i] = -1;
     int use[LORA_NUM_MODULES] = {0};
     for (int j = 0; j < n_modules; j++) {
-        check(modules[j] >= 0 && modules[j] < LORA_NUM_MODULES, "internal: bad LoRA module id %d", modules[j]);
+        check(modules[j] >= 0 && modules[j] < LORA_NUM_MODULES && nm->module_path[modules[j]],
+              "internal: bad LoRA module id %d for this model", modules[j]);
         use[modules[j]] = 1;
     }
     int on_layer[num_layers > 0 ? num_layers : 1];
@@ -67,7 +75,8 @@ void lora_init(LoraSet *ls, Backend *be, const LoraShapes *shapes, int num_layer
         }
     }
     ls->head_off = off;
-    ls->numel = off + (size_t)num_labels * (size_t)hidden;
+    ls->head_bias_off = off + (size_t)num_labels * (size_t)hidden;
+    ls->numel = ls->head_bias_off + (nm->head_bias ? (size_t)num_labels : 0);
     size_t bytes = ls->numel * sizeof(float);
     ls->params = be->alloc(be, bytes, "trainable parameters");
     ls->grads = be->alloc(be, bytes, "gradients");
@@ -103,20 +112,25 @@ void lora_init_weights(LoraSet *ls, Backend *be, uint64_t seed) {
 
 void lora_param_name(const LoraSet *ls, int i, int which, char *buf, size_t n) {
     if (i < 0 || i >= ls->n) {
-        snprintf(buf, n, "score.weight");
+        snprintf(buf, n, "%s", which ? ls->naming->head_bias : ls->naming->head_weight);
         return;
     }
     const LoraAdapter *a = &ls->ad[i];
-    const char *block = a->module <= LORA_O ? "self_attn" : "mlp";
-    snprintf(buf, n, "model.layers.%d.%s.%s.lora_%c.weight", a->layer, block, MODULE_NAMES[a->module],
-             which ? 'B' : 'A');
+    char layer[64];
+    snprintf(layer, sizeof layer, ls->naming->layer_fmt, a->layer);
+    snprintf(buf, n, "%s%s.lora_%c.weight", layer, ls->naming->module_path[a->module], which ? 'B' : 'A');
 }
 
 int lora_param_lookup(const LoraSet *ls, const char *name, size_t *off, size_t *numel) {
     char buf[160];
-    if (strcmp(name, "score.weight") == 0) {
+    if (strcmp(name, ls->naming->head_weight) == 0) {
         *off = ls->head_off;
         *numel = (size_t)ls->num_labels * (size_t)ls->hidden;
+        return 0;
+    }
+    if (ls->naming->head_bias && strcmp(name, ls->naming->head_bias) == 0) {
+        *off = ls->head_bias_off;
+        *numel = (size_t)ls->num_labels;
         return 0;
     }
     for (int i = 0; i < ls->n; i++)
@@ -133,12 +147,12 @@ int lora_param_lookup(const LoraSet *ls, const char *name, size_t *off, size_t *
 }
 
 void lora_tensor(const LoraSet *ls, int i, char *name, size_t name_n, size_t *off, int64_t *rows, int64_t *cols) {
-    int adapter = i / 2 < ls->n ? i / 2 : -1, which = i % 2;
+    int adapter = i / 2 < ls->n ? i / 2 : -1, which = adapter < 0 ? i - 2 * ls->n : i % 2;
     lora_param_name(ls, adapter, which, name, name_n);
     if (adapter < 0) {
-        *off = ls->head_off;
+        *off = which ? ls->head_bias_off : ls->head_off;
         *rows = ls->num_labels;
-        *cols = ls->hidden;
+        *cols = which ? 1 : ls->hidden;
         return;
     }
     const LoraAdapter *a = &ls->ad[adapter];

@@ -181,7 +181,7 @@ int memplan_fit(const MemPlan *p, size_t device_bytes, char *report, size_t n) {
     char mods[128] = "";
     for (int i = 0; i < p->n_modules; i++)
         snprintf(mods + strlen(mods), sizeof mods - strlen(mods), "%s%s", i ? "," : "",
-                 lora_module_name((LoraModule)p->modules[i]));
+                 lora_module_name(&LORA_NAMING_LLAMA, (LoraModule)p->modules[i]));
     OUT("memory plan: Llama %d layers, hidden %d, inter %d, heads %d/%d, vocab %d | micro-batch %d x %d tokens | "
         "weights %s | LoRA r=%d on %d layer(s) from layer %d [%s]\n",
         mc->num_hidden_layers, mc->hidden_size, mc->intermediate_size, mc->num_attention_heads,

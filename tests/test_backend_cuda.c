@@ -542,7 +542,7 @@ static void side_init(ModelSide *s, Backend *be, const char *dir, const ModelCon
     llama_load(&s->m, be, dir, mc, K, 0, 0);
     LoraShapes shapes;
     llama_lora_shapes(mc, &shapes);
-    lora_init(&s->ls, be, &shapes, mc->num_hidden_layers, layers, nl, mods, nm, 4, 8.0, K == 1, dropout, K,
+    lora_init(&s->ls, be, &LORA_NAMING_LLAMA, &shapes, mc->num_hidden_layers, layers, nl, mods, nm, 4, 8.0, K == 1, dropout, K,
               mc->hidden_size);
     if (params) be->upload(be, s->ls.params, params, s->ls.numel * sizeof(float));
     else {

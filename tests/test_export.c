@@ -40,7 +40,7 @@ int main(int argc, char **argv) {
     LoraShapes shapes;
     llama_lora_shapes(&mc, &shapes);
     LoraSet ls;
-    lora_init(&ls, &be, &shapes, mc.num_hidden_layers, layers, 2, mods, 3, 4, 8.0, 0, 0.0, 3, mc.hidden_size);
+    lora_init(&ls, &be, &LORA_NAMING_LLAMA, &shapes, mc.num_hidden_layers, layers, 2, mods, 3, 4, 8.0, 0, 0.0, 3, mc.hidden_size);
     for (size_t i = 0; i < ls.numel; i++) ls.params[i] = 0.2f * (2.0f * rng_uniform(77, i) - 1.0f);
 
     // logits of the fixture batch with these adapters

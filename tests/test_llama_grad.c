@@ -35,7 +35,7 @@ static void setup(Setup *s, const char *dir, const int *layers, int nl, const in
     llama_load(&s->model, &s->be, dir, &s->mc, 3, 0, 0);
     LoraShapes shapes;
     llama_lora_shapes(&s->mc, &shapes);
-    lora_init(&s->ls, &s->be, &shapes, s->mc.num_hidden_layers, layers, nl, mods, nm, 4, 8.0, 0, dropout, 3,
+    lora_init(&s->ls, &s->be, &LORA_NAMING_LLAMA, &shapes, s->mc.num_hidden_layers, layers, nl, mods, nm, 4, 8.0, 0, dropout, 3,
               s->mc.hidden_size);
     llama_init_head(&s->model, &s->be, dir, 0, &s->ls, 7);
     lora_init_weights(&s->ls, &s->be, 7);

@@ -76,11 +76,11 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
     const cJSON *it;
     cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "layers")) layers[nl++] = it->valueint;
     cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "target_modules")) modules[nm++] =
-        lora_module_parse(it->valuestring);
+        lora_module_parse(&LORA_NAMING_LLAMA, it->valuestring);
     LoraShapes shapes;
     llama_lora_shapes(&mc, &shapes);
     LoraSet ls;
-    lora_init(&ls, &be, &shapes, mc.num_hidden_layers, layers, nl, modules, nm, json_int(meta, "r"),
+    lora_init(&ls, &be, &LORA_NAMING_LLAMA, &shapes, mc.num_hidden_layers, layers, nl, modules, nm, json_int(meta, "r"),
               json_num(meta, "lora_alpha"), cJSON_IsTrue(cJSON_GetObjectItem(meta, "use_rslora")),
               json_num(meta, "lora_dropout"), K, mc.hidden_size);
     // initial values of every trainable tensor from the fixture; every fixture tensor must map
@@ -111,7 +111,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
     // ---- calibration statistics of the base model (no adapters) vs HF forward hooks
     {
         LoraSet none;
-        lora_init(&none, &be, &shapes, mc.num_hidden_layers, NULL, 0, NULL, 0, 1, 1.0, 0, 0.0, K, mc.hidden_size);
+        lora_init(&none, &be, &LORA_NAMING_LLAMA, &shapes, mc.num_hidden_layers, NULL, 0, NULL, 0, 1, 1.0, 0, 0.0, K, mc.hidden_size);
         memcpy(none.params + none.head_off, ls.params + ls.head_off, (size_t)K * mc.hidden_size * sizeof(float));
         Llama base;
         llama_load(&base, &be, dir, &mc, K, 0, 0);

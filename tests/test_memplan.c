@@ -36,7 +36,7 @@ static void check_acts(TestCounts *tc, const char *dir, const int *layers, int n
     LoraShapes shapes;
     llama_lora_shapes(&mc, &shapes);
     LoraSet ls;
-    lora_init(&ls, &be, &shapes, mc.num_hidden_layers, layers, nl, mods, nm, 4, 8.0, 0, 0.0, 3, mc.hidden_size);
+    lora_init(&ls, &be, &LORA_NAMING_LLAMA, &shapes, mc.num_hidden_layers, layers, nl, mods, nm, 4, 8.0, 0, 0.0, 3, mc.hidden_size);
     llama_alloc_acts(&m, &be, &ls, B, T);
     MemPlan p;
     memplan_llama(&p, &mc, 3, ls.lowest_layer, nl, mods, nm, 4, B, T, 4);

@@ -102,6 +102,44 @@ struct Backend {
     void (*loss_fwd_bwd)(Backend *be, double *loss_sum, float *dlogits, const float *logits,
                          const int32_t *labels_i, const float *labels_f, int B, int K, float grad_scale);
 
+    // ---- encoder ops (BERT / DeBERTa-v2; backend_cpu_enc.c, src/cuda/encoder.cu) ----
+    // out[n, :] += table[ids[n], :]; ids: [N], table: [V, C], out: [N, C]  (position / token-type embeddings)
+    void (*embedding_add)(Backend *be, float *out, const int32_t *ids, const float *table, int N, int C);
+    // LayerNorm over the last dim, biased variance: mean[n], rstd[n] = 1/sqrt(var[n] + eps);
+    // out[n,c] = (inp[n,c] - mean[n]) * rstd[n] * w[c] + b[c]. out may alias inp.
+    void (*layernorm_fwd)(Backend *be, float *out, float *mean, float *rstd, const float *inp, const float *w,
+                          const float *b, int N, int C, float eps);
+    // dinp += d(out)/d(inp)^T dout (accumulates (+=)); w and b are frozen (no weight gradient).
+    // inp is the LayerNorm's input as it was in the forward (not overwritten by it).
+    void (*layernorm_bwd)(Backend *be, float *dinp, const float *dout, const float *inp, const float *w,
+                          const float *mean, const float *rstd, int N, int C);
+    // y[n, c] += b[c]; y: [N, C], b: [C]
+    void (*bias_add)(Backend *be, float *y, const float *b, int N, int C);
+    // db[c] += sum over n of dy[n, c], summed in a fixed order (accumulates (+=))
+    void (*bias_grad)(Backend *be, float *db, const float *dy, int N, int C);
+    // exact GELU: h = 0.5 x (1 + erf(x / sqrt(2))); bwd: dx = dh * gelu'(x) (overwritten)
+    void (*gelu_fwd)(Backend *be, float *h, const float *x, size_t n);
+    void (*gelu_bwd)(Backend *be, float *dx, const float *dh, const float *x, size_t n);
+    // y = tanh(x); bwd from the output: dx = dy * (1 - y^2) (overwritten). y may alias x.
+    void (*tanh_fwd)(Backend *be, float *y, const float *x, size_t n);
+    void (*tanh_bwd)(Backend *be, float *dx, const float *dy, const float *y, size_t n);
+    // x[n, :] = 0 where mask[n] == 0, in place; x: [N, C], mask: [N]
+    void (*mask_rows)(Backend *be, float *x, const int32_t *mask, int N, int C);
+    // Bidirectional attention with key padding and, for DeBERTa, disentangled relative terms:
+    //   s[b,h,i,j] = scale * ( q_i . k_j  +  q_i . pk[idx[i,j], h, :]  +  k_j . pq[idx[i,j], h, :] )
+    // where the c2p term (content->position) is present iff pk != NULL and the p2c term
+    // (position->content) iff pq != NULL; idx: [T, T] int32 in [0, P) (NULL when both are NULL);
+    // pq, pk: [P, H*D]. Key j is visible iff mask[b, j] != 0; a row with no visible key gets zero
+    // output. q, k, v, out: [B, T, H, D]; probs: [B, H, T, T] saved for backward.
+    void (*attention_enc_fwd)(Backend *be, float *out, float *probs, const float *q, const float *k, const float *v,
+                              const float *pq, const float *pk, const int32_t *idx, const int32_t *mask, int B, int T,
+                              int H, int D, int P, float scale);
+    // dq, dk, dv ([B,T,H,D]) overwritten; dpq / dpk ([P, H*D]) overwritten when pq / pk were given
+    // (pass NULL otherwise). Deterministic: every sum in a fixed order.
+    void (*attention_enc_bwd)(Backend *be, float *dq, float *dk, float *dv, float *dpq, float *dpk, const float *dout,
+                              const float *probs, const float *q, const float *k, const float *v, const float *pq,
+                              const float *pk, const int32_t *idx, int B, int T, int H, int D, int P, float scale);
+
     // ---- optimizer ----
     // PyTorch AdamW, step t >= 1: p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
     // p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
@@ -111,6 +149,8 @@ struct Backend {
 
 // CPU reference backend; threads <= 0 means "use OMP_NUM_THREADS / all cores".
 void backend_cpu_init(Backend *be, int threads);
+// Sets the encoder ops of the CPU backend (backend_cpu_enc.c; called by backend_cpu_init).
+void backend_cpu_enc_init(Backend *be);
 // Releases what init acquired (not the buffers the caller allocated).
 void backend_free(Backend *be);
 

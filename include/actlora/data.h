@@ -13,6 +13,8 @@ typedef struct {
     int cap_B, cap_T;   // allocated capacity
     int32_t *ids;       // [B, T]
     int32_t *mask;      // [B, T], 1 = real token
+    int32_t *type_ids;  // [B, T] token types (segment ids: 0 first sentence, 1 second); all 0 when the
+                        // data has none (read by encoders with type_vocab_size > 0)
     int32_t *labels_i;  // [B] (classification) or NULL
     float *labels_f;    // [B] (regression) or NULL
     int64_t n_tokens;   // real (unpadded) tokens in the batch

@@ -8,7 +8,9 @@
 #include "actlora/common.h"
 #include "actlora/safetensors.h"
 
-typedef enum { ARCH_UNKNOWN = 0, ARCH_LLAMA = 1 } ModelArch;
+// llama: LlamaForSequenceClassification; bert: BertForSequenceClassification (BERT, MiniLM);
+// deberta-v2: DebertaV2ForSequenceClassification (DeBERTa-v2 and -v3).
+typedef enum { ARCH_UNKNOWN = 0, ARCH_LLAMA = 1, ARCH_BERT = 2, ARCH_DEBERTA_V2 = 3 } ModelArch;
 
 typedef struct {
     ModelArch arch;
@@ -33,6 +35,19 @@ typedef struct {
     int tie_word_embeddings;
     int num_labels;               // from num_labels or id2label; 0 when absent
     char torch_dtype[16];         // "float32" | "bfloat16" | "float16" | "" (informative)
+    // ---- encoders (bert, deberta-v2); hidden_act must be "gelu" (exact erf GELU)
+    double layer_norm_eps;
+    int type_vocab_size;          // 0: no token-type embeddings (DeBERTa-v3)
+    int pooler_tanh;              // pooler activation: 1 tanh (BERT), 0 gelu (DeBERTa pooler_hidden_act "gelu")
+    int pooler_hidden_size;       // DeBERTa pooler_hidden_size (defaults to hidden_size)
+    // ---- deberta-v2 only
+    int relative_attention;       // relative (disentangled) attention on
+    int position_buckets;         // <= 0: no log buckets
+    int max_relative_positions;   // < 1 in config.json means max_position_embeddings
+    int share_att_key;            // positional q/k projections are query_proj / key_proj (else pos_*_proj)
+    int norm_rel_ebd;             // norm_rel_ebd contains "layer_norm"
+    int position_biased_input;    // absolute position embeddings added to the input
+    int att_c2p, att_p2c;         // pos_att_type contains "c2p" / "p2c"
 } ModelConfig;
 
 // Parses config.json text; `source` names the file in messages. Unsupported features

@@ -14,7 +14,21 @@
 
 #include "actlora/backend.h"
 
+// Module slots. Llama uses all seven; encoders map theirs onto the same slots (LoraNaming):
+// Q/K/V = query/key/value(_proj), O = attention.output.dense, UP = intermediate.dense,
+// DOWN = output.dense; GATE is unused there.
 typedef enum { LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN, LORA_NUM_MODULES } LoraModule;
+
+// How a model names its adapters and head (PEFT's saved keys without "base_model.model.").
+typedef struct {
+    const char *layer_fmt;                      // printf format of a layer's path, e.g. "model.layers.%d."
+    const char *module_path[LORA_NUM_MODULES];  // under the layer, e.g. "self_attn.q_proj"; NULL: no such module
+    const char *module_name[LORA_NUM_MODULES];  // name in lora.target_modules, e.g. "q_proj"; NULL likewise
+    const char *head_weight;                    // "score.weight" / "classifier.weight"
+    const char *head_bias;                      // "classifier.bias", or NULL when the head has no bias
+} LoraNaming;
+
+extern const LoraNaming LORA_NAMING_LLAMA;
 
 typedef struct {
     int layer;
@@ -39,17 +53,20 @@ typedef struct {
     int *index;           // [num_layers * LORA_NUM_MODULES] -> adapter index or -1
     int lowest_layer;     // lowest adapted layer; num_layers when there are no adapters
     int num_labels, hidden;
+    const LoraNaming *naming;
     size_t head_off;      // head weight [num_labels, hidden]
+    size_t head_bias_off; // head bias [num_labels] right after the weight (naming->head_bias != NULL)
     size_t numel;         // all trainable parameters
     // backend memory, numel floats each
     float *params, *grads, *m, *v;
 } LoraSet;
 
-// HF module name ("q_proj", ...) of a module, and the reverse (-1 if unknown).
-const char *lora_module_name(LoraModule m);
-int lora_module_parse(const char *name);
-// Allocates adapters on every (layer in layers) x (module in modules). Parameters are zero.
-void lora_init(LoraSet *ls, Backend *be, const LoraShapes *shapes, int num_layers, const int *layers,
+// Target name of a module under a naming ("q_proj", "query", ...; NULL when the model has none), and
+// the reverse (-1 if the model has no module of that name).
+const char *lora_module_name(const LoraNaming *nm, LoraModule m);
+int lora_module_parse(const LoraNaming *nm, const char *name);
+// Allocates adapters on every (layer in layers) x (module in modules), named by nm. Parameters are zero.
+void lora_init(LoraSet *ls, Backend *be, const LoraNaming *nm, const LoraShapes *shapes, int num_layers, const int *layers,
                int n_layers, const int *modules, int n_modules, int r, double alpha, int rslora,
                double dropout, int num_labels, int hidden);
 void lora_free(LoraSet *ls, Backend *be);
@@ -60,11 +77,13 @@ void lora_init_weights(LoraSet *ls, Backend *be, uint64_t seed);
 static inline int lora_find(const LoraSet *ls, int layer, LoraModule m) {
     return ls->index[layer * LORA_NUM_MODULES + (int)m];
 }
-// PEFT-style name of A (which = 0) or B (which = 1) of adapter i; "score.weight" for the head.
+// PEFT-style name of A (which = 0) or B (which = 1) of adapter i; for i outside [0, n) the head's
+// weight (which = 0) or bias (which = 1).
 void lora_param_name(const LoraSet *ls, int i, int which, char *buf, size_t n);
-// The trainable tensors in layout order: i in [0, 2 * n + 1) is A, B of each adapter, then the head.
-// Fills its PEFT-style name, element offset in the flat buffers and [rows, cols] shape.
-static inline int lora_num_tensors(const LoraSet *ls) { return 2 * ls->n + 1; }
+// The trainable tensors in layout order: A, B of each adapter, then the head weight and, when the
+// head has one, its bias. Fills its PEFT-style name, element offset in the flat buffers and
+// [rows, cols] shape (the bias is [num_labels, 1]; exports write it 1-D).
+static inline int lora_num_tensors(const LoraSet *ls) { return 2 * ls->n + 1 + (ls->naming->head_bias != NULL); }
 void lora_tensor(const LoraSet *ls, int i, char *name, size_t name_n, size_t *off, int64_t *rows, int64_t *cols);
 // Looks a name up: returns 0 and the offset / element count in the flat buffer, or -1.
 int lora_param_lookup(const LoraSet *ls, const char *name, size_t *off, size_t *numel);

@@ -247,6 +247,7 @@ extern "C" void backend_cuda_init(Backend *be, int device) {
     cuda_install_reduce(be);       // sumsq, row_norm_sum, loss_fwd_bwd
     cuda_install_elementwise(be);  // add, scale, embedding, rmsnorm, rope, swiglu, dropout, pool_last, adamw
     cuda_install_attention(be);    // attention_fwd, attention_bwd
+    cuda_install_encoder(be);      // embedding_add, layernorm, bias, gelu, tanh, mask_rows, attention_enc
 
     // every op filled: a missing one would be a NULL call much later
 #define NEED(op) check(be->op != NULL, "internal: the CUDA backend leaves op '%s' unset", #op)
@@ -255,5 +256,7 @@ extern "C" void backend_cuda_init(Backend *be, int device) {
     NEED(rmsnorm_fwd); NEED(rmsnorm_bwd); NEED(rope_fwd); NEED(rope_bwd); NEED(attention_fwd);
     NEED(attention_bwd); NEED(swiglu_fwd); NEED(swiglu_bwd); NEED(dropout); NEED(randn); NEED(pool_last_fwd);
     NEED(pool_last_bwd); NEED(loss_fwd_bwd); NEED(adamw);
+    NEED(embedding_add); NEED(layernorm_fwd); NEED(layernorm_bwd); NEED(bias_add); NEED(bias_grad); NEED(gelu_fwd);
+    NEED(gelu_bwd); NEED(tanh_fwd); NEED(tanh_bwd); NEED(mask_rows); NEED(attention_enc_fwd); NEED(attention_enc_bwd);
 #undef NEED
 }

@@ -98,6 +98,7 @@ void cuda_sync_and_check(Backend *be, const char *where);
 void cuda_install_reduce(Backend *be);
 void cuda_install_elementwise(Backend *be);
 void cuda_install_attention(Backend *be);
+void cuda_install_encoder(Backend *be);  // encoder.cu: the encoder ops (BERT / DeBERTa)
 
 // ---------------------------------------------------------------------------- device helpers
 

@@ -1,0 +1,50 @@
+// model.h: the model a run trains, whatever its architecture. Dispatches to the Llama decoder
+// (llama.h) or the BERT / DeBERTa-v2 encoders (encoder.h); main, calibration, training and
+// export speak only to this interface. Each implementation keeps the same contract:
+//   - frozen base weights live in the model; the adapters and the head in the LoraSet's flat buffer;
+//   - forward returns the summed per-row loss, logits land in model_logits();
+//   - backward accumulates (+=) into ls->grads and stops at the lowest adapted layer;
+//   - with stats != NULL, forward adds the per-layer calibration statistics (calib.h).
+#ifndef ACTLORA_MODEL_H
+#define ACTLORA_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actlora/backend.h"
+#include "actlora/calib.h"
+#include "actlora/data.h"
+#include "actlora/encoder.h"
+#include "actlora/hfmodel.h"
+#include "actlora/llama.h"
+#include "actlora/lora.h"
+
+typedef struct {
+    ModelArch arch;
+    ModelConfig cfg;
+    int num_labels;
+    Llama llama;      // arch == ARCH_LLAMA
+    Encoder enc;      // arch == ARCH_BERT or ARCH_DEBERTA_V2
+} Model;
+
+// "Llama", "BERT", "DeBERTa-v2" (for messages).
+const char *model_arch_name(ModelArch arch);
+// Names of the model's adapters, target modules and head.
+const LoraNaming *model_lora_naming(ModelArch arch);
+void model_lora_shapes(const ModelConfig *mc, LoraShapes *s);
+void model_load(Model *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
+                uint64_t seed);
+// Fills the head in ls from the directory when it holds one of the right shape, else initialises it
+// as transformers does (weights N(0, 0.02) drawn from seed, bias 0). Returns 1 if loaded.
+int model_init_head(Model *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed);
+void model_alloc_acts(Model *m, Backend *be, const LoraSet *ls, int B, int T);
+void model_free_acts(Model *m, Backend *be);
+void model_free(Model *m, Backend *be);
+double model_forward(Model *m, Backend *be, const LoraSet *ls, const Batch *b, int train, float grad_scale,
+                     uint64_t dropout_key, CalibStats *stats);
+void model_backward(Model *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t dropout_key);
+// Logits [B, num_labels] of the last forward (backend memory) and the activation bytes allocated.
+const float *model_logits(const Model *m);
+size_t model_act_bytes(const Model *m);
+
+#endif

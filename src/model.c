@@ -1,0 +1,77 @@
+// model.c: dispatch of the model interface (model.h) to the Llama decoder or the encoders.
+#include "actlora/model.h"
+
+#include <string.h>
+
+#include "actlora/common.h"
+
+static int is_encoder(ModelArch a) { return a == ARCH_BERT || a == ARCH_DEBERTA_V2; }
+
+const char *model_arch_name(ModelArch arch) {
+    switch (arch) {
+    case ARCH_LLAMA: return "Llama";
+    case ARCH_BERT: return "BERT";
+    case ARCH_DEBERTA_V2: return "DeBERTa-v2";
+    default: return "unknown";
+    }
+}
+
+const LoraNaming *model_lora_naming(ModelArch arch) {
+    switch (arch) {
+    case ARCH_LLAMA: return &LORA_NAMING_LLAMA;
+    case ARCH_BERT: return &LORA_NAMING_BERT;
+    case ARCH_DEBERTA_V2: return &LORA_NAMING_DEBERTA;
+    default: die("internal: no LoRA naming for architecture %d", (int)arch);
+    }
+    return NULL;
+}
+
+void model_lora_shapes(const ModelConfig *mc, LoraShapes *s) {
+    if (is_encoder(mc->arch)) encoder_lora_shapes(mc, s);
+    else llama_lora_shapes(mc, s);
+}
+
+void model_load(Model *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
+                uint64_t seed) {
+    memset(m, 0, sizeof *m);
+    m->arch = mc->arch;
+    m->cfg = *mc;
+    m->num_labels = num_labels;
+    if (is_encoder(mc->arch)) encoder_load(&m->enc, be, dir, mc, num_labels, random_init, seed);
+    else llama_load(&m->llama, be, dir, mc, num_labels, random_init, seed);
+}
+
+int model_init_head(Model *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed) {
+    if (is_encoder(m->arch)) return encoder_init_head(&m->enc, be, dir, random_init, ls, seed);
+    return llama_init_head(&m->llama, be, dir, random_init, ls, seed);
+}
+
+void model_alloc_acts(Model *m, Backend *be, const LoraSet *ls, int B, int T) {
+    if (is_encoder(m->arch)) encoder_alloc_acts(&m->enc, be, ls, B, T);
+    else llama_alloc_acts(&m->llama, be, ls, B, T);
+}
+
+void model_free_acts(Model *m, Backend *be) {
+    if (is_encoder(m->arch)) encoder_free_acts(&m->enc, be);
+    else llama_free_acts(&m->llama, be);
+}
+
+void model_free(Model *m, Backend *be) {
+    if (is_encoder(m->arch)) encoder_free(&m->enc, be);
+    else llama_free(&m->llama, be);
+}
+
+double model_forward(Model *m, Backend *be, const LoraSet *ls, const Batch *b, int train, float grad_scale,
+                     uint64_t dropout_key, CalibStats *stats) {
+    if (is_encoder(m->arch)) return encoder_forward(&m->enc, be, ls, b, train, grad_scale, dropout_key, stats);
+    return llama_forward(&m->llama, be, ls, b, train, grad_scale, dropout_key, stats);
+}
+
+void model_backward(Model *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t dropout_key) {
+    if (is_encoder(m->arch)) encoder_backward(&m->enc, be, ls, b, dropout_key);
+    else llama_backward(&m->llama, be, ls, b, dropout_key);
+}
+
+const float *model_logits(const Model *m) { return is_encoder(m->arch) ? m->enc.logits : m->llama.logits; }
+
+size_t model_act_bytes(const Model *m) { return is_encoder(m->arch) ? m->enc.act_bytes : m->llama.act_bytes; }
