@@ -34,7 +34,7 @@ typedef struct {
     const char *doc;              // one line, also in docs/config.md
 } ConfigKey;
 
-static const char *const ARCH_VALUES[] = {"auto", "llama", NULL};
+static const char *const ARCH_VALUES[] = {"auto", "llama", "bert", "deberta-v2", NULL};
 static const char *const DTYPE_VALUES[] = {"auto", "fp32", "bf16", NULL};
 static const char *const INIT_VALUES[] = {"pretrained", "random", NULL};
 static const char *const SCHEDULE_VALUES[] = {"constant", "linear", "cosine", NULL};
@@ -43,8 +43,10 @@ static const char *const METHOD_VALUES[] = {"activation", "gradient", "random", 
 static const char *const PROBE_VALUES[] = {"block_output", "lora_input", NULL};
 static const char *const RULE_VALUES[] = {"top_k", "fraction", "cumulative", NULL};
 static const char *const DEVICE_VALUES[] = {"auto", "cpu", "cuda", NULL};
-static const char *const TARGET_VALUES[] = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                            "gate_proj", "up_proj", "down_proj", NULL};
+// Llama's projections, then BERT's and DeBERTa's (the model checks the names are its own)
+static const char *const TARGET_VALUES[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                            "query", "key", "value", "query_proj", "key_proj", "value_proj",
+                                            "attention.output.dense", "intermediate.dense", "output.dense", NULL};
 
 // The _Generic term adds 0 to the offset but stops the build if a field's C type does not
 // match the key type, so the table cannot silently write a double into an int.
@@ -76,7 +78,7 @@ static const ConfigKey KEYS[] = {
     KEY_BOOL("lora.rslora", lora.rslora, 0, "rank-stabilised scale alpha/sqrt(r) instead of alpha/r"),
     {.name = "lora.target_modules", .type = KT_TARGETS, FIELD(lora.targets, char(*)[32]),
      .allowed = TARGET_VALUES, .def_str = "q_proj,v_proj",
-     .doc = "projections that get LoRA adapters, each at most once"},
+     .doc = "modules that get LoRA adapters, each at most once: Llama q_proj..down_proj; BERT query, key, value; DeBERTa query_proj, key_proj, value_proj; encoders also attention.output.dense, intermediate.dense, output.dense"},
     {.name = "lora.layers", .type = KT_LAYERS, FIELD(lora.layers, int *), .imin = 0,
      .imax = CONFIG_MAX_LAYERS - 1, .def_str = "auto",
      .doc = "layers with adapters: \"auto\" (calibration selects), \"all\", or a list of indices"},

@@ -27,6 +27,30 @@ static int mkdir_parents(const char *dir, Error *err) {
     return 0;
 }
 
+// Encoder module names are not suffix-unique ("output.dense" ends "attention.output.dense"), so for
+// them target_modules is a regex matching exactly the adapted modules (PEFT full-matches a string).
+// Returns NULL for Llama, whose module names are unique (a list + layers_to_transform then).
+static char *target_regex(const ExportTensor *t, int n) {
+    if (n < 1 || strncmp(t[0].name, "model.layers.", 13) == 0) return NULL;
+    size_t cap = 16;
+    for (int i = 0; i < n; i++) cap += 2 * strlen(t[i].name) + 2;
+    char *re = xmalloc(cap, "export target regex");
+    size_t len = 0;
+    re[len++] = '(';
+    for (int i = 0; i < n; i++) {
+        const char *suffix = strstr(t[i].name, ".lora_A.weight");
+        if (!suffix) continue;  // B (same module) and the head
+        if (len > 1) re[len++] = '|';
+        for (const char *c = t[i].name; c < suffix; c++) {
+            if (*c == '.') re[len++] = '\\';
+            re[len++] = *c;
+        }
+    }
+    re[len++] = ')';
+    re[len] = '\0';
+    return re;
+}
+
 int export_peft(const char *out_dir, const RunConfig *cfg, const ExportTensor *t, int n, const int *layers,
                 int n_layers, Error *err) {
     if (mkdir_parents(out_dir, err)) return -1;
@@ -36,8 +60,9 @@ int export_peft(const char *out_dir, const RunConfig *cfg, const ExportTensor *t
         size_t len = strlen(t[i].name) + 32;
         names[i] = xmalloc(len, "export name");
         snprintf(names[i], len, "base_model.model.%s", t[i].name);
-        wt[i] = (StWriteTensor){.name = names[i], .dtype = ST_F32, .ndim = 2, .shape = {t[i].rows, t[i].cols},
-                                .data = t[i].data};
+        int bias = t[i].cols == 1 && strstr(t[i].name, ".bias") != NULL;  // a head bias is 1-D in PyTorch
+        wt[i] = (StWriteTensor){.name = names[i], .dtype = ST_F32, .ndim = bias ? 1 : 2,
+                                .shape = {t[i].rows, bias ? 0 : t[i].cols}, .data = t[i].data};
     }
     char path[4200];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", out_dir);
@@ -56,8 +81,15 @@ int export_peft(const char *out_dir, const RunConfig *cfg, const ExportTensor *t
     cJSON_AddNumberToObject(j, "lora_alpha", cfg->lora.alpha);
     cJSON_AddNumberToObject(j, "lora_dropout", cfg->lora.dropout);
     cJSON_AddBoolToObject(j, "use_rslora", cfg->lora.rslora);
-    cJSON *tm = cJSON_AddArrayToObject(j, "target_modules");
-    for (int i = 0; i < cfg->lora.n_targets; i++) cJSON_AddItemToArray(tm, cJSON_CreateString(cfg->lora.targets[i]));
+    char *re = target_regex(t, n);
+    if (re) {
+        cJSON_AddStringToObject(j, "target_modules", re);
+        free(re);
+    } else {
+        cJSON *tm = cJSON_AddArrayToObject(j, "target_modules");
+        for (int i = 0; i < cfg->lora.n_targets; i++)
+            cJSON_AddItemToArray(tm, cJSON_CreateString(cfg->lora.targets[i]));
+    }
     cJSON *lt = cJSON_AddArrayToObject(j, "layers_to_transform");
     for (int i = 0; i < n_layers; i++) cJSON_AddItemToArray(lt, cJSON_CreateNumber(layers[i]));
     cJSON *ms = cJSON_AddArrayToObject(j, "modules_to_save");

@@ -22,7 +22,7 @@
 #include "actlora/dist.h"
 #include "actlora/export.h"
 #include "actlora/hfmodel.h"
-#include "actlora/llama.h"
+#include "actlora/model.h"
 #include "actlora/log.h"
 #include "actlora/lora.h"
 #include "actlora/memplan.h"
@@ -132,8 +132,8 @@ int main(int argc, char **argv) {
           "model.arch = \"%s\" but %s says model_type \"%s\"", cfg.model.arch, cfg_path, mc.model_type);
     int random_init = strcmp(cfg.model.init, "random") == 0;
     uint64_t seed = (uint64_t)cfg.train.seed;
-    Llama model;
-    llama_load(&model, &be, cfg.model.path, &mc, cfg.model.num_labels, random_init, seed);
+    Model model;
+    model_load(&model, &be, cfg.model.path, &mc, cfg.model.num_labels, random_init, seed);
 
     // ---- data: this rank's view of the GLUE file (or the synthetic task)
     Source src;
@@ -144,8 +144,8 @@ int main(int argc, char **argv) {
     if (d.rank == 0) {
         printf("actlora-mpi %s | %d rank(s) | backend %s, %d thread(s) per rank | run dir %s\n", ACTLORA_VERSION,
                d.world, be.name, be.threads, cfg.run.dir);
-        printf("model   %s: %s, %d layers, hidden %d, heads %d/%d, vocab %d (%s weights, %.1f s)\n", cfg.model.path,
-               mc.model_type, mc.num_hidden_layers, mc.hidden_size, mc.num_attention_heads, mc.num_key_value_heads,
+        printf("model   %s: %s (%s), %d layers, hidden %d, heads %d/%d, vocab %d (%s weights, %.1f s)\n",
+               cfg.model.path, mc.model_type, model_arch_name(mc.arch), mc.num_hidden_layers, mc.hidden_size, mc.num_attention_heads, mc.num_key_value_heads,
                mc.vocab_size, random_init ? "random" : "pretrained", led.seconds[PHASE_LOAD]);
         if (src.glue)
             printf("data    %s: %s, %lld train rows, %d dev split(s), %d labels, longest row %d; tokenizer %s\n",
@@ -181,9 +181,18 @@ int main(int argc, char **argv) {
 
     // ---- calibrate + select (lora.layers = "auto"), or the configured layers, or the checkpoint's
     int modules[LORA_NUM_MODULES];
+    const LoraNaming *naming = model_lora_naming(mc.arch);
     for (int i = 0; i < cfg.lora.n_targets; i++) {
-        modules[i] = lora_module_parse(cfg.lora.targets[i]);
-        check(modules[i] >= 0, "lora.target_modules: '%s' is not a Llama module", cfg.lora.targets[i]);
+        modules[i] = lora_module_parse(naming, cfg.lora.targets[i]);
+        if (modules[i] < 0) {
+            char known[256] = "";
+            for (int m = 0; m < LORA_NUM_MODULES; m++)
+                if (naming->module_name[m])
+                    snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", known[0] ? ", " : "",
+                             naming->module_name[m]);
+            die("lora.target_modules: '%s' is not a module of this %s model (%s); use some of: %s",
+                cfg.lora.targets[i], model_arch_name(mc.arch), cfg_path, known);
+        }
     }
     Selection sel;
     if (resumed) {
@@ -200,7 +209,7 @@ int main(int argc, char **argv) {
         select_free(&sel);
         source_close(&src);
         batch_free(&batch);
-        llama_free(&model, &be);
+        model_free(&model, &be);
         backend_free(&be);
         log_close(&lg);
         MPI_Finalize();
@@ -209,12 +218,13 @@ int main(int argc, char **argv) {
 
     // ---- adapters on the selected layers, plus the classification head
     LoraShapes shapes;
-    llama_lora_shapes(&mc, &shapes);
+    model_lora_shapes(&mc, &shapes);
     LoraSet ls;
-    lora_init(&ls, &be, &shapes, mc.num_hidden_layers, sel.selected, sel.n_selected, modules, cfg.lora.n_targets,
-              cfg.lora.r, cfg.lora.alpha, cfg.lora.rslora, cfg.lora.dropout, cfg.model.num_labels, mc.hidden_size);
+    lora_init(&ls, &be, naming, &shapes, mc.num_hidden_layers, sel.selected, sel.n_selected, modules,
+              cfg.lora.n_targets, cfg.lora.r, cfg.lora.alpha, cfg.lora.rslora, cfg.lora.dropout, cfg.model.num_labels,
+              model_head_hidden(&mc));
 #ifdef ACTLORA_HAVE_CUDA
-    if (use_cuda) {  // the device-memory plan of this run, and an early, clear refusal if it cannot fit
+    if (use_cuda && mc.arch == ARCH_LLAMA) {  // the device-memory plan of this run, and an early, clear refusal if it cannot fit
         MemPlan plan;
         memplan_llama(&plan, &mc, cfg.model.num_labels, ls.lowest_layer, sel.n_selected, modules, cfg.lora.n_targets,
                       cfg.lora.r, cfg.train.micro_batch, src.max_T, 4);
@@ -227,9 +237,9 @@ int main(int argc, char **argv) {
               device);
     }
 #endif
-    int head_loaded = llama_init_head(&model, &be, cfg.model.path, random_init, &ls, seed);
+    int head_loaded = model_init_head(&model, &be, cfg.model.path, random_init, &ls, seed);
     lora_init_weights(&ls, &be, seed);
-    llama_alloc_acts(&model, &be, &ls, cfg.train.micro_batch, src.max_T);
+    model_alloc_acts(&model, &be, &ls, cfg.train.micro_batch, src.max_T);
     Trainer tr;
     trainer_init(&tr, &cfg, &d, &be, &comm, &lg, &led, &model, &ls, &src, &batch);
     if (resumed) {
@@ -245,7 +255,7 @@ int main(int argc, char **argv) {
         double pad = source_pad_fraction(&src, tr.epoch, tr.G, cfg.train.micro_batch, d.world);
         printf("plan    %lld steps (%lld per epoch) of global batch %lld = %d x %d x %d rank(s); activations %.1f MiB",
                (long long)tr.total_steps, (long long)(src.glue ? tr.steps_per_epoch : tr.total_steps), (long long)tr.G,
-               cfg.train.micro_batch, cfg.train.grad_accum, d.world, (double)model.act_bytes / 1048576.0);
+               cfg.train.micro_batch, cfg.train.grad_accum, d.world, (double)model_act_bytes(&model) / 1048576.0);
         if (pad >= 0) printf("; padding %.1f%% of tokens (length-grouped)", 100.0 * pad);
         printf("\n");
         fflush(stdout);
@@ -308,7 +318,7 @@ int main(int argc, char **argv) {
     select_free(&sel);
     source_close(&src);
     batch_free(&batch);
-    llama_free(&model, &be);
+    model_free(&model, &be);
     lora_free(&ls, &be);
 #ifdef ACTLORA_HAVE_CUDA
     if (comm.nccl) comm_nccl_free(&comm);

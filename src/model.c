@@ -31,6 +31,10 @@ void model_lora_shapes(const ModelConfig *mc, LoraShapes *s) {
     else llama_lora_shapes(mc, s);
 }
 
+int model_head_hidden(const ModelConfig *mc) {
+    return mc->arch == ARCH_DEBERTA_V2 && mc->pooler_hidden_size > 0 ? mc->pooler_hidden_size : mc->hidden_size;
+}
+
 void model_load(Model *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
                 uint64_t seed) {
     memset(m, 0, sizeof *m);

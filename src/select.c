@@ -60,42 +60,42 @@ void select_restore(Selection *sel, int num_layers, const double *scores, const 
 }
 
 // Forward-only passes with no adapters: per-layer activation statistics of this rank.
-static void collect_activation(const RunConfig *cfg, const Dist *d, Backend *be, Llama *model, Source *src,
+static void collect_activation(const RunConfig *cfg, const Dist *d, Backend *be, Model *model, Source *src,
                                Batch *batch, CalibStats *mine) {
     LoraShapes shapes;
-    llama_lora_shapes(&model->cfg, &shapes);
+    model_lora_shapes(&model->cfg, &shapes);
     LoraSet none;  // the head only: logits are computed but not used
-    lora_init(&none, be, &shapes, model->cfg.num_hidden_layers, NULL, 0, NULL, 0, 1, 1.0, 0, 0.0, model->num_labels,
-              model->cfg.hidden_size);
-    llama_alloc_acts(model, be, &none, cfg->train.micro_batch, src->max_T);
+    lora_init(&none, be, model_lora_naming(model->arch), &shapes, model->cfg.num_hidden_layers, NULL, 0, NULL, 0, 1, 1.0, 0, 0.0, model->num_labels,
+              model_head_hidden(&model->cfg));
+    model_alloc_acts(model, be, &none, cfg->train.micro_batch, src->max_T);
     for (int i = 0; i < cfg->calibration.batches; i++) {
         source_calib_batch(src, batch, i, cfg->train.micro_batch, d->world, d->rank);
-        llama_forward(model, be, &none, batch, 0, 0.0f, 0, mine);
+        model_forward(model, be, &none, batch, 0, 0.0f, 0, mine);
     }
     lora_free(&none, be);
 }
 
 // Backward passes with adapters on every layer at PEFT's init (B = 0, so only the B gradients are
 // non-zero): per micro-batch, the L2 norm of each layer's LoRA gradients, summed into column 0.
-static void collect_gradient(const RunConfig *cfg, const Dist *d, Backend *be, Llama *model, Source *src,
+static void collect_gradient(const RunConfig *cfg, const Dist *d, Backend *be, Model *model, Source *src,
                              Batch *batch, const int *modules, int n_modules, CalibStats *mine) {
     int L = model->cfg.num_hidden_layers;
     int *all = xmalloc(sizeof(int) * (size_t)L, "layer list");
     for (int l = 0; l < L; l++) all[l] = l;
     LoraShapes shapes;
-    llama_lora_shapes(&model->cfg, &shapes);
+    model_lora_shapes(&model->cfg, &shapes);
     LoraSet ls;
-    lora_init(&ls, be, &shapes, L, all, L, modules, n_modules, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora, 0.0,
-              model->num_labels, model->cfg.hidden_size);
+    lora_init(&ls, be, model_lora_naming(model->arch), &shapes, L, all, L, modules, n_modules, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora, 0.0,
+              model->num_labels, model_head_hidden(&model->cfg));
     uint64_t seed = (uint64_t)cfg->train.seed;
-    llama_init_head(model, be, cfg->model.path, strcmp(cfg->model.init, "random") == 0, &ls, seed);
+    model_init_head(model, be, cfg->model.path, strcmp(cfg->model.init, "random") == 0, &ls, seed);
     lora_init_weights(&ls, be, seed);
-    llama_alloc_acts(model, be, &ls, cfg->train.micro_batch, src->max_T);
+    model_alloc_acts(model, be, &ls, cfg->train.micro_batch, src->max_T);
     for (int i = 0; i < cfg->calibration.batches; i++) {
         source_calib_batch(src, batch, i, cfg->train.micro_batch, d->world, d->rank);
         be->zero(be, ls.grads, ls.numel * sizeof(float));
-        llama_forward(model, be, &ls, batch, 1, 1.0f / (float)batch->B, 0, NULL);
-        llama_backward(model, be, &ls, batch, 0);
+        model_forward(model, be, &ls, batch, 1, 1.0f / (float)batch->B, 0, NULL);
+        model_backward(model, be, &ls, batch, 0);
         for (int l = 0; l < L; l++) {
             double ss = 0.0;
             for (int m = 0; m < LORA_NUM_MODULES; m++) {
@@ -149,7 +149,7 @@ static void log_selection(const Selection *sel, const RunConfig *cfg, Log *lg) {
     free(buf);
 }
 
-void select_calibrate(Selection *sel, const RunConfig *cfg, const Dist *d, Backend *be, Llama *model, Source *src,
+void select_calibrate(Selection *sel, const RunConfig *cfg, const Dist *d, Backend *be, Model *model, Source *src,
                       Batch *batch, const int *modules, int n_modules, Log *lg) {
     double t0 = time_now();
     int L = model->cfg.num_hidden_layers;

@@ -12,7 +12,7 @@
 #include "actlora/sampler.h"
 
 void trainer_init(Trainer *t, const RunConfig *cfg, const Dist *d, Backend *be, Comm *comm, Log *lg, Ledger *led,
-                  Llama *model, LoraSet *ls, Source *src, Batch *batch) {
+                  Model *model, LoraSet *ls, Source *src, Batch *batch) {
     memset(t, 0, sizeof *t);
     t->cfg = cfg;
     t->d = d;
@@ -82,9 +82,9 @@ void trainer_micro_step(Trainer *t) {
     uint64_t key = rng_key(rng_key(rng_key(rng_key((uint64_t)cfg->train.seed, 0xD207), (uint64_t)t->step),
                                    (uint64_t)t->micro), (uint64_t)t->d->rank);
     double t1 = time_now();
-    t->loss_partial += llama_forward(t->model, be, ls, t->batch, 1, grad_scale, key, NULL);
+    t->loss_partial += model_forward(t->model, be, ls, t->batch, 1, grad_scale, key, NULL);
     double t2 = time_now();
-    llama_backward(t->model, be, ls, t->batch, key);
+    model_backward(t->model, be, ls, t->batch, key);
     be->sync(be);
     t->led->seconds[PHASE_FORWARD] += t2 - t1;
     t->led->seconds[PHASE_BACKWARD] += time_now() - t2;
@@ -174,8 +174,8 @@ static void evaluate_split(Trainer *t, DatasetSplit *split, EvalResult *res) {
         int nb = (int)(end - r0 < mb ? end - r0 : mb);
         for (int j = 0; j < nb; j++) rows[j] = r0 + j;
         if (dataset_split_read(split, rows, nb, t->batch, &err) != 0) die("%s", err.msg);
-        loss_sum += llama_forward(t->model, be, t->ls, t->batch, 0, 0.0f, 0, NULL);
-        be->download(be, logits, t->model->logits, sizeof(float) * (size_t)nb * K);
+        loss_sum += model_forward(t->model, be, t->ls, t->batch, 0, 0.0f, 0, NULL);
+        be->download(be, logits, model_logits(t->model), sizeof(float) * (size_t)nb * K);
         for (int j = 0; j < nb; j++) {
             const float *lg = logits + (size_t)j * K;
             int best = 0;

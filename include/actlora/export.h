@@ -1,5 +1,8 @@
 // export.h: a PEFT-compatible adapter directory, loadable with
-// `PeftModel.from_pretrained(LlamaForSequenceClassification.from_pretrained(base, num_labels=K), dir)`:
+// `PeftModel.from_pretrained(<Arch>ForSequenceClassification.from_pretrained(base, num_labels=K), dir)`
+// (Llama shown; BERT / DeBERTa adapters are named bert.encoder.layer.N... / deberta.encoder.layer.N..., their
+// head is classifier.weight + classifier.bias, and target_modules is a regex naming exactly the adapted
+// modules, because encoder module names are not suffix-unique):
 //   adapter_model.safetensors  every LoRA A/B as "base_model.model.model.layers.N.<block>.<module>.lora_{A,B}.weight"
 //                              and the head as "base_model.model.score.weight" (fp32)
 //   adapter_config.json        peft_type LORA, task_type SEQ_CLS, r, lora_alpha, lora_dropout, use_rslora,

@@ -32,6 +32,8 @@ const char *model_arch_name(ModelArch arch);
 // Names of the model's adapters, target modules and head.
 const LoraNaming *model_lora_naming(ModelArch arch);
 void model_lora_shapes(const ModelConfig *mc, LoraShapes *s);
+// Input width of the classification head: hidden_size, or DeBERTa's pooler_hidden_size.
+int model_head_hidden(const ModelConfig *mc);
 void model_load(Model *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
                 uint64_t seed);
 // Fills the head in ls from the directory when it holds one of the right shape, else initialises it

@@ -16,7 +16,7 @@
 #include "actlora/config.h"
 #include "actlora/data.h"
 #include "actlora/dist.h"
-#include "actlora/llama.h"
+#include "actlora/model.h"
 #include "actlora/log.h"
 #include "actlora/source.h"
 
@@ -34,7 +34,7 @@ typedef struct {
 
 // Runs the configured method (lora.layers = "auto") and selects; `modules` are the LoRA targets.
 // The model's activation memory is re-planned inside; the caller re-plans it for training after.
-void select_calibrate(Selection *sel, const RunConfig *cfg, const Dist *d, Backend *be, Llama *model, Source *src,
+void select_calibrate(Selection *sel, const RunConfig *cfg, const Dist *d, Backend *be, Model *model, Source *src,
                       Batch *batch, const int *modules, int n_modules, Log *lg);
 // Explicit layers (lora.layers = [..] or "all"): no calibration, the same Selection shape.
 void select_explicit(Selection *sel, const RunConfig *cfg, int num_layers);

@@ -14,7 +14,7 @@
 #include "actlora/comm.h"
 #include "actlora/config.h"
 #include "actlora/dist.h"
-#include "actlora/llama.h"
+#include "actlora/model.h"
 #include "actlora/log.h"
 #include "actlora/lora.h"
 #include "actlora/metrics.h"
@@ -28,7 +28,7 @@ typedef struct {
     Comm *comm;
     Log *lg;
     Ledger *led;
-    Llama *model;
+    Model *model;
     LoraSet *ls;
     Source *src;
     Batch *batch;
@@ -55,7 +55,7 @@ typedef struct {
 // Plans the run: global batch, steps per epoch, total steps, LR schedule. Dies with a clear
 // message if the training split holds less than one global batch.
 void trainer_init(Trainer *t, const RunConfig *cfg, const Dist *d, Backend *be, Comm *comm, Log *lg, Ledger *led,
-                  Llama *model, LoraSet *ls, Source *src, Batch *batch);
+                  Model *model, LoraSet *ls, Source *src, Batch *batch);
 void trainer_free(Trainer *t);
 // Median wall time of the steps run so far, the first (warm-up) step excluded when there are more.
 double trainer_median_step(const Trainer *t);
