@@ -174,6 +174,184 @@ static int parse_labels(ModelConfig *mc, const cJSON *root, const char *src, Err
     return 0;
 }
 
+#define SUPPORTED_MODEL_TYPES "llama, bert, deberta-v2"
+
+// Sizes every architecture requires (transformers has defaults for them, but a config.json without
+// them is not one we want to guess at).
+static int parse_sizes(ModelConfig *mc, const cJSON *root, const char *src, Error *err) {
+    if (get_int(root, "", "hidden_size", 1, 0, &mc->hidden_size, src, err) ||
+        get_int(root, "", "intermediate_size", 1, 0, &mc->intermediate_size, src, err) ||
+        get_int(root, "", "num_hidden_layers", 1, 0, &mc->num_hidden_layers, src, err) ||
+        get_int(root, "", "num_attention_heads", 1, 0, &mc->num_attention_heads, src, err) ||
+        get_int(root, "", "vocab_size", 1, 0, &mc->vocab_size, src, err))
+        return -1;
+    const struct { const char *key; int v; } req[] = {
+        {"hidden_size", mc->hidden_size}, {"intermediate_size", mc->intermediate_size},
+        {"num_hidden_layers", mc->num_hidden_layers}, {"num_attention_heads", mc->num_attention_heads},
+        {"vocab_size", mc->vocab_size}};
+    for (size_t i = 0; i < sizeof req / sizeof req[0]; i++)
+        if (req[i].v <= 0) return error_set(err, "%s: '%s' must be positive, found %d", src, req[i].key, req[i].v);
+    return 0;
+}
+
+// A '|'-separated string ("p2c|c2p", as DeBERTa-v2 configs write pos_att_type; norm_rel_ebd) whose
+// entries are trimmed and lower-cased as transformers does, or (allow_list) a list of strings, whose
+// entries transformers compares as written: calls item() on each entry.
+static int for_each_token(const cJSON *v, const char *key, int allow_list, const char *src, Error *err,
+                          int (*item)(const char *tok, void *ctx, const char *src, Error *err), void *ctx) {
+    char tok[64];
+    if (cJSON_IsString(v)) {
+        const char *p = v->valuestring;
+        for (;;) {
+            const char *bar = strchr(p, '|');
+            size_t n = bar ? (size_t)(bar - p) : strlen(p);
+            while (n > 0 && (*p == ' ' || *p == '\t')) p++, n--;
+            while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
+            if (n >= sizeof tok) n = sizeof tok - 1;
+            for (size_t i = 0; i < n; i++) tok[i] = (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] - 'A' + 'a' : p[i]);
+            tok[n] = '\0';
+            if (item(tok, ctx, src, err)) return -1;
+            if (!bar) return 0;
+            p = bar + 1;
+        }
+    }
+    if (allow_list && cJSON_IsArray(v)) {
+        const cJSON *x;
+        cJSON_ArrayForEach(x, v) {
+            if (!cJSON_IsString(x))
+                return error_set(err, "%s: '%s' must be a list of strings, found a list holding %s", src, key,
+                                 json_kind(x));
+            if (item(x->valuestring, ctx, src, err)) return -1;  // list entries are used as written
+        }
+        return 0;
+    }
+    return error_set(err, "%s: '%s' must be %s, found %s", src, key,
+                     allow_list ? "a list of strings or a '|'-separated string" : "a string", json_kind(v));
+}
+
+static int pos_att_item(const char *tok, void *ctx, const char *src, Error *err) {
+    ModelConfig *mc = ctx;
+    if (strcmp(tok, "c2p") == 0) mc->att_c2p = 1;
+    else if (strcmp(tok, "p2c") == 0) mc->att_p2c = 1;
+    else if (tok[0] != '\0' && strcmp(tok, "none") != 0)  // "" / "none": no relative attention term
+        return error_set(err, "%s: pos_att_type entry '%s' is not supported (supported: c2p, p2c)", src, tok);
+    return 0;
+}
+
+static int norm_rel_item(const char *tok, void *ctx, const char *src, Error *err) {
+    ModelConfig *mc = ctx;
+    if (strcmp(tok, "layer_norm") == 0) mc->norm_rel_ebd = 1;
+    else if (strcmp(tok, "none") != 0 && tok[0] != '\0')
+        return error_set(err, "%s: norm_rel_ebd entry '%s' is not supported (supported: layer_norm, none)", src, tok);
+    return 0;
+}
+
+// A boolean key that must be false (or absent) because the C model does not implement it being true.
+static int refuse_true(const cJSON *root, const char *key, const char *what, const char *src, Error *err) {
+    int v;
+    if (get_bool(root, key, 0, &v, src, err)) return -1;
+    if (v) return error_set(err, "%s: '%s' is true: %s is not supported (only encoder-only models)", src, key, what);
+    return 0;
+}
+
+// bert (BertConfig) and deberta-v2 (DebertaV2Config): defaults as transformers 5 has them; everything
+// that would change the maths and that encoder.c does not implement is refused.
+static int parse_encoder(ModelConfig *mc, const cJSON *root, const char *src, Error *err) {
+    const int bert = mc->arch == ARCH_BERT;
+    if (parse_sizes(mc, root, src, err)) return -1;
+    mc->num_key_value_heads = mc->num_attention_heads;
+    if (mc->hidden_size % mc->num_attention_heads != 0)
+        return error_set(err, "%s: hidden_size (%d) is not a multiple of num_attention_heads (%d)", src,
+                         mc->hidden_size, mc->num_attention_heads);
+    mc->head_dim = mc->hidden_size / mc->num_attention_heads;
+
+    if (get_int(root, "", "max_position_embeddings", 0, 512, &mc->max_position_embeddings, src, err) ||
+        get_num(root, "", "layer_norm_eps", 0, bert ? 1e-12 : 1e-7, &mc->layer_norm_eps, src, err) ||
+        get_int(root, "", "type_vocab_size", 0, bert ? 2 : 0, &mc->type_vocab_size, src, err) ||
+        get_bool(root, "tie_word_embeddings", 1, &mc->tie_word_embeddings, src, err) ||
+        get_token_id(root, "pad_token_id", &mc->pad_token_id, src, err) ||
+        get_token_id(root, "bos_token_id", &mc->bos_token_id, src, err) ||
+        get_token_id(root, "eos_token_id", &mc->eos_token_id, src, err))
+        return -1;
+    // pad_token_id defaults to 0 in both configs (absent -> 0, explicit null -> none)
+    if (!cJSON_GetObjectItemCaseSensitive(root, "pad_token_id")) mc->pad_token_id = 0;
+    if (mc->max_position_embeddings <= 0)
+        return error_set(err, "%s: max_position_embeddings must be positive, found %d", src,
+                         mc->max_position_embeddings);
+    if (!(mc->layer_norm_eps > 0))
+        return error_set(err, "%s: layer_norm_eps must be positive, found %g", src, mc->layer_norm_eps);
+    if (mc->type_vocab_size < (bert ? 1 : 0))
+        return error_set(err, "%s: type_vocab_size must be %s, found %d", src, bert ? "at least 1" : "0 or more",
+                         mc->type_vocab_size);
+    if (mc->pad_token_id >= mc->vocab_size)
+        return error_set(err, "%s: pad_token_id (%d) must be below vocab_size (%d)", src, mc->pad_token_id,
+                         mc->vocab_size);
+
+    const char *act = NULL;
+    if (get_str(root, "", "hidden_act", &act, src, err)) return -1;
+    if (act && strcmp(act, "gelu") != 0)
+        return error_set(err, "%s: hidden_act '%s' is not supported (supported: gelu, the exact erf GELU)", src, act);
+
+    mc->pooler_hidden_size = mc->hidden_size;
+    if (bert) {
+        const char *pet = NULL;
+        if (get_str(root, "", "position_embedding_type", &pet, src, err)) return -1;
+        if (pet && strcmp(pet, "absolute") != 0)
+            return error_set(err, "%s: position_embedding_type '%s' is not supported (supported: absolute)", src,
+                             pet);
+        if (refuse_true(root, "is_decoder", "a decoder (causal) BERT", src, err) ||
+            refuse_true(root, "add_cross_attention", "cross-attention", src, err))
+            return -1;
+        mc->pooler_tanh = 1;  // BertPooler: dense + tanh on the first token
+        mc->position_biased_input = 1;
+    } else {
+        int emb;
+        if (get_int(root, "", "embedding_size", 0, mc->hidden_size, &emb, src, err)) return -1;
+        if (emb != mc->hidden_size)
+            return error_set(err, "%s: embedding_size (%d) differs from hidden_size (%d): the embedding projection "
+                                  "(embed_proj) is not supported", src, emb, mc->hidden_size);
+        int ahs;
+        if (get_int(root, "", "attention_head_size", 0, mc->head_dim, &ahs, src, err)) return -1;
+        if (ahs != mc->head_dim)
+            return error_set(err, "%s: attention_head_size (%d) differs from hidden_size / num_attention_heads (%d): "
+                                  "not supported", src, ahs, mc->head_dim);
+        int conv;
+        if (get_int(root, "", "conv_kernel_size", 0, 0, &conv, src, err)) return -1;
+        if (conv > 0)
+            return error_set(err, "%s: conv_kernel_size is %d: the convolution layer of DeBERTa-v2 (ConvLayer) is "
+                                  "not supported (supported: 0 or absent)", src, conv);
+        if (get_bool(root, "relative_attention", 0, &mc->relative_attention, src, err) ||
+            get_int(root, "", "position_buckets", 0, -1, &mc->position_buckets, src, err) ||
+            get_int(root, "", "max_relative_positions", 0, -1, &mc->max_relative_positions, src, err) ||
+            get_bool(root, "share_att_key", 0, &mc->share_att_key, src, err) ||
+            get_bool(root, "position_biased_input", 1, &mc->position_biased_input, src, err) ||
+            get_int(root, "", "pooler_hidden_size", 0, mc->hidden_size, &mc->pooler_hidden_size, src, err))
+            return -1;
+        if (mc->max_relative_positions < 1) mc->max_relative_positions = mc->max_position_embeddings;
+        const cJSON *pat = json_get(root, "pos_att_type");
+        if (pat && for_each_token(pat, "pos_att_type", 1, src, err, pos_att_item, mc)) return -1;
+        const cJSON *nre = json_get(root, "norm_rel_ebd");
+        if (nre && for_each_token(nre, "norm_rel_ebd", 0, src, err, norm_rel_item, mc)) return -1;
+        if (mc->pooler_hidden_size != mc->hidden_size)
+            return error_set(err, "%s: pooler_hidden_size (%d) differs from hidden_size (%d): not supported (the "
+                                  "pooler reads the first token's hidden state)", src, mc->pooler_hidden_size,
+                             mc->hidden_size);
+        const char *pact = NULL;
+        if (get_str(root, "", "pooler_hidden_act", &pact, src, err)) return -1;
+        if (!pact || strcmp(pact, "gelu") == 0) mc->pooler_tanh = 0;
+        else if (strcmp(pact, "tanh") == 0) mc->pooler_tanh = 1;
+        else
+            return error_set(err, "%s: pooler_hidden_act '%s' is not supported (supported: gelu, tanh)", src, pact);
+    }
+
+    if (parse_labels(mc, root, src, err)) return -1;
+    const char *dt = NULL;
+    if (get_str(root, "", "dtype", &dt, src, err)) return -1;
+    if (!dt && get_str(root, "", "torch_dtype", &dt, src, err)) return -1;
+    if (dt) snprintf(mc->torch_dtype, sizeof mc->torch_dtype, "%s", dt);
+    return 0;
+}
+
 int hfconfig_parse(ModelConfig *mc, const char *json_text, const char *source, Error *err) {
     memset(mc, 0, sizeof *mc);
     const char *src = source ? source : "config.json";
@@ -192,15 +370,24 @@ int hfconfig_parse(ModelConfig *mc, const char *json_text, const char *source, E
     const char *mt = NULL;
     if (get_str(root, "", "model_type", &mt, src, err)) goto done;
     if (!mt) {
-        error_set(err, "%s: 'model_type' is missing (supported: llama)", src);
+        error_set(err, "%s: 'model_type' is missing (supported: " SUPPORTED_MODEL_TYPES ")", src);
         goto done;
     }
-    if (strcmp(mt, "llama") != 0) {
-        error_set(err, "%s: model_type '%s' is not supported (supported: llama)", src, mt);
+    if (strcmp(mt, "llama") == 0) {
+        mc->arch = ARCH_LLAMA;
+    } else if (strcmp(mt, "bert") == 0) {
+        mc->arch = ARCH_BERT;
+    } else if (strcmp(mt, "deberta-v2") == 0) {
+        mc->arch = ARCH_DEBERTA_V2;
+    } else {
+        error_set(err, "%s: model_type '%s' is not supported (supported: " SUPPORTED_MODEL_TYPES ")", src, mt);
         goto done;
     }
-    mc->arch = ARCH_LLAMA;
     snprintf(mc->model_type, sizeof mc->model_type, "%s", mt);
+    if (mc->arch != ARCH_LLAMA) {
+        rc = parse_encoder(mc, root, src, err);
+        goto done;
+    }
 
     if (get_int(root, "", "hidden_size", 1, 0, &mc->hidden_size, src, err) ||
         get_int(root, "", "intermediate_size", 1, 0, &mc->intermediate_size, src, err) ||

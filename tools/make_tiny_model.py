@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the random tiny Llama-3-style sequence-classification model used by the tests.
+"""Build the random tiny models (Llama-3, BERT, DeBERTa-v3 and a DeBERTa-v2 variant) used by the tests.
 
 What it is
     A seeded, randomly initialised ``LlamaForSequenceClassification`` (fp32) saved with
@@ -23,9 +23,24 @@ What it is
     implementation that ignores norm weights fails), and initializer_range 0.08 makes
     the classifier logits O(1) (the script prints their magnitude).
 
+Encoders (see tests/fixtures/README.md for the full description)
+    tiny-bert           BertModel (no "bert." prefix: the layout of sentence-transformers
+                        checkpoints such as all-MiniLM-L6-v2), pooler included.
+    tiny-deberta        DeBERTa-v3 layout (relative attention, 256 log buckets,
+                        max_relative_positions -1 -> 512, share_att_key, p2c|c2p,
+                        norm_rel_ebd layer_norm, no absolute positions, no token types).
+    tiny-deberta-rel    DeBERTa-v2 variant: 4 buckets, max_relative_positions 10 (T=12 hits
+                        the log buckets and the clamp), share_att_key false (pos_query_proj),
+                        p2c only, absolute positions, 2 token types, norm_rel_ebd none.
+    Both DeBERTa dirs hold DebertaV2ForSequenceClassification's state dict minus the
+    classifier: "deberta.*" plus the (frozen, random) ContextPooler as "pooler.dense.*".
+    No dir holds a classifier: gen_reference.py records it as init.classifier.*.
+
 Command (from the repository root)
-    python3 tools/make_tiny_model.py                 # writes tests/fixtures/tiny-llama
-    python3 tools/make_tiny_model.py --out DIR --seed 1234
+    python3 tools/make_tiny_model.py                 # writes all four dirs under tests/fixtures
+    python3 tools/make_tiny_model.py --model bert    # one of llama|bert|deberta|deberta-rel|all
+    python3 tools/make_tiny_model.py --out DIR --seed 1234          # tiny-llama only, into DIR
+    python3 tools/make_tiny_model.py --model all --out-root DIR     # all four, under DIR
 
 Deterministic: the same seed and the same torch/transformers versions give the same
 bytes in model.safetensors.
@@ -41,8 +56,11 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-DEFAULT_OUT = os.path.join(REPO, "tests", "fixtures", "tiny-llama")
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+DEFAULT_OUT = os.path.join(FIXTURES, "tiny-llama")
 DEFAULT_SEED = 1234
+# seeds and directory names of the encoder models
+ENCODERS = {"bert": ("tiny-bert", 4321), "deberta": ("tiny-deberta", 5432), "deberta-rel": ("tiny-deberta-rel", 6543)}
 
 HIDDEN = 64
 HEAD_DIM = 16
@@ -73,15 +91,7 @@ def rope_bands(head_dim=HEAD_DIM, theta=ROPE_THETA, orig=ORIG_MAX_POS,
     return out, low_wl, high_wl
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=DEFAULT_OUT, help="output directory (default tests/fixtures/tiny-llama)")
-    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    args = ap.parse_args(argv)
-
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-
+def make_llama(args):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     bands, low_wl, high_wl = rope_bands()
@@ -153,6 +163,123 @@ def main(argv=None):
     print(f"config.json rope entry: {rope_key} = {json.dumps(cfg.get(rope_key))}")
     print(f"wrote {args.out}: " + ", ".join(
         f"{fn} ({os.path.getsize(os.path.join(args.out, fn))} bytes)" for fn in sorted(os.listdir(args.out))))
+    return 0
+
+
+ENC_HIDDEN = 32
+ENC_VOCAB = 200
+ENC_INIT_RANGE = 0.1
+
+
+def encoder_config(kind):
+    """The transformers config of encoder `kind` (bert | deberta | deberta-rel)."""
+    from transformers import BertConfig, DebertaV2Config
+
+    common = dict(vocab_size=ENC_VOCAB, hidden_size=ENC_HIDDEN, num_hidden_layers=4, num_attention_heads=4,
+                  intermediate_size=64, hidden_act="gelu", hidden_dropout_prob=0.1,
+                  attention_probs_dropout_prob=0.1, initializer_range=ENC_INIT_RANGE, pad_token_id=0)
+    if kind == "bert":
+        return BertConfig(max_position_embeddings=64, type_vocab_size=2, layer_norm_eps=1e-12, **common)
+    if kind == "deberta":  # microsoft/deberta-v3-* layout
+        return DebertaV2Config(max_position_embeddings=512, type_vocab_size=0, layer_norm_eps=1e-7,
+                               relative_attention=True, position_buckets=256, max_relative_positions=-1,
+                               share_att_key=True, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
+                               position_biased_input=False, pooler_hidden_size=ENC_HIDDEN, pooler_dropout=0,
+                               pooler_hidden_act="gelu", **common)
+    if kind == "deberta-rel":  # the other branches of DebertaV2
+        return DebertaV2Config(max_position_embeddings=64, type_vocab_size=2, layer_norm_eps=1e-7,
+                               relative_attention=True, position_buckets=4, max_relative_positions=10,
+                               share_att_key=False, pos_att_type=["p2c"], norm_rel_ebd="none",
+                               position_biased_input=True, pooler_hidden_size=ENC_HIDDEN, pooler_dropout=0,
+                               pooler_hidden_act="gelu", **common)
+    raise ValueError(kind)
+
+
+def make_encoder(kind, out, seed):
+    """Writes tiny-<kind>: random weights (seeded), every LayerNorm weight 1 + 0.1*randn and every
+    bias (Linear and LayerNorm) 0.05*randn, so a C implementation that drops a bias or a norm
+    parameter fails. BERT is saved as BertModel (keys without "bert."), DeBERTa as
+    DebertaV2ForSequenceClassification minus "classifier.*" (keys "deberta.*" and "pooler.*")."""
+    from safetensors.torch import load_file, save_file
+    from transformers import BertModel, DebertaV2ForSequenceClassification
+
+    config = encoder_config(kind)
+    torch.manual_seed(seed)
+    model = (BertModel(config, add_pooling_layer=True) if kind == "bert"
+             else DebertaV2ForSequenceClassification(config)).to(torch.float32)
+    model.eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    n_ln = 0
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.weight.copy_(1.0 + 0.1 * torch.randn(mod.weight.shape, generator=g))
+                mod.bias.copy_(0.05 * torch.randn(mod.bias.shape, generator=g))
+                n_ln += 1
+            elif isinstance(mod, torch.nn.Linear) and mod.bias is not None:
+                mod.bias.copy_(0.05 * torch.randn(mod.bias.shape, generator=g))
+    want_ln = 2 * 4 + 1 + (1 if kind == "deberta" else 0)  # + DeBERTa's rel_embeddings LayerNorm
+    assert n_ln == want_ln, (kind, n_ln)
+    if config.pad_token_id is not None:  # keep HF's padding_idx row at zero
+        emb = model.embeddings.word_embeddings if kind == "bert" else model.deberta.embeddings.word_embeddings
+        assert float(emb.weight.detach()[config.pad_token_id].abs().max()) == 0.0
+
+    g2 = torch.Generator().manual_seed(seed + 2)
+    ids = torch.randint(3, ENC_VOCAB, (4, 12), generator=g2)
+    with torch.no_grad():
+        if kind == "bert":
+            h = model(input_ids=ids, attention_mask=torch.ones_like(ids)).pooler_output
+        else:
+            h = model.pooler(model.deberta(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state)
+    print(f"[{kind}] pooled output on a random batch: std {h.std().item():.4f}  max|.| {h.abs().max().item():.4f}")
+    assert 0.05 < h.std().item() < 10.0
+
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    st = os.path.join(out, "model.safetensors")
+    if kind != "bert":
+        # drop the classifier: like a real checkpoint, the dir has no head (the fixtures hold its init)
+        sd = load_file(st)
+        with open(st, "rb") as f:
+            import struct
+            n = struct.unpack("<Q", f.read(8))[0]
+            meta = json.loads(f.read(n)).get("__metadata__")
+        drop = [k for k in sd if k.startswith("classifier.")]
+        assert sorted(drop) == ["classifier.bias", "classifier.weight"], drop
+        for k in drop:
+            del sd[k]
+        save_file(sd, st, metadata=meta)
+        with open(os.path.join(out, "config.json")) as f:
+            cfg = json.load(f)
+        assert cfg["architectures"] == ["DebertaV2ForSequenceClassification"], cfg["architectures"]
+    print(f"wrote {out}: " + ", ".join(
+        f"{fn} ({os.path.getsize(os.path.join(out, fn))} bytes)" for fn in sorted(os.listdir(out))))
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=["llama", "bert", "deberta", "deberta-rel", "all"], default=None,
+                    help="which model (default: all, or llama when --out is given)")
+    ap.add_argument("--out", default=None, help="output directory of a single model (default tests/fixtures/tiny-<model>)")
+    ap.add_argument("--out-root", default=FIXTURES, help="parent directory of the model dirs (default tests/fixtures)")
+    ap.add_argument("--seed", type=int, default=None, help="seed of a single model (default: that model's)")
+    args = ap.parse_args(argv)
+    model = args.model or ("llama" if args.out else "all")
+    if model == "all" and (args.out or args.seed is not None):
+        ap.error("--out / --seed need a single --model")
+
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+
+    kinds = ["llama", "bert", "deberta", "deberta-rel"] if model == "all" else [model]
+    for kind in kinds:
+        if kind == "llama":
+            out = args.out or os.path.join(args.out_root, "tiny-llama")
+            make_llama(argparse.Namespace(out=out, seed=DEFAULT_SEED if args.seed is None else args.seed))
+        else:
+            name, seed = ENCODERS[kind]
+            make_encoder(kind, args.out or os.path.join(args.out_root, name), seed if args.seed is None else args.seed)
     return 0
 
 
