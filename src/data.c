@@ -15,6 +15,7 @@ void batch_init(Batch *b, int B, int T) {
     b->cap_T = T;
     b->ids = xcalloc((size_t)B * T, sizeof(int32_t), "batch ids");
     b->mask = xcalloc((size_t)B * T, sizeof(int32_t), "batch mask");
+    b->type_ids = xcalloc((size_t)B * T, sizeof(int32_t), "batch token type ids");
     b->labels_i = xcalloc((size_t)B, sizeof(int32_t), "batch labels");
     b->labels_f = xcalloc((size_t)B, sizeof(float), "batch labels");
 }
@@ -22,6 +23,7 @@ void batch_init(Batch *b, int B, int T) {
 void batch_free(Batch *b) {
     free(b->ids);
     free(b->mask);
+    free(b->type_ids);
     free(b->labels_i);
     free(b->labels_f);
     memset(b, 0, sizeof *b);
@@ -46,6 +48,7 @@ void data_synthetic_batch(Batch *b, int vocab, int pad_id, int num_labels, uint6
             }
             b->ids[i * T + t] = id;
             b->mask[i * T + t] = t < len;
+            if (b->type_ids) b->type_ids[i * T + t] = 0;  // the synthetic task has one segment
         }
         b->n_tokens += len;
         int first = b->ids[i * T];

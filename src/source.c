@@ -55,6 +55,16 @@ void source_open(Source *s, const RunConfig *cfg, const ModelConfig *mc) {
         if (e->max_row_len > s->max_T) s->max_T = e->max_row_len;
         s->n_eval++;
     }
+    // token type ids: a model with token-type embeddings (type_vocab_size > 0, BERT) must have a row for
+    // every type id in the data (batches are checked against max_type_id as they are read); a model
+    // without them (Llama, DeBERTa-v3: type_vocab_size 0) ignores Batch.type_ids
+    for (int i = -1; i < s->n_eval && mc->type_vocab_size > 0; i++) {
+        const DatasetSplit *sp = i < 0 ? &s->train : &s->eval[i];
+        check(sp->max_type_id < mc->type_vocab_size,
+              "%s: split '%s' has token type ids up to %d (dataset 'type_ids', attribute max_type_id) but the model "
+              "has type_vocab_size %d: prepare the file with this model's tokenizer.json (tools/prep_glue.py)",
+              path, sp->name, sp->max_type_id, mc->type_vocab_size);
+    }
     s->order = xmalloc(sizeof(int64_t) * (size_t)s->train.rows, "epoch order");
     s->calib_order = xmalloc(sizeof(int64_t) * (size_t)s->train.rows, "calibration order");
     sampler_epoch_order(s->calib_order, s->train.rows, s->train.lengths, rng_key(s->seed, 0xCA1B), 0, s->window);

@@ -1,7 +1,8 @@
 // test_dataset.c: the GLUE HDF5 reader against files written here with the HDF5 C API in the
-// "actlora-glue" v1 format, laid out as h5py writes them (variable-length UTF-8 string
-// attributes, int64 scalar attributes): attribute reading, every validation error, the
-// task/labels/tokenizer check, and row reads (arbitrary order, repeats) with dynamic padding.
+// "actlora-glue" v2 format (and v1, without type_ids), laid out as h5py writes them
+// (variable-length UTF-8 string attributes, int64 scalar attributes): attribute reading, every
+// validation error, the task/labels/tokenizer check, and row reads (arbitrary order, repeats)
+// with dynamic padding of ids, mask and token type ids (absent type_ids read as zeros).
 // Optional: ACTLORA_TEST_GLUE_H5=/path/file.h5 also opens every split of a real prepared file.
 #include <errno.h>
 #include <hdf5.h>
@@ -28,6 +29,8 @@ typedef struct {
     int64_t rows, n_tokens;
     int64_t *offsets;   // [rows + 1]
     int32_t *tokens;    // [n_tokens]
+    uint8_t *type_ids;  // [n_tokens] or NULL (no type_ids dataset)
+    int max_type_id;    // written as the max_type_id attribute when type_ids is set
     int32_t *labels_i;  // [rows] or NULL
     float *labels_f;    // [rows] or NULL
     int max_row_len;
@@ -46,6 +49,10 @@ typedef struct {
     int empty_f64_names;     // label_names as an empty float64 array (what h5py makes of [])
     int chunked;             // tokens chunked + deflate (as h5py compression="gzip" writes)
     int64_t rows_attr_delta; // added to the 'rows' group attribute
+    int types_i32;           // type_ids stored as int32 (any integer type is read)
+    int types_float;         // type_ids stored as float32 (an error)
+    int64_t types_len_delta; // added to the length of the type_ids dataset (an error when != 0)
+    int omit_max_type_id;    // type_ids without the max_type_id attribute (an error)
 } FileSpec;
 
 // Token id of position t of row r: unique per (row, t) so reads can be checked exactly.
@@ -75,9 +82,25 @@ static void split_make(SplitData *s, const char *name, int64_t rows, int max_len
     }
 }
 
+// Token type ids like a BERT pair template: the first half of a row (rounded up) is segment 0, the
+// rest segment 1; every third row is a single sentence (all 0).
+static void split_add_types(SplitData *s) {
+    s->type_ids = calloc((size_t)s->n_tokens + 1, 1);
+    s->max_type_id = 0;
+    for (int64_t r = 0; r < s->rows; r++) {
+        int len = (int)(s->offsets[r + 1] - s->offsets[r]);
+        for (int t = 0; t < len; t++) {
+            uint8_t v = (uint8_t)(r % 3 != 0 && t >= (len + 1) / 2);
+            s->type_ids[s->offsets[r] + t] = v;
+            if (v > s->max_type_id) s->max_type_id = v;
+        }
+    }
+}
+
 static void split_free(SplitData *s) {
     free(s->offsets);
     free(s->tokens);
+    free(s->type_ids);
     free(s->labels_i);
     free(s->labels_f);
 }
@@ -169,6 +192,23 @@ static void file_write(const char *path, const FileSpec *f, const SplitData *spl
         if (!s->name) continue;
         hid_t g = H5Gcreate2(fid, s->name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         w_dset(g, "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, s->n_tokens, s->tokens, f->chunked);
+        if (s->type_ids) {  // as prep_glue.py writes it: uint8, parallel to tokens
+            int64_t n = s->n_tokens + f->types_len_delta;
+            if (f->types_i32 || f->types_float) {
+                int32_t *wide = calloc((size_t)n + 1, sizeof(int32_t));
+                float *fl = calloc((size_t)n + 1, sizeof(float));
+                for (int64_t i = 0; i < n && i < s->n_tokens; i++) wide[i] = s->type_ids[i], fl[i] = s->type_ids[i];
+                if (f->types_float) w_dset(g, "type_ids", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, n, fl, f->chunked);
+                else w_dset(g, "type_ids", H5T_STD_I32LE, H5T_NATIVE_INT32, n, wide, f->chunked);
+                free(wide);
+                free(fl);
+            } else {
+                uint8_t *tb = calloc((size_t)n + 1, 1);
+                memcpy(tb, s->type_ids, (size_t)(n < s->n_tokens ? n : s->n_tokens));
+                w_dset(g, "type_ids", H5T_STD_U8LE, H5T_NATIVE_UINT8, n, tb, f->chunked);
+                free(tb);
+            }
+        }
         w_dset(g, "offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, s->rows + 1, s->offsets, 0);
         if (s->labels_f) w_dset(g, "labels", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, s->rows, s->labels_f, 0);
         else w_dset(g, "labels", H5T_STD_I32LE, H5T_NATIVE_INT32, s->rows, s->labels_i, 0);
@@ -178,13 +218,14 @@ static void file_write(const char *path, const FileSpec *f, const SplitData *spl
         w_i64(g, "skipped", 3, 0);
         w_i64(g, "truncated", 2, 0);
         w_i64(g, "max_row_len", s->max_row_len, 0);
+        if (s->type_ids && !f->omit_max_type_id) w_i64(g, "max_type_id", s->max_type_id, 0);
         H5Gclose(g);
     }
     H5Fclose(fid);
 }
 
 static FileSpec spec_cls(void) {
-    FileSpec f = {.format = "actlora-glue", .task = "SST-2", .sha = SHA_A, .format_version = 1, .num_labels = 2,
+    FileSpec f = {.format = "actlora-glue", .task = "SST-2", .sha = SHA_A, .format_version = 2, .num_labels = 2,
                   .is_regression = 0, .pad_id = 0, .max_len = 24, .n_label_names = 2,
                   .label_names = {"negative", "positive"}, .n_splits = 2, .splits = {"train", "dev"}};
     return f;
@@ -216,16 +257,18 @@ static void expect_open_fail(TestCounts *tc, Tmp *t, const FileSpec *f, SplitDat
     for (int i = 0; i < 4; i++)
         T_CHECK(tc, !needles[i] || strstr(err.msg, needles[i]), "%s: message lacks '%s': %s", what, needles[i],
                 err.msg);
-    T_CHECK(tc, s.offsets == NULL && s.tokens_id < 0, "%s: failed open left state behind", what);
+    T_CHECK(tc, s.offsets == NULL && s.tokens_id < 0 && s.types_id < 0, "%s: failed open left state behind", what);
     dataset_split_close(&s);
     remove(path);
 }
 
-// Reads rows[0..n) and compares ids, mask, labels, T, n_tokens with the source data.
+// Reads rows[0..n) and compares ids, mask, type ids, labels, T, n_tokens with the source data (type
+// ids: sd->type_ids, or all 0 when the file has none; padding 0).
 static void check_read(TestCounts *tc, DatasetSplit *s, const SplitData *sd, const int64_t *rows, int n, Batch *b,
                        const char *what) {
     Error err = {{0}};
     memset(b->ids, 0x55, (size_t)b->cap_B * b->cap_T * sizeof(int32_t));
+    if (b->type_ids) memset(b->type_ids, 0x55, (size_t)b->cap_B * b->cap_T * sizeof(int32_t));
     int rc = dataset_split_read(s, rows, n, b, &err);
     T_CHECK(tc, rc == 0, "%s: read failed: %s", what, err.msg);
     if (rc) return;
@@ -243,10 +286,13 @@ static void check_read(TestCounts *tc, DatasetSplit *s, const SplitData *sd, con
         int len = (int)(sd->offsets[rows[i] + 1] - sd->offsets[rows[i]]);
         for (int t = 0; t < T && !bad; t++) {
             int32_t want = t < len ? tok_of(rows[i], t) : s->info.pad_id;
-            bad = b->ids[i * T + t] != want || b->mask[i * T + t] != (t < len);
+            int32_t want_type = t < len && sd->type_ids ? sd->type_ids[sd->offsets[rows[i]] + t] : 0;
+            int32_t got_type = b->type_ids ? b->type_ids[i * T + t] : want_type;
+            bad = b->ids[i * T + t] != want || b->mask[i * T + t] != (t < len) || got_type != want_type;
             if (bad)
-                T_CHECK(tc, 0, "%s: batch row %d (file row %lld) pos %d: id %d mask %d, expected %d %d", what, i,
-                        (long long)rows[i], t, b->ids[i * T + t], b->mask[i * T + t], want, t < len);
+                T_CHECK(tc, 0, "%s: batch row %d (file row %lld) pos %d: id %d mask %d type %d, expected %d %d %d",
+                        what, i, (long long)rows[i], t, b->ids[i * T + t], b->mask[i * T + t], got_type, want, t < len,
+                        want_type);
         }
         int bad_label = sd->labels_i ? b->labels_i[i] != sd->labels_i[rows[i]] : b->labels_f[i] != sd->labels_f[rows[i]];
         if (bad_label) T_CHECK(tc, 0, "%s: batch row %d: wrong label", what, i);
@@ -255,18 +301,26 @@ static void check_read(TestCounts *tc, DatasetSplit *s, const SplitData *sd, con
     T_CHECK(tc, !bad, "%s: contents", what);
 }
 
-static void test_info_and_reads(TestCounts *tc, Tmp *t, int fixed_strings, int chunked) {
+// with_types: 0 = no type_ids (format_version 1, as before version 2), 1 = uint8 type_ids,
+// 2 = int32 type_ids
+static void test_info_and_reads(TestCounts *tc, Tmp *t, int fixed_strings, int chunked, int with_types) {
     FileSpec f = spec_cls();
     f.fixed_strings = fixed_strings;
     f.chunked = chunked;
+    f.types_i32 = with_types == 2;
+    if (!with_types) f.format_version = 1;
     SplitData sd[2];
     split_make(&sd[0], "train", 300, f.max_len, 0, 2, 11);
     split_make(&sd[1], "dev", 40, f.max_len, 0, 2, 12);
+    if (with_types) {
+        split_add_types(&sd[0]);
+        split_add_types(&sd[1]);
+    }
     const char *path = tmp_file(t, "sst2");
     file_write(path, &f, sd, 2);
-    char what[64];
-    snprintf(what, sizeof what, "%s strings, %s tokens", fixed_strings ? "fixed" : "vlen",
-             chunked ? "chunked" : "contiguous");
+    char what[96];
+    snprintf(what, sizeof what, "%s strings, %s tokens, %s type ids", fixed_strings ? "fixed" : "vlen",
+             chunked ? "chunked" : "contiguous", with_types == 2 ? "int32" : with_types ? "uint8" : "no");
 
     DatasetInfo di;
     Error err = {{0}};
@@ -305,6 +359,9 @@ static void test_info_and_reads(TestCounts *tc, Tmp *t, int fixed_strings, int c
                     s.skipped == 3 && s.truncated == 2 && strcmp(s.name, "train") == 0 &&
                     strcmp(s.source_sha256, SHA_B) == 0 && strcmp(s.source_file, "glue/SST-2/train.tsv") == 0,
             "%s: split fields", what);
+    T_CHECK(tc, s.has_type_ids == (with_types != 0) && s.max_type_id == (with_types ? 1 : 0) &&
+                    (s.types_id >= 0) == (with_types != 0),
+            "%s: has_type_ids %d max_type_id %d", what, s.has_type_ids, s.max_type_id);
     T_CHECK(tc, dataset_row_len(&s, 17) == sd[0].offsets[18] - sd[0].offsets[17], "row_len");
     Batch b;
     batch_init(&b, 64, f.max_len);
@@ -320,6 +377,14 @@ static void test_info_and_reads(TestCounts *tc, Tmp *t, int fixed_strings, int c
     }
     for (int i = 0; i < 64; i++) rows3[i] = 100 + i;  // adjacent rows (merged ranges)
     check_read(tc, &s, &sd[0], rows3, 64, &b, what);
+    for (int i = 0; i < 64; i++) rows3[i] = (i * 37) % 300;  // > DATASET_READ_RANGES ranges: several reads
+    check_read(tc, &s, &sd[0], rows3, 64, &b, what);
+    {  // a batch without a type id buffer: ids still read, type ids skipped
+        int32_t *keep = b.type_ids;
+        b.type_ids = NULL;
+        check_read(tc, &s, &sd[0], rows1, 8, &b, what);
+        b.type_ids = keep;
+    }
     // errors: too many rows, row out of range, rows longer than the batch
     rc = dataset_split_read(&s, rows3, 65, &b, &err);
     T_CHECK(tc, rc == -1 && strstr(err.msg, "65 rows") && strstr(err.msg, "64"), "too many rows: %s", err.msg);
@@ -347,6 +412,103 @@ static void test_info_and_reads(TestCounts *tc, Tmp *t, int fixed_strings, int c
     batch_free(&b);
 out:
     remove(path);
+    split_free(&sd[0]);
+    split_free(&sd[1]);
+}
+
+// batch_init allocates zeroed type ids; the synthetic task leaves them 0.
+static void test_batch_init(TestCounts *tc) {
+    Batch b;
+    batch_init(&b, 4, 16);
+    int zero = b.type_ids != NULL;
+    for (int i = 0; zero && i < 4 * 16; i++) zero = b.type_ids[i] == 0;
+    T_CHECK(tc, zero, "batch_init: type_ids allocated and zeroed");
+    for (int i = 0; b.type_ids && i < 4 * 16; i++) b.type_ids[i] = 9;
+    data_synthetic_batch(&b, 100, 0, 2, 5, 0, 0, 0);
+    zero = 1;
+    for (int i = 0; b.type_ids && i < b.B * b.T; i++) zero &= b.type_ids[i] == 0;
+    T_CHECK(tc, zero, "synthetic batch: type_ids all 0");
+    batch_free(&b);
+    T_CHECK(tc, b.type_ids == NULL && b.ids == NULL, "batch_free clears the batch");
+}
+
+// Token type ids: absent in a version 2 file (zeros), and every malformed form of them.
+static void test_type_ids(TestCounts *tc, Tmp *t) {
+    FileSpec f0 = spec_cls(), f;
+    SplitData sd[2];
+    split_make(&sd[0], "train", 30, f0.max_len, 0, 2, 41);
+    split_make(&sd[1], "dev", 10, f0.max_len, 0, 2, 42);
+    Error err = {{0}};
+    Batch b;
+    batch_init(&b, 16, f0.max_len);
+
+    // version 2 without type_ids (a writer may leave them out): read as zeros
+    const char *path = tmp_file(t, "notypes");
+    file_write(path, &f0, sd, 2);
+    DatasetSplit s;
+    int rc = dataset_split_open(&s, path, "train", &err);
+    T_CHECK(tc, rc == 0 && !s.has_type_ids && s.max_type_id == 0, "v2 without type_ids opens: %s", err.msg);
+    if (rc == 0) {
+        int64_t rows[] = {3, 1, 29, 3};
+        check_read(tc, &s, &sd[0], rows, 4, &b, "v2 without type_ids");
+    }
+    dataset_split_close(&s);
+    remove(path);
+
+    split_add_types(&sd[0]);
+    split_add_types(&sd[1]);
+    // only one split with type ids: the other reads zeros
+    SplitData dev_plain = sd[1];
+    dev_plain.type_ids = NULL;
+    SplitData mixed[2] = {sd[0], dev_plain};
+    path = tmp_file(t, "mixed");
+    file_write(path, &f0, mixed, 2);
+    rc = dataset_split_open(&s, path, "dev", &err);
+    T_CHECK(tc, rc == 0 && !s.has_type_ids, "dev without type_ids: %s", err.msg);
+    if (rc == 0) {
+        int64_t rows[] = {0, 1, 2, 9};
+        check_read(tc, &s, &dev_plain, rows, 4, &b, "dev without type_ids");
+    }
+    dataset_split_close(&s);
+    rc = dataset_split_open(&s, path, "train", &err);
+    T_CHECK(tc, rc == 0 && s.has_type_ids && s.max_type_id == 1, "train with type_ids: %s", err.msg);
+    if (rc == 0) {
+        int64_t rows[] = {2, 1, 29, 2, 0, 13};
+        check_read(tc, &s, &sd[0], rows, 6, &b, "train with type_ids");
+    }
+    dataset_split_close(&s);
+    remove(path);
+
+    // shape disagreement: one short, one long; not an integer; max_type_id missing
+    f = f0, f.types_len_delta = -1;
+    expect_open_fail(tc, t, &f, sd, 2, "train", "type_ids too short", "'/train/type_ids'", "'/train/tokens'",
+                     "one type id per token");
+    f = f0, f.types_len_delta = 5;
+    expect_open_fail(tc, t, &f, sd, 2, "dev", "type_ids too long", "'/dev/type_ids'", "elements", "'/dev/tokens'");
+    f = f0, f.types_float = 1;
+    expect_open_fail(tc, t, &f, sd, 2, "train", "float type_ids", "'/train/type_ids'", "a float", "uint8");
+    f = f0, f.omit_max_type_id = 1;
+    expect_open_fail(tc, t, &f, sd, 2, "train", "no max_type_id", "split 'train'", "'max_type_id'", "missing");
+
+    // a type id above max_type_id is caught when its row is read
+    sd[0].type_ids[sd[0].offsets[4] + 0] = 2;
+    path = tmp_file(t, "badtype");
+    file_write(path, &f0, sd, 2);
+    rc = dataset_split_open(&s, path, "train", &err);
+    T_CHECK(tc, rc == 0, "file with a bad type id opens: %s", err.msg);
+    if (rc == 0) {
+        int64_t ok_rows[] = {3, 5};
+        rc = dataset_split_read(&s, ok_rows, 2, &b, &err);
+        T_CHECK(tc, rc == 0, "rows without the bad type id read: %s", err.msg);
+        int64_t rows[] = {3, 4};
+        rc = dataset_split_read(&s, rows, 2, &b, &err);
+        T_CHECK(tc, rc == -1 && strstr(err.msg, "row 4") && strstr(err.msg, "type id 2") && strstr(err.msg, "0..1") &&
+                        strstr(err.msg, path),
+                "bad type id: %s", err.msg);
+    }
+    dataset_split_close(&s);
+    remove(path);
+    batch_free(&b);
     split_free(&sd[0]);
     split_free(&sd[1]);
 }
@@ -396,8 +558,10 @@ static void test_errors(TestCounts *tc, Tmp *t) {
 
     f = f0, f.format = "not-glue";
     expect_open_fail(tc, t, &f, sd, 2, "train", "wrong format", "'format'", "not-glue", "actlora-glue");
-    f = f0, f.format_version = 2;
-    expect_open_fail(tc, t, &f, sd, 2, "train", "newer version", "format_version 2", "newer", NULL);
+    f = f0, f.format_version = 3;
+    expect_open_fail(tc, t, &f, sd, 2, "train", "newer version", "format_version 3", "newer", NULL);
+    f = f0, f.format_version = 0;
+    expect_open_fail(tc, t, &f, sd, 2, "train", "older version", "'format_version' is 0", "expected 1..2", NULL);
     const char *attrs[] = {"format", "format_version", "task", "num_labels", "is_regression", "label_names",
                            "pad_id", "max_len", "tokenizer_sha256", "tokenizer_name", "splits"};
     for (size_t i = 0; i < sizeof attrs / sizeof *attrs; i++) {
@@ -507,8 +671,9 @@ static void test_real_file(TestCounts *tc, const char *path) {
             for (int j = 0; j < 64; j++) rows[j] = (int64_t)(rng_u64(7, (uint64_t)j) % (uint64_t)s.rows);
             r = dataset_split_read(&s, rows, 64, &b, &err);
             T_CHECK(tc, r == 0, "real file read %s: %s", di.splits[i], err.msg);
-            printf("  %s/%s: %lld rows, %lld tokens, longest %d\n", di.task, s.name, (long long)s.rows,
-                   (long long)s.total_tokens, s.max_row_len);
+            printf("  %s/%s: %lld rows, %lld tokens, longest %d, type ids %s (max %d)\n", di.task, s.name,
+                   (long long)s.rows, (long long)s.total_tokens, s.max_row_len, s.has_type_ids ? "yes" : "no",
+                   s.max_type_id);
             batch_free(&b);
         }
         dataset_split_close(&s);
@@ -524,8 +689,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "cannot create %s: %s\n", t.dir, strerror(errno));
         return 1;
     }
-    test_info_and_reads(&tc, &t, 0, 0);
-    test_info_and_reads(&tc, &t, 1, 1);
+    test_batch_init(&tc);
+    test_info_and_reads(&tc, &t, 0, 0, 0);
+    test_info_and_reads(&tc, &t, 1, 1, 1);
+    test_info_and_reads(&tc, &t, 0, 0, 1);
+    test_info_and_reads(&tc, &t, 0, 1, 2);
+    test_type_ids(&tc, &t);
     test_regression(&tc, &t);
     test_errors(&tc, &t);
     const char *real = getenv("ACTLORA_TEST_GLUE_H5");

@@ -8,7 +8,8 @@ Usage (from the repository root):
         --out data/sst2.llama3.h5 [--pad-id N] [--limit-train N] [--no-bos-fallback]
 
 The layout of the output file is described in docs/data-format.md.  In short: one group
-per split holding `tokens` (int32, all rows concatenated, no padding), `offsets` (int64,
+per split holding `tokens` (int32, all rows concatenated, no padding), `type_ids` (uint8,
+the token type / segment id of every token, parallel to `tokens`), `offsets` (int64,
 rows+1) and `labels` (int32, or float32 for STS-B), plus attributes for provenance.
 
 Input: the original GLUE TSVs (train.tsv and dev.tsv; MNLI dev_matched.tsv and
@@ -20,7 +21,11 @@ skipped, reported on stderr as FILE:LINE and counted in the file's attributes.
 
 Tokenization uses the tokenizer's own post-processor for special tokens
 (encode(a) / encode(a, b) with add_special_tokens=True), truncation to --max-len with
-the longest-first strategy for pairs, and no padding.  One exception ("BOS fallback"):
+the longest-first strategy for pairs, and no padding.  Truncation and padding settings
+stored in tokenizer.json (e.g. a BERT tokenizer's max_length 128 / pad to 128) are
+replaced: --max-len is the only limit.  The token type ids are the ones the
+post-processor assigns (Encoding.type_ids: 0 for the first text and its special tokens,
+1 for the second text in a BERT template).  One exception ("BOS fallback"):
 when the tokenizer's post-processor adds no special tokens at all but the
 tokenizer_config.json next to tokenizer.json names a bos_token (and does not set
 add_bos_token to false), a template "BOS $A" / "BOS $A BOS $B" is appended to the
@@ -43,7 +48,7 @@ import sys
 import time
 
 FORMAT = "actlora-glue"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: adds /<split>/type_ids and the max_type_id attribute
 MAX_REPORTED = 20  # skipped rows printed per file; the rest are only counted
 
 BOM = b"\xef\xbb\xbf"
@@ -284,21 +289,30 @@ def resolve_pad_id(tok, config, pad_id_arg):
                     "names <|finetune_right_pad_id|>)")
 
 
+MAX_TYPE_ID = 255  # type ids are stored as uint8
+
+
 def tokenize(tok, texts, max_len):
-    """Encode all rows (truncation already enabled).  Returns (tokens int32, offsets int64,
-    truncated count)."""
+    """Encode all rows (truncation already enabled).  Returns (tokens int32, type_ids uint8,
+    offsets int64, truncated count)."""
     import numpy as np
 
     encs = tok.encode_batch(texts, add_special_tokens=True)
     lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
     offsets = np.zeros(len(encs) + 1, dtype=np.int64)
     np.cumsum(lens, out=offsets[1:])
-    tokens = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.int32,
-                         count=int(offsets[-1]))
+    n = int(offsets[-1])
+    tokens = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.int32, count=n)
+    types = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encs), dtype=np.int64,
+                        count=n)
+    if n and (int(types.min()) < 0 or int(types.max()) > MAX_TYPE_ID):
+        raise PrepError(f"the tokenizer's post-processor assigns token type ids "
+                        f"{int(types.min())}..{int(types.max())}, outside 0..{MAX_TYPE_ID} "
+                        f"(stored as uint8)")
     truncated = sum(1 for e in encs if e.overflowing)
     if len(lens) and int(lens.max()) > max_len:  # cannot happen with truncation enabled
         raise PrepError(f"internal error: a row has {int(lens.max())} tokens > max_len {max_len}")
-    return tokens, offsets, truncated
+    return tokens, types.astype(np.uint8), offsets, truncated
 
 
 # ---------------------------------------------------------------------------- writing
@@ -324,7 +338,7 @@ def _int_attr(attrs, name, value):
 
 def write_h5(out, root_attrs, splits):
     """root_attrs: list of (name, kind, value); splits: list of (name, arrays, attrs) with
-    arrays = (tokens, offsets, labels) and attrs a list of (name, kind, value).  Written to
+    arrays = (tokens, type_ids, offsets, labels) and attrs a list of (name, kind, value).  Written to
     a temporary file in the same directory, then renamed onto `out`."""
     import h5py
 
@@ -338,9 +352,10 @@ def write_h5(out, root_attrs, splits):
     try:
         with h5py.File(tmp, "w", libver="earliest") as f:
             put(f.attrs, root_attrs)
-            for name, (tokens, offsets, labels), attrs in splits:
+            for name, (tokens, type_ids, offsets, labels), attrs in splits:
                 g = f.create_group(name)
                 g.create_dataset("tokens", data=tokens, dtype="<i4", track_times=False)
+                g.create_dataset("type_ids", data=type_ids, dtype="u1", track_times=False)
                 g.create_dataset("offsets", data=offsets, dtype="<i8", track_times=False)
                 g.create_dataset("labels", data=labels, dtype="<f4" if labels.dtype.kind == "f" else "<i4",
                                  track_times=False)
@@ -384,8 +399,11 @@ def prepare(task, glue_dir, tokenizer_path, max_len, out, pad_id=None, limit_tra
     if max_len <= n_special:
         raise PrepError(f"--max-len {max_len} leaves no room for text: the tokenizer adds "
                         f"{n_special} special tokens per row")
+    # replace whatever tokenizer.json says (BERT tokenizers ship truncation to 128 and padding
+    # to a fixed length): no padding, and --max-len longest-first from the right
     tok.no_padding()
-    tok.enable_truncation(max_len, strategy="longest_first")
+    tok.no_truncation()
+    tok.enable_truncation(max_len, stride=0, strategy="longest_first", direction="right")
 
     regression = spec["labels"] is None
     split_out, stats = [], {}
@@ -396,7 +414,7 @@ def prepare(task, glue_dir, tokenizer_path, max_len, out, pad_id=None, limit_tra
         if not texts:
             raise PrepError(f"{path}: no usable rows ({len(skipped)} skipped) -- is this "
                             f"the {task} directory in the original GLUE layout?")
-        tokens, offsets, truncated = tokenize(tok, texts, max_len)
+        tokens, types, offsets, truncated = tokenize(tok, texts, max_len)
         empty = np.flatnonzero(np.diff(offsets) == 0)
         if len(empty):  # text that tokenizes to nothing and a tokenizer adding no specials
             for i in empty:
@@ -406,7 +424,7 @@ def prepare(task, glue_dir, tokenizer_path, max_len, out, pad_id=None, limit_tra
             texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
             if not texts:
                 raise PrepError(f"{path}: no usable rows (all {len(empty)} rows tokenize to nothing)")
-            tokens, offsets, truncated = tokenize(tok, texts, max_len)
+            tokens, types, offsets, truncated = tokenize(tok, texts, max_len)
         lab = np.asarray(labels, dtype=np.float32 if regression else np.int32)
         lens = np.diff(offsets)
         n_pad = int(np.count_nonzero(tokens == pad))
@@ -419,13 +437,15 @@ def prepare(task, glue_dir, tokenizer_path, max_len, out, pad_id=None, limit_tra
                  ("rows", "int", len(texts)),
                  ("skipped", "int", len(skipped)),
                  ("truncated", "int", truncated),
-                 ("max_row_len", "int", int(lens.max()))]
+                 ("max_row_len", "int", int(lens.max())),
+                 ("max_type_id", "int", int(types.max()))]
         if split == "train":
             attrs.append(("limit_train", "int", limit_train))
-        split_out.append((split, (tokens, offsets, lab), attrs))
+        split_out.append((split, (tokens, types, offsets, lab), attrs))
         stats[split] = dict(rows=len(texts), skipped=len(skipped), truncated=truncated,
                             mean_len=float(lens.mean()), max_len=int(lens.max()),
-                            tokens=int(offsets[-1]), skipped_lines=skipped)
+                            tokens=int(offsets[-1]), max_type_id=int(types.max()),
+                            skipped_lines=skipped)
 
     import tokenizers
     tok_name = os.path.basename(os.path.dirname(os.path.abspath(tokenizer_path)))

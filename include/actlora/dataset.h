@@ -1,14 +1,18 @@
 // dataset.h: tokenized GLUE splits in HDF5 files written by tools/prep_glue.py.
 //
-// File format "actlora-glue", version 1 (tools/prep_glue.py is the writer; this is the reader):
-//   root attributes: format ("actlora-glue"), format_version (1), task ("SST-2", "STS-B", "MNLI", ...),
+// File format "actlora-glue", version 2 (tools/prep_glue.py is the writer; this is the reader; version 1
+// files, which have no type_ids, are read too):
+//   root attributes: format ("actlora-glue"), format_version (1 or 2), task ("SST-2", "STS-B", "MNLI", ...),
 //     num_labels (1 for regression), is_regression (0/1), label_names (strings, [num_labels] or empty),
 //     pad_id, max_len, tokenizer_sha256 (64 hex chars), tokenizer_name, splits (strings: "train", "dev", ...)
 //   one group per split, "/<split>":
 //     tokens  int32 [total_tokens]   rows concatenated, no padding
+//     type_ids uint8 [total_tokens]  (version 2; optional) token type (segment) id of every token, parallel
+//                                    to tokens; absent = all 0
 //     offsets int64 [rows + 1]       row i = tokens[offsets[i] : offsets[i+1]]
 //     labels  int32 [rows] (classification) or float32 [rows] (regression)
-//     attributes: source_file, source_sha256 (strings), rows, skipped, truncated, max_row_len (ints)
+//     attributes: source_file, source_sha256 (strings), rows, skipped, truncated, max_row_len (ints),
+//                 max_type_id (int; required with type_ids: the largest type id of the split)
 // Strings may be variable-length (h5py's default) or fixed-length; integers any integer type.
 //
 // A DatasetSplit keeps offsets, lengths and labels in memory (16 bytes a row) and reads the
@@ -23,7 +27,8 @@
 #include "actlora/data.h"
 
 #define DATASET_FORMAT "actlora-glue"
-#define DATASET_FORMAT_VERSION 1
+#define DATASET_FORMAT_VERSION 2      // newest version read (and written by tools/prep_glue.py)
+#define DATASET_FORMAT_VERSION_MIN 1  // oldest version read (no type_ids)
 #define DATASET_MAX_SPLITS 8
 #define DATASET_MAX_LABELS 32
 
@@ -63,25 +68,33 @@ typedef struct {
     float *labels_f;          // [rows] (regression) or NULL
     int32_t max_row_len;      // longest row
     int64_t skipped, truncated;  // as recorded by the writer (rows dropped / cut to max_len)
+    int has_type_ids;         // the split has a type_ids dataset (else every token's type is 0)
+    int32_t max_type_id;      // largest token type id of the split (attribute max_type_id; 0 without type_ids)
     char source_file[256];
     char source_sha256[72];
     int64_t file_id, tokens_id;  // HDF5 handles (hid_t); the token dataset stays open
+    int64_t types_id;         // the type_ids dataset (open), or H5I_INVALID_HID
     int32_t *scratch;         // token read buffer, grows as needed
+    int32_t *type_scratch;    // type id read buffer (same layout and capacity as scratch)
     int64_t scratch_cap;      // elements
 } DatasetSplit;
 
 // Opens split `split` of the file at `path`: reads and validates the root attributes, the
 // split's attributes, offsets (start at 0, non-decreasing, end at the token count, row lengths in
-// 1..max_len) and labels ([0, num_labels) for classification, finite for regression). Every
+// 1..max_len), labels ([0, num_labels) for classification, finite for regression) and, when present,
+// type_ids (an integer dataset of exactly total_tokens elements, with a max_type_id attribute). Every
 // problem names the file, the split and the row. On failure *s is left closed (safe to close).
 int dataset_split_open(DatasetSplit *s, const char *path, const char *split, Error *err);
 
 // Reads rows[0..n) (any order, repeats allowed) into b: b->B = n, b->T = the longest of these
-// rows (dynamic padding), ids right-padded with info.pad_id, mask 1 on real tokens, labels into
+// rows (dynamic padding), ids right-padded with info.pad_id, mask 1 on real tokens, type ids into
+// b->type_ids (same layout as ids, right-padded with 0; all 0 when the split has no type_ids; skipped
+// when b->type_ids is NULL; each checked to be in 0..max_type_id), labels into
 // b->labels_i (classification) or b->labels_f (regression; the other one is zeroed), and
 // b->n_tokens = the real tokens. b must come from batch_init(b, cap_B >= n, cap_T >= info.max_len
-// or at least the longest row). Reads only these rows' tokens (hyperslab selections, each distinct
-// row once, ~1 us a row from a warm page cache); offsets and labels come from memory.
+// or at least the longest row). Reads only these rows' tokens and type ids (the same hyperslab
+// selections for both, each distinct row once, ~1 us a row from a warm page cache); offsets and labels
+// come from memory.
 int dataset_split_read(DatasetSplit *s, const int64_t *rows, int n, Batch *b, Error *err);
 
 // Length of row `row` (0 <= row < s->rows).

@@ -4,12 +4,16 @@
   (MRPC with a BOM, QQP with malformed rows, unknown labels, empty texts, '"' inside
   texts), tokenized with a small WordPiece tokenizer built here with a BERT-style
   TemplateProcessing post-processor: rows, labels, skipped counts, the FILE:LINE report
-  on stderr, and tokens == tokenizer.encode(...) with truncation.
+  on stderr, and tokens == tokenizer.encode(...) with truncation, type_ids ==
+  tokenizer.encode(...).type_ids (0 on the first text, 1 on the second and its [SEP]).
 * Longest-first truncation of pairs, the truncated counter, --limit-train, the pad id
   and BOS fallbacks, CLI errors.
 * Byte-identical output on a re-run.
 * The real data under ../shared (skipped when absent): SST-2, MRPC and CoLA dev with the
-  real Llama-3 tokenizer.
+  real Llama-3 tokenizer, including MRPC's type ids against the tokenizer's own encode(a, b).
+
+Encoder tokenizers (the real all-MiniLM-L6-v2 WordPiece one, a SentencePiece-style Unigram
+fixture) are tested in test_prep_glue_encoders.py.
 
 Run:  cd <repo> && python3 -m pytest -q tests/python/test_prep_glue.py
 """
@@ -77,11 +81,19 @@ def wp(tmp_path_factory):
     return make_wordpiece(tmp_path_factory.mktemp("tok") / "wp")
 
 
-def ref_encode(tok_path, texts, max_len):
+def ref_encodings(tok_path, texts, max_len):
     """Reference: the tokenizer's own encode with longest-first truncation."""
     tok = Tokenizer.from_file(str(tok_path))
     tok.enable_truncation(max_len, strategy="longest_first")
-    return [tok.encode(*t).ids if isinstance(t, tuple) else tok.encode(t).ids for t in texts]
+    return [tok.encode(*t) if isinstance(t, tuple) else tok.encode(t) for t in texts]
+
+
+def ref_encode(tok_path, texts, max_len):
+    return [e.ids for e in ref_encodings(tok_path, texts, max_len)]
+
+
+def ref_types(tok_path, texts, max_len):
+    return [e.type_ids for e in ref_encodings(tok_path, texts, max_len)]
 
 
 def _s(v):
@@ -98,11 +110,13 @@ def load(path):
         for name in root["splits"]:
             g = f[name]
             tok, off, lab = g["tokens"][:], g["offsets"][:], g["labels"][:]
+            typ = g["type_ids"][:] if "type_ids" in g else None
             splits[name] = dict(
-                tokens=tok, offsets=off, labels=lab,
+                tokens=tok, offsets=off, labels=lab, type_ids=typ,
                 rows=[tok[off[i]:off[i + 1]].tolist() for i in range(len(off) - 1)],
+                types=None if typ is None else [typ[off[i]:off[i + 1]].tolist() for i in range(len(off) - 1)],
                 attrs={k: _s(g.attrs[k]) for k in g.attrs},
-                dtypes={k: g[k].dtype for k in ("tokens", "offsets", "labels")},
+                dtypes={k: g[k].dtype for k in g.keys()},
                 datasets=sorted(g.keys()))
     return root, splits
 
@@ -246,7 +260,7 @@ def check_task(task, glue_dir, expect, tok_path, out, capsys, max_len=32):
     root, splits = load(out)
     spec = prep_glue.TASKS[task]
     regression = spec["labels"] is None
-    assert root["format"] == "actlora-glue" and root["format_version"] == 1
+    assert root["format"] == "actlora-glue" and root["format_version"] == 2
     assert root["task"] == task
     assert root["is_regression"] == int(regression)
     assert root["num_labels"] == (1 if regression else len(spec["labels"]))
@@ -260,8 +274,9 @@ def check_task(task, glue_dir, expect, tok_path, out, capsys, max_len=32):
     reports = reported_skips(err)
     for split, (fname, texts, labels, skipped) in expect.items():
         s = splits[split]
-        assert s["datasets"] == ["labels", "offsets", "tokens"]
+        assert s["datasets"] == ["labels", "offsets", "tokens", "type_ids"]
         assert s["dtypes"]["tokens"] == np.dtype("<i4") and s["dtypes"]["offsets"] == np.dtype("<i8")
+        assert s["dtypes"]["type_ids"] == np.dtype("u1") and len(s["type_ids"]) == len(s["tokens"])
         assert s["dtypes"]["labels"] == np.dtype("<f4" if regression else "<i4")
         a = s["attrs"]
         assert a["source_file"] == fname
@@ -274,6 +289,11 @@ def check_task(task, glue_dir, expect, tok_path, out, capsys, max_len=32):
             assert s["labels"].tolist() == [spec["labels"].index(x) for x in labels]
         assert s["offsets"][0] == 0 and s["offsets"][-1] == len(s["tokens"])
         assert s["rows"] == ref_encode(tok_path, texts, max_len)
+        want_types = ref_types(tok_path, texts, max_len)
+        assert s["types"] == want_types
+        pair = isinstance(texts[0], tuple)
+        assert all(any(t) == pair for t in want_types)        # BERT template: 1s only in pairs
+        assert a["max_type_id"] == int(pair)
         assert a["max_row_len"] == max(len(r) for r in s["rows"])
         assert a["truncated"] == 0
         mine = sorted((line, reason) for f, line, reason in reports if f == fname)
@@ -361,6 +381,10 @@ def test_truncation_longest_first(tmp_path, wp, capsys):
     _, s = load(tmp_path / "o.h5")
     got = s["train"]["rows"]
     assert got == ref_encode(wp, rows, max_len)
+    assert s["train"]["types"] == ref_types(wp, rows, max_len)
+    for r, t in zip(got, s["train"]["types"]):   # [CLS] A [SEP] -> 0, B [SEP] -> 1
+        k = r.index(Tokenizer.from_file(str(wp)).token_to_id("[SEP]"))
+        assert t == [0] * (k + 1) + [1] * (len(r) - k - 1)
 
     tok = Tokenizer.from_file(str(wp))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
@@ -397,6 +421,36 @@ def test_truncation_single(tmp_path, wp, capsys):
     assert s["train"]["rows"][0] == full[:7] + [full[-1]]      # [CLS] 6 tokens [SEP]
     assert s["train"]["attrs"]["truncated"] == 1
     assert "truncated     1" in capsys.readouterr().out
+
+
+def test_tokenizer_json_truncation_and_padding_replaced(tmp_path, capsys):
+    """A tokenizer.json with its own truncation (max_length 6) and fixed padding (to 40), as
+    BERT tokenizers ship them: --max-len alone decides, nothing is padded."""
+    tok = Tokenizer.from_file(str(make_wordpiece(tmp_path / "plain")))
+    tok.enable_truncation(6, strategy="only_second", direction="left")
+    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=40)
+    (tmp_path / "bert").mkdir()
+    path = tmp_path / "bert" / "tokenizer.json"
+    tok.save(str(path))
+    long_a = " ".join(["the cat sat on the mat"] * 5)      # 30 tokens
+    rows = [(long_a, "a dog runs fast"), ("hi", "no")]
+    d = tmp_path / "RTE"
+    d.mkdir()
+    tsv = "index\tsentence1\tsentence2\tlabel\n" + "".join(
+        f"{i}\t{a}\t{b}\tentailment\n" for i, (a, b) in enumerate(rows))
+    (d / "train.tsv").write_text(tsv)
+    (d / "dev.tsv").write_text(tsv)
+    assert run("RTE", d, path, tmp_path / "o.h5", max_len=20) == 0
+    root, s = load(tmp_path / "o.h5")
+    got, types = s["train"]["rows"], s["train"]["types"]
+    assert root["pad_id"] == 0
+    assert [len(r) for r in got] == [20, 5]                # not 6, not 40
+    ref = Tokenizer.from_file(str(tmp_path / "plain" / "tokenizer.json"))
+    ref.enable_truncation(20, strategy="longest_first")
+    for (a, b), r, t in zip(rows, got, types):
+        e = ref.encode(a, b)
+        assert r == e.ids and t == e.type_ids
+    assert got[0][-5:-1] == ref.encode("a dog runs fast", add_special_tokens=False).ids  # B kept whole
 
 
 def test_limit_train(tmp_path, wp, capsys):
@@ -596,5 +650,20 @@ def test_real_glue_dev(task, n_dev, header, label_col, text_cols, tmp_path, llam
     else:
         want = [[LLAMA3_BOS] + a.ids for a in enc]
     assert dev["rows"] == want
+    # type ids: the BOS fallback template gives sentence 2 (and its BOS) type id 1
+    if pair:
+        want_t = [[0] * (1 + len(a.ids)) + [1] * (1 + len(b.ids)) for a, b in zip(enc, enc_b)]
+    else:
+        want_t = [[0] * (1 + len(a.ids)) for a in enc]
+    assert dev["types"] == want_t
+    assert dev["attrs"]["max_type_id"] == int(pair)
+    if pair:   # ... which is what that template's own encode(a, b) assigns
+        tmpl = Tokenizer.from_file(str(LLAMA3))
+        tmpl.post_processor = processors.Sequence([tmpl.post_processor, processors.TemplateProcessing(
+            single="<|begin_of_text|>:0 $A:0", pair="<|begin_of_text|>:0 $A:0 <|begin_of_text|>:1 $B:1",
+            special_tokens=[("<|begin_of_text|>", LLAMA3_BOS)])])
+        for i in range(0, n_dev, 17):
+            e = tmpl.encode(ref[i][text_cols[0]], ref[i][text_cols[1]])
+            assert dev["rows"][i] == e.ids and dev["types"][i] == e.type_ids
     if task == "MRPC":   # quotes survive: the first dev row's second sentence starts with '"'
         assert llama3.decode(dev["rows"][0], skip_special_tokens=False).split("<|begin_of_text|>")[2].startswith('"The foodservice')
