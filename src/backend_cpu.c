@@ -399,6 +399,7 @@ void backend_cpu_init(Backend *be, int threads) {
     be->pool_last_bwd = cpu_pool_last_bwd;
     be->loss_fwd_bwd = cpu_loss_fwd_bwd;
     be->adamw = cpu_adamw;
+    backend_cpu_weights_init(be);  // weight_alloc, weight_upload, weight_randn, wgemm, ... (backend_weights.c)
     backend_cpu_enc_init(be);
 }
 

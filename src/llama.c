@@ -52,6 +52,25 @@ static float *load_tensor(Backend *be, const HFWeights *w, const char *name, int
     return dev;
 }
 
+// The same for a frozen weight that only feeds wgemm / wembedding_fwd: kept in the backend's weight
+// format (bf16 on CUDA by default; backend.h), drawn or converted on the backend.
+static void *load_weight(Backend *be, const HFWeights *w, const char *name, int64_t d0, int64_t d1, int random_init,
+                         uint64_t seed) {
+    int64_t shape[2] = {d0, d1};
+    size_t n = (size_t)d0 * (size_t)d1;
+    void *dev = be->weight_alloc(be, n, name);
+    if (random_init) {
+        be->weight_randn(be, dev, n, 0.0f, 0.02f, rng_key(seed, fnv1a64(FNV64_INIT, name, strlen(name))));
+        return dev;
+    }
+    float *host = xmalloc(n * sizeof(float), name);
+    Error err;
+    if (hfweights_read_f32(w, name, 2, shape, host, &err) != 0) die("%s", err.msg);
+    be->weight_upload(be, dev, host, n);
+    free(host);
+    return dev;
+}
+
 // RoPE tables in HF's convention, with rope_type "llama3" frequency scaling.
 static void rope_tables(const ModelConfig *mc, int T, float *cos_t, float *sin_t) {
     int D = mc->head_dim, half = D / 2;
@@ -89,25 +108,30 @@ void llama_load(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, i
     }
     int L = mc->num_hidden_layers, C = mc->hidden_size, I = mc->intermediate_size, V = mc->vocab_size;
     int qd = mc->num_attention_heads * mc->head_dim, kvd = mc->num_key_value_heads * mc->head_dim;
-    m->wte = load_tensor(be, &w, "model.embed_tokens.weight", 2, V, C, random_init, seed, 0);
+    m->wte = load_weight(be, &w, "model.embed_tokens.weight", V, C, random_init, seed);  // weight format
     m->norm = load_tensor(be, &w, "model.norm.weight", 1, C, 0, random_init, seed, 1);
     m->layers = xcalloc((size_t)L, sizeof(LlamaLayer), "layers");
     char name[160];
-#define LAYER_TENSOR(field, suffix, nd, a, b, norm)                                          \
+    // norms: fp32 (rmsnorm reads them); projections: the backend's weight format (wgemm reads them)
+#define LAYER_NORM(field, suffix)                                                             \
     snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                             \
-    m->layers[l].field = load_tensor(be, &w, name, nd, a, b, random_init, seed, norm)
+    m->layers[l].field = load_tensor(be, &w, name, 1, C, 0, random_init, seed, 1)
+#define LAYER_WEIGHT(field, suffix, a, b)                                                     \
+    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                             \
+    m->layers[l].field = load_weight(be, &w, name, a, b, random_init, seed)
     for (int l = 0; l < L; l++) {
-        LAYER_TENSOR(ln1, "input_layernorm.weight", 1, C, 0, 1);
-        LAYER_TENSOR(wq, "self_attn.q_proj.weight", 2, qd, C, 0);
-        LAYER_TENSOR(wk, "self_attn.k_proj.weight", 2, kvd, C, 0);
-        LAYER_TENSOR(wv, "self_attn.v_proj.weight", 2, kvd, C, 0);
-        LAYER_TENSOR(wo, "self_attn.o_proj.weight", 2, C, qd, 0);
-        LAYER_TENSOR(ln2, "post_attention_layernorm.weight", 1, C, 0, 1);
-        LAYER_TENSOR(wg, "mlp.gate_proj.weight", 2, I, C, 0);
-        LAYER_TENSOR(wu, "mlp.up_proj.weight", 2, I, C, 0);
-        LAYER_TENSOR(wd, "mlp.down_proj.weight", 2, C, I, 0);
+        LAYER_NORM(ln1, "input_layernorm.weight");
+        LAYER_WEIGHT(wq, "self_attn.q_proj.weight", qd, C);
+        LAYER_WEIGHT(wk, "self_attn.k_proj.weight", kvd, C);
+        LAYER_WEIGHT(wv, "self_attn.v_proj.weight", kvd, C);
+        LAYER_WEIGHT(wo, "self_attn.o_proj.weight", C, qd);
+        LAYER_NORM(ln2, "post_attention_layernorm.weight");
+        LAYER_WEIGHT(wg, "mlp.gate_proj.weight", I, C);
+        LAYER_WEIGHT(wu, "mlp.up_proj.weight", I, C);
+        LAYER_WEIGHT(wd, "mlp.down_proj.weight", C, I);
     }
-#undef LAYER_TENSOR
+#undef LAYER_NORM
+#undef LAYER_WEIGHT
     if (!random_init) hfweights_close(&w);
     m->rope_T = mc->max_position_embeddings;
     size_t rn = (size_t)m->rope_T * (size_t)(mc->head_dim / 2);
@@ -331,9 +355,9 @@ static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, Llama
         if (_i >= 0) lora_forward(be, ls, _i, X, Y, a->lora_a[mod], N, train, key, scratch); \
     } while (0)
     be->rmsnorm_fwd(be, a->xn1, a->rstd1, a->x_in, w->ln1, N, C, eps);
-    be->gemm(be, 0, 1, N, qd, C, 1.0f, a->xn1, w->wq, 0.0f, a->q);
-    be->gemm(be, 0, 1, N, kvd, C, 1.0f, a->xn1, w->wk, 0.0f, a->k);
-    be->gemm(be, 0, 1, N, kvd, C, 1.0f, a->xn1, w->wv, 0.0f, a->v);
+    be->wgemm(be, 1, N, qd, C, 1.0f, a->xn1, w->wq, 0.0f, a->q);
+    be->wgemm(be, 1, N, kvd, C, 1.0f, a->xn1, w->wk, 0.0f, a->k);
+    be->wgemm(be, 1, N, kvd, C, 1.0f, a->xn1, w->wv, 0.0f, a->v);
     LORA_FWD(LORA_Q, a->xn1, a->q);
     LORA_FWD(LORA_K, a->xn1, a->k);
     LORA_FWD(LORA_V, a->xn1, a->v);
@@ -341,16 +365,16 @@ static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, Llama
     be->rope_fwd(be, a->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
     be->attention_fwd(be, a->att, a->probs, a->q, a->k, a->v, m->d_mask, B, T, H, KVH, D);
     be->copy(be, a->x_mid, a->x_in, (size_t)N * C * sizeof(float));  // residual, then += o_proj
-    be->gemm(be, 0, 1, N, C, qd, 1.0f, a->att, w->wo, 1.0f, a->x_mid);
+    be->wgemm(be, 1, N, C, qd, 1.0f, a->att, w->wo, 1.0f, a->x_mid);
     LORA_FWD(LORA_O, a->att, a->x_mid);
     be->rmsnorm_fwd(be, a->xn2, a->rstd2, a->x_mid, w->ln2, N, C, eps);
-    be->gemm(be, 0, 1, N, I, C, 1.0f, a->xn2, w->wg, 0.0f, a->gate);
-    be->gemm(be, 0, 1, N, I, C, 1.0f, a->xn2, w->wu, 0.0f, a->up);
+    be->wgemm(be, 1, N, I, C, 1.0f, a->xn2, w->wg, 0.0f, a->gate);
+    be->wgemm(be, 1, N, I, C, 1.0f, a->xn2, w->wu, 0.0f, a->up);
     LORA_FWD(LORA_GATE, a->xn2, a->gate);
     LORA_FWD(LORA_UP, a->xn2, a->up);
     be->swiglu_fwd(be, a->h, a->gate, a->up, (size_t)N * I);
     be->copy(be, out, a->x_mid, (size_t)N * C * sizeof(float));
-    be->gemm(be, 0, 1, N, C, I, 1.0f, a->h, w->wd, 1.0f, out);
+    be->wgemm(be, 1, N, C, I, 1.0f, a->h, w->wd, 1.0f, out);
     LORA_FWD(LORA_DOWN, a->h, out);
 #undef LORA_FWD
 }
@@ -394,7 +418,7 @@ double llama_forward(Llama *m, Backend *be, const LoraSet *ls, const Batch *b, i
     if (K > 1) be->upload(be, m->d_labels_i, b->labels_i, (size_t)B * sizeof(int32_t));
     else be->upload(be, m->d_labels_f, b->labels_f, (size_t)B * sizeof(float));
 
-    be->embedding_fwd(be, acts_for(m, 0)->x_in, m->d_ids, m->wte, N, C);
+    be->wembedding_fwd(be, acts_for(m, 0)->x_in, m->d_ids, m->wte, N, C);
     for (int l = 0; l < L; l++) {
         LlamaActs *a = acts_for(m, l);
         float *out = l + 1 == L ? m->x_final : acts_for(m, l + 1)->x_in;
@@ -442,20 +466,20 @@ void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t
         if (_i >= 0) lora_backward(m, be, ls, _i, X, dY, a->lora_a[mod], dX, N, key); \
     } while (0)
         // MLP: out = x_mid + h Wd^T; dres is d(out)
-        be->gemm(be, 0, 0, N, I, C, 1.0f, m->dres, w->wd, 0.0f, m->dh);
+        be->wgemm(be, 0, N, I, C, 1.0f, m->dres, w->wd, 0.0f, m->dh);
         LORA_BWD(LORA_DOWN, a->h, m->dres, m->dh);
         be->swiglu_bwd(be, m->dgate, m->dup, m->dh, a->gate, a->up, (size_t)N * I);
         float *dxn2 = need_att ? m->dxn : NULL;
         if (need_att) {
-            be->gemm(be, 0, 0, N, C, I, 1.0f, m->dgate, w->wg, 0.0f, m->dxn);
-            be->gemm(be, 0, 0, N, C, I, 1.0f, m->dup, w->wu, 1.0f, m->dxn);
+            be->wgemm(be, 0, N, C, I, 1.0f, m->dgate, w->wg, 0.0f, m->dxn);
+            be->wgemm(be, 0, N, C, I, 1.0f, m->dup, w->wu, 1.0f, m->dxn);
         }
         LORA_BWD(LORA_GATE, a->xn2, m->dgate, dxn2);
         LORA_BWD(LORA_UP, a->xn2, m->dup, dxn2);
         if (!need_att) break;
         be->rmsnorm_bwd(be, m->dres, m->dxn, a->x_mid, w->ln2, a->rstd2, N, C);  // dres = d(x_mid)
         // attention: x_mid = x_in + att Wo^T
-        be->gemm(be, 0, 0, N, qd, C, 1.0f, m->dres, w->wo, 0.0f, m->datt);
+        be->wgemm(be, 0, N, qd, C, 1.0f, m->dres, w->wo, 0.0f, m->datt);
         LORA_BWD(LORA_O, a->att, m->dres, need_qkv ? m->datt : NULL);
         if (!need_qkv) break;
         be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);
@@ -463,9 +487,9 @@ void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t
         be->rope_bwd(be, m->dk, m->rope_cos, m->rope_sin, B, T, KVH, D);
         float *dxn1 = lowest ? NULL : m->dxn;
         if (!lowest) {
-            be->gemm(be, 0, 0, N, C, qd, 1.0f, m->dq, w->wq, 0.0f, m->dxn);
-            be->gemm(be, 0, 0, N, C, kvd, 1.0f, m->dk, w->wk, 1.0f, m->dxn);
-            be->gemm(be, 0, 0, N, C, kvd, 1.0f, m->dv, w->wv, 1.0f, m->dxn);
+            be->wgemm(be, 0, N, C, qd, 1.0f, m->dq, w->wq, 0.0f, m->dxn);
+            be->wgemm(be, 0, N, C, kvd, 1.0f, m->dk, w->wk, 1.0f, m->dxn);
+            be->wgemm(be, 0, N, C, kvd, 1.0f, m->dv, w->wv, 1.0f, m->dxn);
         }
         LORA_BWD(LORA_Q, a->xn1, m->dq, dxn1);
         LORA_BWD(LORA_K, a->xn1, m->dk, dxn1);

@@ -118,6 +118,7 @@ int main(int argc, char **argv) {
     } else
 #endif
         backend_cpu_init(&be, cfg.run.threads);
+    if (backend_set_dtype(&be, cfg.model.dtype, err.msg, sizeof err.msg) != 0) die("%s", err.msg);
     Log lg;
     log_open(&lg, &d, cfg.run.dir);
     Ledger led = {0};
@@ -227,7 +228,7 @@ int main(int argc, char **argv) {
     if (use_cuda && mc.arch == ARCH_LLAMA) {  // the device-memory plan of this run, and an early, clear refusal if it cannot fit
         MemPlan plan;
         memplan_llama(&plan, &mc, cfg.model.num_labels, ls.lowest_layer, sel.n_selected, modules, cfg.lora.n_targets,
-                      cfg.lora.r, cfg.train.micro_batch, src.max_T, 4);
+                      cfg.lora.r, cfg.train.micro_batch, src.max_T, (int)be.weight_bytes);
         size_t free_b = 0, total_b = 0;
         backend_cuda_device_memory(device, &free_b, &total_b);
         char report[4096];

@@ -61,9 +61,10 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
            K = (size_t)num_labels, R = (size_t)r, qd = H * mc->head_dim,
            kvd = (size_t)mc->num_key_value_heads * mc->head_dim;
 
-    // ---- frozen weights (llama_load): embedding, final norm, per layer 2 norms + 7 projections
-    size_t per_layer = 2 * C + qd * C + 2 * kvd * C + C * qd + 3 * C * I;
-    p->weights = (V * C + C + (size_t)L * per_layer) * (size_t)weight_bytes;
+    // ---- frozen weights (llama_load): embedding + 7 projections per layer in the backend's weight
+    //      format (weight_bytes), the final norm + 2 norms per layer in fp32 (rmsnorm reads them)
+    size_t per_layer = qd * C + 2 * kvd * C + C * qd + 3 * C * I;
+    p->weights = (V * C + (size_t)L * per_layer) * (size_t)weight_bytes + (C + (size_t)L * 2 * C) * F32;
     p->rope = 2 * (size_t)mc->max_position_embeddings * (size_t)(mc->head_dim / 2) * F32;
 
     // ---- trainable state (lora_init): adapters + head, four fp32 buffers
@@ -128,6 +129,13 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     size_t partials = p->trainable_params / SUMSQ_CHUNK + 1;
     if (N > partials) partials = N;
     p->scratch = (attn_bwd ? B * H * T * T * F32 : 0) + partials * sizeof(double);
+    // bf16 weights: wgemm's bf16 copy of its activation operand (src/cuda/weights.cu), at most
+    // N x max(C, I, H*D) (the backward's dgate / dup, N x I, when layers are trained; h in the forward)
+    if (weight_bytes == 2) {
+        size_t widest = I > C ? I : C;
+        if (qd > widest) widest = qd;
+        p->scratch += N * widest * 2;
+    }
     p->workspace = BACKEND_CUDA_CUBLAS_WORKSPACE;
 
     p->total = p->weights + p->rope + p->trainable + p->acts + p->batch + p->scratch + p->workspace;
@@ -195,7 +203,7 @@ int memplan_fit(const MemPlan *p, size_t device_bytes, char *report, size_t n) {
     ROW("head buffers (incl. logits)", p->acts_head);
     ROW("  of which logits + dlogits", p->logits);
     ROW("backward scratch", p->acts_bwd);
-    ROW("backend scratch (attention dS)", p->scratch);
+    ROW(p->weight_bytes == 2 ? "backend scratch (dS, bf16 operand)" : "backend scratch (attention dS)", p->scratch);
     ROW("batch buffers", p->batch);
     snprintf(what, sizeof what, "trainable p/g/m/v (%zu params)", p->trainable_params);
     ROW(what, p->trainable);
@@ -215,7 +223,7 @@ int memplan_fit(const MemPlan *p, size_t device_bytes, char *report, size_t n) {
         else
             OUT("     not even micro-batch 1 fits: adapt fewer layers (lora.layers, or calibration keeping the top "
                 "layers), shorten data.seq_len,%s spread the run over a larger GPU\n",
-                p->weight_bytes == 4 ? " use bf16 weights (not implemented yet: docs/gpu.md)," : "");
+                p->weight_bytes == 4 ? " use bf16 weights (model.dtype = \"bf16\", the GPU's default)," : "");
     }
 #undef ROW
 #undef OUT

@@ -61,7 +61,8 @@ static double rnd(Rand *r) {
 
 typedef struct {
     TestCounts *tc;
-    Backend cpu, gpu;
+    Backend cpu, gpu;  // fp32 weight format on both: the fp32 parity checks
+    Backend cbf, gbf;  // bf16 weight format: the CPU's bf16 emulation and the CUDA bf16 path
     Rand r;
 } Ctx;
 
@@ -644,6 +645,279 @@ static void test_model(Ctx *c, const char *root) {
     model_case(c, dir, 1, l02, 2, qvd, 3, 0.0, 3, 17, "regression (rsLoRA), layers 0,2, q/v/down");
 }
 
+// ------------------------------------------------------------------------------ bf16 weights
+
+// A host fp32 copy of n weight elements of backend be (bf16 storage expanded exactly).
+static float *weights_host(Backend *be, const void *w, size_t n) {
+    float *h = xmalloc((n ? n : 1) * sizeof(float), "weights download");
+    if (be->weight_bytes == 2) {
+        uint16_t *t = xmalloc((n ? n : 1) * 2, "bf16 download");
+        be->download(be, t, w, n * 2);
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)t[i] << 16;
+            memcpy(&h[i], &u, 4);
+        }
+        free(t);
+    } else {
+        be->download(be, h, w, n * sizeof(float));
+    }
+    return h;
+}
+
+// host fp32 -> a new weight buffer of backend be
+static void *weights_on(Backend *be, const float *h, size_t n) {
+    void *w = be->weight_alloc(be, n, "test weights");
+    be->weight_upload(be, w, h, n);
+    return w;
+}
+
+static float *download_any(Backend *be, const float *d, size_t n) {
+    float *h = xmalloc((n ? n : 1) * sizeof(float), "test download");
+    be->download(be, h, d, n * sizeof(float));
+    return h;
+}
+
+static void *alloc_copy(Backend *be, const void *h, size_t bytes) {
+    void *p = be->alloc(be, bytes, "test tensor");
+    be->upload(be, p, h, bytes);
+    return p;
+}
+
+// wgemm in bf16: the CUDA bf16 path against the CPU's bf16 emulation (same rounded inputs, fp32
+// accumulation in another order: norm 1e-4) and against the fp32 GEMM (bf16 input rounding, relative
+// 2^-9 per operand: norm 1e-2); weight conversion, bf16 randn, the bf16 embedding; fp32-format wgemm.
+static void test_wgemm(Ctx *c) {
+    printf("bf16 weights: weight_upload, weight_randn, wembedding_fwd, wgemm\n");
+    Backend *cb = &c->cbf, *gb = &c->gbf;
+    T_CHECK(c->tc, cb->weight_dtype == BACKEND_WEIGHT_BF16 && gb->weight_dtype == BACKEND_WEIGHT_BF16,
+            "the bf16 backends are not in bf16 format (%d, %d)", cb->weight_dtype, gb->weight_dtype);
+    // conversion: round to nearest even, ties, the largest values, subnormals, signed zero
+    {
+        const float sp[] = {1.00390625f, 1.01171875f, -1.00390625f, 1.0f + 1.0f / 1024.0f, 65504.0f, 3.0e38f,
+                            -3.3e38f, 1e-40f, -1e-39f, 0.0f, -0.0f, 0.1f, -2.7182818f, 3.14159265f};
+        size_t ns = sizeof sp / sizeof sp[0], n = ns + 10007;
+        float *h = hrand(c, n, -3, 3);
+        memcpy(h, sp, sizeof sp);
+        void *cw = weights_on(cb, h, n), *gw = weights_on(gb, h, n);
+        float *wc = weights_host(cb, cw, n), *wg = weights_host(gb, gw, n);
+        cmp_exact(c, wg, wc, n, "weight_upload: bf16 rounding (RNE) = CPU emulation");
+        T_CHECK(c->tc, wc[0] == 1.0f && wc[1] == 1.015625f && wc[2] == -1.0f && wc[3] == 1.0f,
+                "CPU bf16 rounding of ties: %.9g %.9g %.9g %.9g", wc[0], wc[1], wc[2], wc[3]);
+        T_CHECK(c->tc, gb->weight_bytes == 2 || getenv("ACTLORA_TEST_HARNESS_ON_CPU"), "CUDA bf16 weight_bytes %zu",
+                gb->weight_bytes);
+        free(h), free(wc), free(wg);
+        cb->free(cb, cw), gb->free(gb, gw);
+    }
+    // randn drawn on the backend, rounded: within one bf16 ulp of the CPU (libm vs CUDA log/cos ~1 ulp fp32)
+    {
+        size_t n = 300007;
+        void *cw = cb->weight_alloc(cb, n, "r"), *gw = gb->weight_alloc(gb, n, "r");
+        cb->weight_randn(cb, cw, n, 0.0f, 0.02f, 0xABCDu);
+        gb->weight_randn(gb, gw, n, 0.0f, 0.02f, 0xABCDu);
+        float *wc = weights_host(cb, cw, n), *wg = weights_host(gb, gw, n);
+        cmp_rel(c, wg, wc, n, 1e-2, "weight_randn bf16 (1 bf16 ulp)");
+        free(wc), free(wg);
+        cb->free(cb, cw), gb->free(gb, gw);
+    }
+    // embedding lookup from a bf16 table: exact (the same rounded values, widened)
+    {
+        int V = 50, C = 333, N = 41;
+        float *tab = hrand(c, (size_t)V * C, -1, 1);
+        int32_t ids[41];
+        for (int i = 0; i < N; i++) ids[i] = (int32_t)(rnd(&c->r) * V);
+        void *ct = weights_on(cb, tab, (size_t)V * C), *gt = weights_on(gb, tab, (size_t)V * C);
+        int32_t *ci = alloc_copy(cb, ids, sizeof ids), *gi = alloc_copy(gb, ids, sizeof ids);
+        float *co = cb->alloc(cb, (size_t)N * C * 4, "o"), *go = gb->alloc(gb, (size_t)N * C * 4, "o");
+        cb->wembedding_fwd(cb, co, ci, ct, N, C);
+        gb->wembedding_fwd(gb, go, gi, gt, N, C);
+        float *got = download_any(gb, go, (size_t)N * C);
+        cmp_exact(c, got, co, (size_t)N * C, "wembedding_fwd (bf16 table)");
+        free(got), free(tab);
+        cb->free(cb, ct), cb->free(cb, ci), cb->free(cb, co);
+        gb->free(gb, gt), gb->free(gb, gi), gb->free(gb, go);
+    }
+    // GEMMs: odd sizes, a 4096-deep Llama-like product, both weight layouts, alpha / beta
+    const int sizes[5][3] = {{13, 7, 19}, {67, 45, 129}, {256, 384, 512}, {96, 1024, 4096}, {5, 1, 3}};
+    const float ab[3][2] = {{0.7f, -0.3f}, {1.0f, 0.0f}, {1.0f, 1.0f}};
+    double worst16 = 0.0, worst32 = 0.0;
+    for (int s = 0; s < 5; s++)
+        for (int tw = 0; tw < 2; tw++)
+            for (int k = 0; k < 3; k++) {
+                int M = sizes[s][0], N = sizes[s][1], K = sizes[s][2];
+                size_t nx = (size_t)M * K, nw = (size_t)K * N, ny = (size_t)M * N;
+                float *X = hrand(c, nx, -1, 1), *W = hrand(c, nw, -1, 1), *Y = hrand(c, ny, -1, 1);
+                if (ab[k][1] == 0.0f)
+                    for (size_t i = 0; i < ny; i++) Y[i] = NAN;  // beta = 0 overwrites, never reads Y
+                float *c32x = on_cpu(c, X, nx * 4), *c32w = on_cpu(c, W, nw * 4), *c32y = on_cpu(c, Y, ny * 4);
+                c->cpu.gemm(&c->cpu, 0, tw, M, N, K, ab[k][0], c32x, c32w, ab[k][1], c32y);
+                float *cbx = alloc_copy(cb, X, nx * 4), *cby = alloc_copy(cb, Y, ny * 4);
+                float *gbx = alloc_copy(gb, X, nx * 4), *gby = alloc_copy(gb, Y, ny * 4);
+                void *cbw = weights_on(cb, W, nw), *gbw = weights_on(gb, W, nw);
+                cb->wgemm(cb, tw, M, N, K, ab[k][0], cbx, cbw, ab[k][1], cby);
+                gb->wgemm(gb, tw, M, N, K, ab[k][0], gbx, gbw, ab[k][1], gby);
+                float *got = download_any(gb, gby, ny), *x_after = download_any(gb, gbx, nx);
+                char what[128];
+                snprintf(what, sizeof what, "wgemm bf16 %dx%dx%d tw=%d a=%g b=%g vs CPU bf16", M, N, K, tw,
+                         (double)ab[k][0], (double)ab[k][1]);
+                cmp_norm(c, got, cby, ny, 1e-4, what);
+                snprintf(what, sizeof what, "wgemm bf16 %dx%dx%d tw=%d a=%g b=%g vs fp32 gemm", M, N, K, tw,
+                         (double)ab[k][0], (double)ab[k][1]);
+                cmp_norm(c, got, c32y, ny, 1e-2, what);
+                T_CHECK(c->tc, memcmp(x_after, X, nx * 4) == 0, "wgemm modified its activation operand X");
+                if (s == 3 && tw == 1 && k == 1) {  // run to run on the device: the same bits
+                    gb->upload(gb, gby, Y, ny * 4);
+                    gb->wgemm(gb, tw, M, N, K, ab[k][0], gbx, gbw, ab[k][1], gby);
+                    float *again = download_any(gb, gby, ny);
+                    cmp_exact(c, again, got, ny, "wgemm bf16 96x1024x4096, second run vs first");
+                    free(again);
+                }
+                double mx = 0, d16 = 0, d32 = 0;
+                for (size_t i = 0; i < ny; i++) {
+                    mx = fmax(mx, fabs((double)c32y[i]));
+                    d16 = fmax(d16, fabs((double)got[i] - (double)cby[i]));
+                    d32 = fmax(d32, fabs((double)got[i] - (double)c32y[i]));
+                }
+                worst16 = fmax(worst16, d16 / (mx > 0 ? mx : 1));
+                worst32 = fmax(worst32, d32 / (mx > 0 ? mx : 1));
+                free(X), free(W), free(Y), free(got), free(x_after);
+                c->cpu.free(&c->cpu, c32x), c->cpu.free(&c->cpu, c32w), c->cpu.free(&c->cpu, c32y);
+                cb->free(cb, cbx), cb->free(cb, cby), cb->free(cb, cbw);
+                gb->free(gb, gbx), gb->free(gb, gby), gb->free(gb, gbw);
+            }
+    printf("  wgemm bf16 worst over all shapes: norm %.2e vs CPU bf16 emulation, %.2e vs fp32\n", worst16, worst32);
+    // K = 0: Y = beta Y, as gemm
+    {
+        float *Y = hrand(c, 12, -1, 1), *cy = on_cpu(c, Y, 48), *gy = alloc_copy(gb, Y, 48);
+        c->cpu.gemm(&c->cpu, 0, 0, 3, 4, 0, 1.0f, cy, cy, 0.5f, cy);
+        gb->wgemm(gb, 0, 3, 4, 0, 1.0f, gy, gy, 0.5f, gy);
+        float *got = download_any(gb, gy, 12);
+        cmp_exact(c, got, cy, 12, "wgemm bf16 K=0 (Y = beta Y)");
+        free(Y), free(got);
+        c->cpu.free(&c->cpu, cy), gb->free(gb, gy);
+    }
+    // fp32 weight format: wgemm is the fp32 gemm
+    {
+        int M = 67, N = 45, K = 129;
+        float *X = hrand(c, (size_t)M * K, -1, 1), *W = hrand(c, (size_t)N * K, -1, 1);
+        float *cx = on_cpu(c, X, (size_t)M * K * 4), *cw = on_cpu(c, W, (size_t)N * K * 4);
+        float *cy = c->cpu.alloc(&c->cpu, (size_t)M * N * 4, "y"), *gy = c->gpu.alloc(&c->gpu, (size_t)M * N * 4, "y");
+        float *gx = on_gpu(c, X, (size_t)M * K * 4);
+        void *gw = weights_on(&c->gpu, W, (size_t)N * K);
+        c->cpu.gemm(&c->cpu, 0, 1, M, N, K, 1.0f, cx, cw, 0.0f, cy);
+        c->gpu.wgemm(&c->gpu, 1, M, N, K, 1.0f, gx, gw, 0.0f, gy);
+        float *got = from_gpu(c, gy, (size_t)M * N);
+        cmp_rel(c, got, cy, (size_t)M * N, 1e-4, "wgemm in fp32 format = fp32 gemm");
+        free(X), free(W), free(got);
+        c->cpu.free(&c->cpu, cx), c->cpu.free(&c->cpu, cw), c->cpu.free(&c->cpu, cy);
+        c->gpu.free(&c->gpu, gx), c->gpu.free(&c->gpu, gw), c->gpu.free(&c->gpu, gy);
+    }
+}
+
+// A few steps of plain training (forward, backward, AdamW lr 2e-3 on everything, no clipping) of the
+// tiny model on one backend from the given parameters; losses[s] of every step, and host copies of
+// the first step's logits and gradients.
+#define BF16_STEPS 6
+static void train_tiny(Backend *be, const char *dir, const ModelConfig *mc, int K, const int *layers, int nl,
+                       const int *mods, int nm, double dropout, const Batch *b, const float *params, double *losses,
+                       float **logits0, float **grads0, size_t *numel) {
+    ModelSide s;
+    side_init(&s, be, dir, mc, K, layers, nl, mods, nm, dropout, b->B, b->T, params);
+    size_t n = s.ls.numel;
+    *numel = n;
+    float *m = be->alloc(be, n * 4, "adam m"), *v = be->alloc(be, n * 4, "adam v");
+    for (int st = 0; st < BF16_STEPS; st++) {
+        uint64_t key = 0xABCDEF + (uint64_t)st;
+        be->zero(be, s.ls.grads, n * 4);
+        losses[st] = llama_forward(&s.m, be, &s.ls, b, 1, 1.0f / (float)b->B, key, NULL) / b->B;
+        llama_backward(&s.m, be, &s.ls, b, key);
+        if (st == 0) {
+            *logits0 = download_any(be, s.m.logits, (size_t)b->B * K);
+            *grads0 = download_any(be, s.ls.grads, n);
+        }
+        be->adamw(be, s.ls.params, s.ls.grads, m, v, n, 2e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, st + 1);
+    }
+    be->free(be, m), be->free(be, v);
+    side_free(&s);
+}
+
+// The tiny model with bf16 weights: the CUDA bf16 path against the CPU's bf16 emulation (the same
+// numerics: loss 1e-3 relative, logits 2e-3 and gradients 1e-2 of their largest element, every step's
+// loss 2e-3), and a bf16 training run's loss against the fp32 run's (within 2% at every step).
+static void test_model_bf16(Ctx *c, const char *root) {
+    char dir[2048], path[4096];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/tiny-llama", root);
+    printf("tiny model, bf16 weights: classification, layers 1,3, all modules, dropout 0.1, %d AdamW steps\n",
+           BF16_STEPS);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    ModelConfig mc;
+    Error err;
+    if (hfconfig_load(&mc, path, &err) != 0) die("%s", err.msg);
+    int all[] = {LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN}, l13[] = {1, 3};
+    int K = 3, B = 4, T = 24;
+    double dropout = 0.1;
+    // the initial parameters: the CPU's init with a non-zero B (as model_case)
+    ModelSide cs;
+    side_init(&cs, &c->cpu, dir, &mc, K, l13, 2, all, 7, dropout, B, T, NULL);
+    float *params = xmalloc(cs.ls.numel * sizeof(float), "params");
+    memcpy(params, cs.ls.params, cs.ls.numel * sizeof(float));
+    for (int i = 0; i < cs.ls.n; i++) {
+        const LoraAdapter *a = &cs.ls.ad[i];
+        for (size_t j = 0; j < (size_t)a->out * cs.ls.r; j++)
+            params[a->b_off + j] = 0.2f * (2.0f * rng_uniform(rng_key(5, (uint64_t)i), j) - 1.0f);
+    }
+    Batch b;
+    batch_init(&b, B, T);
+    data_synthetic_batch(&b, mc.vocab_size, mc.pad_token_id, K, 99, 3, 1, 0);
+    double l32[BF16_STEPS], lcb[BF16_STEPS], lgb[BF16_STEPS];
+    float *lg32, *lgcb, *lggb, *g32, *gcb, *ggb;
+    size_t n32, ncb, ngb;
+    train_tiny(&c->cpu, dir, &mc, K, l13, 2, all, 7, dropout, &b, params, l32, &lg32, &g32, &n32);
+    train_tiny(&c->cbf, dir, &mc, K, l13, 2, all, 7, dropout, &b, params, lcb, &lgcb, &gcb, &ncb);
+    train_tiny(&c->gbf, dir, &mc, K, l13, 2, all, 7, dropout, &b, params, lgb, &lggb, &ggb, &ngb);
+    T_CHECK(c->tc, n32 == ncb && ncb == ngb, "parameter counts differ: %zu %zu %zu", n32, ncb, ngb);
+    cmp_double(c, lgb[0], lcb[0], 1e-3, "bf16 step-1 loss vs CPU bf16");
+    cmp_norm(c, lggb, lgcb, (size_t)B * K, 2e-3, "bf16 step-1 logits vs CPU bf16");
+    double gw16 = 0.0, gw32 = 0.0;
+    for (int i = 0; i <= cs.ls.n; i++)
+        for (int w = 0; w < 2; w++) {
+            if (i == cs.ls.n && w == 1) break;
+            char pname[160], what[200];
+            lora_param_name(&cs.ls, i < cs.ls.n ? i : -1, w, pname, sizeof pname);
+            size_t off, numel;
+            lora_param_lookup(&cs.ls, pname, &off, &numel);
+            double mx = 0, d16 = 0, d32 = 0;
+            for (size_t j = off; j < off + numel; j++) {
+                mx = fmax(mx, fabs((double)gcb[j]));
+                d16 = fmax(d16, fabs((double)ggb[j] - (double)gcb[j]));
+                d32 = fmax(d32, fabs((double)ggb[j] - (double)g32[j]));
+            }
+            double e16 = d16 / (mx > 0 ? mx : 1), e32 = d32 / (mx > 0 ? mx : 1);
+            snprintf(what, sizeof what, "bf16 grad %s vs CPU bf16", pname);
+            T_CHECK(c->tc, e16 <= 1e-2, "%s: norm %.3g > 1e-2", what, e16);
+            gw16 = fmax(gw16, e16);
+            gw32 = fmax(gw32, e32);
+        }
+    printf("  %-52s norm %.2e (tol 1e-02)\n", "bf16 step-1 gradients vs CPU bf16, worst adapter", gw16);
+    printf("  %-52s norm %.2e (informative)\n", "bf16 step-1 gradients vs fp32, worst adapter", gw32);
+    double wt16 = 0.0, wt32 = 0.0;
+    for (int st = 0; st < BF16_STEPS; st++) {
+        double e16 = fabs(lgb[st] - lcb[st]) / fabs(lcb[st]), e32 = fabs(lgb[st] - l32[st]) / fabs(l32[st]);
+        printf("  bf16-loss step %d: cuda-bf16 %.6f cpu-bf16 %.6f fp32 %.6f (rel %.2e / %.2e)\n", st + 1, lgb[st],
+               lcb[st], l32[st], e16, e32);
+        wt16 = fmax(wt16, e16);
+        wt32 = fmax(wt32, e32);
+    }
+    T_CHECK(c->tc, wt16 <= 2e-3, "bf16 training losses vs the CPU bf16 emulation: worst rel %.3g > 2e-3", wt16);
+    T_CHECK(c->tc, wt32 <= 2e-2, "bf16 training losses vs fp32: worst rel %.3g > 2e-2", wt32);
+    T_CHECK(c->tc, lgb[BF16_STEPS - 1] < lgb[0], "bf16 training did not lower the loss: %.6f -> %.6f", lgb[0],
+            lgb[BF16_STEPS - 1]);
+    printf("  %-52s rel  %.2e (tol 2e-03)\n", "bf16 training losses vs CPU bf16, worst step", wt16);
+    printf("  %-52s rel  %.2e (tol 2e-02)\n", "bf16 training losses vs fp32, worst step", wt32);
+    free(lg32), free(lgcb), free(lggb), free(g32), free(gcb), free(ggb), free(params);
+    batch_free(&b);
+    side_free(&cs);
+}
+
 // ------------------------------------------------------------------------------ NCCL
 
 static void test_nccl(Ctx *c) {
@@ -757,13 +1031,29 @@ static int run(const char *root) {
     c.tc = &tc;
     c.r.s = 20240601;
     backend_cpu_init(&c.cpu, 0);
+    backend_cpu_init(&c.cbf, 0);
+    char msg[256];
+    T_CHECK(&tc, backend_set_dtype(&c.cbf, "bf16", msg, sizeof msg) == 0, "CPU bf16: %s", msg);
     if (harness) {
         backend_cpu_init(&c.gpu, 0);
+        backend_cpu_init(&c.gbf, 0);
+        T_CHECK(&tc, backend_set_dtype(&c.gbf, "bf16", msg, sizeof msg) == 0, "CPU bf16: %s", msg);
     } else {
         backend_cuda_init(&c.gpu, 0);
         T_CHECK(&tc, strcmp(c.gpu.name, "cuda") == 0, "backend name '%s'", c.gpu.name);
+        T_CHECK(&tc, c.gpu.weight_dtype == BACKEND_WEIGHT_BF16 && c.gpu.weight_bytes == 2,
+                "the CUDA backend's default weight format is not bf16");
         test_deaths(&c);  // first: children re-execute this binary
+        backend_cuda_init(&c.gbf, 0);
+        T_CHECK(&tc, backend_set_dtype(&c.gbf, "auto", msg, sizeof msg) == 0 && c.gbf.weight_dtype == BACKEND_WEIGHT_BF16,
+                "CUDA auto -> bf16: %s", msg);
     }
+    // the fp32 parity checks: fp32 weights on the device ("auto" = fp32 on the CPU)
+    T_CHECK(&tc, backend_set_dtype(&c.gpu, "fp32", msg, sizeof msg) == 0, "fp32: %s", msg);
+    T_CHECK(&tc, backend_set_dtype(&c.cpu, "auto", msg, sizeof msg) == 0 && c.cpu.weight_dtype == BACKEND_WEIGHT_FP32,
+            "CPU auto -> fp32: %s", msg);
+    T_CHECK(&tc, backend_set_dtype(&c.cpu, "fp16", msg, sizeof msg) != 0 && strstr(msg, "fp16"),
+            "an unknown model.dtype must be refused: '%s'", msg);
     test_memory(&c);
     test_gemm(&c);
     test_add_scale_reduce(&c);
@@ -774,7 +1064,11 @@ static int run(const char *root) {
     test_head(&c);
     test_attention(&c);
     test_model(&c, root);
+    test_wgemm(&c);
+    test_model_bf16(&c, root);
     if (!harness && !getenv("ACTLORA_TEST_NO_NCCL")) test_nccl(&c);
+    backend_free(&c.gbf);
+    backend_free(&c.cbf);
     backend_free(&c.gpu);
     backend_free(&c.cpu);
     int inited = 0;

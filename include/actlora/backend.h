@@ -145,7 +145,56 @@ struct Backend {
     // p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
     void (*adamw)(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
                   float b1, float b2, float eps, float wd, int t);
+
+    // ---- frozen weights in the backend's weight format (docs/gpu.md, "Precision") ----
+    // Frozen base weights that only feed GEMMs (Linear W [out, in]) and embedding tables are kept in
+    // the backend's WEIGHT FORMAT and are opaque (void *): only the ops below read or write them.
+    // Everything else (activations, norms' weights, LoRA A/B, head, gradients, AdamW) stays fp32.
+    //   weight_dtype BACKEND_WEIGHT_FP32: fp32 values, weight_bytes 4 (the CPU's default).
+    //   weight_dtype BACKEND_WEIGHT_BF16: bf16 values (round-to-nearest-even from fp32), and the
+    //     activation operand of wgemm is rounded to bf16 too; products accumulate in fp32.
+    //     CUDA (its default): 2 bytes per element, tensor-core GEMMs (cuBLAS, CUBLAS_COMPUTE_32F).
+    //     CPU: an emulation with the same numerics (fp32 storage of bf16-rounded values, weight_bytes
+    //     4, OpenBLAS sgemm on bf16-rounded inputs): a reference for the CUDA bf16 path, not a speed-up.
+    // Choose the format before the first weight_alloc (backend_set_dtype below); weights allocated in
+    // one format must not be used after switching to the other. Free weights with be->free.
+    int weight_dtype;      // BACKEND_WEIGHT_FP32 | BACKEND_WEIGHT_BF16
+    size_t weight_bytes;   // bytes per weight element in backend memory (for memory plans)
+    // Switches the weight format; returns 0, or -1 when the backend cannot honour it (nothing changed).
+    int (*set_weight_dtype)(Backend *be, int dtype);
+    // n weight elements, zero-filled; dies if it cannot.
+    void *(*weight_alloc)(Backend *be, size_t n, const char *what);
+    // w[0..n) = the fp32 host values src_host[0..n) converted to the weight format. Synchronous.
+    void (*weight_upload)(Backend *be, void *w, const float *src_host, size_t n);
+    // w[i] = mean + std * rng_normal(key, i) (the randn op's values), converted to the weight format.
+    void (*weight_randn)(Backend *be, void *w, size_t n, float mean, float std, uint64_t key);
+    // Y[M,N] = alpha * X[M,K] @ op(W)[K,N] + beta * Y  (row-major; beta == 0 overwrites Y).
+    //   trans_w = 1: W stored [N,K] — a Linear weight [out, in]: forward y = x W^T is
+    //                wgemm(be, 1, rows, out, in, 1, x, W, 0, y)
+    //   trans_w = 0: W stored [K,N] — the input gradient of that Linear: dx (+)= dy W is
+    //                wgemm(be, 0, rows, in, out, 1, dy, W, beta, dx)
+    // X and Y are fp32 backend memory (X is never transposed); in bf16 format X is rounded to bf16
+    // (a copy: X itself is not modified) before the product. Deterministic for given inputs.
+    // With fp32 weights it is exactly be->gemm(be, 0, trans_w, M, N, K, alpha, X, W, beta, Y).
+    void (*wgemm)(Backend *be, int trans_w, int M, int N, int K, float alpha, const float *X, const void *W,
+                  float beta, float *Y);
+    // out[n, :] = table[ids[n], :] as fp32 (the embedding_fwd op on a table in the weight format,
+    // [V, C]); a negative id dies as in embedding_fwd.
+    void (*wembedding_fwd)(Backend *be, float *out, const int32_t *ids, const void *table, int N, int C);
 };
+
+// Weight formats (Backend.weight_dtype).
+enum { BACKEND_WEIGHT_FP32 = 0, BACKEND_WEIGHT_BF16 = 1 };
+
+// Resolves model.dtype ("auto" | "fp32" | "bf16") for this backend and sets its weight format:
+// "auto" = bf16 on "cuda", fp32 on "cpu"; "bf16" on the CPU is the bf16 emulation (above). Call once,
+// after the backend's init and before the model's weights are allocated. Returns 0, or -1 with a
+// message in msg (an unknown name, or a backend that cannot honour it). (src/backend_weights.c)
+int backend_set_dtype(Backend *be, const char *dtype, char *msg, size_t msg_n);
+// "fp32" or "bf16": the name of the backend's current weight format.
+const char *backend_weight_dtype_name(const Backend *be);
+// Installs the CPU backend's weight ops (fp32 format; called by backend_cpu_init).
+void backend_cpu_weights_init(Backend *be);
 
 // CPU reference backend; threads <= 0 means "use OMP_NUM_THREADS / all cores".
 void backend_cpu_init(Backend *be, int threads);

@@ -1,5 +1,8 @@
-// backend_cuda.h: the CUDA backend — the op table of backend.h in fp32 on one GPU, with cuBLAS
-// for the GEMMs and hand-written kernels for everything else (src/cuda/*.cu; docs/gpu.md).
+// backend_cuda.h: the CUDA backend — the op table of backend.h on one GPU, with cuBLAS for the
+// GEMMs and hand-written kernels for everything else (src/cuda/*.cu; docs/gpu.md). Activations,
+// adapters, gradients and the optimizer are fp32; frozen weights are in the backend's weight format,
+// bf16 by default (model.dtype "auto"; wgemm: bf16 x bf16 tensor-core GEMMs with fp32 accumulation),
+// or fp32 after backend_set_dtype(be, "fp32", ...) (then every op, wgemm included, is full fp32).
 // Only declared when the program is built with -DACTLORA_CUDA=ON (ACTLORA_HAVE_CUDA); callers
 // that may be built without CUDA guard their calls with #ifdef ACTLORA_HAVE_CUDA.
 //
@@ -26,7 +29,8 @@ int backend_cuda_available(void);
 // Total and free memory of device `device` in bytes; returns 0, or -1 (and leaves the outputs 0)
 // when the device cannot be queried. Never dies.
 int backend_cuda_device_memory(int device, size_t *free_bytes, size_t *total_bytes);
-// Binds the calling thread to `device` and fills every op of the table (be->name = "cuda").
+// Binds the calling thread to `device` and fills every op of the table (be->name = "cuda"), with
+// the weight format bf16 (backend_set_dtype switches it before weights are allocated).
 // Dies with the CUDA error when the device cannot be used.
 void backend_cuda_init(Backend *be, int device);
 

@@ -1,6 +1,7 @@
 // backend_cuda.cu: the CUDA backend's frame — device discovery, the context (one stream, one
 // cuBLAS handle with a fixed workspace, grow-only scratch, the device error flag), memory ops,
-// the GEMM, and init/destroy. The kernels live in reduce.cu, elementwise.cu and attention.cu.
+// the fp32 GEMM, and init/destroy. The kernels live in reduce.cu, elementwise.cu and attention.cu; the
+// weight formats (bf16 frozen weights, wgemm on the tensor cores) in weights.cu.
 // Semantics of every op: include/actlora/backend.h; design notes: docs/gpu.md.
 //
 // GEMM: backend.h is row-major, cuBLAS column-major. A row-major X[r, c] (leading dimension c)
@@ -202,6 +203,7 @@ static void cu_destroy(Backend *be) {
     cuda_check(cudaStreamSynchronize(cx->stream));
     if (cx->scratch) cuda_check(cudaFree(cx->scratch));
     if (cx->partials) cuda_check(cudaFree(cx->partials));
+    if (cx->wbuf) cuda_check(cudaFree(cx->wbuf));
     if (cx->d_err) cuda_check(cudaFree(cx->d_err));
     cublas_check(cublasDestroy(cx->blas));
     if (cx->blas_ws) cuda_check(cudaFree(cx->blas_ws));  // after the handle that used it
@@ -248,6 +250,7 @@ extern "C" void backend_cuda_init(Backend *be, int device) {
     cuda_install_elementwise(be);  // add, scale, embedding, rmsnorm, rope, swiglu, dropout, pool_last, adamw
     cuda_install_attention(be);    // attention_fwd, attention_bwd
     cuda_install_encoder(be);      // embedding_add, layernorm, bias, gelu, tanh, mask_rows, attention_enc
+    cuda_install_weights(be);      // weight formats (bf16 by default), weight_*, wgemm, wembedding_fwd
 
     // every op filled: a missing one would be a NULL call much later
 #define NEED(op) check(be->op != NULL, "internal: the CUDA backend leaves op '%s' unset", #op)
@@ -258,5 +261,6 @@ extern "C" void backend_cuda_init(Backend *be, int device) {
     NEED(pool_last_bwd); NEED(loss_fwd_bwd); NEED(adamw);
     NEED(embedding_add); NEED(layernorm_fwd); NEED(layernorm_bwd); NEED(bias_add); NEED(bias_grad); NEED(gelu_fwd);
     NEED(gelu_bwd); NEED(tanh_fwd); NEED(tanh_bwd); NEED(mask_rows); NEED(attention_enc_fwd); NEED(attention_enc_bwd);
+    NEED(set_weight_dtype); NEED(weight_alloc); NEED(weight_upload); NEED(weight_randn); NEED(wgemm); NEED(wembedding_fwd);
 #undef NEED
 }

@@ -71,6 +71,8 @@ typedef struct {
     size_t partials_n;
     double *host_partials;      // host copy of the partials (summed there in index order)
     size_t host_partials_n;
+    void *wbuf;                 // grow-only bf16 buffer of wgemm's activation operand (weights.cu)
+    size_t wbuf_n;              // bf16 elements
     int *d_err;                 // device error flag [CUDA_ERR_WORDS]
     const char *err_op;         // name of the last op that may set the flag (for the message)
 } CudaCtx;
@@ -99,6 +101,7 @@ void cuda_install_reduce(Backend *be);
 void cuda_install_elementwise(Backend *be);
 void cuda_install_attention(Backend *be);
 void cuda_install_encoder(Backend *be);  // encoder.cu: the encoder ops (BERT / DeBERTa)
+void cuda_install_weights(Backend *be);  // weights.cu: weight formats (bf16 default), wgemm, wembedding_fwd
 
 // ---------------------------------------------------------------------------- device helpers
 

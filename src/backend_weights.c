@@ -1,0 +1,114 @@
+// backend_weights.c: the weight-format part of the op table (backend.h, "frozen weights") for the
+// CPU backend, and backend_set_dtype, which resolves model.dtype for any backend.
+//
+// CPU weight formats:
+//   fp32: weights are plain fp32 buffers, wgemm is be->gemm, wembedding_fwd is be->embedding_fwd.
+//   bf16: an emulation of the CUDA bf16 path with the same numerics — weights are stored as fp32
+//         holding bf16-rounded values (round-to-nearest-even, as __float2bfloat16_rn), and wgemm rounds
+//         its activation operand to bf16 into scratch before an fp32 sgemm. bf16 x bf16 products are
+//         exact in fp32, so both backends compute the same sums up to summation order. Memory and
+//         speed are those of fp32: this is a reference for tests, not a production mode.
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "actlora/backend.h"
+#include "actlora/common.h"
+
+float *cpu_scratch(Backend *be, size_t n, const char *what);  // backend_cpu.c
+
+// fp32 -> nearest bf16 (ties to even), returned as the fp32 value it represents. NaN stays NaN.
+static inline float round_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) {
+        u |= 0x00400000u;  // quiet NaN, payload kept in the top bits
+    } else {
+        u += 0x7fffu + ((u >> 16) & 1u);  // may carry into the exponent (to inf past the largest bf16)
+    }
+    u &= 0xffff0000u;
+    float r;
+    memcpy(&r, &u, 4);
+    return r;
+}
+
+static void round_bf16_inplace(Backend *be, float *x, size_t n) {
+    #pragma omp parallel for num_threads(be->threads) if (n >= 32768) schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] = round_bf16(x[i]);
+}
+
+static int cpu_set_weight_dtype(Backend *be, int dtype) {
+    if (dtype != BACKEND_WEIGHT_FP32 && dtype != BACKEND_WEIGHT_BF16) return -1;
+    be->weight_dtype = dtype;
+    be->weight_bytes = sizeof(float);  // both formats store fp32 on the CPU
+    return 0;
+}
+
+static void *cpu_weight_alloc(Backend *be, size_t n, const char *what) { return be->alloc(be, n * sizeof(float), what); }
+
+static void cpu_weight_upload(Backend *be, void *w, const float *src_host, size_t n) {
+    if (!n) return;
+    memcpy(w, src_host, n * sizeof(float));
+    if (be->weight_dtype == BACKEND_WEIGHT_BF16) round_bf16_inplace(be, (float *)w, n);
+}
+
+static void cpu_weight_randn(Backend *be, void *w, size_t n, float mean, float std, uint64_t key) {
+    be->randn(be, (float *)w, n, mean, std, key);
+    if (be->weight_dtype == BACKEND_WEIGHT_BF16) round_bf16_inplace(be, (float *)w, n);
+}
+
+static void cpu_wgemm(Backend *be, int trans_w, int M, int N, int K, float alpha, const float *X, const void *W,
+                      float beta, float *Y) {
+    const float *Xr = X;
+    if (be->weight_dtype == BACKEND_WEIGHT_BF16 && M > 0 && K > 0) {
+        size_t n = (size_t)M * (size_t)K;
+        float *s = cpu_scratch(be, n, "wgemm bf16 operand");
+        #pragma omp parallel for num_threads(be->threads) if (n >= 32768) schedule(static)
+        for (size_t i = 0; i < n; i++) s[i] = round_bf16(X[i]);
+        Xr = s;
+    }
+    be->gemm(be, 0, trans_w, M, N, K, alpha, Xr, (const float *)W, beta, Y);
+}
+
+static void cpu_wembedding_fwd(Backend *be, float *out, const int32_t *ids, const void *table, int N, int C) {
+    be->embedding_fwd(be, out, ids, (const float *)table, N, C);
+}
+
+void backend_cpu_weights_init(Backend *be) {
+    be->weight_dtype = BACKEND_WEIGHT_FP32;
+    be->weight_bytes = sizeof(float);
+    be->set_weight_dtype = cpu_set_weight_dtype;
+    be->weight_alloc = cpu_weight_alloc;
+    be->weight_upload = cpu_weight_upload;
+    be->weight_randn = cpu_weight_randn;
+    be->wgemm = cpu_wgemm;
+    be->wembedding_fwd = cpu_wembedding_fwd;
+}
+
+// ---------------------------------------------------------------------------- model.dtype
+
+const char *backend_weight_dtype_name(const Backend *be) {
+    return be->weight_dtype == BACKEND_WEIGHT_BF16 ? "bf16" : "fp32";
+}
+
+int backend_set_dtype(Backend *be, const char *dtype, char *msg, size_t msg_n) {
+    int want;
+    if (!dtype || strcmp(dtype, "auto") == 0) {
+        want = strcmp(be->name, "cuda") == 0 ? BACKEND_WEIGHT_BF16 : BACKEND_WEIGHT_FP32;
+    } else if (strcmp(dtype, "fp32") == 0) {
+        want = BACKEND_WEIGHT_FP32;
+    } else if (strcmp(dtype, "bf16") == 0) {
+        want = BACKEND_WEIGHT_BF16;
+    } else {
+        if (msg && msg_n) snprintf(msg, msg_n, "model.dtype = \"%s\": expected \"auto\", \"fp32\" or \"bf16\"", dtype);
+        return -1;
+    }
+    if (!be->set_weight_dtype || be->set_weight_dtype(be, want) != 0) {
+        if (msg && msg_n)
+            snprintf(msg, msg_n, "model.dtype = \"%s\": the %s backend cannot use %s weights", dtype ? dtype : "auto",
+                     be->name, want == BACKEND_WEIGHT_BF16 ? "bf16" : "fp32");
+        return -1;
+    }
+    if (msg && msg_n) msg[0] = 0;
+    return 0;
+}
