@@ -25,13 +25,16 @@ typedef struct {
         }                                                                 \
     } while (0)
 
-// Max |a-b| / (|b| + atol) over n elements; reports the worst element.
+// Max |a-b| / (|b| + atol) over n elements (equal values count 0, a NaN in either is the worst and
+// stays so); reports the worst element.
 static inline double t_max_rel_err(const float *a, const float *b, size_t n, double atol, size_t *worst) {
     double m = 0.0;
     size_t w = 0;
     for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]) / (fabs((double)b[i]) + atol);
-        if (!(d <= m)) { m = d; w = i; }   // NaN propagates as the worst
+        double diff = fabs((double)a[i] - (double)b[i]);
+        double d = diff == 0.0 ? 0.0 : diff / (fabs((double)b[i]) + atol);
+        if (d != d) { m = d; w = i; break; }  // NaN: the worst, and it stays so
+        if (d > m) { m = d; w = i; }
     }
     if (worst) *worst = w;
     return m;

@@ -112,12 +112,15 @@ void cuda_sync_and_check(Backend *be, const char *where) {
     switch (h[0]) {
     case CUDA_ERR_NONE: return;
     case CUDA_ERR_TOKEN_ID:
-        die("embedding_fwd: token %d has negative id %d (found on the GPU at %s)", h[1], h[2], where);
+        die("embedding lookup: token %d has negative id %d (found on the GPU at %s)", h[1], h[2], where);
     case CUDA_ERR_POOL_LAST:
         die("pool_last: row %d pools position %d, outside [0, %d) (found on the GPU at %s)", h[1], h[2], h[3], where);
     case CUDA_ERR_LABEL:
         die("loss_fwd_bwd: row %d has label %d, outside [0, %d): check the data set's labels and num_labels "
             "(found on the GPU at %s)", h[1], h[2], h[3], where);
+    case CUDA_ERR_REL_IDX:
+        die("attention_enc: relative-position index idx[%d, %d] = %d is outside [0, P) (found on the GPU at %s)",
+            h[1], h[2], h[3], where);
     default: die("internal: the CUDA backend's error flag holds unknown code %d (at %s)", h[0], where);
     }
 }

@@ -57,6 +57,7 @@ enum {
     CUDA_ERR_TOKEN_ID = 1,   // info: token index, id
     CUDA_ERR_POOL_LAST = 2,  // info: row, position, T
     CUDA_ERR_LABEL = 3,      // info: row, label, K
+    CUDA_ERR_REL_IDX = 4,    // info: query i, key j, relative-position index (attention_enc)
 };
 #define CUDA_ERR_WORDS 4     // code + 3 info words
 
