@@ -8,6 +8,7 @@
 // Head: the last real token of each row -> final rmsnorm -> score (HF pools the normed
 // hidden state of the last non-pad token; the norm is per token, so pooling first is exact).
 #include "actlora/llama.h"
+#include "actlora/lora_ops.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -288,51 +289,7 @@ void llama_free(Llama *m, Backend *be) {
     memset(m, 0, sizeof *m);
 }
 
-// ---------------------------------------------------------------------------- LoRA pieces
-
-static uint64_t lora_key(uint64_t key, int layer, int module) {
-    return rng_key(rng_key(key, (uint64_t)layer), (uint64_t)module);
-}
-
-// Y[N,out] += s * dropout(X)[N,in] A^T B^T; a_out[N,r] keeps dropout(X) A^T for backward.
-static void lora_forward(Backend *be, const LoraSet *ls, int idx, const float *X, float *Y, float *a_out, int N,
-                         int train, uint64_t key, float *scratch) {
-    const LoraAdapter *ad = &ls->ad[idx];
-    const float *A = ls->params + ad->a_off, *Bw = ls->params + ad->b_off;
-    const float *Xd = X;
-    if (train && ls->dropout > 0.0f) {
-        be->dropout(be, scratch, X, (size_t)N * ad->in, ls->dropout, lora_key(key, ad->layer, ad->module));
-        Xd = scratch;
-    }
-    be->gemm(be, 0, 1, N, ls->r, ad->in, 1.0f, Xd, A, 0.0f, a_out);
-    be->gemm(be, 0, 1, N, ad->out, ls->r, ls->scaling, a_out, Bw, 1.0f, Y);
-}
-
-// Given dY [N,out]: dB += s dY^T a; da = s dY B; dA += da^T dropout(X); dX += dropout'(da A).
-static void lora_backward(Llama *m, Backend *be, LoraSet *ls, int idx, const float *X, const float *dY,
-                          const float *a_saved, float *dX, int N, uint64_t key) {
-    const LoraAdapter *ad = &ls->ad[idx];
-    const float *A = ls->params + ad->a_off, *Bw = ls->params + ad->b_off;
-    float *dA = ls->grads + ad->a_off, *dB = ls->grads + ad->b_off;
-    int r = ls->r;
-    uint64_t k = lora_key(key, ad->layer, ad->module);
-    be->gemm(be, 1, 0, ad->out, r, N, ls->scaling, dY, a_saved, 1.0f, dB);
-    be->gemm(be, 0, 0, N, r, ad->out, ls->scaling, dY, Bw, 0.0f, m->lora_da);
-    const float *Xd = X;
-    if (ls->dropout > 0.0f) {
-        be->dropout(be, m->lora_tmp, X, (size_t)N * ad->in, ls->dropout, k);
-        Xd = m->lora_tmp;
-    }
-    be->gemm(be, 1, 0, r, ad->in, N, 1.0f, m->lora_da, Xd, 1.0f, dA);
-    if (!dX) return;
-    if (ls->dropout > 0.0f) {  // the same mask scales the input gradient
-        be->gemm(be, 0, 0, N, ad->in, r, 1.0f, m->lora_da, A, 0.0f, m->lora_tmp);
-        be->dropout(be, m->lora_tmp, m->lora_tmp, (size_t)N * ad->in, ls->dropout, k);
-        be->add(be, dX, m->lora_tmp, (size_t)N * ad->in);
-    } else {
-        be->gemm(be, 0, 0, N, ad->in, r, 1.0f, m->lora_da, A, 1.0f, dX);
-    }
-}
+// (adapters: lora_ops.h)
 
 // ---------------------------------------------------------------------------- forward
 
@@ -352,7 +309,7 @@ static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, Llama
 #define LORA_FWD(mod, X, Y)                                                               \
     do {                                                                                  \
         int _i = lora_find(ls, l, mod);                                                   \
-        if (_i >= 0) lora_forward(be, ls, _i, X, Y, a->lora_a[mod], N, train, key, scratch); \
+        if (_i >= 0) lora_ops_forward(be, ls, _i, X, Y, a->lora_a[mod], N, train, key, scratch); \
     } while (0)
     be->rmsnorm_fwd(be, a->xn1, a->rstd1, a->x_in, w->ln1, N, C, eps);
     be->wgemm(be, 1, N, qd, C, 1.0f, a->xn1, w->wq, 0.0f, a->q);
@@ -463,7 +420,7 @@ void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t
 #define LORA_BWD(mod, X, dY, dX)                                                     \
     do {                                                                             \
         int _i = lora_find(ls, l, mod);                                              \
-        if (_i >= 0) lora_backward(m, be, ls, _i, X, dY, a->lora_a[mod], dX, N, key); \
+        if (_i >= 0) lora_ops_backward(be, ls, _i, X, dY, a->lora_a[mod], dX, N, key, m->lora_da, m->lora_tmp); \
     } while (0)
         // MLP: out = x_mid + h Wd^T; dres is d(out)
         be->wgemm(be, 0, N, I, C, 1.0f, m->dres, w->wd, 0.0f, m->dh);

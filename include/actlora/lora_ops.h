@@ -1,0 +1,33 @@
+// lora_ops.h: applying one LoRA adapter inside a model's forward and backward, shared by the
+// model implementations (llama.c, encoder.c). Same semantics and dropout keying everywhere:
+//   forward:  Y[N,out] += s * dropout(X)[N,in] A^T B^T, and a_out[N,r] = dropout(X) A^T is kept
+//   backward: dB += s dY^T a; da = s dY B; dA += da^T dropout(X); dX += dropout'(da A)
+// where s = ls->scaling and dropout (inverted, p = ls->dropout) draws its mask from
+// lora_ops_key(key, layer, module) of the adapter, so backward re-draws the forward's mask.
+// All buffers are backend memory.
+#ifndef ACTLORA_LORA_OPS_H
+#define ACTLORA_LORA_OPS_H
+
+#include <stdint.h>
+
+#include "actlora/backend.h"
+#include "actlora/lora.h"
+#include "actlora/rng.h"
+
+// The dropout key of adapter (layer, module) under a batch's dropout key.
+static inline uint64_t lora_ops_key(uint64_t key, int layer, int module) {
+    return rng_key(rng_key(key, (uint64_t)layer), (uint64_t)module);
+}
+
+// Forward of adapter idx on N rows: Y += s * dropout(X) A^T B^T; a_out [N, r] receives dropout(X) A^T.
+// Dropout applies only when train != 0 and ls->dropout > 0; then scratch must hold N * in floats.
+void lora_ops_forward(Backend *be, const LoraSet *ls, int idx, const float *X, float *Y, float *a_out, int N,
+                      int train, uint64_t key, float *scratch);
+
+// Backward of adapter idx given dY [N, out], its forward input X [N, in] and the a_out the forward
+// kept: accumulates (+=) dA and dB into ls->grads and, when dX != NULL, adds the input gradient to
+// dX [N, in]. Scratch: da [N, r] and tmp [N, in] floats. The key must be the forward's.
+void lora_ops_backward(Backend *be, LoraSet *ls, int idx, const float *X, const float *dY, const float *a_saved,
+                       float *dX, int N, uint64_t key, float *da, float *tmp);
+
+#endif

@@ -1,0 +1,323 @@
+// test_encoder_parity.c: the BERT and DeBERTa-v2 encoders + LoRA against fixtures written by HF
+// transformers + PEFT (tools/gen_reference.py; tests/fixtures/README.md says how to regenerate them):
+// forward (hidden states of every saved layer, logits, loss), every gradient, the 10-step AdamW
+// trajectory, the calibration statistics of the base model and (DeBERTa) the relative-position index.
+//   bert_cls     tiny-bert (a BertModel checkpoint: no "bert." prefix, no classifier), token types,
+//                3 labels, all six modules on layers 1 and 3
+//   deberta_cls  tiny-deberta (v3-like: share_att_key, c2p + p2c, 256 log buckets, normed relative
+//                embeddings, no absolute positions, no token types), 2 labels, q/k/v/intermediate on
+//                layers 0 and 2 (query_proj / key_proj adapters also act on the relative embeddings)
+//   deberta_reg  tiny-deberta-rel (pos_query_proj, p2c only, 4 buckets over 10 positions, absolute
+//                positions and token types), regression, rsLoRA, q/k/attention.output/output on 1 and 3
+//
+// Tolerances as test_llama_parity.c (fp32 on both sides, different summation orders): logits 1e-5 of
+// the largest logit, loss 1e-5 relative, gradients 1e-4 relative to the tensor's largest element, trajectory losses
+// 1e-4 of the largest loss, parameters after 10 steps 1e-4 relative to the tensor's largest element,
+// calibration sums 1e-5, hidden states 1e-5 of the largest element.
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../src/encoder_internal.h"  // saved activations (hidden states) for the layer-by-layer check
+#include "actlora/backend.h"
+#include "actlora/encoder.h"
+#include "actlora/hfmodel.h"
+#include "actlora/lora.h"
+#include "actlora/optim.h"
+#include "actlora/safetensors.h"
+#include "test_util.h"
+
+static const StTensor *need(const SafeTensors *st, const char *name) {
+    const StTensor *t = safetensors_find(st, name);
+    if (!t) {
+        fprintf(stderr, "fixture %s lacks tensor '%s'\n", st->path, name);
+        exit(1);
+    }
+    return t;
+}
+
+// Max |a-b| relative to max |b| over the tensor (gradients of tiny elements are noise-dominated).
+static double rel_to_max(const float *a, const float *b, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= num)) num = d;
+        if (fabs((double)b[i]) > den) den = fabs((double)b[i]);
+    }
+    return num / (den > 0 ? den : 1.0);
+}
+
+static int json_int(const cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valueint; }
+static double json_num(const cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valuedouble; }
+
+// Hidden state `which` (HF's output_hidden_states index: 0 embeddings, l+1 = output of layer l) over
+// the real tokens vs ours; returns the error relative to the largest reference element.
+static double hidden_err(const float *mine, const float *ref_all, int which, const int32_t *mask, int N, int C) {
+    const float *ref = ref_all + (size_t)which * N * C;
+    double num = 0.0, den = 0.0;
+    for (int n = 0; n < N; n++) {
+        if (!mask[n]) continue;
+        for (int c = 0; c < C; c++) {
+            double d = fabs((double)mine[(size_t)n * C + c] - (double)ref[(size_t)n * C + c]);
+            if (!(d <= num)) num = d;
+            if (fabs((double)ref[(size_t)n * C + c]) > den) den = fabs((double)ref[(size_t)n * C + c]);
+        }
+    }
+    return num / (den > 0 ? den : 1.0);
+}
+
+static void run_case(TestCounts *tc, const char *root, const char *fixture) {
+    char path[4096];
+    Error err;
+    snprintf(path, sizeof path, "%s/tests/fixtures/%s", root, fixture);
+    SafeTensors st;
+    if (safetensors_open(&st, path, &err) != 0) {
+        T_CHECK(tc, 0, "%s", err.msg);
+        return;
+    }
+    cJSON *meta = cJSON_Parse(safetensors_meta(&st, "config"));
+    T_CHECK(tc, meta != NULL, "%s: metadata 'config' is not JSON", fixture);
+    if (!meta) return;
+    char dir[2048];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", root, cJSON_GetObjectItem(meta, "model_dir")->valuestring);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    ModelConfig mc;
+    if (hfconfig_load(&mc, path, &err) != 0) {
+        T_CHECK(tc, 0, "%s", err.msg);
+        return;
+    }
+    int deberta = mc.arch == ARCH_DEBERTA_V2;
+    T_CHECK(tc, mc.arch == (strcmp(cJSON_GetObjectItem(meta, "arch")->valuestring, "bert") == 0 ? ARCH_BERT
+                                                                                               : ARCH_DEBERTA_V2),
+            "%s: config.json gives architecture %d", fixture, (int)mc.arch);
+    const LoraNaming *naming = deberta ? &LORA_NAMING_DEBERTA : &LORA_NAMING_BERT;
+    int K = json_int(meta, "num_labels");
+    Backend be;
+    backend_cpu_init(&be, 0);
+    Encoder model;
+    encoder_load(&model, &be, dir, &mc, K, 0, 0);
+
+    // adapters exactly as PEFT was configured
+    int layers[64], nl = 0, modules[LORA_NUM_MODULES], nm = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "layers")) layers[nl++] = it->valueint;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "target_modules")) {
+        modules[nm] = lora_module_parse(naming, it->valuestring);
+        T_CHECK(tc, modules[nm] >= 0, "%s: target module '%s' unknown", fixture, it->valuestring);
+        nm++;
+    }
+    LoraShapes shapes;
+    encoder_lora_shapes(&mc, &shapes);
+    LoraSet ls;
+    lora_init(&ls, &be, naming, &shapes, mc.num_hidden_layers, layers, nl, modules, nm, json_int(meta, "r"),
+              json_num(meta, "lora_alpha"), cJSON_IsTrue(cJSON_GetObjectItem(meta, "use_rslora")),
+              json_num(meta, "lora_dropout"), K, mc.hidden_size);
+    T_CHECK(tc, fabs(ls.scaling - json_num(meta, "lora_scaling")) < 1e-6, "%s: LoRA scaling %g, PEFT %g", fixture,
+            ls.scaling, json_num(meta, "lora_scaling"));
+    // the checkpoint has no classifier: the head is new (and then replaced by the fixture's)
+    T_CHECK(tc, encoder_init_head(&model, &be, dir, 0, &ls, 1) == 0, "%s: the tiny model has no classifier", fixture);
+    int n_init = 0;
+    for (int i = 0; i < st.n; i++) {
+        const char *name = st.tensors[i].name;
+        if (strncmp(name, "init.", 5) != 0) continue;
+        size_t off, numel;
+        int found = lora_param_lookup(&ls, name + 5, &off, &numel) == 0;
+        T_CHECK(tc, found && numel == st.tensors[i].numel, "%s: %s has no matching trainable tensor", fixture, name);
+        if (found && numel == st.tensors[i].numel) st_to_f32(&st.tensors[i], ls.params + off);
+        n_init++;
+    }
+    T_CHECK(tc, n_init == lora_num_tensors(&ls), "%s: %d init tensors, expected %d (2 per adapter + head + bias)",
+            fixture, n_init, lora_num_tensors(&ls));
+
+    const StTensor *ids = need(&st, "input_ids");
+    int B = (int)ids->shape[0], T = (int)ids->shape[1], N = B * T, C = mc.hidden_size, L = mc.num_hidden_layers;
+    Batch b;
+    batch_init(&b, B, T);
+    st_to_i32(ids, path, b.ids, &err);
+    st_to_i32(need(&st, "attention_mask"), path, b.mask, &err);
+    st_to_i32(need(&st, "token_type_ids"), path, b.type_ids, &err);
+    if (K > 1) st_to_i32(need(&st, "labels"), path, b.labels_i, &err);
+    else st_to_f32(need(&st, "labels"), b.labels_f);
+    b.n_tokens = 0;
+    for (int i = 0; i < N; i++) b.n_tokens += b.mask[i];
+    encoder_alloc_acts(&model, &be, &ls, B, T);
+    char what[256];
+
+    // ---- DeBERTa: the relative-position index vs transformers' build_relative_position
+    if (deberta) {
+        int max_rel = mc.max_relative_positions < 1 ? mc.max_position_embeddings : mc.max_relative_positions;
+        int span = mc.position_buckets > 0 ? mc.position_buckets : max_rel;
+        int32_t *mine = xmalloc((size_t)T * T * sizeof(int32_t), "idx"), *ref = xmalloc((size_t)T * T * sizeof(int32_t), "ref");
+        encoder_relpos_index(mine, T, span, mc.position_buckets, max_rel);
+        st_to_i32(need(&st, "relpos"), path, ref, &err);
+        int bad = 0;
+        for (int i = 0; i < T * T; i++) {
+            int p = ref[i] + span;
+            p = p < 0 ? 0 : p > 2 * span - 1 ? 2 * span - 1 : p;
+            bad += mine[i] != p;
+        }
+        T_CHECK(tc, bad == 0, "%s: %d of %d relative-position indices differ from transformers'", fixture, bad, T * T);
+        // log buckets well past the linear range (T = 12 only reaches them with 4 buckets): compare
+        // with the formula in double precision, which agrees except at exact ties
+        int TT = 300;
+        int32_t *big = xmalloc((size_t)TT * TT * sizeof(int32_t), "idx");
+        encoder_relpos_index(big, TT, span, mc.position_buckets, max_rel);
+        int mono = 1;
+        for (int j = 1; j < TT; j++) mono &= big[j] <= big[j - 1];  // row 0: i - j falls as j grows
+        T_CHECK(tc, mono && big[0] == span && big[1] == span - 1, "%s: relative index row 0 is not monotone from span",
+                fixture);
+        free(big);
+        printf("%s: relative-position index (T=%d, span %d, buckets %d, max %d): %d mismatches\n", fixture, T, span,
+               mc.position_buckets, max_rel, bad);
+        free(mine);
+        free(ref);
+    }
+
+    // ---- calibration statistics of the base model (no adapters) vs HF forward hooks
+    {
+        LoraSet none;
+        lora_init(&none, &be, naming, &shapes, L, NULL, 0, NULL, 0, 1, 1.0, 0, 0.0, K, C);
+        be.copy(&be, none.params + none.head_off, ls.params + ls.head_off, ((size_t)K * C + K) * sizeof(float));
+        encoder_alloc_acts(&model, &be, &none, B, T);
+        CalibStats cs;
+        calib_stats_init(&cs, L);
+        encoder_forward(&model, &be, &none, &b, 0, 0.0f, 0, &cs);
+        size_t n = (size_t)L * CALIB_NSTAT;
+        float *mine = xmalloc(n * sizeof(float), "stats"), *ref = xmalloc(n * sizeof(float), "ref stats");
+        for (size_t i = 0; i < n; i++) mine[i] = (float)cs.sums[i];
+        st_to_f32(need(&st, "calib.sums"), ref);
+        float ref_tokens;
+        st_to_f32(need(&st, "calib.tokens"), &ref_tokens);
+        snprintf(what, sizeof what, "%s calibration sums", fixture);
+        T_CLOSE(tc, mine, ref, n, 1e-5, 0.0, what);
+        T_CHECK(tc, cs.tokens == ref_tokens, "%s: calibration counted %g real tokens, HF %g", fixture, cs.tokens,
+                (double)ref_tokens);
+        size_t w;
+        printf("%s: calibration statistics err %.2e (base-model activation memory %zu bytes)\n", fixture,
+               t_max_rel_err(mine, ref, n, 0.0, &w), model.act_bytes);
+        free(mine);
+        free(ref);
+        calib_stats_free(&cs);
+        lora_free(&none, &be);
+        encoder_alloc_acts(&model, &be, &ls, B, T);
+    }
+
+    // ---- forward + backward at the initial parameters (loss = mean over rows)
+    be.zero(&be, ls.grads, ls.numel * sizeof(float));
+    double loss = encoder_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0, NULL) / B;
+    // hidden states of the layers whose activations are kept (inputs of layers >= the lowest adapted
+    // layer, and the last layer's output)
+    {
+        EncImpl *e = model.impl;
+        float *ref = xmalloc((size_t)(L + 1) * N * C * sizeof(float), "hidden states");
+        st_to_f32(need(&st, "hidden_states"), ref);
+        double worst = 0.0;
+        for (int l = e->saved_from; l <= L; l++) {
+            const float *mine = l < L ? e->acts[l - e->saved_from].x_in : e->x_final;
+            double h = hidden_err(mine, ref, l, b.mask, N, C);
+            if (h > worst) worst = h;
+            T_CHECK(tc, h <= 1e-5, "%s: hidden state %d (real tokens) err %.3g of max", fixture, l, h);
+        }
+        printf("%s: hidden states %d..%d err %.2e\n", fixture, e->saved_from, L, worst);
+        free(ref);
+    }
+    encoder_backward(&model, &be, &ls, &b, 0);
+    float ref_logits[64], ref_loss;
+    st_to_f32(need(&st, "logits"), ref_logits);
+    st_to_f32(need(&st, "loss"), &ref_loss);
+    // relative to the largest logit: deberta_cls has a logit of 0.009 whose last bits move with the
+    // BLAS thread count (1e-7 absolute)
+    double logits_err = rel_to_max(model.logits, ref_logits, (size_t)B * K);
+    T_CHECK(tc, logits_err <= 1e-5, "%s logits: max err %.3g of the largest logit (limit 1e-5)", fixture, logits_err);
+    float lossf = (float)loss;
+    snprintf(what, sizeof what, "%s loss", fixture);
+    T_CLOSE(tc, &lossf, &ref_loss, 1, 1e-5, 0.0, what);
+    double worst_grad = 0.0;
+    int n_grad = 0;
+    for (int i = 0; i < st.n; i++) {
+        const char *name = st.tensors[i].name;
+        if (strncmp(name, "grad.", 5) != 0) continue;
+        size_t off, numel;
+        if (lora_param_lookup(&ls, name + 5, &off, &numel) != 0) {
+            T_CHECK(tc, 0, "%s: %s has no matching trainable tensor", fixture, name);
+            continue;
+        }
+        float *ref = xmalloc(numel * sizeof(float), "ref grad");
+        st_to_f32(&st.tensors[i], ref);
+        double e = rel_to_max(ls.grads + off, ref, numel);
+        if (e > worst_grad) worst_grad = e;
+        T_CHECK(tc, e <= 1e-4, "%s: %s max err %.3g of max |grad| (limit 1e-4)", fixture, name, e);
+        free(ref);
+        n_grad++;
+    }
+    T_CHECK(tc, n_grad == lora_num_tensors(&ls), "%s: %d gradients compared, expected %d", fixture, n_grad,
+            lora_num_tensors(&ls));
+
+    // ---- 10 AdamW steps on the same batch, transformers' schedule, torch's clipping
+    const cJSON *betas = cJSON_GetObjectItem(meta, "betas");
+    OptimConfig oc = {.lr = json_num(meta, "lr"),
+                      .kind = (ScheduleKind)optim_schedule_parse(cJSON_GetObjectItem(meta, "schedule")->valuestring),
+                      .warmup_steps = json_int(meta, "warmup_steps"), .total_steps = json_int(meta, "steps"),
+                      .beta1 = cJSON_GetArrayItem(betas, 0)->valuedouble,
+                      .beta2 = cJSON_GetArrayItem(betas, 1)->valuedouble, .eps = json_num(meta, "eps"),
+                      .weight_decay = json_num(meta, "weight_decay"), .clip = json_num(meta, "max_grad_norm")};
+    int S = oc.total_steps;
+    float traj_loss[64], traj_lr[64], traj_norm[64], my_loss[64], my_lr[64], my_norm[64];
+    st_to_f32(need(&st, "traj.loss"), traj_loss);
+    st_to_f32(need(&st, "traj.lr"), traj_lr);
+    st_to_f32(need(&st, "traj.grad_norm"), traj_norm);
+    for (int s = 0; s < S; s++) {
+        be.zero(&be, ls.grads, ls.numel * sizeof(float));
+        my_loss[s] = (float)(encoder_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0, NULL) / B);
+        encoder_backward(&model, &be, &ls, &b, 0);
+        my_lr[s] = (float)optim_lr_at(&oc, s);
+        my_norm[s] = (float)optim_clip(&oc, &be, &ls);
+        optim_step(&oc, &be, &ls, optim_lr_at(&oc, s), s + 1);
+    }
+    snprintf(what, sizeof what, "%s trajectory lr", fixture);
+    T_CLOSE(tc, my_lr, traj_lr, (size_t)S, 1e-6, 1e-12, what);
+    double traj_err = rel_to_max(my_loss, traj_loss, (size_t)S);
+    T_CHECK(tc, traj_err <= 1e-4, "%s trajectory loss: max err %.3g of the largest loss", fixture, traj_err);
+    snprintf(what, sizeof what, "%s trajectory grad norm", fixture);
+    T_CLOSE(tc, my_norm, traj_norm, (size_t)S, 1e-4, 0.0, what);
+    double worst_final = 0.0;
+    int n_final = 0;
+    for (int i = 0; i < st.n; i++) {
+        const char *name = st.tensors[i].name;
+        if (strncmp(name, "final.", 6) != 0) continue;
+        size_t off, numel;
+        if (lora_param_lookup(&ls, name + 6, &off, &numel) != 0) {
+            T_CHECK(tc, 0, "%s: %s has no matching trainable tensor", fixture, name);
+            continue;
+        }
+        float *ref = xmalloc(numel * sizeof(float), "ref final");
+        st_to_f32(&st.tensors[i], ref);
+        double e = rel_to_max(ls.params + off, ref, numel);
+        if (e > worst_final) worst_final = e;
+        T_CHECK(tc, e <= 1e-4, "%s: %s after %d steps: max err %.3g of max |param|", fixture, name, S, e);
+        free(ref);
+        n_final++;
+    }
+    T_CHECK(tc, n_final == lora_num_tensors(&ls), "%s: %d final tensors compared, expected %d", fixture, n_final,
+            lora_num_tensors(&ls));
+    printf("%s: logits err %.2e, loss err %.2e, worst grad err %.2e, trajectory loss err %.2e, final params "
+           "err %.2e\n", fixture, logits_err, fabs(loss - ref_loss) / fabs(ref_loss), worst_grad, traj_err,
+           worst_final);
+    batch_free(&b);
+    encoder_free(&model, &be);
+    lora_free(&ls, &be);
+    backend_free(&be);
+    cJSON_Delete(meta);
+    safetensors_close(&st);
+}
+
+int main(int argc, char **argv) {
+    const char *root = argc > 1 ? argv[1] : ".";
+    TestCounts tc = {0};
+    run_case(&tc, root, "bert_cls.safetensors");
+    run_case(&tc, root, "deberta_cls.safetensors");
+    run_case(&tc, root, "deberta_reg.safetensors");
+    return t_finish(&tc, "test_encoder_parity");
+}
