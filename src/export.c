@@ -82,16 +82,17 @@ int export_peft(const char *out_dir, const RunConfig *cfg, const ExportTensor *t
     cJSON_AddNumberToObject(j, "lora_dropout", cfg->lora.dropout);
     cJSON_AddBoolToObject(j, "use_rslora", cfg->lora.rslora);
     char *re = target_regex(t, n);
-    if (re) {
+    if (re) {  // the regex names the layers too; PEFT refuses layers_to_transform next to a regex
         cJSON_AddStringToObject(j, "target_modules", re);
+        cJSON_AddNullToObject(j, "layers_to_transform");
         free(re);
     } else {
         cJSON *tm = cJSON_AddArrayToObject(j, "target_modules");
         for (int i = 0; i < cfg->lora.n_targets; i++)
             cJSON_AddItemToArray(tm, cJSON_CreateString(cfg->lora.targets[i]));
+        cJSON *lt = cJSON_AddArrayToObject(j, "layers_to_transform");
+        for (int i = 0; i < n_layers; i++) cJSON_AddItemToArray(lt, cJSON_CreateNumber(layers[i]));
     }
-    cJSON *lt = cJSON_AddArrayToObject(j, "layers_to_transform");
-    for (int i = 0; i < n_layers; i++) cJSON_AddItemToArray(lt, cJSON_CreateNumber(layers[i]));
     cJSON *ms = cJSON_AddArrayToObject(j, "modules_to_save");
     cJSON_AddItemToArray(ms, cJSON_CreateString("classifier"));
     cJSON_AddItemToArray(ms, cJSON_CreateString("score"));

@@ -117,7 +117,8 @@ double trainer_finish_step(Trainer *t, double *grad_norm, double *lr) {
         t->epoch++;
         t->cursor = 0;
     }
-    t->loss_ema = t->step == 1 ? global_loss : 0.9 * t->loss_ema + 0.1 * global_loss;
+    // the average restarts at the first step this process runs (a resumed run has no history of it)
+    t->loss_ema = t->loss_ema == 0.0 ? global_loss : 0.9 * t->loss_ema + 0.1 * global_loss;
     return global_loss;
 }
 

@@ -6,7 +6,8 @@
 //   adapter_model.safetensors  every LoRA A/B as "base_model.model.model.layers.N.<block>.<module>.lora_{A,B}.weight"
 //                              and the head as "base_model.model.score.weight" (fp32)
 //   adapter_config.json        peft_type LORA, task_type SEQ_CLS, r, lora_alpha, lora_dropout, use_rslora,
-//                              target_modules, layers_to_transform (= the selection), modules_to_save
+//                              target_modules, layers_to_transform (= the selection; null for encoders,
+//                              whose target regex names the layers), modules_to_save
 //                              ["classifier", "score"], base_model_name_or_path
 #ifndef ACTLORA_EXPORT_H
 #define ACTLORA_EXPORT_H
