@@ -170,6 +170,9 @@ int main(int argc, char **argv) {
         cJSON_Delete(rec);
         fflush(stdout);
     }
+    if (d.rank == 0 && src.glue && mc.type_vocab_size > 1 && !src.train.has_type_ids)
+        printf("warning: %s has no token type ids (an older format): every token gets type 0, which is wrong for "
+               "sentence-pair tasks; re-run tools/prep_glue.py to write them\n", cfg.data.path);
     check(src.num_labels == cfg.model.num_labels, "model.num_labels = %d but the data has %d labels",
           cfg.model.num_labels, src.num_labels);
 

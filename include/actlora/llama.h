@@ -36,7 +36,8 @@ typedef struct {
 typedef struct {
     ModelConfig cfg;
     int num_labels;
-    // frozen weights (backend memory)
+    // frozen weights (backend memory, in the backend's weight format: fp32, or bf16 on CUDA; pass them only
+    // to the weight ops wgemm / wembedding_fwd, never index them as floats)
     float *wte;            // [V, C]
     LlamaLayer *layers;    // [L]
     float *norm;           // [C]

@@ -4,8 +4,8 @@
 // (tests/test_memplan.c holds the activation term equal to what llama_alloc_acts allocates).
 //
 // Precision: activations, adapters, gradients and AdamW moments are fp32 (the backends compute in
-// fp32); only the frozen weights take weight_bytes (2 = bf16, 4 = fp32), so the planner can show
-// what bf16 weights would buy before the backend supports them (docs/gpu.md).
+// fp32); only the frozen weights take weight_bytes (2 = bf16, 4 = fp32: the backend's weight format,
+// Backend.weight_bytes; docs/gpu.md).
 #ifndef ACTLORA_MEMPLAN_H
 #define ACTLORA_MEMPLAN_H
 
