@@ -1,209 +1,252 @@
 // attention.cu: causal + key-padding attention with GQA for the CUDA backend, the CPU backend's
-// algorithm (backend_cpu_attn.c) one query row per thread block. Correctness first: no tiling
-// and no fused (flash) kernel yet; the [B,H,T,T] probabilities are materialised as backend.h
-// requires (they are saved for backward anyway).
+// algorithm (backend_cpu_attn.c) with every matrix product a batched fp32 cuBLAS GEMM and two
+// small row kernels (softmax, softmax backward) in between. The [B,H,T,T] probabilities are
+// materialised as backend.h requires (they are saved for backward anyway). No fused (flash) kernel.
 //
 // Layouts: q, dq, out, dout: [B,T,H,D]; k, v, dk, dv: [B,T,KVH,D]; probs: [B,H,T,T];
-// mask: [B,T] (1 = real). Query head h reads kv head h / (H/KVH). Key j is visible to query i
+// mask: [B,T] (1 = real). Query head h reads kv head g = h / (H/KVH). Key j is visible to query i
 // iff j <= i and mask[b,j] == 1; a row with no visible key gets zero probabilities and output.
 //
-// Kernels (each output element written by exactly one thread, sums in a fixed order, no atomics):
-//   forward, block (b,h,i):   S_ij = q_i.k_j / sqrt(D), one warp per key (lanes over D, fixed
-//                             shuffle tree); max, exp, sum (fixed block tree), P = e / sum;
-//                             out_i = sum_j P_ij v_j, threads over D, j in order.
-//   backward 1, block (b,h,i): dP_ij = dout_i.v_j; r = sum_j dP_ij P_ij (fp64, as the CPU);
-//                             dS_ij = P_ij (dP_ij - r) / sqrt(D) into scratch [B,H,T,T];
-//                             dq_i = sum_j dS_ij k_j.
-//   backward 2, block (b,g,j): dk_j = sum_{h in group g} sum_{i >= j} dS_h,ij q_h,i and
-//                             dv_j = sum_h sum_{i >= j} P_h,ij dout_h,i (columns staged in shared
-//                             memory, chunk by chunk).
-// The probability / dS row under construction lives in global memory (its final home), so any
-// T works without a shared-memory limit; __syncthreads orders the block's global accesses.
+// Batched GEMMs (cublasSgemmBatched, one call per product, batched over every (b, h)): per (b, h)
+// the operands are strided views of the row-major tensors — q_bh / dout_bh / out_bh / dq_bh:
+// [T, D] at ((b*T)*H + h)*D with row stride H*D; k_bg / v_bg / dk_bg / dv_bg: [T, D] at
+// ((b*T)*KVH + g)*D with row stride KVH*D; P_bh / dS_bh: [T, T] at (b*H + h)*T*T with row stride T.
+// The arrays of device pointers cuBLAS takes are written by a small kernel each call, from the
+// op's own base pointers (they change from call to call and layer to layer), into the backend's
+// grow-only scratch buffer: no per-call allocation, no upload, no host synchronisation. Batch entry
+// n of every array is (hh, b, g) with n = (hh*B + b)*KVH + g, h = g*(H/KVH) + hh: entries
+// [hh*B*KVH, (hh+1)*B*KVH) are the heads hh of every (b, g), in (b, g) order — the batch of one
+// GQA accumulation step below — and the first B*KVH entries of a kv-view array list every (b, g).
+// Row-major to column-major exactly as cu_gemm (backend_cuda.cu): C[M,N] = op(A) op(B) is the
+// column-major C^T = op(B)^T op(A)^T — operands swapped, m = N, n = M, the same transpose flags,
+// and the row strides as leading dimensions. Full fp32: the backend's handle (CUBLAS_DEFAULT_MATH,
+// no TF32; no atomics; fixed workspace; the backend's one stream): bit-identical run to run.
+// The products run over all T keys: the entries right of the diagonal are computed and then
+// overwritten with exact zeros (probs, dS), so they add exact zeros in the products that follow.
+//
+//   forward:    S = scale Q K^T                       (batched over (b,h), into probs)
+//               P = softmax over the visible keys     (k_attn_softmax, in place; zeros elsewhere)
+//               O = P V                               (batched over (b,h))
+//   backward:   dP = dO V^T                           (batched over (b,h), into scratch dS [B,H,T,T])
+//               dS = P (dP - rowsum(dP P)) scale      (k_attn_dsoftmax, in place; rowsum in fp64)
+//               dQ = dS K                             (batched over (b,h))
+//               dK = sum_hh dS_h^T Q_h, dV = sum_hh P_h^T dO_h over the heads h = g*rep + hh of
+//                    group g: rep calls each, batched over (b,g), hh = 0 with beta = 0 (overwrites)
+//                    and then beta = 1 in order hh = 1, 2, ... (the CPU's order; deterministic).
+// Row kernels: one warp per query row (lanes over keys, fixed lane-strided partial sums and a fixed
+// shuffle tree: deterministic); the row lives in global memory, its final home, so any T works.
+#include <limits.h>
 #include <math.h>
 
 #include "cuda_internal.cuh"
 
-#define ATT_THREADS 128  // 4 warps; a power of two (block_sum / block_max)
-#define ATT_CHUNK 256    // rows of a dS / P column staged at a time by backward 2
+#define ATT_THREADS 128                 // 4 warps = 4 query rows per block of the row kernels
+#define ATT_ROWS_PER_BLOCK (ATT_THREADS / 32)
+#define ATT_MAX_ARRAYS 9                // pointer arrays of one op (backward: 9)
+#define ATT_PTR_ALIGN 64                // floats: the pointer arrays start 256-byte aligned in scratch
 
 static void attn_check(int B, int T, int H, int KVH, int D) {
     check(B >= 0 && T >= 0 && D > 0 && H > 0 && KVH > 0 && H % KVH == 0,
           "attention: bad shape B=%d T=%d H=%d KVH=%d D=%d (H must be a multiple of KVH)", B, T, H, KVH, D);
 }
 
-// ---------------------------------------------------------------------------- forward
+// ---------------------------------------------------------------------------- pointer arrays
 
-static __global__ void __launch_bounds__(ATT_THREADS)
-k_attn_fwd(float *__restrict__ out, float *probs, const float *__restrict__ q, const float *__restrict__ k,
-           const float *__restrict__ v, const int32_t *__restrict__ mask, int T, int H, int KVH, int D, float scale) {
-    extern __shared__ float qs[];  // [D] this query row
-    __shared__ float redf[ATT_THREADS];
-    size_t blk = blockIdx.x, bh = blk / (size_t)T;  // bh = b * H + h
-    int i = (int)(blk % (size_t)T), h = (int)(bh % (size_t)H), b = (int)(bh / (size_t)H);
-    int g = h / (H / KVH), tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarp = blockDim.x >> 5;
-    const float *qi = q + (((size_t)b * T + i) * H + h) * D;
-    for (int d = tid; d < D; d += blockDim.x) qs[d] = qi[d];
-    __syncthreads();
-    float *P = probs + (bh * T + (size_t)i) * T;             // row i of [T, T]
-    const int32_t *mb = mask + (size_t)b * T;
-    const float *Kb = k + ((size_t)b * T * KVH + g) * D;     // key j at Kb + j * KVH * D
-    const float *Vb = v + ((size_t)b * T * KVH + g) * D;
-    size_t kv_ld = (size_t)KVH * D;
-    // scores
-    for (int j = warp; j <= i; j += nwarp) {
-        float s = -INFINITY;  // masked key: exp gives exactly 0
-        if (mb[j] == 1) {
-            const float *kj = Kb + (size_t)j * kv_ld;
-            float acc = 0.0f;
-            for (int d = lane; d < D; d += 32) acc += qs[d] * kj[d];
-            s = scale * warp_sum(acc);
-        }
-        if (lane == 0) P[j] = s;
+// What a pointer array points into: the [T, D] view of head h in a [B,T,H,D] tensor, of kv head g
+// in a [B,T,KVH,D] tensor, or the [T, T] matrix (b, h) of a [B,H,T,T] tensor.
+enum { ATT_HEAD = 0, ATT_KV = 1, ATT_TT = 2 };
+
+typedef struct {
+    float *base[ATT_MAX_ARRAYS];
+    int kind[ATT_MAX_ARRAYS];
+} AttArrays;
+
+// Batch entry n -> first element of its matrix (n = (hh*B + b)*KVH + g, h = g*(H/KVH) + hh).
+static __host__ __device__ __forceinline__ float *att_ptr(float *base, int kind, int n, int B, int T, int H,
+                                                          int KVH, int D) {
+    int bg = n % (B * KVH), hh = n / (B * KVH);
+    int b = bg / KVH, g = bg % KVH, h = g * (H / KVH) + hh;
+    if (kind == ATT_HEAD) return base + ((size_t)b * T * H + h) * D;    // [b, 0, h, 0]
+    if (kind == ATT_KV) return base + ((size_t)b * T * KVH + g) * D;    // [b, 0, g, 0]
+    return base + ((size_t)b * H + h) * T * T;                          // [b, h, 0, 0]
+}
+
+// out[a * nb + n] = att_ptr(arrays.base[a], arrays.kind[a], n) for a < narr, n < nb = B*H.
+static __global__ void k_attn_ptrs(float **out, AttArrays arrays, int narr, int nb, int B, int T, int H, int KVH,
+                                   int D) {
+    size_t total = (size_t)narr * nb;
+    for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total; t += (size_t)gridDim.x * blockDim.x) {
+        int a = (int)(t / (size_t)nb), n = (int)(t % (size_t)nb);
+        out[t] = att_ptr(arrays.base[a], arrays.kind[a], n, B, T, H, KVH, D);
     }
-    __syncthreads();
+}
+
+// Writes the narr pointer arrays (B*H entries each) into ptrs (device memory) on the stream.
+static void att_fill_ptrs(CudaCtx *cx, float **ptrs, const AttArrays *arrays, int narr, int B, int T, int H, int KVH,
+                          int D) {
+    int nb = B * H;
+    size_t total = (size_t)narr * nb;
+    k_attn_ptrs<<<cuda_blocks(total), CUDA_THREADS, 0, cx->stream>>>(ptrs, *arrays, narr, nb, B, T, H, KVH, D);
+    launch_check("attention (pointer arrays)");
+}
+
+// Row-major batched GEMM: C_n[M,N] = alpha op(A_n)[M,K] op(B_n)[K,N] + beta C_n for n < batch,
+// op(X) = X^T when trans_x; A_n stored [M,K] ([K,M] when trans_a), B_n stored [K,N] ([N,K] when
+// trans_b), lda / ldb / ldc their row strides. A, Bm, C: device arrays of device pointers. Mapped to
+// cuBLAS as cu_gemm does: the column-major C^T[N,M] = op(B)^T op(A)^T.
+static void att_bgemm(CudaCtx *cx, int trans_a, int trans_b, int M, int N, int K, float alpha, float *const *A,
+                      int lda, float *const *Bm, int ldb, float beta, float *const *C, int ldc, int batch) {
+    cublas_check(cublasSgemmBatched(cx->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                    N, M, K, &alpha, Bm, ldb, A, lda, &beta, C, ldc, batch));
+}
+
+// Shapes the int arguments of cuBLAS and the kernels can hold.
+static void att_size_check(const char *op, int B, int T, int H, int KVH, int D) {
+    size_t nb = (size_t)B * H;
+    check(nb * ATT_MAX_ARRAYS <= (size_t)INT_MAX && (size_t)H * D <= (size_t)INT_MAX &&
+              (size_t)KVH * D <= (size_t)INT_MAX,
+          "%s: B=%d H=%d D=%d is too large for one batched GEMM", op, B, H, D);
+    size_t rows = nb * (size_t)T, blocks = (rows + ATT_ROWS_PER_BLOCK - 1) / ATT_ROWS_PER_BLOCK;
+    check(blocks <= 0x7fffffffu, "%s: %zu query rows are too many for one launch", op, rows);
+}
+
+// ---------------------------------------------------------------------------- row kernels
+
+// Max over a full warp; max is exact and order-free, so the butterfly gives every lane the same bits.
+static __device__ __forceinline__ float att_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over a full warp in a fixed tree order, broadcast from lane 0 (as warp_sum, in fp64).
+static __device__ __forceinline__ double att_warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return __shfl_sync(0xffffffffu, v, 0);
+}
+
+// One warp per row r = (b*H + h)*T + i of probs, which holds the scaled scores S: over the visible
+// keys P = exp(S - max) / sum (fp32 sum, lane-strided partials + fixed tree); 0 for masked keys,
+// for j > i, and for the whole row when no key is visible (left padding).
+static __global__ void __launch_bounds__(ATT_THREADS)
+k_attn_softmax(float *probs, const int32_t *__restrict__ mask, int T, int H, size_t rows) {
+    size_t r = (size_t)blockIdx.x * ATT_ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (r >= rows) return;  // the whole warp: no block-level synchronisation in this kernel
+    int lane = threadIdx.x & 31, i = (int)(r % (size_t)T), b = (int)(r / (size_t)T / (size_t)H);
+    float *p = probs + r * (size_t)T;
+    const int32_t *mb = mask + (size_t)b * T;
     float mx = -INFINITY;
-    for (int j = tid; j <= i; j += blockDim.x) mx = fmaxf(mx, P[j]);
-    mx = block_max(mx, redf);
-    float *o = out + (((size_t)b * T + i) * H + h) * D;
-    if (mx == -INFINITY) {  // no visible key (left padding): probabilities 0, output 0
-        for (int j = tid; j < T; j += blockDim.x) P[j] = 0.0f;
-        for (int d = tid; d < D; d += blockDim.x) o[d] = 0.0f;
+    for (int j = lane; j <= i; j += 32)
+        if (mb[j] == 1) mx = fmaxf(mx, p[j]);
+    mx = att_warp_max(mx);
+    if (mx == -INFINITY) {  // no visible key: probabilities 0 (and so output 0)
+        for (int j = lane; j < T; j += 32) p[j] = 0.0f;
         return;
     }
     float part = 0.0f;
-    for (int j = tid; j <= i; j += blockDim.x) {
-        float e = expf(P[j] - mx);
-        P[j] = e;
+    for (int j = lane; j <= i; j += 32) {  // each lane rewrites only its own entries
+        float e = mb[j] == 1 ? expf(p[j] - mx) : 0.0f;
+        p[j] = e;
         part += e;
     }
-    float sum = block_sum(part, redf);
-    for (int j = tid; j < T; j += blockDim.x) P[j] = j <= i ? P[j] / sum : 0.0f;  // causal zeros
-    __syncthreads();
-    for (int d = tid; d < D; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int j = 0; j <= i; j++) acc += P[j] * Vb[(size_t)j * kv_ld + d];
-        o[d] = acc;
-    }
+    float sum = warp_sum(part);
+    for (int j = lane; j < T; j += 32) p[j] = j <= i ? p[j] / sum : 0.0f;  // causal zeros
 }
+
+// One warp per row r of ds, which holds dP = dO V^T: dS = P (dP - sum_j dP_j P_j) scale for j <= i
+// (the row sum in fp64 over j <= i, as the CPU), exact 0 for j > i. Masked keys have P = 0, so dS 0.
+static __global__ void __launch_bounds__(ATT_THREADS)
+k_attn_dsoftmax(float *ds, const float *__restrict__ probs, int T, size_t rows, float scale) {
+    size_t r = (size_t)blockIdx.x * ATT_ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    int lane = threadIdx.x & 31, i = (int)(r % (size_t)T);
+    float *d = ds + r * (size_t)T;
+    const float *p = probs + r * (size_t)T;
+    double part = 0.0;
+    for (int j = lane; j <= i; j += 32) part += (double)d[j] * (double)p[j];
+    float rf = (float)att_warp_sum_d(part);
+    for (int j = lane; j < T; j += 32) d[j] = j <= i ? p[j] * (d[j] - rf) * scale : 0.0f;
+}
+
+static unsigned att_row_blocks(size_t rows) {
+    return (unsigned)((rows + ATT_ROWS_PER_BLOCK - 1) / ATT_ROWS_PER_BLOCK);
+}
+
+// ---------------------------------------------------------------------------- forward
 
 static void cu_attention_fwd(Backend *be, float *out, float *probs, const float *q, const float *k, const float *v,
                              const int32_t *mask, int B, int T, int H, int KVH, int D) {
     attn_check(B, T, H, KVH, D);
-    size_t blocks = (size_t)B * H * T;
-    if (!blocks) return;
-    check(blocks <= 0x7fffffffu, "attention_fwd: %zu query rows are too many for one launch", blocks);
+    if (B == 0 || T == 0) return;
+    att_size_check("attention_fwd", B, T, H, KVH, D);
+    CudaCtx *cx = cuda_ctx(be);
+    int nb = B * H;
     float scale = 1.0f / sqrtf((float)D);
-    k_attn_fwd<<<(unsigned)blocks, ATT_THREADS, (size_t)D * sizeof(float), cuda_ctx(be)->stream>>>(
-        out, probs, q, k, v, mask, T, H, KVH, D, scale);
-    launch_check("attention_fwd");
+    enum { Q, K, V, P, O, NARR };
+    AttArrays arr = {};
+    arr.base[Q] = (float *)q, arr.kind[Q] = ATT_HEAD;
+    arr.base[K] = (float *)k, arr.kind[K] = ATT_KV;
+    arr.base[V] = (float *)v, arr.kind[V] = ATT_KV;
+    arr.base[P] = probs, arr.kind[P] = ATT_TT;
+    arr.base[O] = out, arr.kind[O] = ATT_HEAD;
+    // pointer arrays: NARR * nb pointers (2 floats each) at the start of the scratch
+    float **pt = (float **)cuda_scratch(be, (size_t)NARR * nb * 2, "attention pointer arrays");
+    att_fill_ptrs(cx, pt, &arr, NARR, B, T, H, KVH, D);
+    float *const *pq = pt + (size_t)Q * nb, *const *pk = pt + (size_t)K * nb, *const *pv = pt + (size_t)V * nb,
+                 *const *pp = pt + (size_t)P * nb, *const *po = pt + (size_t)O * nb;
+    // S[T,T] = scale * Q[T,D] K[T,D]^T
+    att_bgemm(cx, 0, 1, T, T, D, scale, pq, H * D, pk, KVH * D, 0.0f, pp, T, nb);
+    size_t rows = (size_t)nb * T;
+    k_attn_softmax<<<att_row_blocks(rows), ATT_THREADS, 0, cx->stream>>>(probs, mask, T, H, rows);
+    launch_check("attention_fwd (softmax)");
+    // O[T,D] = P[T,T] V[T,D]
+    att_bgemm(cx, 0, 0, T, D, T, 1.0f, pp, T, pv, KVH * D, 0.0f, po, H * D, nb);
 }
 
 // ---------------------------------------------------------------------------- backward
-
-// Pass 1, block (b, h, i): dS row i (into ds, laid out like probs; only j <= i is written) and dq_i.
-static __global__ void __launch_bounds__(ATT_THREADS)
-k_attn_bwd_dq(float *__restrict__ dq, float *ds, const float *__restrict__ dout, const float *__restrict__ probs,
-              const float *__restrict__ k, const float *__restrict__ v, int T, int H, int KVH, int D, float scale) {
-    extern __shared__ float dos[];  // [D] dout row i
-    __shared__ double redd[ATT_THREADS];
-    size_t blk = blockIdx.x, bh = blk / (size_t)T;
-    int i = (int)(blk % (size_t)T), h = (int)(bh % (size_t)H), b = (int)(bh / (size_t)H);
-    int g = h / (H / KVH), tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarp = blockDim.x >> 5;
-    const float *doi = dout + (((size_t)b * T + i) * H + h) * D;
-    for (int d = tid; d < D; d += blockDim.x) dos[d] = doi[d];
-    __syncthreads();
-    size_t row = (bh * T + (size_t)i) * T;
-    const float *P = probs + row;
-    float *dS = ds + row;
-    const float *Kb = k + ((size_t)b * T * KVH + g) * D;
-    const float *Vb = v + ((size_t)b * T * KVH + g) * D;
-    size_t kv_ld = (size_t)KVH * D;
-    // dP_ij = dout_i . v_j
-    for (int j = warp; j <= i; j += nwarp) {
-        const float *vj = Vb + (size_t)j * kv_ld;
-        float acc = 0.0f;
-        for (int d = lane; d < D; d += 32) acc += dos[d] * vj[d];
-        float dp = warp_sum(acc);
-        if (lane == 0) dS[j] = dp;
-    }
-    __syncthreads();
-    double part = 0.0;
-    for (int j = tid; j <= i; j += blockDim.x) part += (double)dS[j] * (double)P[j];
-    float rf = (float)block_sum(part, redd);
-    // P is 0 for masked and future keys, so their dS is exactly 0
-    for (int j = tid; j <= i; j += blockDim.x) dS[j] = P[j] * (dS[j] - rf) * scale;
-    __syncthreads();
-    float *dqi = dq + (((size_t)b * T + i) * H + h) * D;
-    for (int d = tid; d < D; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int j = 0; j <= i; j++) acc += dS[j] * Kb[(size_t)j * kv_ld + d];
-        dqi[d] = acc;
-    }
-}
-
-// Pass 2, block (b, g, j): dk_j and dv_j summed over the query heads of kv group g and the rows
-// i >= j (rows i < j have dS = P = 0 in column j by causality).
-static __global__ void __launch_bounds__(ATT_THREADS)
-k_attn_bwd_dkv(float *__restrict__ dk, float *__restrict__ dv, const float *__restrict__ ds,
-               const float *__restrict__ probs, const float *__restrict__ q, const float *__restrict__ dout, int T,
-               int H, int KVH, int D) {
-    __shared__ float cs[ATT_CHUNK], cp[ATT_CHUNK];  // a chunk of column j of dS_h and P_h
-    extern __shared__ float acc[];                  // [2 * D]: dk, dv accumulators of this row
-    size_t blk = blockIdx.x, bg = blk / (size_t)T;  // bg = b * KVH + g
-    int j = (int)(blk % (size_t)T), g = (int)(bg % (size_t)KVH), b = (int)(bg / (size_t)KVH);
-    int rep = H / KVH, tid = threadIdx.x;
-    size_t q_ld = (size_t)H * D;
-    for (int d = tid; d < 2 * D; d += blockDim.x) acc[d] = 0.0f;
-    for (int hh = 0; hh < rep; hh++) {
-        int h = g * rep + hh;
-        const float *col_s = ds + (((size_t)b * H + h) * T) * T + j;     // element i at col_s[i * T]
-        const float *col_p = probs + (((size_t)b * H + h) * T) * T + j;
-        const float *Qh = q + ((size_t)b * T * H + h) * D;              // row i at Qh + i * H * D
-        const float *dOh = dout + ((size_t)b * T * H + h) * D;
-        for (int i0 = j; i0 < T; i0 += ATT_CHUNK) {
-            int n = T - i0 < ATT_CHUNK ? T - i0 : ATT_CHUNK;
-            __syncthreads();  // the previous chunk is consumed
-            for (int t = tid; t < n; t += blockDim.x) {
-                cs[t] = col_s[(size_t)(i0 + t) * T];
-                cp[t] = col_p[(size_t)(i0 + t) * T];
-            }
-            __syncthreads();
-            for (int d = tid; d < D; d += blockDim.x) {
-                float ak = acc[d], av = acc[D + d];
-                for (int t = 0; t < n; t++) {
-                    size_t r = (size_t)(i0 + t) * q_ld + d;
-                    ak += cs[t] * Qh[r];
-                    av += cp[t] * dOh[r];
-                }
-                acc[d] = ak;
-                acc[D + d] = av;
-            }
-        }
-    }
-    __syncthreads();
-    float *dkj = dk + (((size_t)b * T + j) * KVH + g) * D, *dvj = dv + (((size_t)b * T + j) * KVH + g) * D;
-    for (int d = tid; d < D; d += blockDim.x) {
-        dkj[d] = acc[d];
-        dvj[d] = acc[D + d];
-    }
-}
 
 static void cu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *probs,
                              const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int D) {
     attn_check(B, T, H, KVH, D);
     if (B == 0 || T == 0) return;
+    att_size_check("attention_bwd", B, T, H, KVH, D);
     CudaCtx *cx = cuda_ctx(be);
-    size_t q_blocks = (size_t)B * H * T, kv_blocks = (size_t)B * KVH * T;
-    check(q_blocks <= 0x7fffffffu, "attention_bwd: %zu query rows are too many for one launch", q_blocks);
-    float *ds = cuda_scratch(be, (size_t)B * H * T * T, "attention backward dS [B,H,T,T]");
+    int nb = B * H, nbg = B * KVH, rep = H / KVH;
     float scale = 1.0f / sqrtf((float)D);
-    k_attn_bwd_dq<<<(unsigned)q_blocks, ATT_THREADS, (size_t)D * sizeof(float), cx->stream>>>(
-        dq, ds, dout, probs, k, v, T, H, KVH, D, scale);
-    launch_check("attention_bwd (dq)");
-    // same stream: pass 2 starts after all of dS is written
-    k_attn_bwd_dkv<<<(unsigned)kv_blocks, ATT_THREADS, 2 * (size_t)D * sizeof(float), cx->stream>>>(
-        dk, dv, ds, probs, q, dout, T, H, KVH, D);
-    launch_check("attention_bwd (dk, dv)");
+    enum { DO, V, DS, K, DQ, Q, P, DK, DV, NARR };
+    // scratch: dS [B,H,T,T] floats, then (256-byte aligned) the NARR * nb pointers, 2 floats each
+    size_t n_ds = (size_t)nb * T * T, off = (n_ds + ATT_PTR_ALIGN - 1) / ATT_PTR_ALIGN * ATT_PTR_ALIGN;
+    float *ds = cuda_scratch(be, off + (size_t)NARR * nb * 2, "attention backward dS [B,H,T,T] and pointer arrays");
+    float **pt = (float **)(ds + off);
+    AttArrays arr = {};
+    arr.base[DO] = (float *)dout, arr.kind[DO] = ATT_HEAD;
+    arr.base[V] = (float *)v, arr.kind[V] = ATT_KV;
+    arr.base[DS] = ds, arr.kind[DS] = ATT_TT;
+    arr.base[K] = (float *)k, arr.kind[K] = ATT_KV;
+    arr.base[DQ] = dq, arr.kind[DQ] = ATT_HEAD;
+    arr.base[Q] = (float *)q, arr.kind[Q] = ATT_HEAD;
+    arr.base[P] = (float *)probs, arr.kind[P] = ATT_TT;
+    arr.base[DK] = dk, arr.kind[DK] = ATT_KV;
+    arr.base[DV] = dv, arr.kind[DV] = ATT_KV;
+    att_fill_ptrs(cx, pt, &arr, NARR, B, T, H, KVH, D);
+    float *const *pdo = pt + (size_t)DO * nb, *const *pv = pt + (size_t)V * nb, *const *pds = pt + (size_t)DS * nb,
+                 *const *pk = pt + (size_t)K * nb, *const *pdq = pt + (size_t)DQ * nb, *const *pq = pt + (size_t)Q * nb,
+                 *const *pp = pt + (size_t)P * nb, *const *pdk = pt + (size_t)DK * nb,
+                 *const *pdv = pt + (size_t)DV * nb;
+    // dP[T,T] = dO[T,D] V[T,D]^T, into dS's place
+    att_bgemm(cx, 0, 1, T, T, D, 1.0f, pdo, H * D, pv, KVH * D, 0.0f, pds, T, nb);
+    size_t rows = (size_t)nb * T;
+    k_attn_dsoftmax<<<att_row_blocks(rows), ATT_THREADS, 0, cx->stream>>>(ds, probs, T, rows, scale);
+    launch_check("attention_bwd (softmax backward)");
+    // dQ[T,D] = dS[T,T] K[T,D]
+    att_bgemm(cx, 0, 0, T, D, T, 1.0f, pds, T, pk, KVH * D, 0.0f, pdq, H * D, nb);
+    // dK[T,D] = sum_hh dS_h[T,T]^T Q_h[T,D], dV[T,D] = sum_hh P_h[T,T]^T dO_h[T,D]: step hh is
+    // batched over (b, g) (entries [hh*nbg, (hh+1)*nbg) of the head arrays; the first nbg of dK/dV's)
+    for (int hh = 0; hh < rep; hh++) {
+        size_t o = (size_t)hh * nbg;
+        float beta = hh == 0 ? 0.0f : 1.0f;
+        att_bgemm(cx, 1, 0, T, D, T, 1.0f, pds + o, T, pq + o, H * D, beta, pdk, KVH * D, nbg);
+        att_bgemm(cx, 1, 0, T, D, T, 1.0f, pp + o, T, pdo + o, H * D, beta, pdv, KVH * D, nbg);
+    }
 }
 
 void cuda_install_attention(Backend *be) {
