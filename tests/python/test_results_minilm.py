@@ -1,4 +1,5 @@
-"""Tests for the pure parts of tools/results_minilm.py (no training runs here).
+"""Tests for the pure parts of tools/results_minilm.py and tools/results_report.py (no training runs
+here).
 
 * mean ± sd aggregation (sample sd, ddof = 1; missing and non-finite values skipped) against numpy;
   aggregate() over synthetic run records: per-variant metric statistics, deltas and relative cost.
@@ -25,7 +26,9 @@ np = pytest.importorskip("numpy")
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
+# rm: the command (options, run records); rr: the report (aggregation, tables, stability, discussion)
 import results_minilm as rm  # noqa: E402
+import results_report as rr  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -33,16 +36,16 @@ import results_minilm as rm  # noqa: E402
 
 def test_mean_sd_matches_numpy():
     x = [0.91, 0.88, 0.905]
-    m, sd, n = rm.mean_sd(x)
+    m, sd, n = rr.mean_sd(x)
     assert n == 3
     assert m == pytest.approx(np.mean(x))
     assert sd == pytest.approx(np.std(x, ddof=1))
 
 
 def test_mean_sd_skips_missing_and_small_n():
-    m, sd, n = rm.mean_sd([0.5, None, float("nan")])
+    m, sd, n = rr.mean_sd([0.5, None, float("nan")])
     assert (m, n) == (0.5, 1) and math.isnan(sd)
-    m, sd, n = rm.mean_sd([])
+    m, sd, n = rr.mean_sd([])
     assert n == 0 and math.isnan(m) and math.isnan(sd)
 
 
@@ -60,7 +63,7 @@ def test_aggregate_stats_delta_and_relative_cost():
     for s in range(3):
         runs.append(_run("SST-2", "all", s + 1, {"accuracy": acc_all[s]}, wall_all[s], 8.0, params=2000))
         runs.append(_run("SST-2", "act", s + 1, {"accuracy": acc_act[s]}, wall_act[s], 4.0))
-    agg = rm.aggregate(runs, ["SST-2"], ["all", "act"])
+    agg = rr.aggregate(runs, ["SST-2"], ["all", "act"])
     a, b = agg[("SST-2", "all")], agg[("SST-2", "act")]
     assert a["n"] == b["n"] == 3
     assert a["metrics"]["accuracy"][0] == pytest.approx(np.mean(acc_all))
@@ -75,7 +78,7 @@ def test_aggregate_stats_delta_and_relative_cost():
 
 def test_aggregate_mrpc_both_metrics_and_missing_baseline():
     runs = [_run("MRPC", "act", 1, {"f1": 0.85, "accuracy": 0.78}, 5.0, 2.0)]
-    agg = rm.aggregate(runs, ["MRPC"], ["all", "act"])
+    agg = rr.aggregate(runs, ["MRPC"], ["all", "act"])
     b = agg[("MRPC", "act")]
     assert set(b["metrics"]) == {"f1", "accuracy"}
     assert b["metrics"]["f1"][0] == pytest.approx(0.85)
@@ -88,18 +91,18 @@ def test_aggregate_mrpc_both_metrics_and_missing_baseline():
 
 
 def test_fmt_mean_sd():
-    assert rm.fmt_mean_sd(0.9123, 0.0046, 1, 100) == "91.2 ± 0.5"
-    assert rm.fmt_mean_sd(0.9123, float("nan"), 1, 100) == "91.2"
-    assert rm.fmt_mean_sd(float("nan"), 0.1) == "-"
-    assert rm.fmt_mean_sd(-0.0123, 0.02, 2, 100) == "-1.23 ± 2.00"
-    assert rm.fmt_signed(-0.0123, 1, 100) == "-1.2"
-    assert rm.fmt_ratio(0.5) == "0.50×"
-    assert rm.fmt_int(22713.0) == "22,713"
-    assert rm.fmt_layers_per_seed({2: [0, 4, 5], 1: [3, 4, 5], 3: None}) == "3,4,5 / 0,4,5 / ?"
+    assert rr.fmt_mean_sd(0.9123, 0.0046, 1, 100) == "91.2 ± 0.5"
+    assert rr.fmt_mean_sd(0.9123, float("nan"), 1, 100) == "91.2"
+    assert rr.fmt_mean_sd(float("nan"), 0.1) == "-"
+    assert rr.fmt_mean_sd(-0.0123, 0.02, 2, 100) == "-1.23 ± 2.00"
+    assert rr.fmt_signed(-0.0123, 1, 100) == "-1.2"
+    assert rr.fmt_ratio(0.5) == "0.50×"
+    assert rr.fmt_int(22713.0) == "22,713"
+    assert rr.fmt_layers_per_seed({2: [0, 4, 5], 1: [3, 4, 5], 3: None}) == "3,4,5 / 0,4,5 / ?"
 
 
 def test_markdown_table_layout():
-    t = rm.markdown_table(["variant", "acc"], [["(a) all", "91.2 ± 0.5"], ["x|y", "1"]])
+    t = rr.markdown_table(["variant", "acc"], [["(a) all", "91.2 ± 0.5"], ["x|y", "1"]])
     lines = t.splitlines()
     assert len(lines) == 4
     assert lines[0].startswith("| variant") and lines[0].endswith("|")
@@ -108,7 +111,7 @@ def test_markdown_table_layout():
     assert "x\\|y" in lines[3]                                 # '|' escaped inside a cell
     assert len({len(l) for l in lines}) == 1                   # columns padded to one width
     with pytest.raises(ValueError):
-        rm.markdown_table(["a", "b"], [["only one"]])
+        rr.markdown_table(["a", "b"], [["only one"]])
 
 
 def test_n_selected_matches_fraction_rule():
@@ -133,7 +136,7 @@ def test_stability_across_seeds_vs_scipy():
     L, k = 6, 3
     scores = {t: {s: rng.normal(size=L) for s in (1, 2, 3)} for t in ("SST-2", "MRPC", "CoLA")}
     scores["CoLA"][3] = np.round(scores["CoLA"][3], 0)  # ties
-    res = rm.stability_across_seeds(scores, k)
+    res = rr.stability_across_seeds(scores, k)
     pooled_tau, pooled_j = [], []
     for t, by_seed in scores.items():
         taus, js = [], []
@@ -157,7 +160,7 @@ def test_stability_across_tasks_pairs_same_seed():
     rng = np.random.default_rng(11)
     tasks = ["CoLA", "MRPC", "SST-2"]
     scores = {t: {s: rng.random(6) for s in (1, 2)} for t in tasks}
-    res = rm.stability_across_tasks(scores, 3)
+    res = rr.stability_across_tasks(scores, 3)
     allt = []
     for s in (1, 2):
         taus = [stats.kendalltau(scores[a][s], scores[b][s]).statistic
@@ -171,9 +174,9 @@ def test_stability_across_tasks_pairs_same_seed():
 
 def test_stability_identical_and_reversed():
     x = np.array([0.1, 0.5, 0.3, 0.9, 0.7, 0.2])
-    same = rm.stability_across_seeds({"T": {1: x, 2: x.copy(), 3: x * 2}}, 3)["T"]
+    same = rr.stability_across_seeds({"T": {1: x, 2: x.copy(), 3: x * 2}}, 3)["T"]
     assert same["tau_mean"] == pytest.approx(1.0) and same["jaccard_mean"] == pytest.approx(1.0)
-    rev = rm.pair_stability([x, -x], 3)
+    rev = rr.pair_stability([x, -x], 3)
     assert rev[0]["tau"] == pytest.approx(-1.0)
     assert rev[0]["jaccard"] == pytest.approx(0.0)   # top 3 of x and of -x are disjoint
 
@@ -182,16 +185,16 @@ def test_stability_tie_break_lower_layer():
     # equal scores: the lower layer wins, as in the C program's ranking
     a = np.array([1.0, 1.0, 1.0, 0.0])
     b = np.array([0.0, 1.0, 1.0, 1.0])
-    p = rm.pair_stability([a, b], 2)[0]
+    p = rr.pair_stability([a, b], 2)[0]
     assert p["jaccard"] == pytest.approx(len({0, 1} & {1, 2}) / len({0, 1} | {1, 2}))
 
 
 def test_stability_table_rows():
     x = np.arange(6, dtype=float)
-    st = {"act": {"seeds": rm.stability_across_seeds({"A": {1: x, 2: x}}, 3),
-                  "tasks": rm.stability_across_tasks({"A": {1: x}, "B": {1: x}}, 3)},
-          "rand": {"seeds": rm.stability_across_seeds({"A": {1: x, 2: -x}}, 3), "tasks": {}}}
-    t = rm.stability_table(st, ["A"], 3)
+    st = {"act": {"seeds": rr.stability_across_seeds({"A": {1: x, 2: x}}, 3),
+                  "tasks": rr.stability_across_tasks({"A": {1: x}, "B": {1: x}}, 3)},
+          "rand": {"seeds": rr.stability_across_seeds({"A": {1: x, 2: -x}}, 3), "tasks": {}}}
+    t = rr.stability_table(st, ["A"], 3)
     lines = t.splitlines()
     assert "τ_b activation" in lines[0] and "J@3 random" in lines[0]
     row = [c.strip() for c in lines[2].split("|")[1:-1]]
@@ -237,7 +240,7 @@ def test_parse_steps_and_majority():
     assert rm.parse_steps("MRPC=7", tasks, {"SST-2": 1, "MRPC": 2}) == {"SST-2": 1, "MRPC": 7}
     with pytest.raises(rm.Error):
         rm.parse_steps("QQP=3", tasks, {})
-    b = rm.majority_baselines([1, 1, 1, 0])
+    b = rr.majority_baselines([1, 1, 1, 0])
     assert b["accuracy"] == pytest.approx(0.75)
     assert b["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1))
     assert b["matthews"] == 0.0
@@ -253,18 +256,18 @@ def _agg_for(task, values_by_variant, metric):
             r = _run(task, v, s, {metric: x}, 10.0 if v == "all" else 6.0, 4.0 if v == "all" else 2.0,
                      params=2000 if v == "all" else 1000)
             runs.append(r)
-    return rm.aggregate(runs, [task], list(values_by_variant))
+    return rr.aggregate(runs, [task], list(values_by_variant))
 
 
 def test_at_majority_and_discussion_statements():
     flat = _agg_for("CoLA", {"all": [0.0, 0.0, 0.0], "act": [0.0, 0.0, 0.0]}, "matthews")
-    assert rm.at_majority(flat, "CoLA", ["all", "act"], 0.0)
-    text = " ".join(rm.discussion(flat, {}, ["CoLA"], ["all", "act"], {"CoLA": {"matthews": 0.0}}, 3, False))
+    assert rr.at_majority(flat, "CoLA", ["all", "act"], 0.0)
+    text = " ".join(rr.discussion(flat, {}, ["CoLA"], ["all", "act"], {"CoLA": {"matthews": 0.0}}, 3, False))
     assert "No signal on CoLA" in text and "not tested" in text
 
     sst = _agg_for("SST-2", {"all": [0.85, 0.86, 0.84], "act": [0.80, 0.81, 0.79]}, "accuracy")
-    assert not rm.at_majority(sst, "SST-2", ["all", "act"], 0.509)
-    text = " ".join(rm.discussion(sst, {}, ["SST-2"], ["all", "act"], {"SST-2": {"accuracy": 0.509}}, 3, False))
+    assert not rr.at_majority(sst, "SST-2", ["all", "act"], 0.509)
+    text = " ".join(rr.discussion(sst, {}, ["SST-2"], ["all", "act"], {"SST-2": {"accuracy": 0.509}}, 3, False))
     assert "SST-2 -5.0" in text                     # b - a in points, reported as measured
     assert "at most 1 point below (a) on 0 of 1" in text
     assert "0.60× overall" in text                  # relative cost of (b): 6 s / 10 s
