@@ -128,15 +128,15 @@ lora = {k[len(pre):-len(".lora_A.weight")] for k in t if k.endswith(".lora_A.wei
 assert lora == want, sorted(lora ^ want)
 assert set(t) == {f"{pre}{m}.lora_{ab}.weight" for m in want for ab in "AB"} | \
     {f"{pre}classifier.weight", f"{pre}classifier.bias"}, sorted(t)
-for m in want:
-    a, b = t[f"{pre}{m}.lora_A.weight"], t[f"{pre}{m}.lora_B.weight"]
-    fan_in = 1536 if m.endswith(".output.dense") and "attention" not in m else 384
-    assert a.shape == (8, fan_in) and b.shape == (384, 8), (m, a.shape, b.shape)
+for mod in want:
+    a, b = t[f"{pre}{mod}.lora_A.weight"], t[f"{pre}{mod}.lora_B.weight"]
+    fan_in = 1536 if mod.endswith(".output.dense") and "attention" not in mod else 384
+    assert a.shape == (8, fan_in) and b.shape == (384, 8), (mod, a.shape, b.shape)
     assert a.dtype == np.float32 and np.all(np.isfinite(a)) and np.all(np.isfinite(b))
-    assert np.abs(b).max() > 0, f"{m}.lora_B is still zero after 12 steps"
+    assert np.abs(b).max() > 0, f"{mod}.lora_B is still zero after 12 steps"
 w, bias = t[f"{pre}classifier.weight"], t[f"{pre}classifier.bias"]
 assert w.shape == (2, 384) and bias.shape == (2,) and np.all(np.isfinite(w)) and np.all(np.isfinite(bias)), (w.shape, bias.shape)
-# last (the other checks have run): PEFT (LoraConfig.__post_init__) refuses layers_to_transform together with a regex target_modules
+# PEFT (LoraConfig.__post_init__) refuses layers_to_transform together with a regex target_modules
 lt = cfg.get("layers_to_transform")
 assert lt is None, f"target_modules is a regex but layers_to_transform = {lt}: PEFT raises " \
                    "'`layers_to_transform` cannot be used when `target_modules` is a str.'"
