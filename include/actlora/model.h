@@ -37,7 +37,8 @@ int model_head_hidden(const ModelConfig *mc);
 void model_load(Model *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
                 uint64_t seed);
 // Fills the head in ls from the directory when it holds one of the right shape, else initialises it
-// as transformers does (weights N(0, 0.02) drawn from seed, bias 0). Returns 1 if loaded.
+// as transformers does (weights N(0, initializer_range) drawn from seed: 0.02 for Llama, config.json's
+// initializer_range for the encoders; bias 0). Returns 1 if loaded.
 int model_init_head(Model *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed);
 void model_alloc_acts(Model *m, Backend *be, const LoraSet *ls, int B, int T);
 void model_free_acts(Model *m, Backend *be);
