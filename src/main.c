@@ -146,8 +146,8 @@ int main(int argc, char **argv) {
         printf("actlora-mpi %s | %d rank(s) | backend %s, %d thread(s) per rank | run dir %s\n", ACTLORA_VERSION,
                d.world, be.name, be.threads, cfg.run.dir);
         printf("model   %s: %s (%s), %d layers, hidden %d, heads %d/%d, vocab %d (%s weights, %.1f s)\n",
-               cfg.model.path, mc.model_type, model_arch_name(mc.arch), mc.num_hidden_layers, mc.hidden_size, mc.num_attention_heads, mc.num_key_value_heads,
-               mc.vocab_size, random_init ? "random" : "pretrained", led.seconds[PHASE_LOAD]);
+               cfg.model.path, mc.model_type, model_arch_name(mc.arch), mc.num_hidden_layers, mc.hidden_size,
+               mc.num_attention_heads, mc.num_key_value_heads, mc.vocab_size, random_init ? "random" : "pretrained", led.seconds[PHASE_LOAD]);
         if (src.glue)
             printf("data    %s: %s, %lld train rows, %d dev split(s), %d labels, longest row %d; tokenizer %s\n",
                    cfg.data.path, src.task, (long long)src.train.rows, src.n_eval, src.num_labels, src.max_T,
@@ -186,18 +186,8 @@ int main(int argc, char **argv) {
     // ---- calibrate + select (lora.layers = "auto"), or the configured layers, or the checkpoint's
     int modules[LORA_NUM_MODULES];
     const LoraNaming *naming = model_lora_naming(mc.arch);
-    for (int i = 0; i < cfg.lora.n_targets; i++) {
-        modules[i] = lora_module_parse(naming, cfg.lora.targets[i]);
-        if (modules[i] < 0) {
-            char known[256] = "";
-            for (int m = 0; m < LORA_NUM_MODULES; m++)
-                if (naming->module_name[m])
-                    snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", known[0] ? ", " : "",
-                             naming->module_name[m]);
-            die("lora.target_modules: '%s' is not a module of this %s model (%s); use some of: %s",
-                cfg.lora.targets[i], model_arch_name(mc.arch), cfg_path, known);
-        }
-    }
+    if (model_parse_targets(mc.arch, cfg.lora.targets, cfg.lora.n_targets, modules, &err) != 0)
+        die("%s (model %s)", err.msg, cfg_path);
     Selection sel;
     if (resumed) {
         resume_selection(&ck, &sel);
@@ -228,7 +218,7 @@ int main(int argc, char **argv) {
               cfg.lora.n_targets, cfg.lora.r, cfg.lora.alpha, cfg.lora.rslora, cfg.lora.dropout, cfg.model.num_labels,
               model_head_hidden(&mc));
 #ifdef ACTLORA_HAVE_CUDA
-    if (use_cuda && mc.arch == ARCH_LLAMA) {  // the device-memory plan of this run, and an early, clear refusal if it cannot fit
+    if (use_cuda && mc.arch == ARCH_LLAMA) {  // the device-memory plan (Llama) and an early refusal if it cannot fit
         MemPlan plan;
         memplan_llama(&plan, &mc, cfg.model.num_labels, ls.lowest_layer, sel.n_selected, modules, cfg.lora.n_targets,
                       cfg.lora.r, cfg.train.micro_batch, src.max_T, (int)be.weight_bytes);

@@ -1,6 +1,7 @@
 // model.c: dispatch of the model interface (model.h) to the Llama decoder or the encoders.
 #include "actlora/model.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "actlora/common.h"
@@ -24,6 +25,22 @@ const LoraNaming *model_lora_naming(ModelArch arch) {
     default: die("internal: no LoRA naming for architecture %d", (int)arch);
     }
     return NULL;
+}
+
+int model_parse_targets(ModelArch arch, const char (*names)[32], int n, int *modules, Error *err) {
+    const LoraNaming *nm = model_lora_naming(arch);
+    for (int i = 0; i < n; i++) {
+        modules[i] = lora_module_parse(nm, names[i]);
+        if (modules[i] >= 0) continue;
+        char known[256] = "";
+        for (int m = 0; m < LORA_NUM_MODULES; m++)
+            if (nm->module_name[m])
+                snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", known[0] ? ", " : "",
+                         nm->module_name[m]);
+        return error_set(err, "lora.target_modules: '%s' is not a module of a %s model; use some of: %s", names[i],
+                         model_arch_name(arch), known);
+    }
+    return 0;
 }
 
 void model_lora_shapes(const ModelConfig *mc, LoraShapes *s) {

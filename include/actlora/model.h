@@ -32,6 +32,9 @@ const char *model_arch_name(ModelArch arch);
 // Names of the model's adapters, target modules and head.
 const LoraNaming *model_lora_naming(ModelArch arch);
 void model_lora_shapes(const ModelConfig *mc, LoraShapes *s);
+// lora.target_modules names -> module slots of this architecture; an unknown name is an error that
+// lists the architecture's names.
+int model_parse_targets(ModelArch arch, const char (*names)[32], int n, int *modules, Error *err);
 // Input width of the classification head: hidden_size, or DeBERTa's pooler_hidden_size.
 int model_head_hidden(const ModelConfig *mc);
 void model_load(Model *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
