@@ -14,7 +14,7 @@
 #include "actlora/backend.h"
 #include "actlora/common.h"
 #include "actlora/rng.h"
-#include "test_util.h"
+#include "test_fixture.h"
 
 #include <math.h>
 #include <signal.h>
@@ -25,64 +25,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define FD_EPS 1e-6
-
 // ------------------------------------------------------------------------------ helpers
-
-typedef struct {
-    uint64_t s;
-} Rand;
-
-static double rnd(Rand *r) {  // [0, 1)
-    r->s = r->s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double)(r->s >> 11) * (1.0 / 9007199254740992.0);
-}
-
-static void fill(float *x, size_t n, double lo, double hi, Rand *r) {
-    for (size_t i = 0; i < n; i++) x[i] = (float)(lo + (hi - lo) * rnd(r));
-}
-
-static float *falloc(Backend *be, size_t n) { return (float *)be->alloc(be, n * sizeof(float), "test tensor"); }
-static double *dalloc(size_t n) { return (double *)xcalloc(n ? n : 1, sizeof(double), "test reference"); }
-
-static double *to_d(const float *x, size_t n) {
-    double *d = dalloc(n);
-    for (size_t i = 0; i < n; i++) d[i] = x[i];
-    return d;
-}
-
-static void fill_nan(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] = NAN;
-}
 
 static double check_close(TestCounts *tc, const float *got, const double *ref, size_t n, double rtol,
                           double floor_frac, const char *what) {
-    double mx = 0.0;
-    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(ref[i]));
-    double atol = floor_frac * mx + 1e-30, worst = 0.0;
-    size_t w = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)got[i] - ref[i]) / (fabs(ref[i]) + atol);
-        if (!(e <= worst)) {  // NaN becomes the worst
-            worst = e;
-            w = i;
-        }
-    }
-    T_CHECK(tc, worst <= rtol, "%s: max rel err %.3g > %.3g at [%zu] (%.9g vs %.9g)", what, worst, rtol, w,
-            n ? (double)got[w] : 0.0, n ? ref[w] : 0.0);
-    printf("  %-44s max rel err %.2e (tol %.0e)\n", what, worst, rtol);
-    return worst;
-}
-
-static void check_exact(TestCounts *tc, const float *got, const float *want, size_t n, const char *what) {
-    size_t bad = 0, first = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!(got[i] == want[i]) && !(isnan(got[i]) && isnan(want[i]))) {
-            if (!bad) first = i;
-            bad++;
-        }
-    T_CHECK(tc, bad == 0, "%s: %zu of %zu elements differ, first [%zu] %.9g vs %.9g", what, bad, n, first,
-            (double)got[first], (double)want[first]);
+    return check_close_ref(tc, got, ref, n, rtol, floor_frac, what, 44);
 }
 
 // Another backend's init sets the process-wide OpenBLAS thread count: re-init the main one.
@@ -92,49 +39,8 @@ static void reinit(Backend *be) {
     backend_cpu_init(be, 0);
 }
 
-// central finite differences of a scalar double function of x (x is restored)
-typedef double (*LossFn)(void *ctx, const double *x);
-static void fd_grad(LossFn f, void *ctx, double *x, size_t n, double *grad) {
-    for (size_t i = 0; i < n; i++) {
-        double x0 = x[i];
-        x[i] = x0 + FD_EPS;
-        double lp = f(ctx, x);
-        x[i] = x0 - FD_EPS;
-        double lm = f(ctx, x);
-        x[i] = x0;
-        grad[i] = (lp - lm) / (2.0 * FD_EPS);
-    }
-}
-
-// Runs fn(ctx) in a child process and expects it to die (exit 1) with `needle` in stderr.
-static void expect_death(TestCounts *tc, void (*fn)(void *), void *ctx, const char *needle, const char *what) {
-    int fds[2];
-    if (pipe(fds) != 0) {
-        T_CHECK(tc, 0, "%s: pipe failed", what);
-        return;
-    }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], 2);
-        alarm(30);
-        fn(ctx);
-        _exit(0);  // survived: the test fails
-    }
-    close(fds[1]);
-    char buf[4096];
-    size_t len = 0;
-    ssize_t r;
-    while ((r = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)r;
-    buf[len] = 0;
-    close(fds[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    T_CHECK(tc, WIFEXITED(st) && WEXITSTATUS(st) == 1 && strstr(buf, needle),
-            "%s: expected death with '%s', got status %d, stderr '%s'", what, needle, st, buf);
-}
+// central finite differences of a scalar double function of x at every coordinate (x is restored)
+static void fd_grad(LossFn f, void *ctx, double *x, size_t n, double *grad) { fd_grad_strided(f, ctx, x, 0, n, 1, grad); }
 
 // ------------------------------------------------------------------------------ memory, gemm, add, scale, sumsq
 

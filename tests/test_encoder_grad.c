@@ -24,7 +24,7 @@
 #include "actlora/lora.h"
 #include "actlora/rng.h"
 #include "actlora/safetensors.h"
-#include "test_util.h"
+#include "test_fixture.h"
 
 typedef struct {
     Backend be;
@@ -72,7 +72,8 @@ static void teardown(Setup *s) {
     backend_free(&s->be);
 }
 
-static double loss_at(Setup *s, uint64_t key) {
+static double loss_at(void *ctx, uint64_t key) {  // the mean loss at dropout key `key`
+    Setup *s = ctx;
     return encoder_forward(&s->model, &s->be, &s->ls, &s->b, 1, 0.0f, key, NULL) / s->b.B;
 }
 
@@ -103,13 +104,7 @@ static void dropout_gradcheck(TestCounts *tc, const char *dir, const char *what,
         size_t numel = (size_t)rows * (size_t)cols;
         for (int k = 0; k < 3; k++) {
             size_t j = off + (rng_u64(11, (uint64_t)(ti * 4 + k)) % numel);
-            float keep = s.ls.params[j];
-            s.ls.params[j] = keep + eps;
-            double lp = loss_at(&s, key);
-            s.ls.params[j] = keep - eps;
-            double lm = loss_at(&s, key);
-            s.ls.params[j] = keep;
-            double fd = (lp - lm) / (2.0 * eps), an = s.ls.grads[j];
+            double fd = fd_param(loss_at, &s, key, &s.ls.params[j], eps), an = s.ls.grads[j];
             double err = fabs(fd - an) / (fabs(fd) + 2e-3);
             if (err > worst) worst = err;
             checked++;

@@ -39,74 +39,12 @@
 
 #include "../src/encoder_internal.h"  // saved activations (hidden states) for the layer-by-layer check
 #include "actlora/backend.h"
-#ifdef ACTLORA_HAVE_CUDA
-#include "actlora/backend_cuda.h"
-#endif
 #include "actlora/encoder.h"
 #include "actlora/hfmodel.h"
 #include "actlora/lora.h"
 #include "actlora/optim.h"
 #include "actlora/safetensors.h"
-#include "test_util.h"
-
-static const StTensor *need(const SafeTensors *st, const char *name) {
-    const StTensor *t = safetensors_find(st, name);
-    if (!t) {
-        fprintf(stderr, "fixture %s lacks tensor '%s'\n", st->path, name);
-        exit(1);
-    }
-    return t;
-}
-
-// Max |a-b| relative to max |b| over the tensor (gradients of tiny elements are noise-dominated).
-static double rel_to_max(const float *a, const float *b, size_t n) {
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (!(d <= num)) num = d;
-        if (fabs((double)b[i]) > den) den = fabs((double)b[i]);
-    }
-    return num / (den > 0 ? den : 1.0);
-}
-
-// Which backend the checks run on (ACTLORA_TEST_BACKEND, ACTLORA_TEST_HARNESS_ON_CPU).
-typedef struct {
-    int cuda;     // ACTLORA_TEST_BACKEND=cuda: explicit weight format, both passes
-    int harness;  // ... but on the CPU backend (ACTLORA_TEST_HARNESS_ON_CPU)
-} Mode;
-
-// Initialises be for the mode; in CUDA mode sets the weight format dtype ("fp32" / "bf16").
-static void open_backend(Backend *be, const Mode *md, const char *dtype) {
-#ifdef ACTLORA_HAVE_CUDA
-    if (md->cuda && !md->harness) backend_cuda_init(be, 0);
-    else backend_cpu_init(be, 0);
-#else
-    backend_cpu_init(be, 0);
-#endif
-    if (md->cuda) {
-        char msg[256];
-        if (backend_set_dtype(be, dtype, msg, sizeof msg) != 0) die("%s", msg);
-    }
-}
-
-// Host copy of n floats of backend memory (a plain copy on the CPU backend).
-static float *to_host(Backend *be, const float *d, size_t n) {
-    float *h = xmalloc((n ? n : 1) * sizeof(float), "host copy");
-    if (n) be->download(be, h, d, n * sizeof(float));
-    return h;
-}
-
-// bf16 pass (CUDA mode): logits within 3e-2 of the largest logit, loss 2e-2 relative. The bf16 error
-// against HF's fp32 is mostly the rounding of the frozen weights and of the GEMM inputs, which the CPU's
-// bf16 emulation reproduces (same roundings, fp32 sums in another order); measured with it
-// (ACTLORA_TEST_HARNESS_ON_CPU): logits 4.9e-3 (bert_cls), 1.26e-2 (deberta_cls), 8.8e-3 (deberta_reg),
-// 6.1e-3 .. 1.42e-2 (minilm_real, moving with the CPU thread count: its logits are small, a fresh head,
-// loss ~ ln 2), losses <= 3.4e-3. 3e-2 leaves 2x headroom for the GPU's other summation order; a bf16
-// path gone wrong (fp32 weights read as bf16, a missed rounding) misses by orders of magnitude.
-#define BF16_LOGITS_TOL 3e-2
-
-static int json_int(const cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valueint; }
-static double json_num(const cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valuedouble; }
+#include "test_fixture.h"
 
 // Hidden state `which` (HF's output_hidden_states index: 0 embeddings, l+1 = output of layer l) over
 // the real tokens vs ours; returns the error relative to the largest reference element.
@@ -131,25 +69,12 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
     char fx[256];  // the fixture's short name, for the summary line
     snprintf(fx, sizeof fx, "%s", fixture);
     if (strstr(fx, ".safetensors")) *strstr(fx, ".safetensors") = 0;
-    char path[4096];
+    char path[4096], dir[2048];
     Error err;
-    snprintf(path, sizeof path, "%s/tests/fixtures/%s", root, fixture);
     SafeTensors st;
-    if (safetensors_open(&st, path, &err) != 0) {
-        T_CHECK(tc, 0, "%s", err.msg);
-        return;
-    }
-    cJSON *meta = cJSON_Parse(safetensors_meta(&st, "config"));
-    T_CHECK(tc, meta != NULL, "%s: metadata 'config' is not JSON", fixture);
-    if (!meta) return;
-    char dir[2048];
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", root, cJSON_GetObjectItem(meta, "model_dir")->valuestring);
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    cJSON *meta;
     ModelConfig mc;
-    if (hfconfig_load(&mc, path, &err) != 0) {
-        T_CHECK(tc, 0, "%s", err.msg);
-        return;
-    }
+    if (fx_open(tc, root, fixture, &st, &meta, dir, path, &mc) != 0) return;
     int deberta = mc.arch == ARCH_DEBERTA_V2;
     T_CHECK(tc, mc.arch == (strcmp(cJSON_GetObjectItem(meta, "arch")->valuestring, "bert") == 0 ? ARCH_BERT
                                                                                                : ARCH_DEBERTA_V2),
@@ -180,21 +105,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
             ls.scaling, json_num(meta, "lora_scaling"));
     // the checkpoint has no classifier: the head is new (and then replaced by the fixture's)
     T_CHECK(tc, encoder_init_head(&model, &be, dir, 0, &ls, 1) == 0, "%s: the tiny model has no classifier", fixture);
-    int n_init = 0;
-    for (int i = 0; i < st.n; i++) {
-        const char *name = st.tensors[i].name;
-        if (strncmp(name, "init.", 5) != 0) continue;
-        size_t off, numel;
-        int found = lora_param_lookup(&ls, name + 5, &off, &numel) == 0;
-        T_CHECK(tc, found && numel == st.tensors[i].numel, "%s: %s has no matching trainable tensor", fixture, name);
-        if (found && numel == st.tensors[i].numel) {  // through host memory: params are backend memory
-            float *h = xmalloc(numel * sizeof(float), "init tensor");
-            st_to_f32(&st.tensors[i], h);
-            be.upload(&be, ls.params + off, h, numel * sizeof(float));
-            free(h);
-        }
-        n_init++;
-    }
+    int n_init = fx_load_init(tc, &st, &ls, &be, fixture);
     T_CHECK(tc, n_init == lora_num_tensors(&ls), "%s: %d init tensors, expected %d (2 per adapter + head + bias)",
             fixture, n_init, lora_num_tensors(&ls));
 
@@ -215,21 +126,12 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
     if (bf16) {
         // ---- bf16 weights: the forward's logits and loss only (the rest is the fp32 pass's)
         double loss = encoder_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0, NULL) / B;
-        float ref_logits[64], ref_loss;
-        T_CHECK(tc, (size_t)B * K <= 64, "logits buffer");
-        st_to_f32(need(&st, "logits"), ref_logits);
-        st_to_f32(need(&st, "loss"), &ref_loss);
-        float *logits = to_host(&be, model.logits, (size_t)B * K);
-        double logits_err = rel_to_max(logits, ref_logits, (size_t)B * K);
-        double loss_err = fabs(loss - ref_loss) / fabs(ref_loss);
-        T_CHECK(tc, logits_err <= BF16_LOGITS_TOL, "%s bf16 logits: max err %.3g of the largest logit (limit 3e-2)",
-                fixture, logits_err);
-        T_CHECK(tc, loss_err <= 2e-2, "%s bf16 loss %.7f vs HF %.7f: rel err %.3g (limit 2e-2)", fixture, loss,
-                (double)ref_loss, loss_err);
+        double logits_err, loss_err;
+        float ref_loss;
+        fx_check_bf16(tc, &be, &st, fixture, model.logits, B, K, loss, &logits_err, &loss_err, &ref_loss);
         printf("encoder-parity %s backend=%s dtype=%s logits %.2e grads - traj - (loss %.2e; logits/loss only, tol "
                "3e-2 / 2e-2) %s\n", fx, be.name, backend_weight_dtype_name(&be), logits_err, loss_err,
                tc->failed == failed0 ? "ok" : "FAILED");
-        free(logits);
         batch_free(&b);
         encoder_free(&model, &be);
         lora_free(&ls, &be);
@@ -325,7 +227,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
     // relative to the largest logit: deberta_cls has a logit of 0.009 whose last bits move with the
     // BLAS thread count (1e-7 absolute)
     float *logits = to_host(&be, model.logits, (size_t)B * K);
-    double logits_err = rel_to_max(logits, ref_logits, (size_t)B * K);
+    double logits_err = t_rel_to_max(logits, ref_logits, (size_t)B * K);
     free(logits);
     T_CHECK(tc, logits_err <= 1e-5, "%s logits: max err %.3g of the largest logit (limit 1e-5)", fixture, logits_err);
     float lossf = (float)loss;
@@ -344,7 +246,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
         }
         float *ref = xmalloc(numel * sizeof(float), "ref grad");
         st_to_f32(&st.tensors[i], ref);
-        double e = rel_to_max(grads + off, ref, numel);
+        double e = t_rel_to_max(grads + off, ref, numel);
         if (e > worst_grad) worst_grad = e;
         T_CHECK(tc, e <= 1e-4, "%s: %s max err %.3g of max |grad| (limit 1e-4)", fixture, name, e);
         free(ref);
@@ -355,18 +257,9 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
     free(grads);
 
     // ---- 10 AdamW steps on the same batch, transformers' schedule, torch's clipping
-    const cJSON *betas = cJSON_GetObjectItem(meta, "betas");
-    OptimConfig oc = {.lr = json_num(meta, "lr"),
-                      .kind = (ScheduleKind)optim_schedule_parse(cJSON_GetObjectItem(meta, "schedule")->valuestring),
-                      .warmup_steps = json_int(meta, "warmup_steps"), .total_steps = json_int(meta, "steps"),
-                      .beta1 = cJSON_GetArrayItem(betas, 0)->valuedouble,
-                      .beta2 = cJSON_GetArrayItem(betas, 1)->valuedouble, .eps = json_num(meta, "eps"),
-                      .weight_decay = json_num(meta, "weight_decay"), .clip = json_num(meta, "max_grad_norm")};
+    OptimConfig oc = fx_optim_config(meta);
     int S = oc.total_steps;
-    float traj_loss[64], traj_lr[64], traj_norm[64], my_loss[64], my_lr[64], my_norm[64];
-    st_to_f32(need(&st, "traj.loss"), traj_loss);
-    st_to_f32(need(&st, "traj.lr"), traj_lr);
-    st_to_f32(need(&st, "traj.grad_norm"), traj_norm);
+    float my_loss[64], my_lr[64], my_norm[64];
     for (int s = 0; s < S; s++) {
         be.zero(&be, ls.grads, ls.numel * sizeof(float));
         my_loss[s] = (float)(encoder_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0, NULL) / B);
@@ -375,12 +268,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
         my_norm[s] = (float)optim_clip(&oc, &be, &ls);
         optim_step(&oc, &be, &ls, optim_lr_at(&oc, s), s + 1);
     }
-    snprintf(what, sizeof what, "%s trajectory lr", fixture);
-    T_CLOSE(tc, my_lr, traj_lr, (size_t)S, 1e-6, 1e-12, what);
-    double traj_err = rel_to_max(my_loss, traj_loss, (size_t)S);
-    T_CHECK(tc, traj_err <= 1e-4, "%s trajectory loss: max err %.3g of the largest loss", fixture, traj_err);
-    snprintf(what, sizeof what, "%s trajectory grad norm", fixture);
-    T_CLOSE(tc, my_norm, traj_norm, (size_t)S, 1e-4, 0.0, what);
+    double traj_err = fx_check_trajectory(tc, &st, fixture, S, my_lr, my_loss, my_norm);
     double worst_final = 0.0;
     int n_final = 0;
     float *params = to_host(&be, ls.params, ls.numel);
@@ -394,7 +282,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
         }
         float *ref = xmalloc(numel * sizeof(float), "ref final");
         st_to_f32(&st.tensors[i], ref);
-        double e = rel_to_max(params + off, ref, numel);
+        double e = t_rel_to_max(params + off, ref, numel);
         if (e > worst_final) worst_final = e;
         T_CHECK(tc, e <= 1e-4, "%s: %s after %d steps: max err %.3g of max |param|", fixture, name, S, e);
         free(ref);
@@ -416,36 +304,6 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
     backend_free(&be);
     cJSON_Delete(meta);
     safetensors_close(&st);
-}
-
-// ACTLORA_TEST_BACKEND -> the mode; returns -1 to run, or the exit code (77 skip, 2 bad value).
-static int pick_mode(Mode *md, const char *test) {
-    const char *want = getenv("ACTLORA_TEST_BACKEND");
-    memset(md, 0, sizeof *md);
-    if (!want || !*want || strcmp(want, "cpu") == 0) return -1;
-    if (strcmp(want, "cuda") != 0) {
-        fprintf(stderr, "%s: ACTLORA_TEST_BACKEND=%s: expected \"cpu\" or \"cuda\"\n", test, want);
-        return 2;
-    }
-    md->cuda = 1;
-    md->harness = getenv("ACTLORA_TEST_HARNESS_ON_CPU") != NULL;
-    if (md->harness) {
-        printf("%s: ACTLORA_TEST_HARNESS_ON_CPU: the CUDA-mode code path on the CPU backend\n", test);
-        return -1;
-    }
-#ifndef ACTLORA_HAVE_CUDA
-    printf("%s: SKIP: ACTLORA_TEST_BACKEND=cuda but built without the CUDA backend (configure with "
-           "-DACTLORA_CUDA=ON)\n", test);
-    return TEST_SKIP;
-#else
-    int n = backend_cuda_device_count();
-    if (n <= 0) {
-        printf("%s: SKIP: ACTLORA_TEST_BACKEND=cuda but no CUDA device is visible\n", test);
-        return TEST_SKIP;
-    }
-    printf("%s: ACTLORA_TEST_BACKEND=cuda: %d device(s), running on device 0\n", test, n);
-    return -1;
-#endif
 }
 
 int main(int argc, char **argv) {

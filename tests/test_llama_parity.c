@@ -20,51 +20,15 @@
 #include "actlora/lora.h"
 #include "actlora/optim.h"
 #include "actlora/safetensors.h"
-#include "test_util.h"
-
-static const StTensor *need(const SafeTensors *st, const char *name) {
-    const StTensor *t = safetensors_find(st, name);
-    if (!t) {
-        fprintf(stderr, "fixture %s lacks tensor '%s'\n", st->path, name);
-        exit(1);
-    }
-    return t;
-}
-
-// Max |a-b| relative to max |b| over the tensor (gradients of tiny elements are noise-dominated).
-static double rel_to_max(const float *a, const float *b, size_t n) {
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (!(d <= num)) num = d;
-        if (fabs((double)b[i]) > den) den = fabs((double)b[i]);
-    }
-    return num / (den > 0 ? den : 1.0);
-}
-
-static int json_int(const cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valueint; }
-static double json_num(const cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valuedouble; }
+#include "test_fixture.h"
 
 static void run_case(TestCounts *tc, const char *root, const char *fixture) {
-    char path[4096];
+    char path[4096], dir[2048];
     Error err;
-    snprintf(path, sizeof path, "%s/tests/fixtures/%s", root, fixture);
     SafeTensors st;
-    if (safetensors_open(&st, path, &err) != 0) {
-        T_CHECK(tc, 0, "%s", err.msg);
-        return;
-    }
-    cJSON *meta = cJSON_Parse(safetensors_meta(&st, "config"));
-    T_CHECK(tc, meta != NULL, "%s: metadata 'config' is not JSON", fixture);
-    if (!meta) return;
-    char dir[2048];
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", root, cJSON_GetObjectItem(meta, "model_dir")->valuestring);
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    cJSON *meta;
     ModelConfig mc;
-    if (hfconfig_load(&mc, path, &err) != 0) {
-        T_CHECK(tc, 0, "%s", err.msg);
-        return;
-    }
+    if (fx_open(tc, root, fixture, &st, &meta, dir, path, &mc) != 0) return;
     int K = json_int(meta, "num_labels");
     Backend be;
     backend_cpu_init(&be, 0);
@@ -84,16 +48,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
               json_num(meta, "lora_alpha"), cJSON_IsTrue(cJSON_GetObjectItem(meta, "use_rslora")),
               json_num(meta, "lora_dropout"), K, mc.hidden_size);
     // initial values of every trainable tensor from the fixture; every fixture tensor must map
-    int n_init = 0;
-    for (int i = 0; i < st.n; i++) {
-        const char *name = st.tensors[i].name;
-        if (strncmp(name, "init.", 5) != 0) continue;
-        size_t off, numel;
-        int found = lora_param_lookup(&ls, name + 5, &off, &numel) == 0;
-        T_CHECK(tc, found && numel == st.tensors[i].numel, "%s: %s has no matching trainable tensor", fixture, name);
-        if (found && numel == st.tensors[i].numel) st_to_f32(&st.tensors[i], ls.params + off);
-        n_init++;
-    }
+    int n_init = fx_load_init(tc, &st, &ls, &be, fixture);
     T_CHECK(tc, n_init == 2 * ls.n + 1, "%s: %d init tensors, expected %d (2 per adapter + head)", fixture, n_init,
             2 * ls.n + 1);
 
@@ -165,25 +120,16 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
         }
         float *ref = xmalloc(numel * sizeof(float), "ref grad");
         st_to_f32(&st.tensors[i], ref);
-        double e = rel_to_max(ls.grads + off, ref, numel);
+        double e = t_rel_to_max(ls.grads + off, ref, numel);
         if (e > worst_grad) worst_grad = e;
         T_CHECK(tc, e <= 1e-4, "%s: %s max err %.3g of max |grad| (limit 1e-4)", fixture, name, e);
         free(ref);
     }
 
     // ---- 10 AdamW steps on the same batch, transformers' schedule, torch's clipping
-    const cJSON *betas = cJSON_GetObjectItem(meta, "betas");
-    OptimConfig oc = {.lr = json_num(meta, "lr"),
-                      .kind = (ScheduleKind)optim_schedule_parse(cJSON_GetObjectItem(meta, "schedule")->valuestring),
-                      .warmup_steps = json_int(meta, "warmup_steps"), .total_steps = json_int(meta, "steps"),
-                      .beta1 = cJSON_GetArrayItem(betas, 0)->valuedouble,
-                      .beta2 = cJSON_GetArrayItem(betas, 1)->valuedouble, .eps = json_num(meta, "eps"),
-                      .weight_decay = json_num(meta, "weight_decay"), .clip = json_num(meta, "max_grad_norm")};
+    OptimConfig oc = fx_optim_config(meta);
     int S = oc.total_steps;
-    float traj_loss[64], traj_lr[64], traj_norm[64], my_loss[64], my_lr[64], my_norm[64];
-    st_to_f32(need(&st, "traj.loss"), traj_loss);
-    st_to_f32(need(&st, "traj.lr"), traj_lr);
-    st_to_f32(need(&st, "traj.grad_norm"), traj_norm);
+    float my_loss[64], my_lr[64], my_norm[64];
     for (int s = 0; s < S; s++) {
         be.zero(&be, ls.grads, ls.numel * sizeof(float));
         my_loss[s] = (float)(llama_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0, NULL) / B);
@@ -192,13 +138,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
         my_norm[s] = (float)optim_clip(&oc, &be, &ls);
         optim_step(&oc, &be, &ls, optim_lr_at(&oc, s), s + 1);
     }
-    snprintf(what, sizeof what, "%s trajectory lr", fixture);
-    T_CLOSE(tc, my_lr, traj_lr, (size_t)S, 1e-6, 1e-12, what);
-    // the loss falls ~100x over the 10 steps: measure its error against the initial loss
-    double traj_err = rel_to_max(my_loss, traj_loss, (size_t)S);
-    T_CHECK(tc, traj_err <= 1e-4, "%s trajectory loss: max err %.3g of the largest loss", fixture, traj_err);
-    snprintf(what, sizeof what, "%s trajectory grad norm", fixture);
-    T_CLOSE(tc, my_norm, traj_norm, (size_t)S, 1e-4, 0.0, what);
+    double traj_err = fx_check_trajectory(tc, &st, fixture, S, my_lr, my_loss, my_norm);
     double worst_final = 0.0;
     for (int i = 0; i < st.n; i++) {
         const char *name = st.tensors[i].name;
@@ -207,7 +147,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
         if (lora_param_lookup(&ls, name + 6, &off, &numel) != 0) continue;
         float *ref = xmalloc(numel * sizeof(float), "ref final");
         st_to_f32(&st.tensors[i], ref);
-        double e = rel_to_max(ls.params + off, ref, numel);
+        double e = t_rel_to_max(ls.params + off, ref, numel);
         if (e > worst_final) worst_final = e;
         T_CHECK(tc, e <= 1e-4, "%s: %s after %d steps: max err %.3g of max |param|", fixture, name, S, e);
         free(ref);
