@@ -58,25 +58,16 @@ static void block_forward(EncImpl *e, Backend *be, const LoraSet *ls, int l, Enc
     const EncLayer *w = &e->layers[l];
     int N = B * T, C = e->C, I = e->I;
     float *scratch = e->lora_tmp;  // dropout buffer (allocated whenever there are adapters)
-#define LORA_FWD(mod, X, Y)                                                                           \
-    do {                                                                                              \
-        int _i = lora_find(ls, l, mod);                                                               \
-        if (_i >= 0) {                                                                                \
-            check(a->lora_a[mod], "internal: layer %d has an adapter the activation memory was not "   \
-                  "planned for (encoder_alloc_acts with another LoRA set)", l);                          \
-            lora_ops_forward(be, ls, _i, X, Y, a->lora_a[mod], N, train, key, scratch);               \
-        }                                                                                             \
-    } while (0)
     // HF order: (x W^T + b) + LoRA
     be->wgemm(be, 1, N, C, C, 1.0f, a->x_in, w->wq, 0.0f, a->q);
     be->bias_add(be, a->q, w->bq, N, C);
-    LORA_FWD(LORA_Q, a->x_in, a->q);
+    lora_ops_forward(be, ls, l, LORA_Q, a->x_in, a->q, a->lora_a[LORA_Q], N, train, key, scratch);
     be->wgemm(be, 1, N, C, C, 1.0f, a->x_in, w->wk, 0.0f, a->k);
     be->bias_add(be, a->k, w->bk, N, C);
-    LORA_FWD(LORA_K, a->x_in, a->k);
+    lora_ops_forward(be, ls, l, LORA_K, a->x_in, a->k, a->lora_a[LORA_K], N, train, key, scratch);
     be->wgemm(be, 1, N, C, C, 1.0f, a->x_in, w->wv, 0.0f, a->v);
     be->bias_add(be, a->v, w->bv, N, C);
-    LORA_FWD(LORA_V, a->x_in, a->v);
+    lora_ops_forward(be, ls, l, LORA_V, a->x_in, a->v, a->lora_a[LORA_V], N, train, key, scratch);
     const float *pq = NULL, *pk = NULL;
     if (e->rel_on) {
         uint64_t pkey = pos_key(key);
@@ -85,7 +76,7 @@ static void block_forward(EncImpl *e, Backend *be, const LoraSet *ls, int l, Enc
             pq = w->pq_base;
             if (a->pq) {  // share_att_key with a query_proj adapter: LoRA on rel too
                 be->copy(be, a->pq, w->pq_base, pbytes);
-                lora_ops_forward(be, ls, lora_find(ls, l, LORA_Q), e->rel, a->pq, a->lora_pa_q, e->P, train, pkey,
+                lora_ops_forward(be, ls, l, LORA_Q, e->rel, a->pq, a->lora_pa_q, e->P, train, pkey,
                                  scratch);
                 pq = a->pq;
             }
@@ -94,7 +85,7 @@ static void block_forward(EncImpl *e, Backend *be, const LoraSet *ls, int l, Enc
             pk = w->pk_base;
             if (a->pk) {
                 be->copy(be, a->pk, w->pk_base, pbytes);
-                lora_ops_forward(be, ls, lora_find(ls, l, LORA_K), e->rel, a->pk, a->lora_pa_k, e->P, train, pkey,
+                lora_ops_forward(be, ls, l, LORA_K, e->rel, a->pk, a->lora_pa_k, e->P, train, pkey,
                                  scratch);
                 pk = a->pk;
             }
@@ -104,19 +95,18 @@ static void block_forward(EncImpl *e, Backend *be, const LoraSet *ls, int l, Enc
                           T, e->H, e->D, e->P, e->scale);
     be->wgemm(be, 1, N, C, C, 1.0f, a->ctx, w->wo, 0.0f, a->a_sum);
     be->bias_add(be, a->a_sum, w->bo, N, C);
-    LORA_FWD(LORA_O, a->ctx, a->a_sum);
+    lora_ops_forward(be, ls, l, LORA_O, a->ctx, a->a_sum, a->lora_a[LORA_O], N, train, key, scratch);
     be->add(be, a->a_sum, a->x_in, (size_t)N * C);
     be->layernorm_fwd(be, a->x_mid, a->mean1, a->rstd1, a->a_sum, w->ln1_w, w->ln1_b, N, C, e->eps);
     be->wgemm(be, 1, N, I, C, 1.0f, a->x_mid, w->wi, 0.0f, a->u);
     be->bias_add(be, a->u, w->bi, N, I);
-    LORA_FWD(LORA_UP, a->x_mid, a->u);
+    lora_ops_forward(be, ls, l, LORA_UP, a->x_mid, a->u, a->lora_a[LORA_UP], N, train, key, scratch);
     be->gelu_fwd(be, a->h, a->u, (size_t)N * I);
     be->wgemm(be, 1, N, C, I, 1.0f, a->h, w->wout, 0.0f, a->f_sum);
     be->bias_add(be, a->f_sum, w->bout, N, C);
-    LORA_FWD(LORA_DOWN, a->h, a->f_sum);
+    lora_ops_forward(be, ls, l, LORA_DOWN, a->h, a->f_sum, a->lora_a[LORA_DOWN], N, train, key, scratch);
     be->add(be, a->f_sum, a->x_mid, (size_t)N * C);
     be->layernorm_fwd(be, out, a->mean2, a->rstd2, a->f_sum, w->ln2_w, w->ln2_b, N, C, e->eps);
-#undef LORA_FWD
 }
 
 // Uploads the batch (ids, mask, token types, positions, relative index, labels) after checking it.
@@ -239,28 +229,25 @@ void encoder_backward(Encoder *m, Backend *be, LoraSet *ls, const Batch *b, uint
             has_v = lora_find(ls, l, LORA_V) >= 0, has_o = lora_find(ls, l, LORA_O) >= 0;
         int need_att = !lowest || has_q || has_k || has_v || has_o;  // anything to learn below the MLP?
         int need_qkv = !lowest || has_q || has_k || has_v;
-#define LORA_BWD(mod, X, dY, dX)                                                                 \
-    do {                                                                                         \
-        int _i = lora_find(ls, l, mod);                                                          \
-        if (_i >= 0) lora_ops_backward(be, ls, _i, X, dY, a->lora_a[mod], dX, N, key, da, tmp); \
-    } while (0)
         // dres = d(x_out); LayerNorm 2: dfs = d(f_sum)
         be->zero(be, e->dfs, (size_t)N * C * sizeof(float));
         be->layernorm_bwd(be, e->dfs, e->dres, a->f_sum, w->ln2_w, a->mean2, a->rstd2, N, C);
         // output.dense: f_sum = h Wout^T + bout + x_mid
         be->wgemm(be, 0, N, I, C, 1.0f, e->dfs, w->wout, 0.0f, e->dh);
-        LORA_BWD(LORA_DOWN, a->h, e->dfs, e->dh);
+        lora_ops_backward(be, ls, l, LORA_DOWN, a->h, e->dfs, a->lora_a[LORA_DOWN], e->dh, N, key, da, tmp);
         be->gelu_bwd(be, e->du, e->dh, a->u, (size_t)N * I);
         // intermediate.dense: u = x_mid Wi^T + bi; dfs becomes d(x_mid) (residual + this path)
         if (need_att) be->wgemm(be, 0, N, C, I, 1.0f, e->du, w->wi, 1.0f, e->dfs);
-        LORA_BWD(LORA_UP, a->x_mid, e->du, need_att ? e->dfs : NULL);
+        lora_ops_backward(be, ls, l, LORA_UP, a->x_mid, e->du, a->lora_a[LORA_UP], need_att ? e->dfs : NULL, N, key,
+                          da, tmp);
         if (!need_att) break;
         // LayerNorm 1: dres = d(a_sum)
         be->zero(be, e->dres, (size_t)N * C * sizeof(float));
         be->layernorm_bwd(be, e->dres, e->dfs, a->a_sum, w->ln1_w, a->mean1, a->rstd1, N, C);
         // attention.output.dense: a_sum = ctx Wo^T + bo + x_in; dfs becomes d(ctx)
         if (need_qkv) be->wgemm(be, 0, N, C, C, 1.0f, e->dres, w->wo, 0.0f, e->dfs);
-        LORA_BWD(LORA_O, a->ctx, e->dres, need_qkv ? e->dfs : NULL);
+        lora_ops_backward(be, ls, l, LORA_O, a->ctx, e->dres, a->lora_a[LORA_O], need_qkv ? e->dfs : NULL, N, key,
+                          da, tmp);
         if (!need_qkv) break;
         const float *pq = NULL, *pk = NULL;
         if (e->rel_on) {
@@ -276,16 +263,15 @@ void encoder_backward(Encoder *m, Backend *be, LoraSet *ls, const Batch *b, uint
             be->wgemm(be, 0, N, C, C, 1.0f, e->dk, w->wk, 1.0f, e->dres);
             be->wgemm(be, 0, N, C, C, 1.0f, e->dv, w->wv, 1.0f, e->dres);
         }
-        LORA_BWD(LORA_Q, a->x_in, e->dq, dx);
-        LORA_BWD(LORA_K, a->x_in, e->dk, dx);
-        LORA_BWD(LORA_V, a->x_in, e->dv, dx);
+        lora_ops_backward(be, ls, l, LORA_Q, a->x_in, e->dq, a->lora_a[LORA_Q], dx, N, key, da, tmp);
+        lora_ops_backward(be, ls, l, LORA_K, a->x_in, e->dk, a->lora_a[LORA_K], dx, N, key, da, tmp);
+        lora_ops_backward(be, ls, l, LORA_V, a->x_in, e->dv, a->lora_a[LORA_V], dx, N, key, da, tmp);
         // the positional path of query_proj / key_proj (share_att_key): rel is frozen, no input gradient
         if (a->pq)
-            lora_ops_backward(be, ls, lora_find(ls, l, LORA_Q), e->rel, e->dpq, a->lora_pa_q, NULL, P, pos_key(key), da,
+            lora_ops_backward(be, ls, l, LORA_Q, e->rel, e->dpq, a->lora_pa_q, NULL, P, pos_key(key), da,
                               tmp);
         if (a->pk)
-            lora_ops_backward(be, ls, lora_find(ls, l, LORA_K), e->rel, e->dpk, a->lora_pa_k, NULL, P, pos_key(key), da,
+            lora_ops_backward(be, ls, l, LORA_K, e->rel, e->dpk, a->lora_pa_k, NULL, P, pos_key(key), da,
                               tmp);
-#undef LORA_BWD
     }
 }

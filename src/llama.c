@@ -306,34 +306,28 @@ static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, Llama
         KVH = mc->num_key_value_heads, D = mc->head_dim, qd = H * D, kvd = KVH * D;
     float eps = (float)mc->rms_norm_eps;
     float *scratch = m->lora_tmp;  // dropout buffer, only used when training (then allocated)
-#define LORA_FWD(mod, X, Y)                                                               \
-    do {                                                                                  \
-        int _i = lora_find(ls, l, mod);                                                   \
-        if (_i >= 0) lora_ops_forward(be, ls, _i, X, Y, a->lora_a[mod], N, train, key, scratch); \
-    } while (0)
     be->rmsnorm_fwd(be, a->xn1, a->rstd1, a->x_in, w->ln1, N, C, eps);
     be->wgemm(be, 1, N, qd, C, 1.0f, a->xn1, w->wq, 0.0f, a->q);
     be->wgemm(be, 1, N, kvd, C, 1.0f, a->xn1, w->wk, 0.0f, a->k);
     be->wgemm(be, 1, N, kvd, C, 1.0f, a->xn1, w->wv, 0.0f, a->v);
-    LORA_FWD(LORA_Q, a->xn1, a->q);
-    LORA_FWD(LORA_K, a->xn1, a->k);
-    LORA_FWD(LORA_V, a->xn1, a->v);
+    lora_ops_forward(be, ls, l, LORA_Q, a->xn1, a->q, a->lora_a[LORA_Q], N, train, key, scratch);
+    lora_ops_forward(be, ls, l, LORA_K, a->xn1, a->k, a->lora_a[LORA_K], N, train, key, scratch);
+    lora_ops_forward(be, ls, l, LORA_V, a->xn1, a->v, a->lora_a[LORA_V], N, train, key, scratch);
     be->rope_fwd(be, a->q, m->rope_cos, m->rope_sin, B, T, H, D);
     be->rope_fwd(be, a->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
     be->attention_fwd(be, a->att, a->probs, a->q, a->k, a->v, m->d_mask, B, T, H, KVH, D);
     be->copy(be, a->x_mid, a->x_in, (size_t)N * C * sizeof(float));  // residual, then += o_proj
     be->wgemm(be, 1, N, C, qd, 1.0f, a->att, w->wo, 1.0f, a->x_mid);
-    LORA_FWD(LORA_O, a->att, a->x_mid);
+    lora_ops_forward(be, ls, l, LORA_O, a->att, a->x_mid, a->lora_a[LORA_O], N, train, key, scratch);
     be->rmsnorm_fwd(be, a->xn2, a->rstd2, a->x_mid, w->ln2, N, C, eps);
     be->wgemm(be, 1, N, I, C, 1.0f, a->xn2, w->wg, 0.0f, a->gate);
     be->wgemm(be, 1, N, I, C, 1.0f, a->xn2, w->wu, 0.0f, a->up);
-    LORA_FWD(LORA_GATE, a->xn2, a->gate);
-    LORA_FWD(LORA_UP, a->xn2, a->up);
+    lora_ops_forward(be, ls, l, LORA_GATE, a->xn2, a->gate, a->lora_a[LORA_GATE], N, train, key, scratch);
+    lora_ops_forward(be, ls, l, LORA_UP, a->xn2, a->up, a->lora_a[LORA_UP], N, train, key, scratch);
     be->swiglu_fwd(be, a->h, a->gate, a->up, (size_t)N * I);
     be->copy(be, out, a->x_mid, (size_t)N * C * sizeof(float));
     be->wgemm(be, 1, N, C, I, 1.0f, a->h, w->wd, 1.0f, out);
-    LORA_FWD(LORA_DOWN, a->h, out);
-#undef LORA_FWD
+    lora_ops_forward(be, ls, l, LORA_DOWN, a->h, out, a->lora_a[LORA_DOWN], N, train, key, scratch);
 }
 
 // Adds the per-token norms of layer l's block output and module inputs to the statistics.
@@ -409,6 +403,7 @@ void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t
     be->zero(be, m->dres, (size_t)N * C * sizeof(float));
     be->pool_last_bwd(be, m->dres, m->dpool, m->d_last, B, T, C);
 
+    float *da = m->lora_da, *tmp = m->lora_tmp;  // LoRA backward scratch
     for (int l = L - 1; l >= ls->lowest_layer; l--) {
         LlamaActs *a = acts_for(m, l);
         const LlamaLayer *w = &m->layers[l];
@@ -417,27 +412,23 @@ void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t
             has_v = lora_find(ls, l, LORA_V) >= 0, has_o = lora_find(ls, l, LORA_O) >= 0;
         int need_att = !lowest || has_q || has_k || has_v || has_o;  // anything to learn below the MLP?
         int need_qkv = !lowest || has_q || has_k || has_v;
-#define LORA_BWD(mod, X, dY, dX)                                                     \
-    do {                                                                             \
-        int _i = lora_find(ls, l, mod);                                              \
-        if (_i >= 0) lora_ops_backward(be, ls, _i, X, dY, a->lora_a[mod], dX, N, key, m->lora_da, m->lora_tmp); \
-    } while (0)
         // MLP: out = x_mid + h Wd^T; dres is d(out)
         be->wgemm(be, 0, N, I, C, 1.0f, m->dres, w->wd, 0.0f, m->dh);
-        LORA_BWD(LORA_DOWN, a->h, m->dres, m->dh);
+        lora_ops_backward(be, ls, l, LORA_DOWN, a->h, m->dres, a->lora_a[LORA_DOWN], m->dh, N, key, da, tmp);
         be->swiglu_bwd(be, m->dgate, m->dup, m->dh, a->gate, a->up, (size_t)N * I);
         float *dxn2 = need_att ? m->dxn : NULL;
         if (need_att) {
             be->wgemm(be, 0, N, C, I, 1.0f, m->dgate, w->wg, 0.0f, m->dxn);
             be->wgemm(be, 0, N, C, I, 1.0f, m->dup, w->wu, 1.0f, m->dxn);
         }
-        LORA_BWD(LORA_GATE, a->xn2, m->dgate, dxn2);
-        LORA_BWD(LORA_UP, a->xn2, m->dup, dxn2);
+        lora_ops_backward(be, ls, l, LORA_GATE, a->xn2, m->dgate, a->lora_a[LORA_GATE], dxn2, N, key, da, tmp);
+        lora_ops_backward(be, ls, l, LORA_UP, a->xn2, m->dup, a->lora_a[LORA_UP], dxn2, N, key, da, tmp);
         if (!need_att) break;
         be->rmsnorm_bwd(be, m->dres, m->dxn, a->x_mid, w->ln2, a->rstd2, N, C);  // dres = d(x_mid)
         // attention: x_mid = x_in + att Wo^T
         be->wgemm(be, 0, N, qd, C, 1.0f, m->dres, w->wo, 0.0f, m->datt);
-        LORA_BWD(LORA_O, a->att, m->dres, need_qkv ? m->datt : NULL);
+        lora_ops_backward(be, ls, l, LORA_O, a->att, m->dres, a->lora_a[LORA_O], need_qkv ? m->datt : NULL, N, key,
+                          da, tmp);
         if (!need_qkv) break;
         be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);
         be->rope_bwd(be, m->dq, m->rope_cos, m->rope_sin, B, T, H, D);
@@ -448,10 +439,9 @@ void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t
             be->wgemm(be, 0, N, C, kvd, 1.0f, m->dk, w->wk, 1.0f, m->dxn);
             be->wgemm(be, 0, N, C, kvd, 1.0f, m->dv, w->wv, 1.0f, m->dxn);
         }
-        LORA_BWD(LORA_Q, a->xn1, m->dq, dxn1);
-        LORA_BWD(LORA_K, a->xn1, m->dk, dxn1);
-        LORA_BWD(LORA_V, a->xn1, m->dv, dxn1);
+        lora_ops_backward(be, ls, l, LORA_Q, a->xn1, m->dq, a->lora_a[LORA_Q], dxn1, N, key, da, tmp);
+        lora_ops_backward(be, ls, l, LORA_K, a->xn1, m->dk, a->lora_a[LORA_K], dxn1, N, key, da, tmp);
+        lora_ops_backward(be, ls, l, LORA_V, a->xn1, m->dv, a->lora_a[LORA_V], dxn1, N, key, da, tmp);
         if (!lowest) be->rmsnorm_bwd(be, m->dres, m->dxn, a->x_in, w->ln1, a->rstd1, N, C);  // dres = d(x_in)
-#undef LORA_BWD
     }
 }

@@ -1,8 +1,14 @@
 // lora_ops.c: one LoRA adapter's forward and backward over the op table (lora_ops.h).
 #include "actlora/lora_ops.h"
 
-void lora_ops_forward(Backend *be, const LoraSet *ls, int idx, const float *X, float *Y, float *a_out, int N,
-                      int train, uint64_t key, float *scratch) {
+#include "actlora/common.h"
+
+void lora_ops_forward(Backend *be, const LoraSet *ls, int layer, LoraModule module, const float *X, float *Y,
+                      float *a_out, int N, int train, uint64_t key, float *scratch) {
+    int idx = lora_find(ls, layer, module);
+    if (idx < 0) return;
+    check(a_out != NULL, "internal: layer %d has an adapter the activation memory was not planned for "
+          "(alloc_acts with another LoRA set)", layer);
     const LoraAdapter *ad = &ls->ad[idx];
     const float *A = ls->params + ad->a_off, *Bw = ls->params + ad->b_off;
     const float *Xd = X;
@@ -14,8 +20,10 @@ void lora_ops_forward(Backend *be, const LoraSet *ls, int idx, const float *X, f
     be->gemm(be, 0, 1, N, ad->out, ls->r, ls->scaling, a_out, Bw, 1.0f, Y);
 }
 
-void lora_ops_backward(Backend *be, LoraSet *ls, int idx, const float *X, const float *dY, const float *a_saved,
-                       float *dX, int N, uint64_t key, float *da, float *tmp) {
+void lora_ops_backward(Backend *be, LoraSet *ls, int layer, LoraModule module, const float *X, const float *dY,
+                       const float *a_saved, float *dX, int N, uint64_t key, float *da, float *tmp) {
+    int idx = lora_find(ls, layer, module);
+    if (idx < 0) return;
     const LoraAdapter *ad = &ls->ad[idx];
     const float *A = ls->params + ad->a_off, *Bw = ls->params + ad->b_off;
     float *dA = ls->grads + ad->a_off, *dB = ls->grads + ad->b_off;

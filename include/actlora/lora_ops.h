@@ -19,15 +19,16 @@ static inline uint64_t lora_ops_key(uint64_t key, int layer, int module) {
     return rng_key(rng_key(key, (uint64_t)layer), (uint64_t)module);
 }
 
-// Forward of adapter idx on N rows: Y += s * dropout(X) A^T B^T; a_out [N, r] receives dropout(X) A^T.
-// Dropout applies only when train != 0 and ls->dropout > 0; then scratch must hold N * in floats.
-void lora_ops_forward(Backend *be, const LoraSet *ls, int idx, const float *X, float *Y, float *a_out, int N,
-                      int train, uint64_t key, float *scratch);
+// Forward of the adapter on (layer, module), if the set has one (else nothing) on N rows:
+// Y += s * dropout(X) A^T B^T; a_out [N, r] receives dropout(X) A^T. Dropout applies only when
+// train != 0 and ls->dropout > 0; then scratch must hold N * in floats.
+void lora_ops_forward(Backend *be, const LoraSet *ls, int layer, LoraModule module, const float *X, float *Y,
+                      float *a_out, int N, int train, uint64_t key, float *scratch);
 
-// Backward of adapter idx given dY [N, out], its forward input X [N, in] and the a_out the forward
-// kept: accumulates (+=) dA and dB into ls->grads and, when dX != NULL, adds the input gradient to
-// dX [N, in]. Scratch: da [N, r] and tmp [N, in] floats. The key must be the forward's.
-void lora_ops_backward(Backend *be, LoraSet *ls, int idx, const float *X, const float *dY, const float *a_saved,
-                       float *dX, int N, uint64_t key, float *da, float *tmp);
+// Backward of the adapter on (layer, module), if any, given dY [N, out], its forward input X [N, in] and
+// the a_out the forward kept: accumulates (+=) dA and dB into ls->grads and, when dX != NULL, adds the
+// input gradient to dX [N, in]. Scratch: da [N, r] and tmp [N, in] floats. The key must be the forward's.
+void lora_ops_backward(Backend *be, LoraSet *ls, int layer, LoraModule module, const float *X, const float *dY,
+                       const float *a_saved, float *dX, int N, uint64_t key, float *da, float *tmp);
 
 #endif
