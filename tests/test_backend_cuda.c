@@ -79,19 +79,23 @@ static void *on_cpu(Ctx *c, const void *h, size_t bytes) {
     return p;
 }
 
-// a GPU buffer holding a copy of host data
-static void *on_gpu(Ctx *c, const void *h, size_t bytes) {
-    void *p = c->gpu.alloc(&c->gpu, bytes, "gpu test tensor");
-    c->gpu.upload(&c->gpu, p, h, bytes);
+// a buffer of backend be holding a copy of host data
+static void *alloc_copy(Backend *be, const void *h, size_t bytes) {
+    void *p = be->alloc(be, bytes, "test tensor");
+    be->upload(be, p, h, bytes);
     return p;
 }
 
-// a fresh host copy of n floats of GPU memory
-static float *from_gpu(Ctx *c, const void *d, size_t n) {
+// a fresh host copy of n floats of backend be's memory
+static float *download_any(Backend *be, const void *d, size_t n) {
     float *h = xmalloc((n ? n : 1) * sizeof(float), "test download");
-    c->gpu.download(&c->gpu, h, d, n * sizeof(float));
+    be->download(be, h, d, n * sizeof(float));
     return h;
 }
+
+// the same on the GPU backend
+static void *on_gpu(Ctx *c, const void *h, size_t bytes) { return alloc_copy(&c->gpu, h, bytes); }
+static float *from_gpu(Ctx *c, const void *d, size_t n) { return download_any(&c->gpu, d, n); }
 
 static void cmp_rel(Ctx *c, const float *got, const float *want, size_t n, double tol, const char *what) {
     double mx = 0.0, worst = 0.0;
@@ -649,18 +653,15 @@ static void test_model(Ctx *c, const char *root) {
 
 // A host fp32 copy of n weight elements of backend be (bf16 storage expanded exactly).
 static float *weights_host(Backend *be, const void *w, size_t n) {
+    if (be->weight_bytes != 2) return download_any(be, w, n);
     float *h = xmalloc((n ? n : 1) * sizeof(float), "weights download");
-    if (be->weight_bytes == 2) {
-        uint16_t *t = xmalloc((n ? n : 1) * 2, "bf16 download");
-        be->download(be, t, w, n * 2);
-        for (size_t i = 0; i < n; i++) {
-            uint32_t u = (uint32_t)t[i] << 16;
-            memcpy(&h[i], &u, 4);
-        }
-        free(t);
-    } else {
-        be->download(be, h, w, n * sizeof(float));
+    uint16_t *t = xmalloc((n ? n : 1) * 2, "bf16 download");
+    be->download(be, t, w, n * 2);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)t[i] << 16;
+        memcpy(&h[i], &u, 4);
     }
+    free(t);
     return h;
 }
 
@@ -669,18 +670,6 @@ static void *weights_on(Backend *be, const float *h, size_t n) {
     void *w = be->weight_alloc(be, n, "test weights");
     be->weight_upload(be, w, h, n);
     return w;
-}
-
-static float *download_any(Backend *be, const float *d, size_t n) {
-    float *h = xmalloc((n ? n : 1) * sizeof(float), "test download");
-    be->download(be, h, d, n * sizeof(float));
-    return h;
-}
-
-static void *alloc_copy(Backend *be, const void *h, size_t bytes) {
-    void *p = be->alloc(be, bytes, "test tensor");
-    be->upload(be, p, h, bytes);
-    return p;
 }
 
 // wgemm in bf16: the CUDA bf16 path against the CPU's bf16 emulation (same rounded inputs, fp32

@@ -181,22 +181,8 @@ static void run_pass(TestCounts *tc, const char *root, const char *dir, const Mo
         CalibStats cs;
         calib_stats_init(&cs, L);
         model_forward(&model, &be, &none, &b, 0, 0.0f, 0, &cs);
-        size_t n = (size_t)L * CALIB_NSTAT;
-        float *mine = xmalloc(n * sizeof(float), "stats"), *ref = xmalloc(n * sizeof(float), "ref stats");
-        for (size_t i = 0; i < n; i++) mine[i] = (float)cs.sums[i];
-        st_to_f32(need(&st, "calib.sums"), ref);
-        float ref_tokens;
-        st_to_f32(need(&st, "calib.tokens"), &ref_tokens);
-        snprintf(what, sizeof what, "%s calibration sums", fixture);
-        T_CLOSE(tc, mine, ref, n, 1e-5, 0.0, what);
-        T_CHECK(tc, cs.tokens == ref_tokens, "%s: calibration counted %g real tokens, HF %g", fixture, cs.tokens,
-                (double)ref_tokens);
         size_t w;
-        calib_err = t_max_rel_err(mine, ref, n, 0.0, &w);
-        printf("%s: calibration sums err %.2e (worst: layer %zu column %zu, %.8g vs %.8g)\n", fixture, calib_err,
-               w / CALIB_NSTAT, w % CALIB_NSTAT, (double)mine[w], (double)ref[w]);
-        free(mine);
-        free(ref);
+        calib_err = fx_check_calib(tc, &st, &cs, fixture, &w);
         calib_stats_free(&cs);
         lora_free(&none, &be);
     }
@@ -246,30 +232,11 @@ static void run_pass(TestCounts *tc, const char *root, const char *dir, const Mo
     float lossf = (float)loss;
     snprintf(what, sizeof what, "%s loss", fixture);
     T_CLOSE(tc, &lossf, &ref_loss, 1, 1e-5, 0.0, what);
-    double worst_grad = 0.0;
-    char worst_name[256] = "";
-    int n_grad = 0;
+    int n_grad;
+    const char *worst_name;
     float *grads = to_host(&be, ls.grads, ls.numel);
-    for (int i = 0; i < st.n; i++) {
-        const char *name = st.tensors[i].name;
-        if (strncmp(name, "grad.", 5) != 0) continue;
-        size_t off, numel;
-        if (lora_param_lookup(&ls, name + 5, &off, &numel) != 0 || numel != st.tensors[i].numel) {
-            T_CHECK(tc, 0, "%s: %s has no matching trainable tensor", fixture, name);
-            continue;
-        }
-        float *ref = xmalloc(numel * sizeof(float), "ref grad");
-        st_to_f32(&st.tensors[i], ref);
-        double e = t_rel_to_max(grads + off, ref, numel);
-        printf("  %-62s err %.2e of max\n", name, e);
-        if (e >= worst_grad) {
-            worst_grad = e;
-            snprintf(worst_name, sizeof worst_name, "%s", name + 5);
-        }
-        T_CHECK(tc, e <= 1e-4, "%s: %s max err %.3g of max |grad| (limit 1e-4)", fixture, name, e);
-        free(ref);
-        n_grad++;
-    }
+    double worst_grad =
+        fx_check_tensors(tc, &st, "grad.", &ls, grads, 1e-4, fixture, "gradient", 1, &n_grad, &worst_name);
     T_CHECK(tc, n_grad == lora_num_tensors(&ls), "%s: %d gradients compared, expected %d", fixture, n_grad,
             lora_num_tensors(&ls));
     free(grads);

@@ -3,7 +3,8 @@
 // and the numeric comparisons; this header holds what those tests do around them:
 //   - HF + PEFT fixtures (tests/fixtures/*.safetensors, tools/gen_reference.py): need(), json_int(),
 //     json_num(), fx_open() (fixture, metadata, model config), fx_load_init() (the init.* tensors), fx_optim_config() and fx_check_trajectory() (the
-//     10-step AdamW trajectory), fx_check_bf16() (the bf16 pass's logits and loss);
+//     10-step AdamW trajectory), fx_check_tensors() (the grad.* / final.* tensors), fx_check_calib() (the
+//     calibration statistics), fx_check_bf16() (the bf16 pass's logits and loss);
 //   - backend selection (ACTLORA_TEST_BACKEND=cuda, ACTLORA_TEST_HARNESS_ON_CPU): Mode, pick_mode(),
 //     open_backend(), to_host();
 //   - finite differences of the model loss with respect to one float parameter: fd_param();
@@ -26,6 +27,7 @@
 #ifdef ACTLORA_HAVE_CUDA
 #include "actlora/backend_cuda.h"
 #endif
+#include "actlora/calib.h"
 #include "actlora/common.h"
 #include "actlora/hfmodel.h"
 #include "actlora/lora.h"
@@ -123,6 +125,75 @@ static inline double fx_check_trajectory(TestCounts *tc, const SafeTensors *st, 
     snprintf(what, sizeof what, "%s trajectory grad norm", fixture);
     T_CLOSE(tc, my_norm, traj_norm, (size_t)S, 1e-4, 0.0, what);
     return traj_err;
+}
+
+// Every fixture tensor named prefix + <name> ("grad.", "final.") against host_buf (a host copy of the
+// LoRA set's grads or params) at the offset lora_param_lookup gives <name>: one check per tensor, max
+// |diff| of the tensor's largest element (t_rel_to_max) <= tol, and a failed check for a tensor with no
+// trainable tensor of that name and size. `what` says what is compared, for the messages ("gradient",
+// "after 10 steps"); verbose prints one line per tensor. Sets *n_cmp to the number of tensors compared
+// and, when worst_name is not NULL, *worst_name to the <name> with the largest error (in st's tensor
+// table; "" when none). Returns the largest error; the caller checks the count.
+static inline double fx_check_tensors(TestCounts *tc, const SafeTensors *st, const char *prefix, const LoraSet *ls,
+                                      const float *host_buf, double tol, const char *fixture, const char *what,
+                                      int verbose, int *n_cmp, const char **worst_name) {
+    size_t plen = strlen(prefix);
+    double worst = 0.0;
+    int n = 0;
+    if (worst_name) *worst_name = "";
+    for (int i = 0; i < st->n; i++) {
+        const char *name = st->tensors[i].name;
+        if (strncmp(name, prefix, plen) != 0) continue;
+        size_t off, numel;
+        if (lora_param_lookup(ls, name + plen, &off, &numel) != 0 || numel != st->tensors[i].numel) {
+            T_CHECK(tc, 0, "%s: %s has no matching trainable tensor", fixture, name);
+            continue;
+        }
+        float *ref = xmalloc((numel ? numel : 1) * sizeof(float), "fixture tensor");
+        st_to_f32(&st->tensors[i], ref);
+        double e = t_rel_to_max(host_buf + off, ref, numel);
+        free(ref);
+        if (verbose) printf("  %-62s err %.2e of max\n", name, e);
+        if (n == 0 || e > worst || isnan(e)) {  // the first, a larger one or a NaN
+            worst = e;
+            if (worst_name) *worst_name = name + plen;
+        }
+        T_CHECK(tc, e <= tol, "%s: %s (%s): max err %.3g of the tensor's largest element (limit %.0e)", fixture, name,
+                what, e, tol);
+        n++;
+    }
+    *n_cmp = n;
+    return worst;
+}
+
+// The calibration statistics cs (the caller's forward of the base model) against the fixture's
+// calib.sums (1e-5 relative, element-wise) and calib.tokens (exact); prints one line with the error and
+// its worst element. Returns the error and sets *worst to its index (layer * CALIB_NSTAT + column).
+static inline double fx_check_calib(TestCounts *tc, const SafeTensors *st, const CalibStats *cs, const char *fixture,
+                                    size_t *worst) {
+    size_t n = (size_t)cs->num_layers * CALIB_NSTAT;
+    const StTensor *sums = need(st, "calib.sums");
+    *worst = 0;
+    T_CHECK(tc, sums->numel == n, "%s: calib.sums has %zu elements, expected %zu", fixture, sums->numel, n);
+    if (sums->numel != n) return INFINITY;
+    float *mine = xmalloc((n ? n : 1) * sizeof(float), "stats");
+    float *ref = xmalloc((n ? n : 1) * sizeof(float), "ref stats");
+    for (size_t i = 0; i < n; i++) mine[i] = (float)cs->sums[i];
+    st_to_f32(sums, ref);
+    float ref_tokens;
+    st_to_f32(need(st, "calib.tokens"), &ref_tokens);
+    char what[256];
+    snprintf(what, sizeof what, "%s calibration sums", fixture);
+    T_CLOSE(tc, mine, ref, n, 1e-5, 0.0, what);
+    T_CHECK(tc, cs->tokens == ref_tokens, "%s: calibration counted %g real tokens, HF %g", fixture, cs->tokens,
+            (double)ref_tokens);
+    double err = t_max_rel_err(mine, ref, n, 0.0, worst);
+    printf("%s: calibration sums err %.2e (worst: layer %zu column %zu, %.8g vs %.8g), %g real tokens\n", fixture,
+           err, *worst / CALIB_NSTAT, *worst % CALIB_NSTAT, n ? (double)mine[*worst] : 0.0,
+           n ? (double)ref[*worst] : 0.0, cs->tokens);
+    free(mine);
+    free(ref);
+    return err;
 }
 
 // ------------------------------------------------------------------------------ backend selection

@@ -76,20 +76,8 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
         b.n_tokens = 0;
         for (int i = 0; i < B * T; i++) b.n_tokens += b.mask[i];
         llama_forward(&base, &be, &none, &b, 0, 0.0f, 0, &cs);
-        size_t n = (size_t)mc.num_hidden_layers * CALIB_NSTAT;
-        float *mine = xmalloc(n * sizeof(float), "stats"), *ref = xmalloc(n * sizeof(float), "ref stats");
-        for (size_t i = 0; i < n; i++) mine[i] = (float)cs.sums[i];
-        st_to_f32(need(&st, "calib.sums"), ref);
-        float ref_tokens;
-        st_to_f32(need(&st, "calib.tokens"), &ref_tokens);
-        snprintf(what, sizeof what, "%s calibration sums", fixture);
-        T_CLOSE(tc, mine, ref, n, 1e-5, 0.0, what);
-        T_CHECK(tc, cs.tokens == ref_tokens, "%s: calibration counted %g real tokens, HF %g", fixture, cs.tokens,
-                (double)ref_tokens);
         size_t w;
-        printf("%s: calibration statistics err %.2e\n", fixture, t_max_rel_err(mine, ref, n, 0.0, &w));
-        free(mine);
-        free(ref);
+        fx_check_calib(tc, &st, &cs, fixture, &w);
         calib_stats_free(&cs);
         llama_free(&base, &be);
         lora_free(&none, &be);
@@ -109,22 +97,10 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
     float lossf = (float)loss;
     snprintf(what, sizeof what, "%s loss", fixture);
     T_CLOSE(tc, &lossf, &ref_loss, 1, 1e-5, 0.0, what);
-    double worst_grad = 0.0;
-    for (int i = 0; i < st.n; i++) {
-        const char *name = st.tensors[i].name;
-        if (strncmp(name, "grad.", 5) != 0) continue;
-        size_t off, numel;
-        if (lora_param_lookup(&ls, name + 5, &off, &numel) != 0) {
-            T_CHECK(tc, 0, "%s: %s has no matching trainable tensor", fixture, name);
-            continue;
-        }
-        float *ref = xmalloc(numel * sizeof(float), "ref grad");
-        st_to_f32(&st.tensors[i], ref);
-        double e = t_rel_to_max(ls.grads + off, ref, numel);
-        if (e > worst_grad) worst_grad = e;
-        T_CHECK(tc, e <= 1e-4, "%s: %s max err %.3g of max |grad| (limit 1e-4)", fixture, name, e);
-        free(ref);
-    }
+    int n_grad;
+    double worst_grad = fx_check_tensors(tc, &st, "grad.", &ls, ls.grads, 1e-4, fixture, "gradient", 0, &n_grad, NULL);
+    T_CHECK(tc, n_grad == lora_num_tensors(&ls), "%s: %d gradients compared, expected %d", fixture, n_grad,
+            lora_num_tensors(&ls));
 
     // ---- 10 AdamW steps on the same batch, transformers' schedule, torch's clipping
     OptimConfig oc = fx_optim_config(meta);
@@ -139,22 +115,13 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
         optim_step(&oc, &be, &ls, optim_lr_at(&oc, s), s + 1);
     }
     double traj_err = fx_check_trajectory(tc, &st, fixture, S, my_lr, my_loss, my_norm);
-    double worst_final = 0.0;
-    for (int i = 0; i < st.n; i++) {
-        const char *name = st.tensors[i].name;
-        if (strncmp(name, "final.", 6) != 0) continue;
-        size_t off, numel;
-        if (lora_param_lookup(&ls, name + 6, &off, &numel) != 0) continue;
-        float *ref = xmalloc(numel * sizeof(float), "ref final");
-        st_to_f32(&st.tensors[i], ref);
-        double e = t_rel_to_max(ls.params + off, ref, numel);
-        if (e > worst_final) worst_final = e;
-        T_CHECK(tc, e <= 1e-4, "%s: %s after %d steps: max err %.3g of max |param|", fixture, name, S, e);
-        free(ref);
-    }
+    int n_final;
+    snprintf(what, sizeof what, "after %d steps", S);
+    double worst_final = fx_check_tensors(tc, &st, "final.", &ls, ls.params, 1e-4, fixture, what, 0, &n_final, NULL);
+    T_CHECK(tc, n_final == lora_num_tensors(&ls), "%s: %d final tensors compared, expected %d", fixture, n_final,
+            lora_num_tensors(&ls));
     printf("%s: logits err %.2e, loss err %.2e, worst grad err %.2e, trajectory loss err %.2e, final params "
-           "err %.2e\n", fixture, logits_err,
-           fabs(loss - ref_loss) / fabs(ref_loss), worst_grad, traj_err,
+           "err %.2e\n", fixture, logits_err, fabs(loss - ref_loss) / fabs(ref_loss), worst_grad, traj_err,
            worst_final);
     batch_free(&b);
     llama_free(&model, &be);
