@@ -70,6 +70,21 @@ static void cpu_wgemm(Backend *be, int trans_w, int M, int N, int K, float alpha
     be->gemm(be, 0, trans_w, M, N, K, alpha, Xr, (const float *)W, beta, Y);
 }
 
+// n Linear forwards sharing X: X rounded once, then the fp32 sgemm per weight (what n wgemm calls do).
+static void cpu_wgemm_multi(Backend *be, int n, int M, int K, const float *X, const void *const *W, const int *N,
+                            float *const *Y) {
+    check(n >= 0, "wgemm_multi: negative count %d", n);
+    const float *Xr = X;
+    if (be->weight_dtype == BACKEND_WEIGHT_BF16 && M > 0 && K > 0) {
+        size_t nx = (size_t)M * (size_t)K;
+        float *s = cpu_scratch(be, nx, "wgemm bf16 operand");
+        #pragma omp parallel for num_threads(be->threads) if (nx >= 32768) schedule(static)
+        for (size_t i = 0; i < nx; i++) s[i] = round_bf16(X[i]);
+        Xr = s;
+    }
+    for (int i = 0; i < n; i++) be->gemm(be, 0, 1, M, N[i], K, 1.0f, Xr, (const float *)W[i], 0.0f, Y[i]);
+}
+
 static void cpu_wembedding_fwd(Backend *be, float *out, const int32_t *ids, const void *table, int N, int C) {
     be->embedding_fwd(be, out, ids, (const float *)table, N, C);
 }
@@ -82,6 +97,7 @@ void backend_cpu_weights_init(Backend *be) {
     be->weight_upload = cpu_weight_upload;
     be->weight_randn = cpu_weight_randn;
     be->wgemm = cpu_wgemm;
+    be->wgemm_multi = cpu_wgemm_multi;
     be->wembedding_fwd = cpu_wembedding_fwd;
 }
 

@@ -58,15 +58,16 @@ static void block_forward(EncImpl *e, Backend *be, const LoraSet *ls, int l, Enc
     const EncLayer *w = &e->layers[l];
     int N = B * T, C = e->C, I = e->I;
     float *scratch = e->lora_tmp;  // dropout buffer (allocated whenever there are adapters)
-    // HF order: (x W^T + b) + LoRA
-    be->wgemm(be, 1, N, C, C, 1.0f, a->x_in, w->wq, 0.0f, a->q);
+    // HF order: (x W^T + b) + LoRA; q, k, v share x_in (rounded to the weight format once)
+    const void *wqkv[3] = {w->wq, w->wk, w->wv};
+    int nqkv[3] = {C, C, C};
+    float *yqkv[3] = {a->q, a->k, a->v};
+    be->wgemm_multi(be, 3, N, C, a->x_in, wqkv, nqkv, yqkv);
     be->bias_add(be, a->q, w->bq, N, C);
-    lora_ops_forward(be, ls, l, LORA_Q, a->x_in, a->q, a->lora_a[LORA_Q], N, train, key, scratch);
-    be->wgemm(be, 1, N, C, C, 1.0f, a->x_in, w->wk, 0.0f, a->k);
     be->bias_add(be, a->k, w->bk, N, C);
-    lora_ops_forward(be, ls, l, LORA_K, a->x_in, a->k, a->lora_a[LORA_K], N, train, key, scratch);
-    be->wgemm(be, 1, N, C, C, 1.0f, a->x_in, w->wv, 0.0f, a->v);
     be->bias_add(be, a->v, w->bv, N, C);
+    lora_ops_forward(be, ls, l, LORA_Q, a->x_in, a->q, a->lora_a[LORA_Q], N, train, key, scratch);
+    lora_ops_forward(be, ls, l, LORA_K, a->x_in, a->k, a->lora_a[LORA_K], N, train, key, scratch);
     lora_ops_forward(be, ls, l, LORA_V, a->x_in, a->v, a->lora_a[LORA_V], N, train, key, scratch);
     const float *pq = NULL, *pk = NULL;
     if (e->rel_on) {

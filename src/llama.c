@@ -307,9 +307,10 @@ static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, Llama
     float eps = (float)mc->rms_norm_eps;
     float *scratch = m->lora_tmp;  // dropout buffer, only used when training (then allocated)
     be->rmsnorm_fwd(be, a->xn1, a->rstd1, a->x_in, w->ln1, N, C, eps);
-    be->wgemm(be, 1, N, qd, C, 1.0f, a->xn1, w->wq, 0.0f, a->q);
-    be->wgemm(be, 1, N, kvd, C, 1.0f, a->xn1, w->wk, 0.0f, a->k);
-    be->wgemm(be, 1, N, kvd, C, 1.0f, a->xn1, w->wv, 0.0f, a->v);
+    const void *wqkv[3] = {w->wq, w->wk, w->wv};  // q, k, v share xn1: one cast to the weight format
+    int nqkv[3] = {qd, kvd, kvd};
+    float *yqkv[3] = {a->q, a->k, a->v};
+    be->wgemm_multi(be, 3, N, C, a->xn1, wqkv, nqkv, yqkv);
     lora_ops_forward(be, ls, l, LORA_Q, a->xn1, a->q, a->lora_a[LORA_Q], N, train, key, scratch);
     lora_ops_forward(be, ls, l, LORA_K, a->xn1, a->k, a->lora_a[LORA_K], N, train, key, scratch);
     lora_ops_forward(be, ls, l, LORA_V, a->xn1, a->v, a->lora_a[LORA_V], N, train, key, scratch);
@@ -320,8 +321,10 @@ static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, Llama
     be->wgemm(be, 1, N, C, qd, 1.0f, a->att, w->wo, 1.0f, a->x_mid);
     lora_ops_forward(be, ls, l, LORA_O, a->att, a->x_mid, a->lora_a[LORA_O], N, train, key, scratch);
     be->rmsnorm_fwd(be, a->xn2, a->rstd2, a->x_mid, w->ln2, N, C, eps);
-    be->wgemm(be, 1, N, I, C, 1.0f, a->xn2, w->wg, 0.0f, a->gate);
-    be->wgemm(be, 1, N, I, C, 1.0f, a->xn2, w->wu, 0.0f, a->up);
+    const void *wgu[2] = {w->wg, w->wu};
+    int ngu[2] = {I, I};
+    float *ygu[2] = {a->gate, a->up};
+    be->wgemm_multi(be, 2, N, C, a->xn2, wgu, ngu, ygu);
     lora_ops_forward(be, ls, l, LORA_GATE, a->xn2, a->gate, a->lora_a[LORA_GATE], N, train, key, scratch);
     lora_ops_forward(be, ls, l, LORA_UP, a->xn2, a->up, a->lora_a[LORA_UP], N, train, key, scratch);
     be->swiglu_fwd(be, a->h, a->gate, a->up, (size_t)N * I);

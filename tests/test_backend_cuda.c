@@ -11,7 +11,8 @@
 //   gemm: rel 1e-4 (cuBLAS fp32, TF32 off: a 512-deep product with TF32 would miss this by 10x)
 //   add, scale, embedding, pooling, dropout (mask and values), memory ops: exact
 //   rmsnorm_fwd, rope, swiglu, loss (dlogits), adamw (5 steps): rel 1e-5
-//   rmsnorm_bwd, attention fwd (out, probs) and bwd (dq, dk, dv): norm 1e-5
+//   rmsnorm_bwd, attention fwd (out, probs) and bwd (dq, dk, dv): norm 1e-5; attention with bf16
+//   weights (TF32 products on the GPU) against the CPU's fp32: norm 1e-2
 //   sumsq, row_norm_sum, loss sum (fp64 on both): 1e-12 relative; and bitwise run to run on the GPU
 //   tiny model: loss 1e-5 relative, logits norm 1e-5 (one of a handful of logits can be ~0, where an
 //   element-wise bound tests rounding noise: seen 1.3e-7 absolute on a logit of 0.0017, largest 0.41),
@@ -495,30 +496,40 @@ static void attention_case(Ctx *c, int B, int T, int H, int KVH, int D, int left
     int32_t *cm = on_cpu(c, mask, (size_t)B * T * 4), *gm = on_gpu(c, mask, (size_t)B * T * 4);
     float *co = c->cpu.alloc(&c->cpu, nq * 4, "out"), *go = c->gpu.alloc(&c->gpu, nq * 4, "out");
     float *cp = c->cpu.alloc(&c->cpu, np * 4, "probs"), *gp = c->gpu.alloc(&c->gpu, np * 4, "probs");
-    c->cpu.attention_fwd(&c->cpu, co, cp, cq, ck, cv, cm, B, T, H, KVH, D);
-    c->gpu.attention_fwd(&c->gpu, go, gp, gq, gk, gv, gm, B, T, H, KVH, D);
-    char what[96];
-    float *got = from_gpu(c, go, nq);
-    snprintf(what, sizeof what, "attention_fwd out B%d T%d H%d/%d D%d", B, T, H, KVH, D);
-    cmp_norm(c, got, co, nq, 1e-5, what);
-    free(got);
-    got = from_gpu(c, gp, np);
-    snprintf(what, sizeof what, "attention_fwd probs B%d T%d H%d/%d D%d", B, T, H, KVH, D);
-    cmp_norm(c, got, cp, np, 1e-5, what);
-    free(got);
     float *cdq = c->cpu.alloc(&c->cpu, nq * 4, "dq"), *gdq = c->gpu.alloc(&c->gpu, nq * 4, "dq");
     float *cdk = c->cpu.alloc(&c->cpu, nk * 4, "dk"), *gdk = c->gpu.alloc(&c->gpu, nk * 4, "dk");
     float *cdv = c->cpu.alloc(&c->cpu, nk * 4, "dv"), *gdv = c->gpu.alloc(&c->gpu, nk * 4, "dv");
+    c->cpu.attention_fwd(&c->cpu, co, cp, cq, ck, cv, cm, B, T, H, KVH, D);
     c->cpu.attention_bwd(&c->cpu, cdq, cdk, cdv, cdo, cp, cq, ck, cv, B, T, H, KVH, D);
-    c->gpu.attention_bwd(&c->gpu, gdq, gdk, gdv, gdo, gp, gq, gk, gv, B, T, H, KVH, D);
-    const float *cw[3] = {cdq, cdk, cdv}, *gw[3] = {gdq, gdk, gdv};
-    const size_t nw[3] = {nq, nk, nk};
-    const char *names[3] = {"dq", "dk", "dv"};
-    for (int i = 0; i < 3; i++) {
-        got = from_gpu(c, gw[i], nw[i]);
-        snprintf(what, sizeof what, "attention_bwd %s B%d T%d H%d/%d D%d", names[i], B, T, H, KVH, D);
-        cmp_norm(c, got, cw[i], nw[i], 1e-5, what);
+    // fp32 weight format: full fp32 products (1e-5); bf16 format: the products in TF32 on the GPU
+    // (the CPU's bf16 emulation keeps fp32 attention), 2^-11 per input: 1e-2 of the largest element
+    Backend *gs[2] = {&c->gpu, &c->gbf};
+    const double tol[2] = {1e-5, 1e-2};
+    const char *fmt[2] = {"", " bf16/tf32"};
+    for (int f = 0; f < 2; f++) {
+        Backend *g = gs[f];
+        c->gpu.sync(&c->gpu);  // the buffers come from c->gpu's stream; g may be another backend instance
+        g->attention_fwd(g, go, gp, gq, gk, gv, gm, B, T, H, KVH, D);
+        g->attention_bwd(g, gdq, gdk, gdv, gdo, gp, gq, gk, gv, B, T, H, KVH, D);
+        g->sync(g);
+        char what[96];
+        float *got = from_gpu(c, go, nq);
+        snprintf(what, sizeof what, "attention_fwd%s out B%d T%d H%d/%d D%d", fmt[f], B, T, H, KVH, D);
+        cmp_norm(c, got, co, nq, tol[f], what);
         free(got);
+        got = from_gpu(c, gp, np);
+        snprintf(what, sizeof what, "attention_fwd%s probs B%d T%d H%d/%d D%d", fmt[f], B, T, H, KVH, D);
+        cmp_norm(c, got, cp, np, tol[f], what);
+        free(got);
+        const float *cw[3] = {cdq, cdk, cdv}, *gw[3] = {gdq, gdk, gdv};
+        const size_t nw[3] = {nq, nk, nk};
+        const char *names[3] = {"dq", "dk", "dv"};
+        for (int i = 0; i < 3; i++) {
+            got = from_gpu(c, gw[i], nw[i]);
+            snprintf(what, sizeof what, "attention_bwd%s %s B%d T%d H%d/%d D%d", fmt[f], names[i], B, T, H, KVH, D);
+            cmp_norm(c, got, cw[i], nw[i], tol[f], what);
+            free(got);
+        }
     }
     free(q), free(k), free(v), free(dout), free(mask);
     void *cpp[] = {cq, ck, cv, cdo, cm, co, cp, cdq, cdk, cdv}, *gpp[] = {gq, gk, gv, gdo, gm, go, gp, gdq, gdk, gdv};
@@ -676,7 +687,7 @@ static void *weights_on(Backend *be, const float *h, size_t n) {
 // accumulation in another order: norm 1e-4) and against the fp32 GEMM (bf16 input rounding, relative
 // 2^-9 per operand: norm 1e-2); weight conversion, bf16 randn, the bf16 embedding; fp32-format wgemm.
 static void test_wgemm(Ctx *c) {
-    printf("bf16 weights: weight_upload, weight_randn, wembedding_fwd, wgemm\n");
+    printf("bf16 weights: weight_upload, weight_randn, wembedding_fwd, wgemm, wgemm_multi\n");
     Backend *cb = &c->cbf, *gb = &c->gbf;
     T_CHECK(c->tc, cb->weight_dtype == BACKEND_WEIGHT_BF16 && gb->weight_dtype == BACKEND_WEIGHT_BF16,
             "the bf16 backends are not in bf16 format (%d, %d)", cb->weight_dtype, gb->weight_dtype);
@@ -783,6 +794,36 @@ static void test_wgemm(Ctx *c) {
         cmp_exact(c, got, cy, 12, "wgemm bf16 K=0 (Y = beta Y)");
         free(Y), free(got);
         c->cpu.free(&c->cpu, cy), gb->free(gb, gy);
+    }
+    // wgemm_multi (q/k/v, gate/up): the same bits as one wgemm per weight, in both formats, X untouched
+    for (int f = 0; f < 2; f++) {
+        Backend *g = f ? gb : &c->gpu;
+        int M = 77, K = 320, Ns[3] = {256, 64, 0};  // an empty output too
+        float *X = hrand(c, (size_t)M * K, -1, 1), *gx = alloc_copy(g, X, (size_t)M * K * 4);
+        void *gw[3];
+        float *gy[3], *gs[3];
+        for (int i = 0; i < 3; i++) {
+            float *W = hrand(c, (size_t)Ns[i] * K + 1, -1, 1);
+            gw[i] = weights_on(g, W, (size_t)Ns[i] * K + 1);
+            gy[i] = g->alloc(g, (size_t)M * Ns[i] * 4 + 4, "y multi");
+            gs[i] = g->alloc(g, (size_t)M * Ns[i] * 4 + 4, "y single");
+            free(W);
+        }
+        g->wgemm_multi(g, 3, M, K, gx, (const void *const *)gw, Ns, gy);
+        for (int i = 0; i < 3; i++)
+            if (Ns[i]) g->wgemm(g, 1, M, Ns[i], K, 1.0f, gx, gw[i], 0.0f, gs[i]);
+        for (int i = 0; i < 2; i++) {
+            float *a = download_any(g, gy[i], (size_t)M * Ns[i]), *b = download_any(g, gs[i], (size_t)M * Ns[i]);
+            char what[96];
+            snprintf(what, sizeof what, "wgemm_multi %s output %d = wgemm", f ? "bf16" : "fp32", i);
+            cmp_exact(c, a, b, (size_t)M * Ns[i], what);
+            free(a), free(b);
+        }
+        float *x_after = download_any(g, gx, (size_t)M * K);
+        T_CHECK(c->tc, memcmp(x_after, X, (size_t)M * K * 4) == 0, "wgemm_multi modified X");
+        free(X), free(x_after);
+        g->free(g, gx);
+        for (int i = 0; i < 3; i++) g->free(g, gw[i]), g->free(g, gy[i]), g->free(g, gs[i]);
     }
     // fp32 weight format: wgemm is the fp32 gemm
     {

@@ -153,7 +153,8 @@ struct Backend {
     //   weight_dtype BACKEND_WEIGHT_FP32: fp32 values, weight_bytes 4 (the CPU's default).
     //   weight_dtype BACKEND_WEIGHT_BF16: bf16 values (round-to-nearest-even from fp32), and the
     //     activation operand of wgemm is rounded to bf16 too; products accumulate in fp32.
-    //     CUDA (its default): 2 bytes per element, tensor-core GEMMs (cuBLAS, CUBLAS_COMPUTE_32F).
+    //     CUDA (its default): 2 bytes per element, tensor-core GEMMs (cuBLAS, CUBLAS_COMPUTE_32F); the
+    //     products inside attention_fwd/bwd run in TF32 on the tensor cores (fp32 data; the CPU keeps fp32).
     //     CPU: an emulation with the same numerics (fp32 storage of bf16-rounded values, weight_bytes
     //     4, OpenBLAS sgemm on bf16-rounded inputs): a reference for the CUDA bf16 path, not a speed-up.
     // Choose the format before the first weight_alloc (backend_set_dtype below); weights allocated in
@@ -178,6 +179,11 @@ struct Backend {
     // With fp32 weights it is exactly be->gemm(be, 0, trans_w, M, N, K, alpha, X, W, beta, Y).
     void (*wgemm)(Backend *be, int trans_w, int M, int N, int K, float alpha, const float *X, const void *W,
                   float beta, float *Y);
+    // Linear forwards that share their input: Y_i[M,N_i] = X[M,K] @ W_i^T for i < n (W_i stored
+    // [N_i, K]; each Y_i overwritten). The same as the n calls wgemm(be, 1, M, N_i, K, 1, X, W_i, 0, Y_i),
+    // bit for bit, but X is rounded to the weight format once (q/k/v share x, gate/up share x).
+    void (*wgemm_multi)(Backend *be, int n, int M, int K, const float *X, const void *const *W, const int *N,
+                        float *const *Y);
     // out[n, :] = table[ids[n], :] as fp32 (the embedding_fwd op on a table in the weight format,
     // [V, C]); a negative id dies as in embedding_fwd.
     void (*wembedding_fwd)(Backend *be, float *out, const int32_t *ids, const void *table, int N, int C);

@@ -19,8 +19,11 @@
 // GQA accumulation step below — and the first B*KVH entries of a kv-view array list every (b, g).
 // Row-major to column-major exactly as cu_gemm (backend_cuda.cu): C[M,N] = op(A) op(B) is the
 // column-major C^T = op(B)^T op(A)^T — operands swapped, m = N, n = M, the same transpose flags,
-// and the row strides as leading dimensions. Full fp32: the backend's handle (CUBLAS_DEFAULT_MATH,
-// no TF32; no atomics; fixed workspace; the backend's one stream): bit-identical run to run.
+// and the row strides as leading dimensions. With fp32 weights, full fp32 (cublasSgemmBatched,
+// CUBLAS_DEFAULT_MATH, no TF32); with bf16 weights (the GPU default) the products run on the tensor
+// cores in TF32 (cublasGemmBatchedEx, CUBLAS_COMPUTE_32F_FAST_TF32: fp32 storage, inputs rounded to a
+// 10-bit mantissa, finer than the bf16 inputs of every projection, fp32 accumulation). Either way the
+// backend's handle (no atomics, fixed workspace, one stream): bit-identical run to run.
 // The products run over all T keys: the entries right of the diagonal are computed and then
 // overwritten with exact zeros (probs, dS), so they add exact zeros in the products that follow.
 //
@@ -94,10 +97,18 @@ static void att_fill_ptrs(CudaCtx *cx, float **ptrs, const AttArrays *arrays, in
 // op(X) = X^T when trans_x; A_n stored [M,K] ([K,M] when trans_a), B_n stored [K,N] ([N,K] when
 // trans_b), lda / ldb / ldc their row strides. A, Bm, C: device arrays of device pointers. Mapped to
 // cuBLAS as cu_gemm does: the column-major C^T[N,M] = op(B)^T op(A)^T.
-static void att_bgemm(CudaCtx *cx, int trans_a, int trans_b, int M, int N, int K, float alpha, float *const *A,
-                      int lda, float *const *Bm, int ldb, float beta, float *const *C, int ldc, int batch) {
-    cublas_check(cublasSgemmBatched(cx->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                    N, M, K, &alpha, Bm, ldb, A, lda, &beta, C, ldc, batch));
+// tf32: the products on the tensor cores in TF32 (inputs with a 10-bit mantissa, fp32 accumulation;
+// the bf16 weight format's attention), else full fp32 (cublasSgemmBatched, the verified fp32 path).
+static void att_bgemm(CudaCtx *cx, int tf32, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                      float *const *A, int lda, float *const *Bm, int ldb, float beta, float *const *C, int ldc,
+                      int batch) {
+    cublasOperation_t ob = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, oa = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (tf32)
+        cublas_check(cublasGemmBatchedEx(cx->blas, ob, oa, N, M, K, &alpha, (const void *const *)Bm, CUDA_R_32F, ldb,
+                                         (const void *const *)A, CUDA_R_32F, lda, &beta, (void *const *)C, CUDA_R_32F,
+                                         ldc, batch, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+    else
+        cublas_check(cublasSgemmBatched(cx->blas, ob, oa, N, M, K, &alpha, Bm, ldb, A, lda, &beta, C, ldc, batch));
 }
 
 // Shapes the int arguments of cuBLAS and the kernels can hold.
@@ -179,7 +190,7 @@ static void cu_attention_fwd(Backend *be, float *out, float *probs, const float 
     if (B == 0 || T == 0) return;
     att_size_check("attention_fwd", B, T, H, KVH, D);
     CudaCtx *cx = cuda_ctx(be);
-    int nb = B * H;
+    int nb = B * H, tf32 = be->weight_dtype == BACKEND_WEIGHT_BF16;
     float scale = 1.0f / sqrtf((float)D);
     enum { Q, K, V, P, O, NARR };
     AttArrays arr = {};
@@ -194,12 +205,12 @@ static void cu_attention_fwd(Backend *be, float *out, float *probs, const float 
     float *const *pq = pt + (size_t)Q * nb, *const *pk = pt + (size_t)K * nb, *const *pv = pt + (size_t)V * nb,
                  *const *pp = pt + (size_t)P * nb, *const *po = pt + (size_t)O * nb;
     // S[T,T] = scale * Q[T,D] K[T,D]^T
-    att_bgemm(cx, 0, 1, T, T, D, scale, pq, H * D, pk, KVH * D, 0.0f, pp, T, nb);
+    att_bgemm(cx, tf32, 0, 1, T, T, D, scale, pq, H * D, pk, KVH * D, 0.0f, pp, T, nb);
     size_t rows = (size_t)nb * T;
     k_attn_softmax<<<att_row_blocks(rows), ATT_THREADS, 0, cx->stream>>>(probs, mask, T, H, rows);
     launch_check("attention_fwd (softmax)");
     // O[T,D] = P[T,T] V[T,D]
-    att_bgemm(cx, 0, 0, T, D, T, 1.0f, pp, T, pv, KVH * D, 0.0f, po, H * D, nb);
+    att_bgemm(cx, tf32, 0, 0, T, D, T, 1.0f, pp, T, pv, KVH * D, 0.0f, po, H * D, nb);
 }
 
 // ---------------------------------------------------------------------------- backward
@@ -210,7 +221,7 @@ static void cu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const
     if (B == 0 || T == 0) return;
     att_size_check("attention_bwd", B, T, H, KVH, D);
     CudaCtx *cx = cuda_ctx(be);
-    int nb = B * H, nbg = B * KVH, rep = H / KVH;
+    int nb = B * H, nbg = B * KVH, rep = H / KVH, tf32 = be->weight_dtype == BACKEND_WEIGHT_BF16;
     float scale = 1.0f / sqrtf((float)D);
     enum { DO, V, DS, K, DQ, Q, P, DK, DV, NARR };
     // scratch: dS [B,H,T,T] floats, then (256-byte aligned) the NARR * nb pointers, 2 floats each
@@ -233,19 +244,19 @@ static void cu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const
                  *const *pp = pt + (size_t)P * nb, *const *pdk = pt + (size_t)DK * nb,
                  *const *pdv = pt + (size_t)DV * nb;
     // dP[T,T] = dO[T,D] V[T,D]^T, into dS's place
-    att_bgemm(cx, 0, 1, T, T, D, 1.0f, pdo, H * D, pv, KVH * D, 0.0f, pds, T, nb);
+    att_bgemm(cx, tf32, 0, 1, T, T, D, 1.0f, pdo, H * D, pv, KVH * D, 0.0f, pds, T, nb);
     size_t rows = (size_t)nb * T;
     k_attn_dsoftmax<<<att_row_blocks(rows), ATT_THREADS, 0, cx->stream>>>(ds, probs, T, rows, scale);
     launch_check("attention_bwd (softmax backward)");
     // dQ[T,D] = dS[T,T] K[T,D]
-    att_bgemm(cx, 0, 0, T, D, T, 1.0f, pds, T, pk, KVH * D, 0.0f, pdq, H * D, nb);
+    att_bgemm(cx, tf32, 0, 0, T, D, T, 1.0f, pds, T, pk, KVH * D, 0.0f, pdq, H * D, nb);
     // dK[T,D] = sum_hh dS_h[T,T]^T Q_h[T,D], dV[T,D] = sum_hh P_h[T,T]^T dO_h[T,D]: step hh is
     // batched over (b, g) (entries [hh*nbg, (hh+1)*nbg) of the head arrays; the first nbg of dK/dV's)
     for (int hh = 0; hh < rep; hh++) {
         size_t o = (size_t)hh * nbg;
         float beta = hh == 0 ? 0.0f : 1.0f;
-        att_bgemm(cx, 1, 0, T, D, T, 1.0f, pds + o, T, pq + o, H * D, beta, pdk, KVH * D, nbg);
-        att_bgemm(cx, 1, 0, T, D, T, 1.0f, pp + o, T, pdo + o, H * D, beta, pdv, KVH * D, nbg);
+        att_bgemm(cx, tf32, 1, 0, T, D, T, 1.0f, pds + o, T, pq + o, H * D, beta, pdk, KVH * D, nbg);
+        att_bgemm(cx, tf32, 1, 0, T, D, T, 1.0f, pp + o, T, pdo + o, H * D, beta, pdv, KVH * D, nbg);
     }
 }
 

@@ -264,6 +264,7 @@ extern "C" void backend_cuda_init(Backend *be, int device) {
     NEED(pool_last_bwd); NEED(loss_fwd_bwd); NEED(adamw);
     NEED(embedding_add); NEED(layernorm_fwd); NEED(layernorm_bwd); NEED(bias_add); NEED(bias_grad); NEED(gelu_fwd);
     NEED(gelu_bwd); NEED(tanh_fwd); NEED(tanh_bwd); NEED(mask_rows); NEED(attention_enc_fwd); NEED(attention_enc_bwd);
-    NEED(set_weight_dtype); NEED(weight_alloc); NEED(weight_upload); NEED(weight_randn); NEED(wgemm); NEED(wembedding_fwd);
+    NEED(set_weight_dtype); NEED(weight_alloc); NEED(weight_upload); NEED(weight_randn); NEED(wgemm); NEED(wgemm_multi);
+    NEED(wembedding_fwd);
 #undef NEED
 }

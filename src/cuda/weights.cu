@@ -176,12 +176,34 @@ static void cu_wgemm(Backend *be, int trans_w, int M, int N, int K, float alpha,
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+// Y_i = X W_i^T for i < n, X cast once (backend.h): the cublasGemmEx calls of n wgemm, in order.
+static void cu_wgemm_multi(Backend *be, int n, int M, int K, const float *X, const void *const *W, const int *N,
+                           float *const *Y) {
+    check(n >= 0 && M >= 0 && K >= 0, "wgemm_multi: negative size n=%d M=%d K=%d", n, M, K);
+    if (be->weight_dtype == BACKEND_WEIGHT_FP32 || K == 0 || M == 0) {
+        for (int i = 0; i < n; i++) cu_wgemm(be, 1, M, N[i], K, 1.0f, X, W[i], 0.0f, Y[i]);
+        return;
+    }
+    CudaCtx *cx = cuda_ctx(be);
+    __nv_bfloat16 *xb = operand_buffer(be, (size_t)M * (size_t)K);
+    cast_bf16(cx, xb, X, (size_t)M * (size_t)K);
+    const float alpha = 1.0f, beta = 0.0f;
+    for (int i = 0; i < n; i++) {
+        check(N[i] >= 0, "wgemm_multi: negative size N[%d]=%d", i, N[i]);
+        if (N[i] == 0) continue;
+        cublas_check(cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, N[i], M, K, &alpha, W[i], CUDA_R_16BF, K, xb,
+                                  CUDA_R_16BF, K, &beta, Y[i], CUDA_R_32F, N[i], CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+    }
+}
+
 void cuda_install_weights(Backend *be) {
     be->set_weight_dtype = cu_set_weight_dtype;
     be->weight_alloc = cu_weight_alloc;
     be->weight_upload = cu_weight_upload;
     be->weight_randn = cu_weight_randn;
     be->wgemm = cu_wgemm;
+    be->wgemm_multi = cu_wgemm_multi;
     be->wembedding_fwd = cu_wembedding_fwd;
     cu_set_weight_dtype(be, BACKEND_WEIGHT_BF16);  // the CUDA backend's default ("auto")
 }
