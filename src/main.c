@@ -24,6 +24,7 @@
 #include "actlora/hfmodel.h"
 #include "actlora/model.h"
 #include "actlora/log.h"
+#include "actlora/profile.h"
 #include "actlora/lora.h"
 #include "actlora/memplan.h"
 #include "actlora/resume.h"
@@ -265,7 +266,12 @@ int main(int argc, char **argv) {
     const char *fault = getenv("ACTLORA_FAULT_STOP_AT");
     if (fault) check(sscanf(fault, "%lld.%lld", &stop_step, &stop_micro) == 2,
                      "ACTLORA_FAULT_STOP_AT='%s' must be STEP.MICRO", fault);
+    // run.profile: every op timed (profile.h), from the second step of this run (the first allocates)
+    Profile prof = {0};
+    long long prof_from = tr.step + 1;
+    if (cfg.run.profile) profile_start(&prof, &be);
     while (tr.step < tr.total_steps) {
+        if (cfg.run.profile && tr.step == prof_from && tr.micro == 0) profile_reset(&prof);
         while (tr.micro < cfg.train.grad_accum) {
             if (tr.step == stop_step && tr.micro == stop_micro) raise(SIGUSR1);
             if (dist_any(&d, actlora_stop_signal != 0)) {
@@ -287,6 +293,13 @@ int main(int argc, char **argv) {
                   (every_s > 0 && dist_any(&d, d.rank == 0 && time_now() - res.t_last_save >= every_s));
         if (due && tr.step < tr.total_steps && resume_save(&res, &tr, &sel, "periodic", &err) != 0 && d.rank == 0)
             fprintf(stderr, "actlora-mpi: warning: periodic checkpoint failed, training goes on: %s\n", err.msg);
+    }
+    if (cfg.run.profile) {
+        long long steps = tr.step - (tr.step > prof_from ? prof_from : prof_from - 1);
+        profile_stop(&prof);
+        if (d.rank == 0) profile_print(&prof, stdout, steps, 30, 0.0);
+        profile_log(&prof, &lg, steps);
+        profile_free(&prof);
     }
     n_ev = trainer_evaluate(&tr, ev, MAX_EVAL);
     trainer_check_agree(&tr, "at the end of training");

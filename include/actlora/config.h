@@ -74,6 +74,7 @@ typedef struct {
         char device[16];            // "auto" | "cpu" | "cuda"
         int threads;                // CPU threads per rank; 0 = OMP_NUM_THREADS or all cores
         int log_every;              // progress line every N optimizer steps
+        int profile;                // time every backend op of the training steps (profile.h)
     } run;
 } RunConfig;
 
