@@ -19,7 +19,7 @@
 # vs the CPU's | 6 checkpoint -> resume bit-identity on the GPU (ACTLORA_FAULT_STOP_AT) | 7 throughput of
 # a Llama-3.1-8B-shaped model at seq 256 (bf16 weights, the largest micro-batch the memory plan allows),
 # LoRA on all / top 16 / top 8 layers: tokens/s, MFU, peak memory | 8 the same all-layer step in HF
-# transformers + PEFT (bf16), for the tokens/s ratio.
+# transformers + PEFT (bf16), for the tokens/s ratio | 9 an op profile of the all-layer 8B step (run.profile).
 #
 # Environment: BUILD (build dir, default <root>/build-gpu), DEPS (default <root>/.deps), NP (MPI ranks
 # of the program runs, 1), BENCH_BATCH (micro-batch of the 8B runs; default: the largest the all-layer
@@ -427,7 +427,7 @@ bench8b() {  # LOG TIMEOUT MICRO_BATCH LAYERS RUN_DIR: one run of the program on
     --set model.num_labels=2 --set data.source=synthetic --set data.seq_len=256 --set train.micro_batch="$3" \
     --set train.grad_accum=1 --set train.max_steps="$NSTEPS" --set train.warmup_steps=0 --set lora.r=8 \
     --set lora.alpha=16 --set "lora.target_modules=$TARGETS" --set "lora.layers=$4" \
-    --set run.device="$DEV" --set run.log_every=1 --set run.dir="$5" > "$1" 2>&1
+    --set run.device="$DEV" --set run.log_every=1 --set run.dir="$5" ${BENCH_PROFILE:-} > "$1" 2>&1
 }
 step_ms() {  # RUN_DIR: median step time (ms) of the steps after the warm-up, from log.jsonl's elapsed_s
   grep -h '"type":"train"' "$1/log.jsonl" 2>/dev/null | sed -n 's/.*"step":\([0-9]*\),.*"elapsed_s":\([0-9.]*\).*/\1 \2/p' |
@@ -585,6 +585,26 @@ PY
       result FAIL "HF PEFT, 8B, all layers, $dt" "exit $rc: see logs/hf_$dt.log"; excerpt "$LOGS/hf_$dt.log"
     fi
   done
+fi
+
+# ------------------------------------------------------------------------------ 9. where the time goes
+# One more all-layer 8B run with run.profile=true: every backend op synchronised and timed, by op and by
+# shape (profile.h); the table goes into the report. Profiled steps are slower (no overlap between ops):
+# the shares, not the step time, are the result.
+say ""
+say "== 9. op profile of the all-layer 8B step (run.profile=true, micro-batch $BENCH_BATCH, the steps after the first)"
+if [ $gpu_path = 0 ]; then result SKIP "op profile, 8B, all layers" "$why"
+elif [ "$(left)" -lt 60 ]; then result SKIP "op profile, 8B, all layers" "time budget spent"
+else
+  tl=$(( $(left) - 15 < BENCH_TIMEOUT ? $(left) - 15 : BENCH_TIMEOUT ))
+  NSTEPS=4 BENCH_PROFILE="--set run.profile=true" bench8b "$LOGS/profile_all.log" "$tl" "$BENCH_BATCH" all \
+    "$work/profile_all"
+  rc=$?
+  if [ $rc -eq 0 ] && grep -q '^profile |' "$LOGS/profile_all.log"; then
+    result PASS "op profile, 8B, all layers" "$(grep -m1 '^profile | ' "$LOGS/profile_all.log" | sed 's/^profile | //')"
+    grep '^profile |' "$LOGS/profile_all.log" | sed -n '2,$p' | head -60 | tee -a "$REPORT" > /dev/null
+  elif [ $rc -eq 124 ]; then result FAIL "op profile, 8B, all layers" "timed out after ${tl} s"; excerpt "$LOGS/profile_all.log"
+  else result FAIL "op profile, 8B, all layers" "exit $rc"; excerpt "$LOGS/profile_all.log"; fi
 fi
 
 say ""
