@@ -30,9 +30,9 @@ static ProfileEntry *prof_entry(Profile *p, const char *key, const char *op) {
 }
 
 // Waits for the op, then books the time since t0 under "op <shape>".
-static void prof_end(Profile *p, double t0, const char *op, double flops, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void prof_end(Profile *p, double t0, const char *op, double flops, const char *fmt, ...) {
+static void prof_end(Profile *p, double t0, const char *op, double flops, double bytes, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+static void prof_end(Profile *p, double t0, const char *op, double flops, double bytes, const char *fmt, ...) {
     p->inner.sync(&p->inner);
     double dt = time_now() - t0;
     char shape[PROFILE_KEY_MAX], key[PROFILE_KEY_MAX];
@@ -46,18 +46,30 @@ static void prof_end(Profile *p, double t0, const char *op, double flops, const 
     e->calls++;
     e->seconds += dt;
     e->flops += flops;
+    e->bytes += bytes;
 }
 
 // A wrapper that times one call of a void op: PARAMS is the op's parameter list, ARGS the call on
-// the inner backend, FLOPS its matrix-product FLOPs, then the shape's format and values.
-#define WRAP(op, params, args, flops, ...)                 \
-    static void w_##op params {                            \
-        Profile *p = prof_of(be);                          \
-        double t0 = prof_begin(p);                         \
-        p->inner.op args;                                  \
-        prof_end(p, t0, #op, (double)(flops), __VA_ARGS__); \
+// the inner backend, FLOPS its matrix-product FLOPs, BYTES the memory it moves at least (profile.h),
+// then the shape's format and values.
+#define WRAP(op, params, args, flops, bytes, ...)                            \
+    static void w_##op params {                                              \
+        Profile *p = prof_of(be);                                            \
+        double t0 = prof_begin(p);                                           \
+        p->inner.op args;                                                    \
+        prof_end(p, t0, #op, (double)(flops), (double)(bytes), __VA_ARGS__); \
     }
 #define IN (&p->inner)
+
+// Bytes a wgemm moves at least: in bf16 format the cast of X (fp32 read, bf16 write) and the product
+// (bf16 X and W read, fp32 Y written, and read too when beta != 0); in fp32, the fp32 GEMM's.
+static double cast_bytes(const Profile *p, int M, int K) {
+    return p->inner.weight_dtype == BACKEND_WEIGHT_BF16 ? 6.0 * M * K : 0.0;
+}
+static double wgemm_bytes(const Profile *p, int M, int N, int K, float beta) {
+    double x = p->inner.weight_dtype == BACKEND_WEIGHT_BF16 ? 2.0 : 4.0, w = (double)p->inner.weight_bytes;
+    return cast_bytes(p, M, K) + x * M * K + w * N * K + 4.0 * M * N * (beta != 0.0f ? 2 : 1);
+}
 #define TR(t) ((t) ? 'T' : 'N')
 
 // ---------------------------------------------------------------------------- memory
@@ -66,121 +78,126 @@ static void *w_alloc(Backend *be, size_t bytes, const char *what) {
     Profile *p = prof_of(be);
     double t0 = prof_begin(p);
     void *r = p->inner.alloc(IN, bytes, what);
-    prof_end(p, t0, "alloc", 0, "%s", "");
+    prof_end(p, t0, "alloc", 0, 0, "%s", "");
     return r;
 }
 static void w_free(Backend *be, void *ptr) {
     Profile *p = prof_of(be);
     double t0 = prof_begin(p);
     p->inner.free(IN, ptr);
-    prof_end(p, t0, "free", 0, "%s", "");
+    prof_end(p, t0, "free", 0, 0, "%s", "");
 }
 static void w_sync(Backend *be) { prof_of(be)->inner.sync(&prof_of(be)->inner); }
 static void w_destroy(Backend *be) { prof_of(be)->inner.destroy(&prof_of(be)->inner); }
-WRAP(upload, (Backend *be, void *dst, const void *src, size_t bytes), (IN, dst, src, bytes), 0, "%s", "")
-WRAP(download, (Backend *be, void *dst, const void *src, size_t bytes), (IN, dst, src, bytes), 0, "%s", "")
-WRAP(zero, (Backend *be, void *ptr, size_t bytes), (IN, ptr, bytes), 0, "bytes=%zu", bytes)
-WRAP(copy, (Backend *be, void *dst, const void *src, size_t bytes), (IN, dst, src, bytes), 0, "bytes=%zu", bytes)
+WRAP(upload, (Backend *be, void *dst, const void *src, size_t bytes), (IN, dst, src, bytes), 0, bytes, "%s", "")
+WRAP(download, (Backend *be, void *dst, const void *src, size_t bytes), (IN, dst, src, bytes), 0, bytes, "%s", "")
+WRAP(zero, (Backend *be, void *ptr, size_t bytes), (IN, ptr, bytes), 0, bytes, "bytes=%zu", bytes)
+WRAP(copy, (Backend *be, void *dst, const void *src, size_t bytes), (IN, dst, src, bytes), 0, 2.0 * bytes, "bytes=%zu",
+     bytes)
 
 // ---------------------------------------------------------------------------- algebra and layers
 
 WRAP(gemm,
      (Backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, const float *B, float beta,
       float *C),
-     (IN, ta, tb, M, N, K, alpha, A, B, beta, C), 2.0 * M * N * K, "%c%c %dx%dx%d", TR(ta), TR(tb), M, N, K)
-WRAP(add, (Backend *be, float *y, const float *x, size_t n), (IN, y, x, n), 0, "n=%zu", n)
-WRAP(scale, (Backend *be, float *x, float s, size_t n), (IN, x, s, n), 0, "n=%zu", n)
+     (IN, ta, tb, M, N, K, alpha, A, B, beta, C), 2.0 * M * N * K,
+     4.0 * ((double)M * K + (double)K * N + (double)M * N * (beta != 0.0f ? 2 : 1)), "%c%c %dx%dx%d", TR(ta), TR(tb), M,
+     N, K)
+WRAP(add, (Backend *be, float *y, const float *x, size_t n), (IN, y, x, n), 0, 12.0 * n, "n=%zu", n)
+WRAP(scale, (Backend *be, float *x, float s, size_t n), (IN, x, s, n), 0, 8.0 * n, "n=%zu", n)
 static double w_sumsq(Backend *be, const float *x, size_t n) {
     Profile *p = prof_of(be);
     double t0 = prof_begin(p), r = p->inner.sumsq(IN, x, n);
-    prof_end(p, t0, "sumsq", 0, "n=%zu", n);
+    prof_end(p, t0, "sumsq", 0, 4.0 * n, "n=%zu", n);
     return r;
 }
 static double w_row_norm_sum(Backend *be, const float *x, const int32_t *mask, int N, int C) {
     Profile *p = prof_of(be);
     double t0 = prof_begin(p), r = p->inner.row_norm_sum(IN, x, mask, N, C);
-    prof_end(p, t0, "row_norm_sum", 0, "%dx%d", N, C);
+    prof_end(p, t0, "row_norm_sum", 0, 4.0 * N * C, "%dx%d", N, C);
     return r;
 }
 WRAP(embedding_fwd, (Backend *be, float *out, const int32_t *ids, const float *wte, int N, int C),
-     (IN, out, ids, wte, N, C), 0, "%dx%d", N, C)
+     (IN, out, ids, wte, N, C), 0, 8.0 * N * C, "%dx%d", N, C)
 WRAP(rmsnorm_fwd, (Backend *be, float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps),
-     (IN, out, rstd, inp, w, N, C, eps), 0, "%dx%d", N, C)
+     (IN, out, rstd, inp, w, N, C, eps), 0, 8.0 * N * C, "%dx%d", N, C)
 WRAP(rmsnorm_bwd,
      (Backend *be, float *dinp, const float *dout, const float *inp, const float *w, const float *rstd, int N, int C),
-     (IN, dinp, dout, inp, w, rstd, N, C), 0, "%dx%d", N, C)
+     (IN, dinp, dout, inp, w, rstd, N, C), 0, 16.0 * N * C, "%dx%d", N, C)
 WRAP(rope_fwd, (Backend *be, float *x, const float *c, const float *s, int B, int T, int nh, int D),
-     (IN, x, c, s, B, T, nh, D), 0, "B%d T%d heads %d D%d", B, T, nh, D)
+     (IN, x, c, s, B, T, nh, D), 0, 8.0 * B * T * nh * D, "B%d T%d heads %d D%d", B, T, nh, D)
 WRAP(rope_bwd, (Backend *be, float *dx, const float *c, const float *s, int B, int T, int nh, int D),
-     (IN, dx, c, s, B, T, nh, D), 0, "B%d T%d heads %d D%d", B, T, nh, D)
+     (IN, dx, c, s, B, T, nh, D), 0, 8.0 * B * T * nh * D, "B%d T%d heads %d D%d", B, T, nh, D)
 // attention FLOPs: the products as computed (all T keys): forward Q K^T and P V, backward four
 WRAP(attention_fwd,
      (Backend *be, float *out, float *probs, const float *q, const float *k, const float *v, const int32_t *mask,
       int B, int T, int H, int KVH, int D),
-     (IN, out, probs, q, k, v, mask, B, T, H, KVH, D), 4.0 * B * H * T * T * D, "B%d T%d H%d/%d D%d", B, T, H,
-     KVH, D)
+     (IN, out, probs, q, k, v, mask, B, T, H, KVH, D), 4.0 * B * H * T * T * D,
+     4.0 * (2.0 * B * T * H * D + 2.0 * B * T * KVH * D + 4.0 * B * H * T * T), "B%d T%d H%d/%d D%d", B, T, H, KVH, D)
 WRAP(attention_bwd,
      (Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,
       const float *k, const float *v, int B, int T, int H, int KVH, int D),
-     (IN, dq, dk, dv, dout, probs, q, k, v, B, T, H, KVH, D), 8.0 * B * H * T * T * D, "B%d T%d H%d/%d D%d", B, T,
-     H, KVH, D)
+     (IN, dq, dk, dv, dout, probs, q, k, v, B, T, H, KVH, D), 8.0 * B * H * T * T * D,
+     4.0 * (4.0 * B * T * H * D + 4.0 * B * T * KVH * D + 7.0 * B * H * T * T), "B%d T%d H%d/%d D%d", B, T, H, KVH, D)
 WRAP(swiglu_fwd, (Backend *be, float *h, const float *gate, const float *up, size_t n), (IN, h, gate, up, n), 0,
-     "n=%zu", n)
+     12.0 * n, "n=%zu", n)
 WRAP(swiglu_bwd,
      (Backend *be, float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n),
-     (IN, dgate, dup, dh, gate, up, n), 0, "n=%zu", n)
+     (IN, dgate, dup, dh, gate, up, n), 0, 20.0 * n, "n=%zu", n)
 WRAP(randn, (Backend *be, float *x, size_t n, float mean, float std, uint64_t key), (IN, x, n, mean, std, key), 0,
-     "n=%zu", n)
+     4.0 * n, "n=%zu", n)
 WRAP(dropout, (Backend *be, float *out, const float *inp, size_t n, float pr, uint64_t key),
-     (IN, out, inp, n, pr, key), 0, "n=%zu", n)
+     (IN, out, inp, n, pr, key), 0, 8.0 * n, "n=%zu", n)
 WRAP(pool_last_fwd, (Backend *be, float *pooled, const float *x, const int32_t *last, int B, int T, int C),
-     (IN, pooled, x, last, B, T, C), 0, "B%d T%d C%d", B, T, C)
+     (IN, pooled, x, last, B, T, C), 0, 8.0 * B * C, "B%d T%d C%d", B, T, C)
 WRAP(pool_last_bwd, (Backend *be, float *dx, const float *dpooled, const int32_t *last, int B, int T, int C),
-     (IN, dx, dpooled, last, B, T, C), 0, "B%d T%d C%d", B, T, C)
+     (IN, dx, dpooled, last, B, T, C), 0, 8.0 * B * C, "B%d T%d C%d", B, T, C)
 WRAP(loss_fwd_bwd,
      (Backend *be, double *loss_sum, float *dlogits, const float *logits, const int32_t *labels_i,
       const float *labels_f, int B, int K, float grad_scale),
-     (IN, loss_sum, dlogits, logits, labels_i, labels_f, B, K, grad_scale), 0, "B%d K%d", B, K)
+     (IN, loss_sum, dlogits, logits, labels_i, labels_f, B, K, grad_scale), 0, 8.0 * B * K, "B%d K%d", B, K)
 
 // ---------------------------------------------------------------------------- encoder ops
 
 WRAP(embedding_add, (Backend *be, float *out, const int32_t *ids, const float *table, int N, int C),
-     (IN, out, ids, table, N, C), 0, "%dx%d", N, C)
+     (IN, out, ids, table, N, C), 0, 12.0 * N * C, "%dx%d", N, C)
 WRAP(layernorm_fwd,
      (Backend *be, float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b, int N,
       int C, float eps),
-     (IN, out, mean, rstd, inp, w, b, N, C, eps), 0, "%dx%d", N, C)
+     (IN, out, mean, rstd, inp, w, b, N, C, eps), 0, 8.0 * N * C, "%dx%d", N, C)
 WRAP(layernorm_bwd,
      (Backend *be, float *dinp, const float *dout, const float *inp, const float *w, const float *mean,
       const float *rstd, int N, int C),
-     (IN, dinp, dout, inp, w, mean, rstd, N, C), 0, "%dx%d", N, C)
-WRAP(bias_add, (Backend *be, float *y, const float *b, int N, int C), (IN, y, b, N, C), 0, "%dx%d", N, C)
-WRAP(bias_grad, (Backend *be, float *db, const float *dy, int N, int C), (IN, db, dy, N, C), 0, "%dx%d", N, C)
-WRAP(gelu_fwd, (Backend *be, float *h, const float *x, size_t n), (IN, h, x, n), 0, "n=%zu", n)
-WRAP(gelu_bwd, (Backend *be, float *dx, const float *dh, const float *x, size_t n), (IN, dx, dh, x, n), 0, "n=%zu",
-     n)
-WRAP(tanh_fwd, (Backend *be, float *y, const float *x, size_t n), (IN, y, x, n), 0, "n=%zu", n)
-WRAP(tanh_bwd, (Backend *be, float *dx, const float *dy, const float *y, size_t n), (IN, dx, dy, y, n), 0, "n=%zu",
-     n)
-WRAP(mask_rows, (Backend *be, float *x, const int32_t *mask, int N, int C), (IN, x, mask, N, C), 0, "%dx%d", N, C)
+     (IN, dinp, dout, inp, w, mean, rstd, N, C), 0, 16.0 * N * C, "%dx%d", N, C)
+WRAP(bias_add, (Backend *be, float *y, const float *b, int N, int C), (IN, y, b, N, C), 0, 8.0 * N * C, "%dx%d", N, C)
+WRAP(bias_grad, (Backend *be, float *db, const float *dy, int N, int C), (IN, db, dy, N, C), 0, 4.0 * N * C, "%dx%d",
+     N, C)
+WRAP(gelu_fwd, (Backend *be, float *h, const float *x, size_t n), (IN, h, x, n), 0, 8.0 * n, "n=%zu", n)
+WRAP(gelu_bwd, (Backend *be, float *dx, const float *dh, const float *x, size_t n), (IN, dx, dh, x, n), 0, 12.0 * n,
+     "n=%zu", n)
+WRAP(tanh_fwd, (Backend *be, float *y, const float *x, size_t n), (IN, y, x, n), 0, 8.0 * n, "n=%zu", n)
+WRAP(tanh_bwd, (Backend *be, float *dx, const float *dy, const float *y, size_t n), (IN, dx, dy, y, n), 0, 12.0 * n,
+     "n=%zu", n)
+WRAP(mask_rows, (Backend *be, float *x, const int32_t *mask, int N, int C), (IN, x, mask, N, C), 0, 8.0 * N * C,
+     "%dx%d", N, C)
 WRAP(attention_enc_fwd,
      (Backend *be, float *out, float *probs, const float *q, const float *k, const float *v, const float *pq,
       const float *pk, const int32_t *idx, const int32_t *mask, int B, int T, int H, int D, int P, float scale),
      (IN, out, probs, q, k, v, pq, pk, idx, mask, B, T, H, D, P, scale), 4.0 * B * H * T * T * D,
-     "B%d T%d H%d D%d P%d", B, T, H, D, P)
+     4.0 * (6.0 * B * T * H * D + 4.0 * B * H * T * T), "B%d T%d H%d D%d P%d", B, T, H, D, P)
 WRAP(attention_enc_bwd,
      (Backend *be, float *dq, float *dk, float *dv, float *dpq, float *dpk, const float *dout, const float *probs,
       const float *q, const float *k, const float *v, const float *pq, const float *pk, const int32_t *idx, int B,
       int T, int H, int D, int P, float scale),
      (IN, dq, dk, dv, dpq, dpk, dout, probs, q, k, v, pq, pk, idx, B, T, H, D, P, scale), 8.0 * B * H * T * T * D,
-     "B%d T%d H%d D%d P%d", B, T, H, D, P)
+     4.0 * (11.0 * B * T * H * D + 7.0 * B * H * T * T), "B%d T%d H%d D%d P%d", B, T, H, D, P)
 
 // ---------------------------------------------------------------------------- optimizer, weights
 
 WRAP(adamw,
      (Backend *be, float *pr, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2, float eps,
       float wd, int t),
-     (IN, pr, g, m, v, n, lr, b1, b2, eps, wd, t), 0, "n=%zu", n)
+     (IN, pr, g, m, v, n, lr, b1, b2, eps, wd, t), 0, 28.0 * n, "n=%zu", n)
 static int w_set_weight_dtype(Backend *be, int dtype) {
     Profile *p = prof_of(be);
     int r = p->inner.set_weight_dtype(IN, dtype);
@@ -192,30 +209,33 @@ static void *w_weight_alloc(Backend *be, size_t n, const char *what) {
     Profile *p = prof_of(be);
     double t0 = prof_begin(p);
     void *r = p->inner.weight_alloc(IN, n, what);
-    prof_end(p, t0, "weight_alloc", 0, "%s", "");
+    prof_end(p, t0, "weight_alloc", 0, 0, "%s", "");
     return r;
 }
-WRAP(weight_upload, (Backend *be, void *w, const float *src, size_t n), (IN, w, src, n), 0, "%s", "")
+WRAP(weight_upload, (Backend *be, void *w, const float *src, size_t n), (IN, w, src, n), 0, 0, "%s", "")
 WRAP(weight_randn, (Backend *be, void *w, size_t n, float mean, float std, uint64_t key), (IN, w, n, mean, std, key),
-     0, "%s", "")
+     0, 0, "%s", "")
 WRAP(wgemm,
      (Backend *be, int tw, int M, int N, int K, float alpha, const float *X, const void *W, float beta, float *Y),
-     (IN, tw, M, N, K, alpha, X, W, beta, Y), 2.0 * M * N * K, "%c %dx%dx%d", TR(tw), M, N, K)
+     (IN, tw, M, N, K, alpha, X, W, beta, Y), 2.0 * M * N * K, wgemm_bytes(p, M, N, K, beta), "%c %dx%dx%d", TR(tw), M,
+     N, K)
 static void w_wgemm_multi(Backend *be, int n, int M, int K, const float *X, const void *const *W, const int *N,
                           float *const *Y) {
     Profile *p = prof_of(be);
-    double t0 = prof_begin(p), cols = 0.0;
+    double t0 = prof_begin(p), cols = 0.0, bytes = 0.0;
     p->inner.wgemm_multi(IN, n, M, K, X, W, N, Y);
+    for (int i = 0; i < n; i++) bytes += wgemm_bytes(p, M, N[i], K, 0.0f) - (i ? cast_bytes(p, M, K) : 0.0);
     char shape[48];
     int len = snprintf(shape, sizeof shape, "%dx", M);
     for (int i = 0; i < n; i++) {
         cols += N[i];
-        if (len < (int)sizeof shape) len += snprintf(shape + len, sizeof shape - (size_t)len, "%s%d", i ? "+" : "", N[i]);
+        if (len < (int)sizeof shape)
+            len += snprintf(shape + len, sizeof shape - (size_t)len, "%s%d", i ? "+" : "", N[i]);
     }
-    prof_end(p, t0, "wgemm_multi", 2.0 * M * cols * K, "%sx%d", shape, K);
+    prof_end(p, t0, "wgemm_multi", 2.0 * M * cols * K, bytes, "%sx%d", shape, K);
 }
 WRAP(wembedding_fwd, (Backend *be, float *out, const int32_t *ids, const void *table, int N, int C),
-     (IN, out, ids, table, N, C), 0, "%dx%d", N, C)
+     (IN, out, ids, table, N, C), 0, (double)N *C *(4.0 + p->inner.weight_bytes), "%dx%d", N, C)
 
 // ---------------------------------------------------------------------------- start / stop
 
@@ -225,14 +245,14 @@ void profile_start(Profile *p, Backend *be) {
     p->outer = be;
     be->ctx = p;
 #define SET(op) be->op = w_##op
-    SET(alloc); SET(free); SET(upload); SET(download); SET(zero); SET(copy); SET(sync); SET(destroy);
-    SET(gemm); SET(add); SET(scale); SET(sumsq); SET(row_norm_sum); SET(embedding_fwd); SET(rmsnorm_fwd);
-    SET(rmsnorm_bwd); SET(rope_fwd); SET(rope_bwd); SET(attention_fwd); SET(attention_bwd); SET(swiglu_fwd);
-    SET(swiglu_bwd); SET(randn); SET(dropout); SET(pool_last_fwd); SET(pool_last_bwd); SET(loss_fwd_bwd);
-    SET(embedding_add); SET(layernorm_fwd); SET(layernorm_bwd); SET(bias_add); SET(bias_grad); SET(gelu_fwd);
-    SET(gelu_bwd); SET(tanh_fwd); SET(tanh_bwd); SET(mask_rows); SET(attention_enc_fwd); SET(attention_enc_bwd);
-    SET(adamw); SET(set_weight_dtype); SET(weight_alloc); SET(weight_upload); SET(weight_randn); SET(wgemm);
-    SET(wgemm_multi); SET(wembedding_fwd);
+    SET(alloc); SET(free); SET(upload); SET(download); SET(zero); SET(copy); SET(sync); SET(destroy); SET(gemm);
+    SET(add); SET(scale); SET(sumsq); SET(row_norm_sum); SET(embedding_fwd); SET(rmsnorm_fwd); SET(rmsnorm_bwd);
+    SET(rope_fwd); SET(rope_bwd); SET(attention_fwd); SET(attention_bwd); SET(swiglu_fwd); SET(swiglu_bwd);
+    SET(randn); SET(dropout); SET(pool_last_fwd); SET(pool_last_bwd); SET(loss_fwd_bwd); SET(embedding_add);
+    SET(layernorm_fwd); SET(layernorm_bwd); SET(bias_add); SET(bias_grad); SET(gelu_fwd); SET(gelu_bwd);
+    SET(tanh_fwd); SET(tanh_bwd); SET(mask_rows); SET(attention_enc_fwd); SET(attention_enc_bwd); SET(adamw);
+    SET(set_weight_dtype); SET(weight_alloc); SET(weight_upload); SET(weight_randn); SET(wgemm); SET(wgemm_multi);
+    SET(wembedding_fwd);
 #undef SET
     p->t_reset = time_now();
 }
@@ -269,6 +289,10 @@ static int by_seconds(const void *a, const void *b) {
 static void print_row(FILE *f, const ProfileEntry *e, double total, long long steps, int width) {
     fprintf(f, "profile |   %-*s %10.3f %6.1f%% %10.1f", width, e->key, 1000.0 * e->seconds / (double)steps,
             total > 0 ? 100.0 * e->seconds / total : 0.0, (double)e->calls / (double)steps);
+    if (e->seconds > 0 && e->bytes > 0)
+        fprintf(f, " %8.0f", e->bytes / e->seconds / 1e9);
+    else
+        fprintf(f, " %8s", "");
     if (e->flops > 0 && e->seconds > 0) fprintf(f, " %8.1f", e->flops / e->seconds / 1e12);
     fprintf(f, "\n");
 }
@@ -291,19 +315,22 @@ void profile_print(const Profile *p, FILE *f, long long steps, int top, double w
         ops[j].calls += p->e[i].calls;
         ops[j].seconds += p->e[i].seconds;
         ops[j].flops += p->e[i].flops;
+        ops[j].bytes += p->e[i].bytes;
     }
     ProfileEntry *keys = xmalloc((size_t)(p->n ? p->n : 1) * sizeof *keys, "profile by key");
     if (p->n) memcpy(keys, p->e, (size_t)p->n * sizeof *keys);
     qsort(ops, (size_t)n_ops, sizeof *ops, by_seconds);
     qsort(keys, (size_t)p->n, sizeof *keys, by_seconds);
-    fprintf(f, "profile | %lld step(s): the ops took %.1f ms per step of %.1f ms wall (%.1f%%); every op "
-            "synchronised, so nothing overlaps\n", steps, 1000.0 * total / (double)steps, 1000.0 * wall / (double)steps,
+    fprintf(f,
+            "profile | %lld step(s): the ops took %.1f ms per step of %.1f ms wall (%.1f%%); every op "
+            "synchronised, so nothing overlaps\n",
+            steps, 1000.0 * total / (double)steps, 1000.0 * wall / (double)steps,
             wall > 0 ? 100.0 * total / wall : 0.0);
-    fprintf(f, "profile |   %-18s %10s %7s %10s %8s\n", "op", "ms/step", "share", "calls/step", "TFLOP/s");
+    fprintf(f, "profile |   %-18s %10s %7s %10s %8s %8s\n", "op", "ms/step", "share", "calls/step", "GB/s", "TFLOP/s");
     for (int i = 0; i < n_ops; i++) print_row(f, &ops[i], total, steps, 18);
     int shown = top < p->n ? top : p->n;
-    fprintf(f, "profile |   %-44s %10s %7s %10s %8s   (the %d costliest of %d shapes)\n", "op shape", "ms/step",
-            "share", "calls/step", "TFLOP/s", shown, p->n);
+    fprintf(f, "profile |   %-44s %10s %7s %10s %8s %8s   (the %d costliest of %d shapes)\n", "op shape", "ms/step",
+            "share", "calls/step", "GB/s", "TFLOP/s", shown, p->n);
     for (int i = 0; i < shown; i++) print_row(f, &keys[i], total, steps, 44);
     fflush(f);
     free(ops);
@@ -315,8 +342,8 @@ void profile_log(const Profile *p, Log *lg, long long steps) {
         char rec[384];
         snprintf(rec, sizeof rec,
                  "{\"type\":\"profile\",\"op\":\"%s\",\"key\":\"%s\",\"steps\":%lld,\"calls\":%lld,\"seconds\":%.6f,"
-                 "\"flops\":%.6g}",
-                 p->e[i].op, p->e[i].key, steps, p->e[i].calls, p->e[i].seconds, p->e[i].flops);
+                 "\"flops\":%.6g,\"bytes\":%.6g}",
+                 p->e[i].op, p->e[i].key, steps, p->e[i].calls, p->e[i].seconds, p->e[i].flops, p->e[i].bytes);
         log_record(lg, rec);
     }
 }

@@ -4,7 +4,8 @@
 //  2. The entries count what the model calls: per forward 2 wgemm_multi (q/k/v, gate/up) and one
 //     attention_fwd per layer, one attention_bwd per layer from the lowest adapted one up, keyed by
 //     shape ("attention_fwd B2 T9 H4/2 D16"); matrix-product FLOPs are 2MNK per GEMM (checked on the
-//     fused q/k/v key) and 4BHT^2D per attention forward.
+//     fused q/k/v key) and 4BHT^2D per attention forward; swiglu_fwd moves 12 bytes per element.
+//     Every op of backend.h is wrapped (a new op left out of profile.c fails here).
 //  3. profile_reset zeroes the entries; profile_stop restores the backend's own table and context;
 //     set_weight_dtype through the wrapper is seen on the wrapped backend; the printed table names
 //     the ops and their share.
@@ -87,6 +88,19 @@ int main(int argc, char **argv) {
     Profile p;
     profile_start(&p, &prof_be);
     T_CHECK(&tc, prof_be.gemm != saved.gemm && prof_be.ctx == (void *)&p, "profile_start did not wrap the backend");
+    // every op is wrapped: an op left out would run with the profiler as its context. Slot by slot,
+    // only the 4 data words (name, threads, weight_dtype, weight_bytes; ints padded to a word) may
+    // be unchanged: a new op in backend.h that profile.c does not wrap fails here.
+    {
+        void *before[sizeof(Backend) / sizeof(void *)], *after[sizeof(Backend) / sizeof(void *)];
+        memcpy(before, &saved, sizeof before);
+        memcpy(after, &prof_be, sizeof after);
+        int same = 0;
+        for (size_t i = 0; i < sizeof before / sizeof before[0]; i++) same += before[i] == after[i];
+        T_CHECK(&tc, sizeof(Backend) % sizeof(void *) == 0 && same == 4,
+                "%d of %zu words of the Backend unchanged by profile_start, want 4: wrap the new op in profile.c",
+                same, sizeof before / sizeof before[0]);
+    }
     double la = side_step(&a, &plain), lb = side_step(&b, &prof_be);
     T_CHECK(&tc, la == lb, "loss with the profiler %.17g != without %.17g", lb, la);
     check_exact(&tc, b.model.logits, a.model.logits, (size_t)B * 3, "logits, profiled vs plain");
@@ -110,6 +124,10 @@ int main(int argc, char **argv) {
     T_CHECK(&tc, e && e->calls == L, "'%s': %lld calls, want %d", key, calls_of(&p, key), L);
     T_CHECK(&tc, e && e->flops == (double)L * 2.0 * N * (H * D + 2 * KVH * D) * C, "'%s' FLOPs %g", key,
             e ? e->flops : -1.0);
+    snprintf(key, sizeof key, "swiglu_fwd n=%d", N * I);  // bytes: gate and up read, h written
+    e = profile_find(&p, key);
+    T_CHECK(&tc, e && e->calls == L && e->bytes == (double)L * 12.0 * N * I, "'%s': %lld calls, %g bytes", key,
+            calls_of(&p, key), e ? e->bytes : -1.0);
     snprintf(key, sizeof key, "wgemm_multi %dx%d+%dx%d", N, I, I, C);
     T_CHECK(&tc, calls_of(&p, key) == L, "'%s': %lld calls, want %d", key, calls_of(&p, key), L);
     snprintf(key, sizeof key, "wgemm T %dx%dx%d", N, C, I);  // down_proj forward

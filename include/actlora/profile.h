@@ -6,6 +6,9 @@
 // B47 T256 H32/8 D128", "swiglu_fwd n=172490752"). Everything that holds the Backend pointer (model,
 // trainer, comm) goes through the wrappers without knowing. profile_stop puts the original table
 // back. The wrappers compute nothing themselves: results are bit-identical with and without them.
+// Each entry also adds up the matrix-product FLOPs and the bytes the op must move (a model: the
+// tensors it reads and writes once, plus the [B,H,T,T] passes of attention), so the table shows
+// TFLOP/s and GB/s: a memory-bound op far below the device's bandwidth is a kernel to improve.
 //
 // The synchronisation serialises the ops (no overlap, one launch latency per op), so a profiled
 // step is somewhat slower than an unprofiled one; the table says how much of the step the ops
@@ -26,6 +29,8 @@ typedef struct {
     long long calls;
     double seconds;
     double flops;               // matrix-product FLOPs of these calls (gemm, wgemm, attention); else 0
+    double bytes;               // device memory these calls move at least (a model of each op's reads
+                                // and writes, e.g. 12 n for swiglu_fwd: gate, up read, h written)
 } ProfileEntry;
 
 typedef struct {
