@@ -8,6 +8,7 @@
 //         its activation operand to bf16 into scratch before an fp32 sgemm. bf16 x bf16 products are
 //         exact in fp32, so both backends compute the same sums up to summation order. Memory and
 //         speed are those of fp32: this is a reference for tests, not a production mode.
+#include <cblas.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -85,6 +86,86 @@ static void cpu_wgemm_multi(Backend *be, int n, int M, int K, const float *X, co
     for (int i = 0; i < n; i++) be->gemm(be, 0, 1, M, N[i], K, 1.0f, Xr, (const float *)W[i], 0.0f, Y[i]);
 }
 
+// ---------------------------------------------------------------------------- bordered weights
+
+// The operand [X | Xa] of a bordered product: op [M, ld], X [M, k0] into columns [0, k0), Xa [M, r]
+// (when given) into [k0, k0 + r); rounded to bf16 in the bf16 format.
+static void operand_fill(Backend *be, float *op, int ld, const float *X, int k0, const float *Xa, int r, int M) {
+    int bf = be->weight_dtype == BACKEND_WEIGHT_BF16;
+    #pragma omp parallel for num_threads(be->threads) if ((size_t)M * ld >= 32768) schedule(static)
+    for (int m = 0; m < M; m++) {
+        float *o = op + (size_t)m * ld;
+        const float *x = X + (size_t)m * k0;
+        for (int c = 0; c < k0; c++) o[c] = bf ? round_bf16(x[c]) : x[c];
+        if (Xa)
+            for (int j = 0; j < r; j++) o[k0 + j] = bf ? round_bf16(Xa[(size_t)m * r + j]) : Xa[(size_t)m * r + j];
+    }
+}
+
+// Y [M, n] = op [M, k] (row stride ldo) @ rows / columns of the bordered Wb (row stride in + r), beta Y
+static void bordered_gemm(int trans_w, int M, int n, int k, const float *op, int ldo, const float *Wb, int ldw,
+                          float beta, float *Y) {
+    if (beta == 0.0f) memset(Y, 0, (size_t)M * (size_t)n * sizeof(float));  // never read what beta 0 overwrites
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_w ? CblasTrans : CblasNoTrans, M, n, k, 1.0f, op, ldo, Wb, ldw,
+                beta, Y, n);
+}
+
+static void lora_shape_check(const char *op, int M, int out, int in, int r) {
+    check(M >= 0 && out > 0 && in > 0 && r > 0, "%s: bad shape M=%d out=%d in=%d r=%d", op, M, out, in, r);
+}
+
+// Y = [X | Xa] op(Wb) + beta Y (backend.h, "LoRA on the frozen GEMM")
+static void cpu_wgemm_lora(Backend *be, int trans_w, int M, int out, int in, int r, const float *X, const float *Xa,
+                           const void *Wb, float beta, float *Y) {
+    lora_shape_check("wgemm_lora", M, out, in, r);
+    if (M == 0) return;
+    int k0 = trans_w ? in : out, k = k0 + (Xa ? r : 0);
+    float *op = cpu_scratch(be, (size_t)M * (size_t)k, "wgemm_lora operand [X | Xa]");
+    operand_fill(be, op, k, X, k0, Xa, r, M);
+    bordered_gemm(trans_w, M, trans_w ? out : in, k, op, k, (const float *)Wb, in + r, beta, Y);
+}
+
+// n bordered forwards sharing X: X placed (and rounded) once, each Xa_i written into the last r columns
+static void cpu_wgemm_lora_multi(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
+                                 const void *const *Wb, const int *out, float *const *Y) {
+    check(n >= 0, "wgemm_lora_multi: negative count %d", n);
+    for (int i = 0; i < n; i++) lora_shape_check("wgemm_lora_multi", M, out[i], in, r);
+    if (M == 0 || n == 0) return;
+    int ld = in + r;
+    float *op = cpu_scratch(be, (size_t)M * (size_t)ld, "wgemm_lora operand [X | Xa]");
+    operand_fill(be, op, ld, X, in, NULL, r, M);
+    for (int i = 0; i < n; i++) {
+        if (Xa[i]) {
+            int bf = be->weight_dtype == BACKEND_WEIGHT_BF16;
+            for (int m = 0; m < M; m++)
+                for (int j = 0; j < r; j++) {
+                    float v = Xa[i][(size_t)m * r + j];
+                    op[(size_t)m * ld + in + j] = bf ? round_bf16(v) : v;
+                }
+        }
+        bordered_gemm(1, M, out[i], Xa[i] ? ld : in, op, ld, (const float *)Wb[i], ld, 0.0f, Y[i]);
+    }
+}
+
+// The border: rows [0, out) columns [in, in + r) = s B, rows [out, out + r) columns [0, in) = A
+static void cpu_weight_set_lora(Backend *be, void *Wb, int out, int in, int r, const float *A, const float *B,
+                                float s) {
+    lora_shape_check("weight_set_lora", 0, out, in, r);
+    int bf = be->weight_dtype == BACKEND_WEIGHT_BF16;
+    float *w = (float *)Wb;
+    size_t ld = (size_t)in + (size_t)r;
+    for (int i = 0; i < out; i++)
+        for (int j = 0; j < r; j++) {
+            float v = s * B[(size_t)i * r + j];
+            w[(size_t)i * ld + in + j] = bf ? round_bf16(v) : v;
+        }
+    for (int j = 0; j < r; j++)
+        for (int c = 0; c < in; c++) {
+            float v = A[(size_t)j * in + c];
+            w[((size_t)out + j) * ld + c] = bf ? round_bf16(v) : v;
+        }
+}
+
 static void cpu_wembedding_fwd(Backend *be, float *out, const int32_t *ids, const void *table, int N, int C) {
     be->embedding_fwd(be, out, ids, (const float *)table, N, C);
 }
@@ -98,6 +179,9 @@ void backend_cpu_weights_init(Backend *be) {
     be->weight_randn = cpu_weight_randn;
     be->wgemm = cpu_wgemm;
     be->wgemm_multi = cpu_wgemm_multi;
+    be->wgemm_lora = cpu_wgemm_lora;
+    be->wgemm_lora_multi = cpu_wgemm_lora_multi;
+    be->weight_set_lora = cpu_weight_set_lora;
     be->wembedding_fwd = cpu_wembedding_fwd;
 }
 

@@ -54,11 +54,13 @@ static float *load_tensor(Backend *be, const HFWeights *w, const char *name, int
 }
 
 // The same for a frozen weight that only feeds wgemm / wembedding_fwd: kept in the backend's weight
-// format (bf16 on CUDA by default; backend.h), drawn or converted on the backend.
+// format (bf16 on CUDA by default; backend.h), drawn or converted on the backend. border > 0: a
+// bordered weight [d0 + border, d1 + border] (lora.fuse), W in its top-left block, the rest zero
+// (weight_set_lora writes the adapter's part).
 static void *load_weight(Backend *be, const HFWeights *w, const char *name, int64_t d0, int64_t d1, int random_init,
-                         uint64_t seed) {
+                         uint64_t seed, int border) {
     int64_t shape[2] = {d0, d1};
-    size_t n = (size_t)d0 * (size_t)d1;
+    size_t rows = (size_t)d0 + (size_t)border, cols = (size_t)d1 + (size_t)border, n = rows * cols;
     void *dev = be->weight_alloc(be, n, name);
     if (random_init) {
         be->weight_randn(be, dev, n, 0.0f, 0.02f, rng_key(seed, fnv1a64(FNV64_INIT, name, strlen(name))));
@@ -67,6 +69,13 @@ static void *load_weight(Backend *be, const HFWeights *w, const char *name, int6
     float *host = xmalloc(n * sizeof(float), name);
     Error err;
     if (hfweights_read_f32(w, name, 2, shape, host, &err) != 0) die("%s", err.msg);
+    if (border > 0) {  // spread the rows to the bordered stride, from the last row up (in place)
+        for (size_t i = (size_t)d0; i-- > 0;) {
+            memmove(host + i * cols, host + i * (size_t)d1, (size_t)d1 * sizeof(float));
+            memset(host + i * cols + d1, 0, (size_t)border * sizeof(float));
+        }
+        memset(host + (size_t)d0 * cols, 0, (n - (size_t)d0 * cols) * sizeof(float));
+    }
     be->weight_upload(be, dev, host, n);
     free(host);
     return dev;
@@ -98,9 +107,16 @@ static void rope_tables(const ModelConfig *mc, int T, float *cos_t, float *sin_t
 
 void llama_load(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
                 uint64_t seed) {
+    llama_load_fused(m, be, dir, mc, num_labels, random_init, seed, 0);
+}
+
+void llama_load_fused(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
+                      uint64_t seed, int fuse_r) {
     memset(m, 0, sizeof *m);
     check(mc->arch == ARCH_LLAMA, "%s: model_type '%s' is not a Llama model", dir, mc->model_type);
+    check(fuse_r >= 0, "internal: fuse rank %d", fuse_r);
     m->cfg = *mc;
+    m->fuse_r = fuse_r;
     m->num_labels = num_labels;
     HFWeights w = {0};
     if (!random_init) {
@@ -109,7 +125,7 @@ void llama_load(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, i
     }
     int L = mc->num_hidden_layers, C = mc->hidden_size, I = mc->intermediate_size, V = mc->vocab_size;
     int qd = mc->num_attention_heads * mc->head_dim, kvd = mc->num_key_value_heads * mc->head_dim;
-    m->wte = load_weight(be, &w, "model.embed_tokens.weight", V, C, random_init, seed);  // weight format
+    m->wte = load_weight(be, &w, "model.embed_tokens.weight", V, C, random_init, seed, 0);  // weight format
     m->norm = load_tensor(be, &w, "model.norm.weight", 1, C, 0, random_init, seed, 1);
     m->layers = xcalloc((size_t)L, sizeof(LlamaLayer), "layers");
     char name[160];
@@ -119,7 +135,7 @@ void llama_load(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, i
     m->layers[l].field = load_tensor(be, &w, name, 1, C, 0, random_init, seed, 1)
 #define LAYER_WEIGHT(field, suffix, a, b)                                                     \
     snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                             \
-    m->layers[l].field = load_weight(be, &w, name, a, b, random_init, seed)
+    m->layers[l].field = load_weight(be, &w, name, a, b, random_init, seed, fuse_r)
     for (int l = 0; l < L; l++) {
         LAYER_NORM(ln1, "input_layernorm.weight");
         LAYER_WEIGHT(wq, "self_attn.q_proj.weight", qd, C);
@@ -289,7 +305,76 @@ void llama_free(Llama *m, Backend *be) {
     memset(m, 0, sizeof *m);
 }
 
-// (adapters: lora_ops.h)
+// ---------------------------------------------------------------------------- projections
+
+// The frozen weight of a LoRA-targetable module.
+static void *proj_weight(const Llama *m, int l, LoraModule mod) {
+    const LlamaLayer *w = &m->layers[l];
+    void *p[LORA_NUM_MODULES] = {w->wq, w->wk, w->wv, w->wo, w->wg, w->wu, w->wd};
+    return p[mod];
+}
+
+// lora.fuse: every adapter of ls into the border of its projection (from the current A, B)
+static void write_borders(Llama *m, Backend *be, const LoraSet *ls) {
+    if (!m->fuse_r || ls->n == 0) return;
+    check(ls->r == m->fuse_r, "internal: LoRA rank %d, but the model was loaded for fused adapters of rank %d",
+          ls->r, m->fuse_r);
+    for (int i = 0; i < ls->n; i++) {
+        const LoraAdapter *ad = &ls->ad[i];
+        be->weight_set_lora(be, proj_weight(m, ad->layer, ad->module), ad->out, ad->in, ls->r,
+                            ls->params + ad->a_off, ls->params + ad->b_off, ls->scaling);
+    }
+}
+
+// Forward of n projections of layer l sharing their input x [N, in]: y_i [N, out_i] = x W_i^T (+ the
+// adapter, its A-projection kept in a_out_i); beta 0. Fused: each adapter on its frozen GEMM.
+static void proj_forward(Llama *m, Backend *be, const LoraSet *ls, int l, int n, const LoraModule *mods,
+                         const float *x, int in, const int *out, float *const *y, float *const *a_out, int N,
+                         int train, uint64_t key) {
+    void *W[3];
+    for (int i = 0; i < n; i++) W[i] = proj_weight(m, l, mods[i]);
+    if (m->fuse_r) {
+        const float *a[3];
+        for (int i = 0; i < n; i++) a[i] = lora_ops_down(be, ls, l, mods[i], x, a_out[i], N, train, key, m->lora_tmp);
+        if (n == 1) be->wgemm_lora(be, 1, N, out[0], in, m->fuse_r, x, a[0], W[0], 0.0f, y[0]);
+        else be->wgemm_lora_multi(be, n, N, in, m->fuse_r, x, a, (const void *const *)W, out, y);
+        return;
+    }
+    if (n == 1) be->wgemm(be, 1, N, out[0], in, 1.0f, x, W[0], 0.0f, y[0]);
+    else be->wgemm_multi(be, n, N, in, x, (const void *const *)W, out, y);
+    for (int i = 0; i < n; i++) lora_ops_forward(be, ls, l, mods[i], x, y[i], a_out[i], N, train, key, m->lora_tmp);
+}
+
+// The residual projections (o, down): y [N, out] += x W^T (+ the adapter).
+static void proj_forward_add(Llama *m, Backend *be, const LoraSet *ls, int l, LoraModule mod, const float *x,
+                             int in, int out, float *y, float *a_out, int N, int train, uint64_t key) {
+    void *W = proj_weight(m, l, mod);
+    if (m->fuse_r) {
+        const float *a = lora_ops_down(be, ls, l, mod, x, a_out, N, train, key, m->lora_tmp);
+        be->wgemm_lora(be, 1, N, out, in, m->fuse_r, x, a, W, 1.0f, y);
+        return;
+    }
+    be->wgemm(be, 1, N, out, in, 1.0f, x, W, 1.0f, y);
+    lora_ops_forward(be, ls, l, mod, x, y, a_out, N, train, key, m->lora_tmp);
+}
+
+// Backward of one projection y = x W^T (+ adapter) of layer l: the adapter's dA, dB and, when dx != NULL,
+// dx [N, in] = dy W (+ the adapter's term) with beta 0 (overwrite) or 1 (accumulate). Fused without LoRA
+// dropout: the adapter's term rides on the frozen GEMM; with dropout its masked term is added apart.
+static void proj_backward(Llama *m, Backend *be, LoraSet *ls, int l, LoraModule mod, const float *x, const float *dy,
+                          const float *a_saved, int in, int out, float beta, float *dx, int N, uint64_t key) {
+    void *W = proj_weight(m, l, mod);
+    if (m->fuse_r) {
+        const float *da = lora_ops_grads(be, ls, l, mod, x, dy, a_saved, N, key, m->lora_da, m->lora_tmp);
+        if (!dx) return;
+        int fold = da && ls->dropout == 0.0f;
+        be->wgemm_lora(be, 0, N, out, in, m->fuse_r, dy, fold ? da : NULL, W, beta, dx);
+        if (da && !fold) lora_ops_dx(be, ls, l, mod, da, dx, N, key, m->lora_tmp);
+        return;
+    }
+    if (dx) be->wgemm(be, 0, N, in, out, 1.0f, dy, W, beta, dx);
+    lora_ops_backward(be, ls, l, mod, x, dy, a_saved, dx, N, key, m->lora_da, m->lora_tmp);
+}
 
 // ---------------------------------------------------------------------------- forward
 
@@ -305,32 +390,25 @@ static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, Llama
     int N = B * T, C = mc->hidden_size, I = mc->intermediate_size, H = mc->num_attention_heads,
         KVH = mc->num_key_value_heads, D = mc->head_dim, qd = H * D, kvd = KVH * D;
     float eps = (float)mc->rms_norm_eps;
-    float *scratch = m->lora_tmp;  // dropout buffer, only used when training (then allocated)
     be->rmsnorm_fwd(be, a->xn1, a->rstd1, a->x_in, w->ln1, N, C, eps);
-    const void *wqkv[3] = {w->wq, w->wk, w->wv};  // q, k, v share xn1: one cast to the weight format
-    int nqkv[3] = {qd, kvd, kvd};
-    float *yqkv[3] = {a->q, a->k, a->v};
-    be->wgemm_multi(be, 3, N, C, a->xn1, wqkv, nqkv, yqkv);
-    lora_ops_forward(be, ls, l, LORA_Q, a->xn1, a->q, a->lora_a[LORA_Q], N, train, key, scratch);
-    lora_ops_forward(be, ls, l, LORA_K, a->xn1, a->k, a->lora_a[LORA_K], N, train, key, scratch);
-    lora_ops_forward(be, ls, l, LORA_V, a->xn1, a->v, a->lora_a[LORA_V], N, train, key, scratch);
+    // q, k, v share xn1 (rounded to the weight format once)
+    const LoraModule mqkv[3] = {LORA_Q, LORA_K, LORA_V};
+    const int nqkv[3] = {qd, kvd, kvd};
+    float *yqkv[3] = {a->q, a->k, a->v}, *aqkv[3] = {a->lora_a[LORA_Q], a->lora_a[LORA_K], a->lora_a[LORA_V]};
+    proj_forward(m, be, ls, l, 3, mqkv, a->xn1, C, nqkv, yqkv, aqkv, N, train, key);
     be->rope_fwd(be, a->q, m->rope_cos, m->rope_sin, B, T, H, D);
     be->rope_fwd(be, a->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
     be->attention_fwd(be, a->att, a->probs, a->q, a->k, a->v, m->d_mask, B, T, H, KVH, D);
     be->copy(be, a->x_mid, a->x_in, (size_t)N * C * sizeof(float));  // residual, then += o_proj
-    be->wgemm(be, 1, N, C, qd, 1.0f, a->att, w->wo, 1.0f, a->x_mid);
-    lora_ops_forward(be, ls, l, LORA_O, a->att, a->x_mid, a->lora_a[LORA_O], N, train, key, scratch);
+    proj_forward_add(m, be, ls, l, LORA_O, a->att, qd, C, a->x_mid, a->lora_a[LORA_O], N, train, key);
     be->rmsnorm_fwd(be, a->xn2, a->rstd2, a->x_mid, w->ln2, N, C, eps);
-    const void *wgu[2] = {w->wg, w->wu};
-    int ngu[2] = {I, I};
-    float *ygu[2] = {a->gate, a->up};
-    be->wgemm_multi(be, 2, N, C, a->xn2, wgu, ngu, ygu);
-    lora_ops_forward(be, ls, l, LORA_GATE, a->xn2, a->gate, a->lora_a[LORA_GATE], N, train, key, scratch);
-    lora_ops_forward(be, ls, l, LORA_UP, a->xn2, a->up, a->lora_a[LORA_UP], N, train, key, scratch);
+    const LoraModule mgu[2] = {LORA_GATE, LORA_UP};
+    const int ngu[2] = {I, I};
+    float *ygu[2] = {a->gate, a->up}, *agu[2] = {a->lora_a[LORA_GATE], a->lora_a[LORA_UP]};
+    proj_forward(m, be, ls, l, 2, mgu, a->xn2, C, ngu, ygu, agu, N, train, key);
     be->swiglu_fwd(be, a->h, a->gate, a->up, (size_t)N * I);
     be->copy(be, out, a->x_mid, (size_t)N * C * sizeof(float));
-    be->wgemm(be, 1, N, C, I, 1.0f, a->h, w->wd, 1.0f, out);
-    lora_ops_forward(be, ls, l, LORA_DOWN, a->h, out, a->lora_a[LORA_DOWN], N, train, key, scratch);
+    proj_forward_add(m, be, ls, l, LORA_DOWN, a->h, I, C, out, a->lora_a[LORA_DOWN], N, train, key);
 }
 
 // Adds the per-token norms of layer l's block output and module inputs to the statistics.
@@ -372,6 +450,7 @@ double llama_forward(Llama *m, Backend *be, const LoraSet *ls, const Batch *b, i
     if (K > 1) be->upload(be, m->d_labels_i, b->labels_i, (size_t)B * sizeof(int32_t));
     else be->upload(be, m->d_labels_f, b->labels_f, (size_t)B * sizeof(float));
 
+    write_borders(m, be, ls);  // lora.fuse: the adapters as they are now, on their projections
     be->wembedding_fwd(be, acts_for(m, 0)->x_in, m->d_ids, m->wte, N, C);
     for (int l = 0; l < L; l++) {
         LlamaActs *a = acts_for(m, l);
@@ -406,7 +485,6 @@ void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t
     be->zero(be, m->dres, (size_t)N * C * sizeof(float));
     be->pool_last_bwd(be, m->dres, m->dpool, m->d_last, B, T, C);
 
-    float *da = m->lora_da, *tmp = m->lora_tmp;  // LoRA backward scratch
     for (int l = L - 1; l >= ls->lowest_layer; l--) {
         LlamaActs *a = acts_for(m, l);
         const LlamaLayer *w = &m->layers[l];
@@ -416,35 +494,24 @@ void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t
         int need_att = !lowest || has_q || has_k || has_v || has_o;  // anything to learn below the MLP?
         int need_qkv = !lowest || has_q || has_k || has_v;
         // MLP: out = x_mid + h Wd^T; dres is d(out)
-        be->wgemm(be, 0, N, I, C, 1.0f, m->dres, w->wd, 0.0f, m->dh);
-        lora_ops_backward(be, ls, l, LORA_DOWN, a->h, m->dres, a->lora_a[LORA_DOWN], m->dh, N, key, da, tmp);
+        proj_backward(m, be, ls, l, LORA_DOWN, a->h, m->dres, a->lora_a[LORA_DOWN], I, C, 0.0f, m->dh, N, key);
         be->swiglu_bwd(be, m->dgate, m->dup, m->dh, a->gate, a->up, (size_t)N * I);
         float *dxn2 = need_att ? m->dxn : NULL;
-        if (need_att) {
-            be->wgemm(be, 0, N, C, I, 1.0f, m->dgate, w->wg, 0.0f, m->dxn);
-            be->wgemm(be, 0, N, C, I, 1.0f, m->dup, w->wu, 1.0f, m->dxn);
-        }
-        lora_ops_backward(be, ls, l, LORA_GATE, a->xn2, m->dgate, a->lora_a[LORA_GATE], dxn2, N, key, da, tmp);
-        lora_ops_backward(be, ls, l, LORA_UP, a->xn2, m->dup, a->lora_a[LORA_UP], dxn2, N, key, da, tmp);
+        proj_backward(m, be, ls, l, LORA_GATE, a->xn2, m->dgate, a->lora_a[LORA_GATE], C, I, 0.0f, dxn2, N, key);
+        proj_backward(m, be, ls, l, LORA_UP, a->xn2, m->dup, a->lora_a[LORA_UP], C, I, 1.0f, dxn2, N, key);
         if (!need_att) break;
         be->rmsnorm_bwd(be, m->dres, m->dxn, a->x_mid, w->ln2, a->rstd2, N, C);  // dres = d(x_mid)
         // attention: x_mid = x_in + att Wo^T
-        be->wgemm(be, 0, N, qd, C, 1.0f, m->dres, w->wo, 0.0f, m->datt);
-        lora_ops_backward(be, ls, l, LORA_O, a->att, m->dres, a->lora_a[LORA_O], need_qkv ? m->datt : NULL, N, key,
-                          da, tmp);
+        proj_backward(m, be, ls, l, LORA_O, a->att, m->dres, a->lora_a[LORA_O], qd, C, 0.0f,
+                      need_qkv ? m->datt : NULL, N, key);
         if (!need_qkv) break;
         be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);
         be->rope_bwd(be, m->dq, m->rope_cos, m->rope_sin, B, T, H, D);
         be->rope_bwd(be, m->dk, m->rope_cos, m->rope_sin, B, T, KVH, D);
-        float *dxn1 = lowest ? NULL : m->dxn;
-        if (!lowest) {
-            be->wgemm(be, 0, N, C, qd, 1.0f, m->dq, w->wq, 0.0f, m->dxn);
-            be->wgemm(be, 0, N, C, kvd, 1.0f, m->dk, w->wk, 1.0f, m->dxn);
-            be->wgemm(be, 0, N, C, kvd, 1.0f, m->dv, w->wv, 1.0f, m->dxn);
-        }
-        lora_ops_backward(be, ls, l, LORA_Q, a->xn1, m->dq, a->lora_a[LORA_Q], dxn1, N, key, da, tmp);
-        lora_ops_backward(be, ls, l, LORA_K, a->xn1, m->dk, a->lora_a[LORA_K], dxn1, N, key, da, tmp);
-        lora_ops_backward(be, ls, l, LORA_V, a->xn1, m->dv, a->lora_a[LORA_V], dxn1, N, key, da, tmp);
+        float *dxn1 = lowest ? NULL : m->dxn;  // the input gradient is needed only above the lowest layer
+        proj_backward(m, be, ls, l, LORA_Q, a->xn1, m->dq, a->lora_a[LORA_Q], C, qd, 0.0f, dxn1, N, key);
+        proj_backward(m, be, ls, l, LORA_K, a->xn1, m->dk, a->lora_a[LORA_K], C, kvd, 1.0f, dxn1, N, key);
+        proj_backward(m, be, ls, l, LORA_V, a->xn1, m->dv, a->lora_a[LORA_V], C, kvd, 1.0f, dxn1, N, key);
         if (!lowest) be->rmsnorm_bwd(be, m->dres, m->dxn, a->x_in, w->ln1, a->rstd1, N, C);  // dres = d(x_in)
     }
 }

@@ -234,6 +234,34 @@ static void w_wgemm_multi(Backend *be, int n, int M, int K, const float *X, cons
     }
     prof_end(p, t0, "wgemm_multi", 2.0 * M * cols * K, bytes, "%sx%d", shape, K);
 }
+// bordered products (lora.fuse): K = the input width, + r when the adapter rides along
+static void w_wgemm_lora(Backend *be, int tw, int M, int out, int in, int r, const float *X, const float *Xa,
+                         const void *Wb, float beta, float *Y) {
+    Profile *p = prof_of(be);
+    double t0 = prof_begin(p);
+    p->inner.wgemm_lora(IN, tw, M, out, in, r, X, Xa, Wb, beta, Y);
+    int n = tw ? out : in, k = (tw ? in : out) + (Xa ? r : 0);
+    prof_end(p, t0, "wgemm_lora", 2.0 * M * n * k, wgemm_bytes(p, M, n, k, beta), "%c %dx%dx%d%s", TR(tw), M, n,
+             tw ? in : out, Xa ? "+r" : "");
+}
+static void w_wgemm_lora_multi(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
+                               const void *const *Wb, const int *out, float *const *Y) {
+    Profile *p = prof_of(be);
+    double t0 = prof_begin(p), flops = 0.0, bytes = 0.0;
+    p->inner.wgemm_lora_multi(IN, n, M, in, r, X, Xa, Wb, out, Y);
+    char shape[48];
+    int len = snprintf(shape, sizeof shape, "%dx", M);
+    for (int i = 0; i < n; i++) {
+        int k = in + (Xa[i] ? r : 0);
+        flops += 2.0 * M * out[i] * k;
+        bytes += wgemm_bytes(p, M, out[i], k, 0.0f) - (i ? cast_bytes(p, M, in) : 0.0);
+        if (len < (int)sizeof shape)
+            len += snprintf(shape + len, sizeof shape - (size_t)len, "%s%d%s", i ? "+" : "", out[i], Xa[i] ? "r" : "");
+    }
+    prof_end(p, t0, "wgemm_lora_multi", flops, bytes, "%sx%d", shape, in);
+}
+WRAP(weight_set_lora, (Backend *be, void *Wb, int out, int in, int r, const float *A, const float *B, float s),
+     (IN, Wb, out, in, r, A, B, s), 0, (4.0 + p->inner.weight_bytes) * r * ((double)out + in), "%dx%d r%d", out, in, r)
 WRAP(wembedding_fwd, (Backend *be, float *out, const int32_t *ids, const void *table, int N, int C),
      (IN, out, ids, table, N, C), 0, (double)N *C *(4.0 + p->inner.weight_bytes), "%dx%d", N, C)
 
@@ -252,6 +280,7 @@ void profile_start(Profile *p, Backend *be) {
     SET(layernorm_fwd); SET(layernorm_bwd); SET(bias_add); SET(bias_grad); SET(gelu_fwd); SET(gelu_bwd);
     SET(tanh_fwd); SET(tanh_bwd); SET(mask_rows); SET(attention_enc_fwd); SET(attention_enc_bwd); SET(adamw);
     SET(set_weight_dtype); SET(weight_alloc); SET(weight_upload); SET(weight_randn); SET(wgemm); SET(wgemm_multi);
+    SET(wgemm_lora); SET(wgemm_lora_multi); SET(weight_set_lora);
     SET(wembedding_fwd);
 #undef SET
     p->t_reset = time_now();

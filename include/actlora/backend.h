@@ -184,6 +184,30 @@ struct Backend {
     // bit for bit, but X is rounded to the weight format once (q/k/v share x, gate/up share x).
     void (*wgemm_multi)(Backend *be, int n, int M, int K, const float *X, const void *const *W, const int *N,
                         float *const *Y);
+
+    // ---- LoRA on the frozen GEMM (lora.fuse; docs/gpu.md "Fused LoRA") ----
+    // A BORDERED weight is a Linear's W [out, in] with one adapter's factors around it, in the weight
+    // format, as a row-major [out + r, in + r] matrix (row stride in + r):
+    //     rows [0, out):        W | s B      (B [out, r]; s the LoRA scaling)
+    //     rows [out, out + r):  A | unused   (A [r, in])
+    // so that one product carries the adapter: the forward y = x W^T + s (x' A^T) B^T = [x | a] [W | sB]^T
+    // with a = x' A^T (x' the LoRA input after dropout), and the input gradient dx = dy W + da A =
+    // [dy | da] [W ; A] with da = s dy B. Allocate it with weight_alloc((out + r) * (in + r)) and fill it
+    // with weight_upload / weight_randn over the whole [out + r, in + r] matrix; weight_set_lora writes
+    // the border. Y = [X | Xa] op(Wb) + beta Y (beta 0 overwrites; X, Xa rounded to the weight format
+    // as in wgemm, fp32 accumulation; deterministic):
+    //   trans_w = 1 (forward):      X [M, in],  Xa [M, r]:  Y [M, out] = X W^T + Xa (s B)^T
+    //   trans_w = 0 (input grad):   X [M, out], Xa [M, r]:  Y [M, in]  = X W + Xa A
+    //   Xa == NULL: the product with W alone (a module without an adapter: the border is not read).
+    void (*wgemm_lora)(Backend *be, int trans_w, int M, int out, int in, int r, const float *X, const float *Xa,
+                       const void *Wb, float beta, float *Y);
+    // The forwards of n bordered Linears sharing X (q/k/v, gate/up), X rounded once: the same as the
+    // n calls wgemm_lora(be, 1, M, out_i, in, r, X, Xa_i, Wb_i, 0, Y_i); an Xa_i may be NULL.
+    void (*wgemm_lora_multi)(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
+                             const void *const *Wb, const int *out, float *const *Y);
+    // The border of a bordered weight from an adapter: s B and A (fp32 backend memory, the LoraSet's
+    // B [out, r] and A [r, in]) converted to the weight format. W itself is left as it is.
+    void (*weight_set_lora)(Backend *be, void *Wb, int out, int in, int r, const float *A, const float *B, float s);
     // out[n, :] = table[ids[n], :] as fp32 (the embedding_fwd op on a table in the weight format,
     // [V, C]); a negative id dies as in embedding_fwd.
     void (*wembedding_fwd)(Backend *be, float *out, const int32_t *ids, const void *table, int N, int C);

@@ -43,6 +43,9 @@ typedef struct {
     float *norm;           // [C]
     float *rope_cos, *rope_sin;  // [max_T, D/2]
     int rope_T;
+    // lora.fuse: > 0 = the seven projections are BORDERED weights [out + fuse_r, in + fuse_r] (backend.h,
+    // "LoRA on the frozen GEMM"): adapters of rank fuse_r ride on the frozen GEMMs; 0 = plain weights
+    int fuse_r;
     // activation memory for batches up to [cap_B, cap_T]
     int cap_B, cap_T, saved_from;  // layers >= saved_from keep their activations
     LlamaActs *acts;               // [L - saved_from] saved sets, then 1 scratch set if saved_from > 0
@@ -62,6 +65,12 @@ void llama_lora_shapes(const ModelConfig *mc, LoraShapes *s);
 // Loads (or, with random_init, draws from `seed`) the frozen base weights of an HF directory.
 void llama_load(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
                 uint64_t seed);
+// The same with fuse_r > 0: the projections are loaded as bordered weights for adapters of rank fuse_r
+// (lora.fuse); forward and backward then run each adapter on its frozen GEMM (llama_forward writes the
+// borders from the LoraSet it is given, whose rank must be fuse_r). With random_init the drawn values
+// differ from the plain layout's (the draw covers the bordered matrix).
+void llama_load_fused(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
+                      uint64_t seed, int fuse_r);
 // Fills the head in ls: `score.weight` from the directory when present with shape
 // [num_labels, hidden], else N(0, 0.02) drawn from `seed` (as transformers initialises a new head).
 // Returns 1 if loaded, 0 if initialised.

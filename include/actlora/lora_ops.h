@@ -31,4 +31,17 @@ void lora_ops_forward(Backend *be, const LoraSet *ls, int layer, LoraModule modu
 void lora_ops_backward(Backend *be, LoraSet *ls, int layer, LoraModule module, const float *X, const float *dY,
                        const float *a_saved, float *dX, int N, uint64_t key, float *da, float *tmp);
 
+// The parts, for a model that puts the up-projection and the input-gradient term on the frozen GEMM
+// (lora.fuse, backend.h "LoRA on the frozen GEMM"); each returns NULL when (layer, module) has no adapter.
+// lora_ops_forward = lora_ops_down + (Y += s a B^T); lora_ops_backward = lora_ops_grads + lora_ops_dx.
+//   lora_ops_down:  a_out = dropout(X) A^T; returns a_out
+//   lora_ops_grads: dB += s dY^T a; da = s dY B; dA += da^T dropout(X); returns da
+//   lora_ops_dx:    dX += dropout'(da A) (the forward's mask; tmp [N, in] used only with dropout)
+const float *lora_ops_down(Backend *be, const LoraSet *ls, int layer, LoraModule module, const float *X,
+                           float *a_out, int N, int train, uint64_t key, float *scratch);
+const float *lora_ops_grads(Backend *be, LoraSet *ls, int layer, LoraModule module, const float *X, const float *dY,
+                            const float *a_saved, int N, uint64_t key, float *da, float *tmp);
+void lora_ops_dx(Backend *be, const LoraSet *ls, int layer, LoraModule module, const float *da, float *dX, int N,
+                 uint64_t key, float *tmp);
+
 #endif

@@ -254,6 +254,7 @@ extern "C" void backend_cuda_init(Backend *be, int device) {
     cuda_install_attention(be);    // attention_fwd, attention_bwd
     cuda_install_encoder(be);      // embedding_add, layernorm, bias, gelu, tanh, mask_rows, attention_enc
     cuda_install_weights(be);      // weight formats (bf16 by default), weight_*, wgemm, wembedding_fwd
+    cuda_install_lora_gemm(be);    // wgemm_lora, wgemm_lora_multi, weight_set_lora (lora.fuse)
 
     // every op filled: a missing one would be a NULL call much later
 #define NEED(op) check(be->op != NULL, "internal: the CUDA backend leaves op '%s' unset", #op)
@@ -265,6 +266,6 @@ extern "C" void backend_cuda_init(Backend *be, int device) {
     NEED(embedding_add); NEED(layernorm_fwd); NEED(layernorm_bwd); NEED(bias_add); NEED(bias_grad); NEED(gelu_fwd);
     NEED(gelu_bwd); NEED(tanh_fwd); NEED(tanh_bwd); NEED(mask_rows); NEED(attention_enc_fwd); NEED(attention_enc_bwd);
     NEED(set_weight_dtype); NEED(weight_alloc); NEED(weight_upload); NEED(weight_randn); NEED(wgemm); NEED(wgemm_multi);
-    NEED(wembedding_fwd);
+    NEED(wembedding_fwd); NEED(wgemm_lora); NEED(wgemm_lora_multi); NEED(weight_set_lora);
 #undef NEED
 }

@@ -6,6 +6,7 @@
 
 // System and CUDA headers first: common.h defines a function-like macro `check`.
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -72,8 +73,8 @@ typedef struct {
     size_t partials_n;
     double *host_partials;      // host copy of the partials (summed there in index order)
     size_t host_partials_n;
-    void *wbuf;                 // grow-only bf16 buffer of wgemm's activation operand (weights.cu)
-    size_t wbuf_n;              // bf16 elements
+    void *wbuf;                 // grow-only buffer of wgemm's activation operand (weights.cu)
+    size_t wbuf_bytes;
     int *d_err;                 // device error flag [CUDA_ERR_WORDS]
     const char *err_op;         // name of the last op that may set the flag (for the message)
 } CudaCtx;
@@ -103,6 +104,12 @@ void cuda_install_elementwise(Backend *be);
 void cuda_install_attention(Backend *be);
 void cuda_install_encoder(Backend *be);  // encoder.cu: the encoder ops (BERT / DeBERTa)
 void cuda_install_weights(Backend *be);  // weights.cu: weight formats (bf16 default), wgemm, wembedding_fwd
+void cuda_install_lora_gemm(Backend *be);  // lora_gemm.cu: wgemm_lora, wgemm_lora_multi, weight_set_lora
+
+// weights.cu: the grow-only buffer of wgemm's activation operand (contents undefined), and the cast
+// of n fp32 values to bf16 on the backend's stream
+void *cuda_operand_buffer(Backend *be, size_t bytes);
+void cuda_cast_bf16(CudaCtx *cx, __nv_bfloat16 *dst, const float *src, size_t n);
 
 // ---------------------------------------------------------------------------- device helpers
 
