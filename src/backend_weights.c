@@ -15,6 +15,7 @@
 
 #include "actlora/backend.h"
 #include "actlora/common.h"
+#include "actlora/rng.h"
 
 float *cpu_scratch(Backend *be, size_t n, const char *what);  // backend_cpu.c
 
@@ -166,6 +167,20 @@ static void cpu_weight_set_lora(Backend *be, void *Wb, int out, int in, int r, c
         }
 }
 
+// The plain draw (cpu_weight_randn: the randn op's values, rounded in bf16) into a strided block.
+static void cpu_weight_randn_2d(Backend *be, void *w, int rows, int cols, int ld, float mean, float std,
+                                uint64_t key) {
+    check(rows >= 0 && cols >= 0 && ld >= cols, "weight_randn_2d: bad shape %d x %d, stride %d", rows, cols, ld);
+    int bf = be->weight_dtype == BACKEND_WEIGHT_BF16;
+    float *x = (float *)w;
+    #pragma omp parallel for num_threads(be->threads) if ((size_t)rows * cols >= 32768) schedule(static)
+    for (int i = 0; i < rows; i++)
+        for (int c = 0; c < cols; c++) {
+            float v = mean + std * rng_normal(key, (uint64_t)i * (uint64_t)cols + (uint64_t)c);
+            x[(size_t)i * ld + c] = bf ? round_bf16(v) : v;
+        }
+}
+
 static void cpu_wembedding_fwd(Backend *be, float *out, const int32_t *ids, const void *table, int N, int C) {
     be->embedding_fwd(be, out, ids, (const float *)table, N, C);
 }
@@ -182,6 +197,7 @@ void backend_cpu_weights_init(Backend *be) {
     be->wgemm_lora = cpu_wgemm_lora;
     be->wgemm_lora_multi = cpu_wgemm_lora_multi;
     be->weight_set_lora = cpu_weight_set_lora;
+    be->weight_randn_2d = cpu_weight_randn_2d;
     be->wembedding_fwd = cpu_wembedding_fwd;
 }
 

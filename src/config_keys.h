@@ -75,6 +75,8 @@ static const ConfigKey KEYS[] = {
     KEY_INT("lora.r", lora.r, 1, 1024, 8, "LoRA rank"),
     KEY_DBL("lora.alpha", lora.alpha, 0, 1, 1e6, 0, 16, "LoRA scale numerator: alpha/r (alpha/sqrt(r) with rslora)"),
     KEY_DBL("lora.dropout", lora.dropout, 0, 0, 1, 1, 0.0, "dropout on the LoRA input during training"),
+    KEY_BOOL("lora.fuse", lora.fuse, 0, "Llama: each adapter rides on its frozen GEMM (bordered weights; "
+             "docs/gpu.md \"Fused LoRA\")"),
     KEY_BOOL("lora.rslora", lora.rslora, 0, "rank-stabilised scale alpha/sqrt(r) instead of alpha/r"),
     {.name = "lora.target_modules", .type = KT_TARGETS, FIELD(lora.targets, char(*)[32]),
      .allowed = TARGET_VALUES, .def_str = "q_proj,v_proj",

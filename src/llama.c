@@ -62,8 +62,10 @@ static void *load_weight(Backend *be, const HFWeights *w, const char *name, int6
     int64_t shape[2] = {d0, d1};
     size_t rows = (size_t)d0 + (size_t)border, cols = (size_t)d1 + (size_t)border, n = rows * cols;
     void *dev = be->weight_alloc(be, n, name);
-    if (random_init) {
-        be->weight_randn(be, dev, n, 0.0f, 0.02f, rng_key(seed, fnv1a64(FNV64_INIT, name, strlen(name))));
+    if (random_init) {  // bordered: the same draw in the W block (the border stays zero)
+        uint64_t key = rng_key(seed, fnv1a64(FNV64_INIT, name, strlen(name)));
+        if (border > 0) be->weight_randn_2d(be, dev, (int)d0, (int)d1, (int)cols, 0.0f, 0.02f, key);
+        else be->weight_randn(be, dev, n, 0.0f, 0.02f, key);
         return dev;
     }
     float *host = xmalloc(n * sizeof(float), name);

@@ -135,7 +135,8 @@ int main(int argc, char **argv) {
     int random_init = strcmp(cfg.model.init, "random") == 0;
     uint64_t seed = (uint64_t)cfg.train.seed;
     Model model;
-    model_load(&model, &be, cfg.model.path, &mc, cfg.model.num_labels, random_init, seed);
+    model_load(&model, &be, cfg.model.path, &mc, cfg.model.num_labels, random_init, seed,
+               cfg.lora.fuse ? cfg.lora.r : 0);
 
     // ---- data: this rank's view of the GLUE file (or the synthetic task)
     Source src;
@@ -222,7 +223,7 @@ int main(int argc, char **argv) {
     if (use_cuda && mc.arch == ARCH_LLAMA) {  // the device-memory plan (Llama) and an early refusal if it cannot fit
         MemPlan plan;
         memplan_llama(&plan, &mc, cfg.model.num_labels, ls.lowest_layer, sel.n_selected, modules, cfg.lora.n_targets,
-                      cfg.lora.r, cfg.train.micro_batch, src.max_T, (int)be.weight_bytes);
+                      cfg.lora.r, cfg.train.micro_batch, src.max_T, (int)be.weight_bytes, cfg.lora.fuse);
         size_t free_b = 0, total_b = 0;
         backend_cuda_device_memory(device, &free_b, &total_b);
         char report[4096];

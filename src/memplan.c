@@ -31,7 +31,8 @@ static size_t adapter_params(const ModelConfig *mc, int m, int r) {
 }
 
 void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest_layer, int n_adapted_layers,
-                   const int *modules, int n_modules, int r, int micro_batch, int seq_len, int weight_bytes) {
+                   const int *modules, int n_modules, int r, int micro_batch, int seq_len, int weight_bytes,
+                   int fused) {
     memset(p, 0, sizeof *p);
     int L = mc->num_hidden_layers;
     check(weight_bytes == 2 || weight_bytes == 4, "memplan: weight_bytes %d (2 = bf16, 4 = fp32)", weight_bytes);
@@ -55,6 +56,7 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     p->micro_batch = micro_batch;
     p->seq_len = seq_len;
     p->weight_bytes = weight_bytes;
+    p->fused = fused != 0;
 
     size_t B = (size_t)micro_batch, T = (size_t)seq_len, N = B * T, C = (size_t)mc->hidden_size,
            I = (size_t)mc->intermediate_size, H = (size_t)mc->num_attention_heads, V = (size_t)mc->vocab_size,
@@ -64,6 +66,8 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     // ---- frozen weights (llama_load): embedding + 7 projections per layer in the backend's weight
     //      format (weight_bytes), the final norm + 2 norms per layer in fp32 (rmsnorm reads them)
     size_t per_layer = qd * C + 2 * kvd * C + C * qd + 3 * C * I;
+    if (p->fused)  // bordered [out + r, in + r] (lora.fuse)
+        per_layer = (qd + R) * (C + R) + 2 * (kvd + R) * (C + R) + (C + R) * (qd + R) + 3 * (C + R) * (I + R);
     p->weights = (V * C + (size_t)L * per_layer) * (size_t)weight_bytes + (C + (size_t)L * 2 * C) * F32;
     p->rope = 2 * (size_t)mc->max_position_embeddings * (size_t)(mc->head_dim / 2) * F32;
 
@@ -131,11 +135,11 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     p->scratch = (attn_bwd ? B * H * T * T * F32 : 0) + partials * sizeof(double);
     // bf16 weights: wgemm's bf16 copy of its activation operand (src/cuda/weights.cu), at most
     // N x max(C, I, H*D) (the backward's dgate / dup, N x I, when layers are trained; h in the forward)
-    if (weight_bytes == 2) {
-        size_t widest = I > C ? I : C;
-        if (qd > widest) widest = qd;
-        p->scratch += N * widest * 2;
-    }
+    // (fused: the operand [X | Xa], N x (width + r), in the weight format: bf16, or fp32)
+    size_t widest = I > C ? I : C;
+    if (qd > widest) widest = qd;
+    if (p->fused) p->scratch += N * (widest + R) * (size_t)weight_bytes;
+    else if (weight_bytes == 2) p->scratch += N * widest * 2;
     p->workspace = BACKEND_CUDA_CUBLAS_WORKSPACE;
 
     p->total = p->weights + p->rope + p->trainable + p->acts + p->batch + p->scratch + p->workspace;
@@ -154,7 +158,7 @@ int memplan_max_micro_batch(const MemPlan *p, size_t device_bytes) {
     const int cap = 65536;
     for (;;) {  // double until it stops fitting
         memplan_llama(&q, &p->mc, p->num_labels, p->lowest_layer, p->n_adapted_layers, p->modules, p->n_modules,
-                      p->r, hi, p->seq_len, p->weight_bytes);
+                      p->r, hi, p->seq_len, p->weight_bytes, p->fused);
         if (!fits(&q, device_bytes)) break;
         lo = hi;
         if (hi == cap) return cap;
@@ -163,7 +167,7 @@ int memplan_max_micro_batch(const MemPlan *p, size_t device_bytes) {
     while (hi - lo > 1) {  // fits(lo), !fits(hi)
         int mid = lo + (hi - lo) / 2;
         memplan_llama(&q, &p->mc, p->num_labels, p->lowest_layer, p->n_adapted_layers, p->modules, p->n_modules,
-                      p->r, mid, p->seq_len, p->weight_bytes);
+                      p->r, mid, p->seq_len, p->weight_bytes, p->fused);
         if (fits(&q, device_bytes)) lo = mid;
         else hi = mid;
     }
@@ -191,9 +195,10 @@ int memplan_fit(const MemPlan *p, size_t device_bytes, char *report, size_t n) {
         snprintf(mods + strlen(mods), sizeof mods - strlen(mods), "%s%s", i ? "," : "",
                  lora_module_name(&LORA_NAMING_LLAMA, (LoraModule)p->modules[i]));
     OUT("memory plan: Llama %d layers, hidden %d, inter %d, heads %d/%d, vocab %d | micro-batch %d x %d tokens | "
-        "weights %s | LoRA r=%d on %d layer(s) from layer %d [%s]\n",
+        "weights %s%s | LoRA r=%d on %d layer(s) from layer %d [%s]\n",
         mc->num_hidden_layers, mc->hidden_size, mc->intermediate_size, mc->num_attention_heads,
         mc->num_key_value_heads, mc->vocab_size, p->micro_batch, p->seq_len, p->weight_bytes == 2 ? "bf16" : "fp32",
+        p->fused ? ", bordered (lora.fuse)" : "",
         p->r, p->n_adapted_layers, p->lowest_layer, mods);
     ROW("frozen weights", p->weights);
     ROW("RoPE tables (fp32)", p->rope);

@@ -262,6 +262,9 @@ static void w_wgemm_lora_multi(Backend *be, int n, int M, int in, int r, const f
 }
 WRAP(weight_set_lora, (Backend *be, void *Wb, int out, int in, int r, const float *A, const float *B, float s),
      (IN, Wb, out, in, r, A, B, s), 0, (4.0 + p->inner.weight_bytes) * r * ((double)out + in), "%dx%d r%d", out, in, r)
+WRAP(weight_randn_2d,
+     (Backend *be, void *w, int rows, int cols, int ld, float mean, float std, uint64_t key),
+     (IN, w, rows, cols, ld, mean, std, key), 0, 0, "%s", "")
 WRAP(wembedding_fwd, (Backend *be, float *out, const int32_t *ids, const void *table, int N, int C),
      (IN, out, ids, table, N, C), 0, (double)N *C *(4.0 + p->inner.weight_bytes), "%dx%d", N, C)
 
@@ -280,7 +283,7 @@ void profile_start(Profile *p, Backend *be) {
     SET(layernorm_fwd); SET(layernorm_bwd); SET(bias_add); SET(bias_grad); SET(gelu_fwd); SET(gelu_bwd);
     SET(tanh_fwd); SET(tanh_bwd); SET(mask_rows); SET(attention_enc_fwd); SET(attention_enc_bwd); SET(adamw);
     SET(set_weight_dtype); SET(weight_alloc); SET(weight_upload); SET(weight_randn); SET(wgemm); SET(wgemm_multi);
-    SET(wgemm_lora); SET(wgemm_lora_multi); SET(weight_set_lora);
+    SET(wgemm_lora); SET(wgemm_lora_multi); SET(weight_set_lora); SET(weight_randn_2d);
     SET(wembedding_fwd);
 #undef SET
     p->t_reset = time_now();

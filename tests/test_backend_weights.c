@@ -3,7 +3,7 @@
 //   1. backend_set_dtype: "auto" -> fp32 on the CPU (weight_bytes 4), "bf16", "fp32"; an unknown name
 //      ("fp16") returns -1 with a message and leaves the format alone; backend_weight_dtype_name agrees.
 //   2. weight_upload in bf16 format stores exactly the round-to-nearest-even bf16 value of every input,
-//      against a reference in double arithmetic with no bit tricks (bf16_ref below): 10000 random values
+//      against a reference in double arithmetic with no bit tricks (bf16_ref, test_fixture.h): 10000 random values
 //      in [-3, 3], exact ties at several exponents and both signs, signed zeros, large magnitudes
 //      (1e30, -3e38, FLT_MAX -> inf), NaN stays NaN. In fp32 format weight_upload is the identity.
 //   3. wgemm (trans_w 0 and 1, (alpha, beta) in {(1,0), (0.7,-0.3)}, 13x7x19 and 67x45x129) in bf16
@@ -20,20 +20,6 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-
-// Nearest bf16 (8 significant bits) to x, ties to the even significand, in double arithmetic.
-// Finite normal x; a result past the largest float becomes inf when converted back.
-static float bf16_ref(float xf) {
-    double x = xf;
-    if (x == 0.0 || isnan(x)) return xf;
-    int e;
-    frexp(fabs(x), &e);                // |x| = m 2^e, m in [0.5, 1): floor(log2|x|) = e - 1
-    double ulp = ldexp(1.0, e - 1 - 7);
-    double lo = floor(x / ulp) * ulp, hi = lo + ulp;  // exact: scaling by a power of two
-    double dl = x - lo, dh = hi - x;
-    double r = dl < dh ? lo : dh < dl ? hi : (fmod(lo / ulp, 2.0) == 0.0 ? lo : hi);
-    return (float)r;
-}
 
 static int same_bits(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
 

@@ -9,7 +9,8 @@
 //     open_backend(), to_host();
 //   - finite differences of the model loss with respect to one float parameter: fd_param();
 //   - op tests against naive double references: Rand / rnd() / fill(), falloc() / dalloc() / to_d() /
-//     fill_nan(), check_close_ref(), check_exact(), fd_grad_strided() (FD_EPS), expect_death().
+//     fill_nan(), bf16_ref() (nearest bf16 in double arithmetic), check_close_ref(), check_exact(),
+//     fd_grad_strided() (FD_EPS), expect_death().
 // Every check keeps the tolerance its caller passes or states; none of these helpers picks one.
 #ifndef ACTLORA_TEST_FIXTURE_H
 #define ACTLORA_TEST_FIXTURE_H
@@ -326,6 +327,20 @@ static inline double *to_d(const float *x, size_t n) {
 
 static inline void fill_nan(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = NAN;
+}
+
+// Nearest bf16 (8 significant bits) to x, ties to the even significand, in double arithmetic.
+// Finite normal x; a result past the largest float becomes inf when converted back.
+static inline float bf16_ref(float xf) {
+    double x = xf;
+    if (x == 0.0 || isnan(x)) return xf;
+    int e;
+    frexp(fabs(x), &e);                // |x| = m 2^e, m in [0.5, 1): floor(log2|x|) = e - 1
+    double ulp = ldexp(1.0, e - 1 - 7);
+    double lo = floor(x / ulp) * ulp, hi = lo + ulp;  // exact: scaling by a power of two
+    double dl = x - lo, dh = hi - x;
+    double r = dl < dh ? lo : dh < dl ? hi : (fmod(lo / ulp, 2.0) == 0.0 ? lo : hi);
+    return (float)r;
 }
 
 // One check: max_i |got_i - ref_i| / (|ref_i| + floor_frac * max_j |ref_j|) <= rtol (a NaN is the worst);

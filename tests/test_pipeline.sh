@@ -4,7 +4,8 @@
 #   train with gradient all-reduce -> evaluate with the GLUE metric.
 # Checks: np=1 and np=2 with the same global batch select the same layers and follow the same loss
 # trajectory (fp32 tolerance); --calibrate-only writes calibration.h5 and stops; the JSONL log has
-# train/eval/summary records; a wrong task or a file tokenized for another vocabulary is refused.
+# train/eval/summary records; lora.fuse (adapters on the frozen GEMMs) follows the plain run's losses;
+# a wrong task or a file tokenized for another vocabulary is refused.
 # Usage (ctest): test_pipeline.sh SOURCE_ROOT BUILD_DIR ACTLORA_BINARY
 set -uo pipefail
 root="$1" build="$2" bin="$3"
@@ -62,6 +63,21 @@ print(f"np=1 vs np=2: same selection {c2['selected']}, loss trajectories within 
       f"dev accuracy {e1[-1]['main']:.4f} / {e2[-1]['main']:.4f}")
 PY
 grep -q "identical on all ranks" "$work/np2.out" && ok || bad "no statistics-agreement line in the np=2 output"
+
+# lora.fuse: the same np=2 run with every adapter on its frozen GEMM (bordered weights) follows the same
+# fp32 loss trajectory (only summation orders differ) and the plan says the weights are bordered
+run_mpi 2 "${common[@]}" --set train.micro_batch=8 --set train.grad_accum=1 --set calibration.batches=4 \
+  --set lora.fuse=true --set run.dir="$work/fused" > "$work/fused.out" 2>&1 || { cat "$work/fused.out"; bad "lora.fuse run failed"; }
+python3 - "$work" <<'PY' && ok || bad "lora.fuse run vs the plain run"
+import json, sys
+work = sys.argv[1]
+def train(run): return [json.loads(l)["loss"] for l in open(f"{work}/{run}/log.jsonl") if '"type":"train"' in l]
+lp, lf = train("np2"), train("fused")
+assert len(lp) == len(lf) == 12, (len(lp), len(lf))
+worst = max(abs(a - b) / abs(b) for a, b in zip(lf, lp))
+assert worst < 2e-5, f"fused and plain loss trajectories differ by {worst:.2e}"
+print(f"lora.fuse vs plain (np=2, fp32): loss trajectories within {worst:.1e}")
+PY
 grep -q "^summary | dev: accuracy" "$work/np2.out" && ok || bad "no dev accuracy in the summary"
 
 # --calibrate-only: calibration.h5 with the documented datasets, and no training

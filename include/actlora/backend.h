@@ -205,6 +205,9 @@ struct Backend {
     // n calls wgemm_lora(be, 1, M, out_i, in, r, X, Xa_i, Wb_i, 0, Y_i); an Xa_i may be NULL.
     void (*wgemm_lora_multi)(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
                              const void *const *Wb, const int *out, float *const *Y);
+    // w[i * ld + c] = the value weight_randn(w, rows * cols, mean, std, key) gives element i * cols + c, for
+    // i < rows, c < cols (other elements untouched): the plain draw of W into the block of a bordered weight.
+    void (*weight_randn_2d)(Backend *be, void *w, int rows, int cols, int ld, float mean, float std, uint64_t key);
     // The border of a bordered weight from an adapter: s B and A (fp32 backend memory, the LoraSet's
     // B [out, r] and A [r, in]) converted to the weight format. W itself is left as it is.
     void (*weight_set_lora)(Backend *be, void *Wb, int out, int in, int r, const float *A, const float *B, float s);

@@ -26,6 +26,7 @@ typedef struct {
         int r;
         double alpha;
         double dropout;
+        int fuse;                                    // Llama: adapters on the frozen GEMMs (bordered weights)
         int rslora;                                  // scaling alpha/sqrt(r) instead of alpha/r
         int n_targets;
         char targets[CONFIG_MAX_TARGETS][32];        // HF module names, e.g. "q_proj"

@@ -67,8 +67,8 @@ void llama_load(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, i
                 uint64_t seed);
 // The same with fuse_r > 0: the projections are loaded as bordered weights for adapters of rank fuse_r
 // (lora.fuse); forward and backward then run each adapter on its frozen GEMM (llama_forward writes the
-// borders from the LoraSet it is given, whose rank must be fuse_r). With random_init the drawn values
-// differ from the plain layout's (the draw covers the bordered matrix).
+// borders from the LoraSet it is given, whose rank must be fuse_r). With random_init, W holds the same
+// values as in the plain layout.
 void llama_load_fused(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
                       uint64_t seed, int fuse_r);
 // Fills the head in ls: `score.weight` from the directory when present with shape

@@ -32,6 +32,7 @@ typedef struct {
     int modules[LORA_NUM_MODULES], n_modules;  // LoRA target modules on every adapted layer
     int r, micro_batch, seq_len;
     int weight_bytes;        // bytes per frozen weight element: 2 (bf16) or 4 (fp32)
+    int fused;               // lora.fuse: bordered projections [out + r, in + r] (llama.h)
     // ---- derived counts
     int saved_from;          // layers >= saved_from keep their activations (llama.h)
     int act_sets;            // activation sets: L - saved_from saved, + 1 scratch set if saved_from > 0
@@ -55,7 +56,8 @@ typedef struct {
 // Fills the plan. modules are LoraModule ids (lora.h); n_adapted_layers = 0 plans a head-only run
 // (lowest_layer is then taken as L). Dies on inconsistent arguments (an internal error).
 void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest_layer, int n_adapted_layers,
-                   const int *modules, int n_modules, int r, int micro_batch, int seq_len, int weight_bytes);
+                   const int *modules, int n_modules, int r, int micro_batch, int seq_len, int weight_bytes,
+                   int fused);
 // Margin memplan_fit keeps on a device of device_bytes.
 size_t memplan_margin(size_t device_bytes);
 // Writes a table of the plan against device_bytes into report (NUL-terminated, truncated to n)

@@ -267,5 +267,6 @@ extern "C" void backend_cuda_init(Backend *be, int device) {
     NEED(gelu_bwd); NEED(tanh_fwd); NEED(tanh_bwd); NEED(mask_rows); NEED(attention_enc_fwd); NEED(attention_enc_bwd);
     NEED(set_weight_dtype); NEED(weight_alloc); NEED(weight_upload); NEED(weight_randn); NEED(wgemm); NEED(wgemm_multi);
     NEED(wembedding_fwd); NEED(wgemm_lora); NEED(wgemm_lora_multi); NEED(weight_set_lora);
+    NEED(weight_randn_2d);
 #undef NEED
 }

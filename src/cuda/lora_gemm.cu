@@ -16,6 +16,7 @@
 // off: deterministic run to run.
 #include <cuda_bf16.h>
 
+#include "actlora/rng.h"
 #include "cuda_internal.cuh"
 
 #define GRID_STRIDE(i, n) \
@@ -62,6 +63,21 @@ static __global__ void k_set_lora(T *w, int out, int in, int r, const float *__r
             size_t t = i - nb, j = t / in, c = t % in;
             w[((size_t)out + j) * ld + c] = to_fmt<T>(A[t]);
         }
+    }
+}
+
+// w[i * ld + c] = the plain draw of element i * cols + c: k_randn's value (fp32), k_randn_bf16's (bf16)
+static __global__ void k_randn_2d_f32(float *w, int rows, int cols, int ld, float mean, float std, uint64_t key) {
+    GRID_STRIDE(t, (size_t)rows * cols) {
+        size_t i = t / (size_t)cols, c = t % (size_t)cols;
+        w[i * ld + c] = mean + std * rng_normal(key, (uint64_t)t);
+    }
+}
+static __global__ void k_randn_2d_bf16(__nv_bfloat16 *w, int rows, int cols, int ld, float mean, float std,
+                                       uint64_t key) {
+    GRID_STRIDE(t, (size_t)rows * cols) {
+        size_t i = t / (size_t)cols, c = t % (size_t)cols;
+        w[i * ld + c] = __float2bfloat16_rn(__fadd_rn(mean, __fmul_rn(std, rng_normal(key, (uint64_t)t))));
     }
 }
 
@@ -141,8 +157,22 @@ static void cu_weight_set_lora(Backend *be, void *Wb, int out, int in, int r, co
     launch_check("weight_set_lora");
 }
 
+static void cu_weight_randn_2d(Backend *be, void *w, int rows, int cols, int ld, float mean, float std,
+                               uint64_t key) {
+    check(rows >= 0 && cols >= 0 && ld >= cols, "weight_randn_2d: bad shape %d x %d, stride %d", rows, cols, ld);
+    size_t n = (size_t)rows * (size_t)cols;
+    if (!n) return;
+    cudaStream_t st = cuda_ctx(be)->stream;
+    if (is_bf16(be))
+        k_randn_2d_bf16<<<cuda_blocks(n), CUDA_THREADS, 0, st>>>((__nv_bfloat16 *)w, rows, cols, ld, mean, std, key);
+    else
+        k_randn_2d_f32<<<cuda_blocks(n), CUDA_THREADS, 0, st>>>((float *)w, rows, cols, ld, mean, std, key);
+    launch_check("weight_randn_2d");
+}
+
 void cuda_install_lora_gemm(Backend *be) {
     be->wgemm_lora = cu_wgemm_lora;
     be->wgemm_lora_multi = cu_wgemm_lora_multi;
     be->weight_set_lora = cu_weight_set_lora;
+    be->weight_randn_2d = cu_weight_randn_2d;
 }
