@@ -10,7 +10,8 @@
 # Sections: 1 environment (what is present, what is missing and how to bring it; sets up .deps/ when
 # it exists) | 2 build (-DACTLORA_CUDA=ON, sm_90, only the targets below) | 3 test_backend_cuda (op-by-op
 # and tiny-model parity with the CPU backend, fp32 and bf16 weights, determinism, NCCL) and
-# test_backend_cuda_enc (the encoder ops) | 3b whole encoders on the GPU against HF: test_encoder_parity
+# test_backend_cuda_enc (the encoder ops) and test_backend_cuda_fuse (lora.fuse: bordered weights and
+# the fused tiny model against the CPU) | 3b whole encoders on the GPU against HF: test_encoder_parity
 # (tiny BERT / DeBERTa / DeBERTa-rel: forward, every gradient, 10 AdamW steps) and test_encoder_minilm (the
 # real all-MiniLM-L6-v2, carried in .deps/minilm) with ACTLORA_TEST_BACKEND=cuda, fp32 then a bf16
 # logits/loss pass | 4 CPU reference tests (test_llama_parity vs HF, memplan, devbind) | 5 determinism of
@@ -18,8 +19,9 @@
 # fp32 run's | 5c the program on the tiny DeBERTa (pretrained, layers "auto"): finite losses, fp32 losses
 # vs the CPU's | 6 checkpoint -> resume bit-identity on the GPU (ACTLORA_FAULT_STOP_AT) | 7 throughput of
 # a Llama-3.1-8B-shaped model at seq 256 (bf16 weights, the largest micro-batch the memory plan allows),
-# LoRA on all / top 16 / top 8 layers: tokens/s, MFU, peak memory | 8 the same all-layer step in HF
-# transformers + PEFT (bf16), for the tokens/s ratio | 9 an op profile of the all-layer 8B step (run.profile).
+# LoRA on all / top 16 / top 8 layers, and all layers with lora.fuse: tokens/s, MFU, peak memory | 8 the
+# same all-layer step in HF transformers + PEFT (bf16), for the tokens/s ratio | 9 an op profile of the
+# all-layer 8B step (run.profile; with lora.fuse when section 7 found it faster).
 #
 # Environment: BUILD (build dir, default <root>/build-gpu), DEPS (default <root>/.deps), NP (MPI ranks
 # of the program runs, 1), BENCH_BATCH (micro-batch of the 8B runs; default: the largest the all-layer
@@ -186,6 +188,11 @@ if [ $rc_build -eq 0 ] && [ -f "$root/tests/test_backend_cuda_enc.c" ]; then
   cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_enc > "$LOGS/build_enc.log" 2>&1 ||
     say "  test_backend_cuda_enc did not build: see logs/build_enc.log"
 fi
+# the fused-LoRA test (lora.fuse), also on its own
+if [ $rc_build -eq 0 ]; then
+  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_fuse > "$LOGS/build_fuse.log" 2>&1 ||
+    say "  test_backend_cuda_fuse did not build: see logs/build_fuse.log"
+fi
 # the whole-encoder parity tests (section 3b), also on their own
 if [ $rc_build -eq 0 ]; then
   cmake --build "$BUILD" -j "$JOBS" --target test_encoder_parity test_encoder_minilm > "$LOGS/build_encoder_tests.log" 2>&1 ||
@@ -233,6 +240,9 @@ if [ -f "$root/tests/test_backend_cuda_enc.c" ]; then
 else
   result SKIP test_backend_cuda_enc "tests/test_backend_cuda_enc.c does not exist in this checkout"
 fi
+run_test test_backend_cuda_fuse "$BUILD/test_backend_cuda_fuse" "$root" "$BUILD"
+[ -f "$LOGS/test_backend_cuda_fuse.log" ] && grep -E "^  (fp32|bf16) (weight_randn_2d 1024|wgemm_lora (fwd|dX) 96x|fused dropout)" \
+  "$LOGS/test_backend_cuda_fuse.log" | head -30 >> "$REPORT"
 LAUNCH=()
 
 # ------------------------------------------------------------------------------ 3b. whole encoders vs HF
@@ -419,15 +429,16 @@ print(c['num_hidden_layers'], 2*q*C + 2*kv*C + 3*C*I)" "$m8/config.json" 2>/dev/
 PEAK_FLOPS=989e12  # H100/H200 SXM dense bf16 tensor-core peak
 say "  MFU = tokens/s x (2 x $NL x $P_LAYER + 2 x n_bwd x $P_LAYER) / $PEAK_FLOPS: forward 2N through all layers, backward (dX only, the base is frozen) 2N through the n_bwd layers from the lowest adapted one up; N = matmul parameters per layer (embedding, attention scores, LoRA and head not counted)"
 TARGETS='["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]'
-declare -A LAYERS=([all]=all [top16]="[$(seq -s, $((NL - 16 > 0 ? NL - 16 : 0)) $((NL - 1)))]" [top8]="[$(seq -s, $((NL - 8 > 0 ? NL - 8 : 0)) $((NL - 1)))]")
-declare -A NBWD=([all]=$NL [top16]=$((NL < 16 ? NL : 16)) [top8]=$((NL < 8 ? NL : 8)))
+declare -A LAYERS=([all]=all [top16]="[$(seq -s, $((NL - 16 > 0 ? NL - 16 : 0)) $((NL - 1)))]" [top8]="[$(seq -s, $((NL - 8 > 0 ? NL - 8 : 0)) $((NL - 1)))]" [fused]=all)
+declare -A NBWD=([all]=$NL [top16]=$((NL < 16 ? NL : 16)) [top8]=$((NL < 8 ? NL : 8)) [fused]=$NL)
+declare -A EXTRA=([fused]="--set lora.fuse=true")   # fused: all layers, each adapter on its frozen GEMM
 NSTEPS=$((BENCH_WARMUP + BENCH_STEPS))
 bench8b() {  # LOG TIMEOUT MICRO_BATCH LAYERS RUN_DIR: one run of the program on the 8B shapes
   timeout "$2" "${MPIRUN[@]}" "$BUILD/actlora-mpi" --set model.path="$m8" --set model.init=random \
     --set model.num_labels=2 --set data.source=synthetic --set data.seq_len=256 --set train.micro_batch="$3" \
     --set train.grad_accum=1 --set train.max_steps="$NSTEPS" --set train.warmup_steps=0 --set lora.r=8 \
     --set lora.alpha=16 --set "lora.target_modules=$TARGETS" --set "lora.layers=$4" \
-    --set run.device="$DEV" --set run.log_every=1 --set run.dir="$5" ${BENCH_PROFILE:-} > "$1" 2>&1
+    --set run.device="$DEV" --set run.log_every=1 --set run.dir="$5" ${BENCH_EXTRA:-} > "$1" 2>&1
 }
 step_ms() {  # RUN_DIR: median step time (ms) of the steps after the warm-up, from log.jsonl's elapsed_s
   grep -h '"type":"train"' "$1/log.jsonl" 2>/dev/null | sed -n 's/.*"step":\([0-9]*\),.*"elapsed_s":\([0-9.]*\).*/\1 \2/p' |
@@ -455,8 +466,9 @@ if [ $gpu_path = 1 ] && [ -z "$BENCH_BATCH" ] && [ "$DEV" = cuda ] && [ "$(left)
 fi
 BENCH_BATCH=${BENCH_BATCH:-16}
 say "  micro-batch $BENCH_BATCH x 256 tokens for all three selections; $BENCH_WARMUP warm-up + $BENCH_STEPS timed steps${bb_note:+; $bb_note}"
-for sel in all top16 top8; do
+for sel in all top16 top8 fused; do
   name="ours, 8B, lora.layers=$sel"
+  [ $sel = fused ] && name="ours, 8B, lora.layers=all, lora.fuse=true"
   if [ $gpu_path = 0 ]; then result SKIP "$name" "$why"; continue; fi
   if [ "$(left)" -lt 60 ]; then result SKIP "$name" "time budget spent"; continue; fi
   tl=$(( $(left) - 30 < BENCH_TIMEOUT ? $(left) - 30 : BENCH_TIMEOUT ))
@@ -466,7 +478,7 @@ for sel in all top16 top8; do
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$GPU_IDX" -lms 200 > "$work/mem_$sel.txt" 2>/dev/null &
     poller=$!
   fi
-  bench8b "$log" "$tl" "$BENCH_BATCH" "${LAYERS[$sel]}" "$work/bench_$sel"
+  BENCH_EXTRA="${EXTRA[$sel]:-}" bench8b "$log" "$tl" "$BENCH_BATCH" "${LAYERS[$sel]}" "$work/bench_$sel"
   rc=$?
   if [ -n "$base" ]; then
     kill "$poller" 2>/dev/null; wait "$poller" 2>/dev/null
@@ -496,6 +508,9 @@ if [ -n "${MS[all]:-}" ]; then
     say "  step time $sel / all = $r$tgt"
   done
   say "  all-layer MFU target >= 50%: $(awk -v t="${TPS[all]}" -v L="$NL" -v P="$P_LAYER" -v pk="$PEAK_FLOPS" 'BEGIN { m = 100 * t * 4 * L * P / pk; printf "%.1f%% (%s)", m, (m >= 50 ? "met" : "missed") }')"
+  if [ -n "${MS[fused]:-}" ]; then
+    say "  lora.fuse: step $(awk -v a="${MS[fused]}" -v b="${MS[all]}" 'BEGIN { printf "%.2f", a / b }')x the plain all-layer step; all-layer MFU with lora.fuse $(awk -v t="${TPS[fused]}" -v L="$NL" -v P="$P_LAYER" -v pk="$PEAK_FLOPS" 'BEGIN { m = 100 * t * 4 * L * P / pk; printf "%.1f%% (%s)", m, (m >= 50 ? "met" : "missed") }')"
+  fi
 fi
 
 # ------------------------------------------------------------------------------ 8. HF transformers + PEFT
@@ -580,6 +595,7 @@ PY
       read -r hbat hms htps hload hmem < <(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%d %.1f %.0f %.1f %.1f' % (d['batch'], d['step_ms'], d['tok_s'], d['load_s'], d['peak_gib']))" "$js")
       extra=""
       [ "$dt" = bf16 ] && [ -n "$ours_all" ] && extra="; ours (bf16, micro-batch $BENCH_BATCH) / HF = $(awk -v a="$ours_all" -v b="$htps" 'BEGIN { r = a / b; printf "%.2f (target >= 1.5: %s)", r, (r >= 1.5 ? "met" : "missed") }')"
+      [ "$dt" = bf16 ] && [ -n "${TPS[fused]:-}" ] && extra="$extra; with lora.fuse / HF = $(awk -v a="${TPS[fused]}" -v b="$htps" 'BEGIN { r = a / b; printf "%.2f (target >= 1.5: %s)", r, (r >= 1.5 ? "met" : "missed") }')"
       result PASS "HF PEFT, 8B, all layers, $dt" "micro-batch $hbat: step $hms ms = $htps tok/s, peak $hmem GiB, build ${hload} s$extra"
     else
       result FAIL "HF PEFT, 8B, all layers, $dt" "exit $rc: see logs/hf_$dt.log"; excerpt "$LOGS/hf_$dt.log"
@@ -597,7 +613,10 @@ if [ $gpu_path = 0 ]; then result SKIP "op profile, 8B, all layers" "$why"
 elif [ "$(left)" -lt 60 ]; then result SKIP "op profile, 8B, all layers" "time budget spent"
 else
   tl=$(( $(left) - 15 < BENCH_TIMEOUT ? $(left) - 15 : BENCH_TIMEOUT ))
-  NSTEPS=4 BENCH_PROFILE="--set run.profile=true" bench8b "$LOGS/profile_all.log" "$tl" "$BENCH_BATCH" all \
+  PROFILE_FUSED=""
+  [ -n "${MS[fused]:-}" ] && [ -n "${MS[all]:-}" ] && awk -v a="${MS[fused]}" -v b="${MS[all]}" 'BEGIN { exit !(a < b) }' &&
+    PROFILE_FUSED=1 && say "  (with lora.fuse: the faster all-layer configuration in section 7)"
+  NSTEPS=4 BENCH_EXTRA="--set run.profile=true${PROFILE_FUSED:+ --set lora.fuse=true}" bench8b "$LOGS/profile_all.log" "$tl" "$BENCH_BATCH" all \
     "$work/profile_all"
   rc=$?
   if [ $rc -eq 0 ] && grep -q '^profile |' "$LOGS/profile_all.log"; then
