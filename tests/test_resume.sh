@@ -3,7 +3,7 @@
 # state, and resuming gives exactly the run you would have had" — outside Slurm, with MPI.
 #   - stops mid gradient accumulation, right after an evaluation, and by a real SIGUSR1 at a random
 #     moment: each exits 85 ("checkpointed, requeue me"), resumes, and ends with adapters
-#     bit-identical to the uninterrupted run
+#     bit-identical to the uninterrupted run; the same mid accumulation with lora.fuse
 #   - kill -9 at a random moment with periodic checkpoints: resumes bit-identically
 #   - rotation keeps checkpoint.keep files; a truncated newest checkpoint and a missing `latest`
 #     fall back to an older valid one with a warning, still bit-identical
@@ -48,6 +48,17 @@ stop_and_resume() {  # name stop_at
 stop_and_resume mid_accum 5.1
 stop_and_resume after_eval 6.0
 stop_and_resume first_step 0.1
+
+# lora.fuse (adapters on their frozen GEMMs, borders rewritten from the adapters by every forward):
+# stopped mid accumulation and resumed, bit-identical to its own uninterrupted run
+dir="$work/fused_ref"
+run_mpi 2 "${C[@]}" --set lora.fuse=true --set run.dir="$dir" > "$dir.out" 2>&1 || { cat "$dir.out"; bad "fused reference run failed"; }
+dir="$work/fused"
+ACTLORA_FAULT_STOP_AT=5.1 run_mpi 2 "${C[@]}" --set lora.fuse=true --set run.dir="$dir" > "$dir.1.out" 2>&1
+[ $? -eq 85 ] && ok || bad "fused: stop at 5.1 did not exit 85"
+run_mpi 2 "${C[@]}" --set lora.fuse=true --set run.dir="$dir" > "$dir.2.out" 2>&1 || { bad "fused: resume failed"; cat "$dir.2.out"; }
+[ -n "$(sha "$work/fused_ref")" ] && [ "$(sha "$dir")" = "$(sha "$work/fused_ref")" ] && ok ||
+  bad "fused: adapters differ from the uninterrupted fused run"
 
 # a real SIGUSR1 to the ranks at a random moment
 dir="$work/sig"
