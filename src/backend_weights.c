@@ -59,31 +59,26 @@ static void cpu_weight_randn(Backend *be, void *w, size_t n, float mean, float s
     if (be->weight_dtype == BACKEND_WEIGHT_BF16) round_bf16_inplace(be, (float *)w, n);
 }
 
+// wgemm's activation operand: X itself (fp32), or X rounded to bf16 in scratch (bf16 emulation)
+static const float *operand_rounded(Backend *be, const float *X, int M, int K) {
+    if (be->weight_dtype != BACKEND_WEIGHT_BF16 || M <= 0 || K <= 0) return X;
+    size_t n = (size_t)M * (size_t)K;
+    float *s = cpu_scratch(be, n, "wgemm bf16 operand");
+    #pragma omp parallel for num_threads(be->threads) if (n >= 32768) schedule(static)
+    for (size_t i = 0; i < n; i++) s[i] = round_bf16(X[i]);
+    return s;
+}
+
 static void cpu_wgemm(Backend *be, int trans_w, int M, int N, int K, float alpha, const float *X, const void *W,
                       float beta, float *Y) {
-    const float *Xr = X;
-    if (be->weight_dtype == BACKEND_WEIGHT_BF16 && M > 0 && K > 0) {
-        size_t n = (size_t)M * (size_t)K;
-        float *s = cpu_scratch(be, n, "wgemm bf16 operand");
-        #pragma omp parallel for num_threads(be->threads) if (n >= 32768) schedule(static)
-        for (size_t i = 0; i < n; i++) s[i] = round_bf16(X[i]);
-        Xr = s;
-    }
-    be->gemm(be, 0, trans_w, M, N, K, alpha, Xr, (const float *)W, beta, Y);
+    be->gemm(be, 0, trans_w, M, N, K, alpha, operand_rounded(be, X, M, K), (const float *)W, beta, Y);
 }
 
 // n Linear forwards sharing X: X rounded once, then the fp32 sgemm per weight (what n wgemm calls do).
 static void cpu_wgemm_multi(Backend *be, int n, int M, int K, const float *X, const void *const *W, const int *N,
                             float *const *Y) {
     check(n >= 0, "wgemm_multi: negative count %d", n);
-    const float *Xr = X;
-    if (be->weight_dtype == BACKEND_WEIGHT_BF16 && M > 0 && K > 0) {
-        size_t nx = (size_t)M * (size_t)K;
-        float *s = cpu_scratch(be, nx, "wgemm bf16 operand");
-        #pragma omp parallel for num_threads(be->threads) if (nx >= 32768) schedule(static)
-        for (size_t i = 0; i < nx; i++) s[i] = round_bf16(X[i]);
-        Xr = s;
-    }
+    const float *Xr = operand_rounded(be, X, M, K);
     for (int i = 0; i < n; i++) be->gemm(be, 0, 1, M, N[i], K, 1.0f, Xr, (const float *)W[i], 0.0f, Y[i]);
 }
 
