@@ -334,6 +334,7 @@ static void proj_forward(Llama *m, Backend *be, const LoraSet *ls, int l, int n,
                          const float *x, int in, const int *out, float *const *y, float *const *a_out, int N,
                          int train, uint64_t key) {
     void *W[3];
+    check(n >= 1 && n <= 3, "internal: %d projections share an input (at most 3)", n);
     for (int i = 0; i < n; i++) W[i] = proj_weight(m, l, mods[i]);
     if (m->fuse_r) {
         const float *a[3];

@@ -245,7 +245,8 @@ int main(int argc, char **argv) {
     if (d.rank == 0) {
         printf("lora    r=%d alpha=%g (scale %g) on %d adapter(s) in layers [", ls.r, cfg.lora.alpha, ls.scaling, ls.n);
         for (int i = 0; i < sel.n_selected; i++) printf("%s%d", i ? ", " : "", sel.selected[i]);
-        printf("], backward stops at layer %d; head %s\n", ls.lowest_layer, head_loaded ? "loaded" : "new");
+        printf("], backward stops at layer %d; head %s%s\n", ls.lowest_layer, head_loaded ? "loaded" : "new",
+               cfg.lora.fuse ? "; each adapter on its frozen GEMM (lora.fuse)" : "");
         printf("params  %zu trainable (%zu in adapters, %zu in head); gradient all-reduce of %zu bytes per step\n",
                ls.numel, ls.head_off, ls.numel - ls.head_off, ls.numel * sizeof(float));
         double pad = source_pad_fraction(&src, tr.epoch, tr.G, cfg.train.micro_batch, d.world);
