@@ -220,10 +220,15 @@ int main(int argc, char **argv) {
               cfg.lora.n_targets, cfg.lora.r, cfg.lora.alpha, cfg.lora.rslora, cfg.lora.dropout, cfg.model.num_labels,
               model_head_hidden(&mc));
 #ifdef ACTLORA_HAVE_CUDA
-    if (use_cuda && mc.arch == ARCH_LLAMA) {  // the device-memory plan (Llama) and an early refusal if it cannot fit
+    if (use_cuda) {  // the device-memory plan (Llama or encoder) and an early refusal if it cannot fit
         MemPlan plan;
-        memplan_llama(&plan, &mc, cfg.model.num_labels, ls.lowest_layer, sel.n_selected, modules, cfg.lora.n_targets,
-                      cfg.lora.r, cfg.train.micro_batch, src.max_T, (int)be.weight_bytes, cfg.lora.fuse);
+        if (mc.arch == ARCH_LLAMA)
+            memplan_llama(&plan, &mc, cfg.model.num_labels, ls.lowest_layer, sel.n_selected, modules,
+                          cfg.lora.n_targets, cfg.lora.r, cfg.train.micro_batch, src.max_T, (int)be.weight_bytes,
+                          cfg.lora.fuse);
+        else
+            memplan_encoder(&plan, &mc, cfg.model.num_labels, ls.lowest_layer, sel.n_selected, modules,
+                            cfg.lora.n_targets, cfg.lora.r, cfg.train.micro_batch, src.max_T, (int)be.weight_bytes);
         size_t free_b = 0, total_b = 0;
         backend_cuda_device_memory(device, &free_b, &total_b);
         char report[4096];

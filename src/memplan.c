@@ -1,6 +1,7 @@
-// memplan.c: device-memory plan of a Llama LoRA run (memplan.h). Every term is the element
-// count of a buffer the code allocates, written next to the name it has there, so a change to
-// llama_alloc_acts that is not mirrored here fails tests/test_memplan.c.
+// memplan.c: device-memory plan of a Llama or encoder (BERT / DeBERTa-v2) LoRA run (memplan.h).
+// Every term is the element count of a buffer the code allocates, written next to the name it has
+// there, so a change to llama_alloc_acts / encoder_load / encoder_alloc_acts that is not mirrored
+// here fails tests/test_memplan.c.
 #include "actlora/memplan.h"
 
 #include <stdio.h>
@@ -8,9 +9,11 @@
 
 #include "actlora/backend_cuda.h"  // BACKEND_CUDA_CUBLAS_WORKSPACE (a constant; no CUDA needed)
 #include "actlora/common.h"
+#include "actlora/model.h"         // model_arch_name, model_lora_naming, model_head_hidden
 
 #define F32 sizeof(float)
 #define SUMSQ_CHUNK 8192  // src/cuda/reduce.cu: elements per sumsq partial
+#define BG_CHUNK 256      // src/cuda/encoder.cu: rows per bias_grad partial
 
 // r * (in + out) of one adapter on module m
 static size_t adapter_params(const ModelConfig *mc, int m, int r) {
@@ -30,9 +33,10 @@ static size_t adapter_params(const ModelConfig *mc, int m, int r) {
     return (size_t)r * (in + out);
 }
 
-void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest_layer, int n_adapted_layers,
-                   const int *modules, int n_modules, int r, int micro_batch, int seq_len, int weight_bytes,
-                   int fused) {
+// The inputs both planners share: checked, normalised (no adapted layer or no module: head only,
+// lowest_layer = L) and stored in p (zeroed first).
+static void plan_inputs(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest_layer, int n_adapted_layers,
+                        const int *modules, int n_modules, int r, int micro_batch, int seq_len, int weight_bytes) {
     memset(p, 0, sizeof *p);
     int L = mc->num_hidden_layers;
     check(weight_bytes == 2 || weight_bytes == 4, "memplan: weight_bytes %d (2 = bf16, 4 = fp32)", weight_bytes);
@@ -56,6 +60,16 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     p->micro_batch = micro_batch;
     p->seq_len = seq_len;
     p->weight_bytes = weight_bytes;
+}
+
+void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest_layer, int n_adapted_layers,
+                   const int *modules, int n_modules, int r, int micro_batch, int seq_len, int weight_bytes,
+                   int fused) {
+    plan_inputs(p, mc, num_labels, lowest_layer, n_adapted_layers, modules, n_modules, r, micro_batch, seq_len,
+                weight_bytes);
+    int L = mc->num_hidden_layers;
+    lowest_layer = p->lowest_layer;
+    n_adapted_layers = p->n_adapted_layers;
     p->fused = fused != 0;
 
     size_t B = (size_t)micro_batch, T = (size_t)seq_len, N = B * T, C = (size_t)mc->hidden_size,
@@ -145,6 +159,146 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     p->total = p->weights + p->rope + p->trainable + p->acts + p->batch + p->scratch + p->workspace;
 }
 
+// r * (in + out) of one encoder adapter on module m (encoder_lora_shapes; there is no GATE)
+static size_t enc_adapter_params(const ModelConfig *mc, int m, int r) {
+    size_t C = (size_t)mc->hidden_size, I = (size_t)mc->intermediate_size;
+    size_t qd = (size_t)mc->num_attention_heads *
+                (size_t)(mc->head_dim > 0 ? mc->head_dim : mc->hidden_size / mc->num_attention_heads);
+    size_t in = 0, out = 0;
+    switch (m) {
+    case LORA_Q: case LORA_K: case LORA_V: in = C; out = qd; break;
+    case LORA_O: in = qd; out = C; break;
+    case LORA_UP: in = C; out = I; break;
+    case LORA_DOWN: in = I; out = C; break;
+    default: die("internal: memplan: LoRA module id %d is not an encoder module", m);
+    }
+    return (size_t)r * (in + out);
+}
+
+void memplan_encoder(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest_layer, int n_adapted_layers,
+                     const int *modules, int n_modules, int r, int micro_batch, int seq_len, int weight_bytes) {
+    check(mc->arch == ARCH_BERT || mc->arch == ARCH_DEBERTA_V2, "internal: memplan_encoder on a %s model",
+          model_arch_name(mc->arch));
+    plan_inputs(p, mc, num_labels, lowest_layer, n_adapted_layers, modules, n_modules, r, micro_batch, seq_len,
+                weight_bytes);
+    int L = mc->num_hidden_layers;
+    lowest_layer = p->lowest_layer;
+    n_adapted_layers = p->n_adapted_layers;
+    int has[LORA_NUM_MODULES] = {0};
+    for (int i = 0; i < n_modules; i++) {
+        (void)enc_adapter_params(mc, modules[i], 1);  // dies on a module encoders lack
+        has[modules[i]] = 1;
+    }
+
+    // the encoder's derived sizes (encoder_load)
+    int deberta = mc->arch == ARCH_DEBERTA_V2;
+    int rel_on = deberta && mc->relative_attention;
+    int c2p = rel_on && mc->att_c2p, p2c = rel_on && mc->att_p2c;
+    size_t P = 0;  // rows of the relative embeddings: 2 * span
+    if (rel_on) {
+        int max_rel = mc->max_relative_positions < 1 ? mc->max_position_embeddings : mc->max_relative_positions;
+        P = 2 * (size_t)(mc->position_buckets > 0 ? mc->position_buckets : max_rel);
+    }
+    size_t B = (size_t)micro_batch, T = (size_t)seq_len, N = B * T, C = (size_t)mc->hidden_size,
+           I = (size_t)mc->intermediate_size, H = (size_t)mc->num_attention_heads, V = (size_t)mc->vocab_size,
+           K = (size_t)num_labels, R = (size_t)r;
+
+    // ---- frozen weights (encoder_load): the word table, 6 Linear weights per layer and the pooler
+    //      in the weight format (a pooler missing from the checkpoint is created, so always); in fp32
+    //      the position / token-type tables, the embedding LayerNorm, the relative embeddings, per layer
+    //      6 biases + 2 LayerNorms and the positional projections pq_base / pk_base [P, C], the pooler
+    //      bias. (encoder.LayerNorm and pos_*_proj are loaded, applied and freed during the load.)
+    size_t wfmt = V * C                                   // wte
+                  + (size_t)L * (4 * C * C + 2 * C * I)   // wq, wk, wv, wo; wi, wout
+                  + C * C;                                // pool_w
+    size_t f32 = ((!deberta || mc->position_biased_input) ? (size_t)mc->max_position_embeddings * C : 0)  // wpe
+                 + (mc->type_vocab_size > 0 ? (size_t)mc->type_vocab_size * C : 0)                          // wtt
+                 + 2 * C                                                                                   // emb LN
+                 + P * C                                                                                   // rel
+                 + (size_t)L * (4 * C + I + C   // bq, bk, bv, bo; bi; bout
+                                + 4 * C         // ln1_w, ln1_b, ln2_w, ln2_b
+                                + (p2c ? P * C : 0) + (c2p ? P * C : 0))  // pq_base, pk_base
+                 + C;                                                                                      // pool_b
+    p->weights = wfmt * (size_t)weight_bytes + f32 * F32;
+    p->rope = 0;
+
+    // ---- trainable state (lora_init): adapters + the classifier weight and bias, four fp32 buffers
+    size_t per_adapted_layer = 0;
+    for (int i = 0; i < n_modules; i++) per_adapted_layer += enc_adapter_params(mc, modules[i], r);
+    p->n_adapters = n_adapted_layers * n_modules;
+    p->trainable_params = (size_t)n_adapted_layers * per_adapted_layer + K * (size_t)model_head_hidden(mc) + K;
+    p->trainable = 4 * p->trainable_params * F32;
+
+    // ---- activations (encoder_alloc_acts)
+    p->saved_from = lowest_layer < L ? lowest_layer : L;
+    p->act_sets = (L - p->saved_from) + (p->saved_from > 0 ? 1 : 0);
+    size_t set = N * C            // x_in
+                 + 3 * N * C      // q, k, v
+                 + B * H * T * T  // probs
+                 + N * C          // ctx
+                 + N * C          // a_sum
+                 + 2 * N          // mean1, rstd1
+                 + N * C          // x_mid
+                 + 2 * N * I      // u, h
+                 + N * C          // f_sum
+                 + 2 * N;         // mean2, rstd2
+    // per adapted layer: lora_a [N, r] per module; with share_att_key the positional path of a Q (p2c) /
+    // K (c2p) adapter: pq / pk [P, C] and lora_pa_q / lora_pa_k [P, r]
+    size_t per_adapted_acts = (size_t)n_modules * N * R;
+    if (rel_on && mc->share_att_key) {
+        if (p2c && has[LORA_Q]) per_adapted_acts += P * C + P * R;
+        if (c2p && has[LORA_K]) per_adapted_acts += P * C + P * R;
+    }
+    p->acts_layers = ((size_t)p->act_sets * set + (size_t)n_adapted_layers * per_adapted_acts) * F32;
+    p->logits = 2 * B * K * F32;  // logits, dlogits
+    p->acts_head = (N * C        // x_final
+                    + 2 * N      // emb_mean, emb_rstd
+                    + 3 * B * C  // pooled0, pre, pooled
+                    + 2 * B * K) // logits, dlogits
+                   * F32;
+    int trains_layers = p->saved_from < L;
+    if (trains_layers) {
+        size_t rows = N > P ? N : P;
+        size_t tmp = N * (I > C ? I : C);
+        if (P * C > tmp) tmp = P * C;
+        p->acts_bwd = (3 * B * C                    // dpooled, dpre, dpooled0
+                       + 2 * N * C                  // dres, dfs
+                       + 2 * N * I                  // dh, du
+                       + 3 * N * C                  // dq, dk, dv
+                       + (p2c ? P * C : 0)          // dpq
+                       + (c2p ? P * C : 0)          // dpk
+                       + rows * R                   // lora_da
+                       + tmp)                       // lora_tmp
+                      * F32;
+    }
+    p->acts = p->acts_layers + p->acts_head + p->acts_bwd;
+    // ids, mask, position ids, token types; pooled token, labels_i, labels_f; relative-position index
+    p->batch = (4 * N + 3 * B + (rel_on ? T * T : 0)) * sizeof(int32_t);
+
+    // ---- backend scratch (src/cuda/encoder.cu): attention_enc_bwd's dS [B,H,T,T] and, with the c2p / p2c
+    //      terms, its position index (off [T,P], start [P+1], list [T*T]), whenever backward reaches an
+    //      attention block (a layer above the lowest, or q/k/v adapters on the lowest); reduction partials
+    //      (sumsq over the trainable state, row norms of calibration, the classifier's bias_grad)
+    int attn_bwd = 0;
+    if (trains_layers) attn_bwd = p->saved_from < L - 1 || has[LORA_Q] || has[LORA_K] || has[LORA_V];
+    size_t idx = (c2p || p2c) ? T * P + P + 1 + T * T : 0;
+    size_t partials = p->trainable_params / SUMSQ_CHUNK + 1;
+    if (N > partials) partials = N;
+    if ((B + BG_CHUNK - 1) / BG_CHUNK * K > partials) partials = (B + BG_CHUNK - 1) / BG_CHUNK * K;
+    p->scratch = (attn_bwd ? (B * H * T * T + idx) * F32 : 0) + partials * sizeof(double);
+    // bf16 weights: wgemm's bf16 copy of its activation operand (src/cuda/weights.cu), grow-only: the
+    // largest is N x max(C, I) (h into output.dense; du into intermediate.dense's dX), or [P, C] when
+    // the load projects the relative embeddings
+    if (weight_bytes == 2) {
+        size_t op = N * (I > C ? I : C);
+        if ((c2p || p2c) && P * C > op) op = P * C;
+        p->scratch += op * 2;
+    }
+    p->workspace = BACKEND_CUDA_CUBLAS_WORKSPACE;
+
+    p->total = p->weights + p->rope + p->trainable + p->acts + p->batch + p->scratch + p->workspace;
+}
+
 size_t memplan_margin(size_t device_bytes) { return MEMPLAN_MARGIN_FIXED + device_bytes / 100 * MEMPLAN_MARGIN_PERCENT; }
 
 static int fits(const MemPlan *p, size_t device_bytes) {
@@ -152,13 +306,22 @@ static int fits(const MemPlan *p, size_t device_bytes) {
     return need >= p->total && need <= device_bytes;
 }
 
+// p planned again with micro-batch B, everything else unchanged (Llama or encoder, by p->mc.arch)
+static void replan(MemPlan *q, const MemPlan *p, int B) {
+    if (p->mc.arch == ARCH_LLAMA)
+        memplan_llama(q, &p->mc, p->num_labels, p->lowest_layer, p->n_adapted_layers, p->modules, p->n_modules,
+                      p->r, B, p->seq_len, p->weight_bytes, p->fused);
+    else
+        memplan_encoder(q, &p->mc, p->num_labels, p->lowest_layer, p->n_adapted_layers, p->modules, p->n_modules,
+                        p->r, B, p->seq_len, p->weight_bytes);
+}
+
 int memplan_max_micro_batch(const MemPlan *p, size_t device_bytes) {
     MemPlan q;
     int lo = 0, hi = 1;  // fits(lo) (or lo == 0), and we look for the largest
     const int cap = 65536;
     for (;;) {  // double until it stops fitting
-        memplan_llama(&q, &p->mc, p->num_labels, p->lowest_layer, p->n_adapted_layers, p->modules, p->n_modules,
-                      p->r, hi, p->seq_len, p->weight_bytes, p->fused);
+        replan(&q, p, hi);
         if (!fits(&q, device_bytes)) break;
         lo = hi;
         if (hi == cap) return cap;
@@ -166,8 +329,7 @@ int memplan_max_micro_batch(const MemPlan *p, size_t device_bytes) {
     }
     while (hi - lo > 1) {  // fits(lo), !fits(hi)
         int mid = lo + (hi - lo) / 2;
-        memplan_llama(&q, &p->mc, p->num_labels, p->lowest_layer, p->n_adapted_layers, p->modules, p->n_modules,
-                      p->r, mid, p->seq_len, p->weight_bytes, p->fused);
+        replan(&q, p, mid);
         if (fits(&q, device_bytes)) lo = mid;
         else hi = mid;
     }
@@ -190,18 +352,20 @@ int memplan_fit(const MemPlan *p, size_t device_bytes, char *report, size_t n) {
         }                                                                                        \
     } while (0)
 #define ROW(name, bytes) OUT("  %-34s %10.2f GiB\n", name, GIB(bytes))
-    char mods[128] = "";
+    int llama = mc->arch == ARCH_LLAMA;
+    char mods[192] = "", heads[64];
     for (int i = 0; i < p->n_modules; i++)
         snprintf(mods + strlen(mods), sizeof mods - strlen(mods), "%s%s", i ? "," : "",
-                 lora_module_name(&LORA_NAMING_LLAMA, (LoraModule)p->modules[i]));
-    OUT("memory plan: Llama %d layers, hidden %d, inter %d, heads %d/%d, vocab %d | micro-batch %d x %d tokens | "
-        "weights %s%s | LoRA r=%d on %d layer(s) from layer %d [%s]\n",
-        mc->num_hidden_layers, mc->hidden_size, mc->intermediate_size, mc->num_attention_heads,
-        mc->num_key_value_heads, mc->vocab_size, p->micro_batch, p->seq_len, p->weight_bytes == 2 ? "bf16" : "fp32",
-        p->fused ? ", bordered (lora.fuse)" : "",
+                 lora_module_name(model_lora_naming(mc->arch), (LoraModule)p->modules[i]));
+    if (llama) snprintf(heads, sizeof heads, "%d/%d", mc->num_attention_heads, mc->num_key_value_heads);
+    else snprintf(heads, sizeof heads, "%d", mc->num_attention_heads);
+    OUT("memory plan: %s %d layers, hidden %d, inter %d, heads %s, vocab %d | micro-batch %d x %d tokens | "
+        "weights %s%s | LoRA r=%d on %d layer(s) from layer %d [%s]\n", model_arch_name(mc->arch),
+        mc->num_hidden_layers, mc->hidden_size, mc->intermediate_size, heads, mc->vocab_size, p->micro_batch,
+        p->seq_len, p->weight_bytes == 2 ? "bf16" : "fp32", p->fused ? ", bordered (lora.fuse)" : "",
         p->r, p->n_adapted_layers, p->lowest_layer, mods);
-    ROW("frozen weights", p->weights);
-    ROW("RoPE tables (fp32)", p->rope);
+    ROW(llama ? "frozen weights" : "frozen weights (+ biases, norms)", p->weights);
+    if (llama) ROW("RoPE tables (fp32)", p->rope);
     char what[64];
     snprintf(what, sizeof what, "activations, %d layer set(s) (fp32)", p->act_sets);
     ROW(what, p->acts_layers);

@@ -7,15 +7,24 @@
 //  3. Llama-3.1-8B shapes at seq 256 with bf16 weights and adapters (all 7 modules) on all 32
 //     layers fit a useful micro-batch (>= 8) on an 80 GB GPU (the plans are printed), and plans
 //     that cannot fit are refused with a message saying what to change.
+//  4. Encoders (memplan_encoder): for the tiny BERT, DeBERTa (share_att_key, c2p|p2c, 256 buckets; also
+//     with c2p only and with neither) and DeBERTa-rel (pos_*_proj, p2c, absolute positions) fixtures
+//     over adapter placements and batch shapes, the activation term equals Encoder.act_bytes, acts +
+//     batch equal every byte encoder_alloc_acts allocates, the trainable count equals the LoraSet's,
+//     and the frozen-weight term equals what encoder_load leaves allocated (every weight_alloc element
+//     and alloc byte, less what it frees), in fp32 and bf16 bytes. DeBERTa-v3-base shapes: monotonic in micro-batch and
+//     layers, and memplan_max_micro_batch is the boundary of memplan_fit on 16 GiB and 80 GB.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "actlora/backend.h"
+#include "actlora/encoder.h"
 #include "actlora/hfmodel.h"
 #include "actlora/llama.h"
 #include "actlora/lora.h"
 #include "actlora/memplan.h"
+#include "actlora/model.h"
 #include "test_util.h"
 
 static const int ALL_MODS[] = {LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN};
@@ -202,6 +211,253 @@ static void test_weights_match(TestCounts *tc, const char *dir) {
     }
 }
 
+
+// ---------------------------------------------------------------------------- encoders
+
+// Every allocation of a CPU Backend while `enc_counting`: live weight_alloc elements and live alloc
+// bytes (the CPU weight_alloc goes through alloc: counted once, as weight elements), and the
+// cumulative ones (what the loader allocated, frees ignored).
+#define ENC_MAX_LIVE 8192
+static struct { void *p; size_t n; int weight; } enc_live[ENC_MAX_LIVE];
+static int enc_n_live, enc_counting, enc_in_walloc;
+static size_t enc_w_elems, enc_f_bytes, enc_w_total, enc_f_total;
+static void *(*enc_cpu_alloc)(Backend *, size_t, const char *);
+static void *(*enc_cpu_walloc)(Backend *, size_t, const char *);
+static void (*enc_cpu_free)(Backend *, void *);
+
+static void enc_record(void *p, size_t n, int weight) {
+    if (!enc_counting) return;
+    if (enc_n_live == ENC_MAX_LIVE) die("test_memplan: more than %d live allocations", ENC_MAX_LIVE);
+    enc_live[enc_n_live].p = p;
+    enc_live[enc_n_live].n = n;
+    enc_live[enc_n_live++].weight = weight;
+    if (weight) { enc_w_elems += n; enc_w_total += n; }
+    else { enc_f_bytes += n; enc_f_total += n; }
+}
+static void *enc_alloc(Backend *be, size_t bytes, const char *what) {
+    void *p = enc_cpu_alloc(be, bytes, what);
+    if (!enc_in_walloc) enc_record(p, bytes, 0);
+    return p;
+}
+static void *enc_walloc(Backend *be, size_t n, const char *what) {
+    enc_in_walloc++;
+    void *p = enc_cpu_walloc(be, n, what);
+    enc_in_walloc--;
+    enc_record(p, n, 1);
+    return p;
+}
+static void enc_free(Backend *be, void *p) {
+    for (int i = 0; i < enc_n_live; i++)
+        if (enc_live[i].p == p) {
+            if (enc_live[i].weight) enc_w_elems -= enc_live[i].n;
+            else enc_f_bytes -= enc_live[i].n;
+            enc_live[i] = enc_live[--enc_n_live];
+            break;
+        }
+    enc_cpu_free(be, p);
+}
+static void enc_count_reset(void) { enc_n_live = 0; enc_w_elems = enc_f_bytes = enc_w_total = enc_f_total = 0; }
+
+static const int ENC_ALL[] = {LORA_Q, LORA_K, LORA_V, LORA_O, LORA_UP, LORA_DOWN};
+
+static void load_config(ModelConfig *mc, const char *dir) {
+    Error err;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (hfconfig_load(mc, path, &err) != 0) die("%s", err.msg);
+}
+
+// Loads the fixture encoder with counting allocators, builds adapters on `layers` x `mods`, allocates
+// activations for [B, T] and compares the planner's numbers with what was allocated.
+static void check_enc(TestCounts *tc, const char *dir, const char *fixture, void (*tweak)(ModelConfig *),
+                      const int *layers, int nl, const int *mods, int nm, int K, int B, int T, const char *what) {
+    ModelConfig mc;
+    load_config(&mc, dir);
+    if (tweak) tweak(&mc);
+    Backend be;
+    backend_cpu_init(&be, 1);
+    enc_cpu_alloc = be.alloc;
+    enc_cpu_walloc = be.weight_alloc;
+    enc_cpu_free = be.free;
+    be.alloc = enc_alloc;
+    be.weight_alloc = enc_walloc;
+    be.free = enc_free;
+    enc_count_reset();
+    enc_counting = 1;
+    Encoder m;
+    encoder_load(&m, &be, dir, &mc, K, 0, 0);
+    enc_counting = 0;
+    size_t w_elems = enc_w_elems, f_bytes = enc_f_bytes, w_total = enc_w_total, f_total = enc_f_total;
+    LoraShapes shapes;
+    model_lora_shapes(&mc, &shapes);
+    LoraSet ls;
+    lora_init(&ls, &be, model_lora_naming(mc.arch), &shapes, mc.num_hidden_layers, layers, nl, mods, nm, 4, 8.0, 0,
+              0.0, K, model_head_hidden(&mc));
+    enc_count_reset();
+    enc_counting = 1;
+    encoder_alloc_acts(&m, &be, &ls, B, T);
+    enc_counting = 0;
+    size_t acts_alloc = enc_f_total;
+    char tag[160];
+    snprintf(tag, sizeof tag, "%s: %s", fixture, what);
+    MemPlan p;
+    memplan_encoder(&p, &mc, K, ls.lowest_layer, nl, mods, nm, 4, B, T, 4);
+    T_CHECK(tc, p.acts == m.act_bytes, "%s: planned activations %zu bytes, encoder_alloc_acts counted %zu", tag, p.acts,
+            m.act_bytes);
+    T_CHECK(tc, p.acts + p.batch == acts_alloc, "%s: planned activations + batch %zu bytes, encoder_alloc_acts "
+            "allocated %zu", tag, p.acts + p.batch, acts_alloc);
+    T_CHECK(tc, p.trainable_params == ls.numel, "%s: planned %zu trainable parameters, the LoraSet has %zu", tag,
+            p.trainable_params, ls.numel);
+    T_CHECK(tc, p.saved_from == ls.lowest_layer || (nl == 0 && p.saved_from == mc.num_hidden_layers),
+            "%s: planned saved_from %d, lowest adapted layer %d", tag, p.saved_from, ls.lowest_layer);
+    T_CHECK(tc, p.rope == 0 && p.fused == 0, "%s: an encoder has no RoPE tables and no lora.fuse", tag);
+    size_t loaded4 = w_elems * 4 + f_bytes;
+    T_CHECK(tc, p.weights == loaded4, "%s: planned %zu bytes of frozen weights (fp32), encoder_load left %zu "
+            "allocated (%zu weight elements + %zu fp32 bytes)", tag, p.weights, loaded4, w_elems, f_bytes);
+    MemPlan q;
+    memplan_encoder(&q, &mc, K, ls.lowest_layer, nl, mods, nm, 4, B, T, 2);
+    size_t loaded2 = w_elems * 2 + f_bytes;
+    T_CHECK(tc, q.weights == loaded2 && q.acts == p.acts && q.trainable == p.trainable,
+            "%s: planned %zu bytes of frozen weights (bf16), encoder_load's %zu weight elements x 2 + %zu fp32 bytes "
+            "= %zu", tag, q.weights, w_elems, f_bytes, loaded2);
+    printf("  %-18s %-36s act_bytes %8zu = plan %8zu; weights %zu el + %zu B = plan %zu (load allocated %zu el "
+           "+ %zu B)\n", fixture, what, m.act_bytes, p.acts, w_elems, f_bytes, p.weights, w_total, f_total);
+    encoder_free(&m, &be);
+    lora_free(&ls, &be);
+    be.alloc = enc_cpu_alloc;
+    be.weight_alloc = enc_cpu_walloc;
+    be.free = enc_cpu_free;
+    backend_free(&be);
+}
+
+// Variants of the tiny DeBERTa (share_att_key) config: relative attention with only c2p (no query_proj
+// positional path), and with no pos_att_type at all (rel embeddings and index, no positional terms).
+static void c2p_only(ModelConfig *mc) { mc->att_p2c = 0; }
+static void no_pos_att(ModelConfig *mc) { mc->att_p2c = mc->att_c2p = 0; }
+
+static void test_matches_encoders(TestCounts *tc, const char *root) {
+    static const char *fixtures[] = {"tiny-bert", "tiny-deberta", "tiny-deberta-rel", "tiny-deberta", "tiny-deberta"};
+    static const char *names[] = {"tiny-bert", "tiny-deberta", "tiny-deberta-rel", "deberta c2p", "deberta no p2c/c2p"};
+    void (*tweaks[])(ModelConfig *) = {NULL, NULL, NULL, c2p_only, no_pos_att};
+    int top[] = {3}, from0[] = {0, 2}, gaps[] = {1, 3}, mid[] = {1, 2, 3}, all[] = {0, 1, 2, 3};
+    int qv[] = {LORA_Q, LORA_V}, mlp[] = {LORA_UP, LORA_DOWN}, o[] = {LORA_O}, k[] = {LORA_K}, qk[] = {LORA_Q, LORA_K};
+    for (int f = 0; f < 5; f++) {
+        char dir[2048];
+        snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", root, fixtures[f]);
+        const char *nm = names[f];
+        void (*tw)(ModelConfig *) = tweaks[f];
+        check_enc(tc, dir, nm, tw, top, 1, qv, 2, 3, 4, 16, "top layer, q/v, B=4 T=16");
+        check_enc(tc, dir, nm, tw, from0, 2, ENC_ALL, 6, 3, 3, 9, "layers 0,2, all modules, B=3 T=9");
+        check_enc(tc, dir, nm, tw, gaps, 2, mlp, 2, 2, 2, 7, "layers 1,3, up/down, B=2 T=7");
+        check_enc(tc, dir, nm, tw, mid, 3, o, 1, 3, 5, 11, "layers 1-3, o, B=5 T=11");
+        check_enc(tc, dir, nm, tw, top, 1, k, 1, 1, 1, 2, "top layer, k, 1 label, B=1 T=2");
+        check_enc(tc, dir, nm, tw, all, 4, qk, 2, 3, 2, 33, "all layers, q/k, B=2 T=33");
+        check_enc(tc, dir, nm, tw, NULL, 0, qv, 2, 3, 3, 8, "head only, B=3 T=8");
+        check_enc(tc, dir, nm, tw, NULL, 0, qv, 2, 1, 7, 5, "head only, 1 label, B=7 T=5");
+    }
+}
+
+// DeBERTa-v3-base shapes on the tiny DeBERTa's config (max_relative_positions -1, position_buckets 256,
+// share_att_key, pos_att_type p2c|c2p, no token types, no absolute positions).
+static void deberta_v3_base(ModelConfig *mc, const char *root) {
+    char dir[2048];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/tiny-deberta", root);
+    load_config(mc, dir);
+    mc->hidden_size = 768;
+    mc->num_hidden_layers = 12;
+    mc->num_attention_heads = 12;
+    mc->num_key_value_heads = 12;
+    mc->head_dim = 64;
+    mc->intermediate_size = 3072;
+    mc->vocab_size = 128100;
+    mc->pooler_hidden_size = 768;
+}
+
+static void test_deberta_v3_base(TestCounts *tc, const char *root) {
+    ModelConfig mc;
+    deberta_v3_base(&mc, root);
+    T_CHECK(tc, mc.arch == ARCH_DEBERTA_V2 && mc.relative_attention && mc.share_att_key && mc.att_c2p && mc.att_p2c &&
+            mc.position_buckets == 256 && mc.max_relative_positions == 512 && mc.type_vocab_size == 0 &&
+            !mc.position_biased_input, "the tiny DeBERTa's config is no longer DeBERTa-v3-like");
+    const int L = mc.num_hidden_layers;
+    // monotonic: micro-batch (at seq 256), and the lowest adapted layer going down
+    MemPlan prev, cur;
+    int ok_b = 1;
+    memplan_encoder(&prev, &mc, 2, 0, L, ENC_ALL, 6, 8, 1, 256, 2);
+    for (int B = 2; B <= 64; B++) {
+        memplan_encoder(&cur, &mc, 2, 0, L, ENC_ALL, 6, 8, B, 256, 2);
+        if (!(cur.acts > prev.acts && cur.total > prev.total)) ok_b = 0;
+        prev = cur;
+    }
+    T_CHECK(tc, ok_b, "DeBERTa-v3-base: memory must grow with the micro-batch");
+    int ok_l = 1;
+    memplan_encoder(&prev, &mc, 2, L - 1, 1, ENC_ALL, 6, 8, 8, 256, 2);
+    for (int low = L - 2; low >= 0; low--) {
+        memplan_encoder(&cur, &mc, 2, low, L - low, ENC_ALL, 6, 8, 8, 256, 2);
+        if (low >= 1 && !(cur.acts > prev.acts)) ok_l = 0;
+        if (!(cur.total >= prev.total) || !(cur.acts >= prev.acts)) ok_l = 0;
+        prev = cur;
+    }
+    T_CHECK(tc, ok_l, "DeBERTa-v3-base: memory must grow as the lowest adapted layer goes down");
+    MemPlan head, top;
+    memplan_encoder(&head, &mc, 2, 0, 0, ENC_ALL, 6, 8, 8, 256, 2);
+    memplan_encoder(&top, &mc, 2, L - 1, 1, ENC_ALL, 6, 8, 8, 256, 2);
+    T_CHECK(tc, head.acts_bwd == 0 && head.acts < top.acts && head.total < top.total,
+            "DeBERTa-v3-base: head only must need less than the top layer");
+
+    // the plan at 32 x 256 in bf16, all 12 layers and modules, r 8: printed; frozen weights ~184M params
+    char rep[4096];
+    MemPlan p;
+    memplan_encoder(&p, &mc, 2, 0, L, ENC_ALL, 6, 8, 32, 256, 2);
+    int ok = memplan_fit(&p, (size_t)16 << 30, rep, sizeof rep);
+    printf("%s", rep);
+    T_CHECK(tc, strstr(rep, "memory plan: DeBERTa-v2 12 layers") && strstr(rep, "query_proj") &&
+            !strstr(rep, "RoPE"), "the DeBERTa report must name the architecture and its modules: %s", rep);
+    T_CHECK(tc, ok, "DeBERTa-v3-base, bf16, all 12 layers, micro-batch 32 x 256 must fit 16 GiB");
+    double wgib = (double)p.weights / 1073741824.0;
+    T_CHECK(tc, wgib > 0.34 && wgib < 0.42, "DeBERTa-v3-base bf16 frozen weights %.3f GiB, expected ~0.38 (184M "
+            "params + fp32 biases, norms and positional projections)", wgib);
+
+    // memplan_max_micro_batch is memplan_fit's boundary, in bf16 and fp32, on 16 GiB and 80 GB
+    const size_t devs[2] = {(size_t)16 << 30, (size_t)80e9};
+    int best_at[2][2];
+    for (int d = 0; d < 2; d++)
+        for (int wb = 2; wb <= 4; wb += 2) {
+            memplan_encoder(&p, &mc, 2, 0, L, ENC_ALL, 6, 8, 1, 256, wb);
+            int best = memplan_max_micro_batch(&p, devs[d]);
+            best_at[d][wb / 2 - 1] = best;
+            MemPlan q;
+            memplan_encoder(&q, &mc, 2, 0, L, ENC_ALL, 6, 8, best, 256, wb);
+            T_CHECK(tc, best >= 1 && memplan_fit(&q, devs[d], NULL, 0), "%s, %.0f GiB: micro-batch %d must fit",
+                    wb == 2 ? "bf16" : "fp32", (double)devs[d] / 1073741824.0, best);
+            memplan_encoder(&q, &mc, 2, 0, L, ENC_ALL, 6, 8, best + 1, 256, wb);
+            T_CHECK(tc, !memplan_fit(&q, devs[d], NULL, 0), "%s, %.0f GiB: micro-batch %d must not fit",
+                    wb == 2 ? "bf16" : "fp32", (double)devs[d] / 1073741824.0, best + 1);
+            printf("  DeBERTa-v3-base seq 256, %s weights, all 12 layers: largest micro-batch on %.1f GiB = %d\n",
+                   wb == 2 ? "bf16" : "fp32", (double)devs[d] / 1073741824.0, best);
+        }
+    // (bf16 is not always the larger: its operand buffer, N x intermediate x 2 bytes, grows with the
+    // micro-batch while the weights it saves are fixed, 0.34 GiB here: on 80 GB fp32 allows one more)
+    T_CHECK(tc, best_at[1][0] > best_at[0][0] && best_at[1][1] > best_at[0][1],
+            "a larger device must allow a larger micro-batch");
+    // a refusal names the largest micro-batch that fits
+    memplan_encoder(&p, &mc, 2, 0, L, ENC_ALL, 6, 8, best_at[0][0] + 1, 256, 2);
+    ok = memplan_fit(&p, (size_t)16 << 30, rep, sizeof rep);
+    char want[64];
+    snprintf(want, sizeof want, "train.micro_batch <= %d", best_at[0][0]);
+    T_CHECK(tc, !ok && strstr(rep, "does not fit") && strstr(rep, want), "refusal must say '%s': %s", want, rep);
+    // BERT: the planner takes it too (absolute positions, token types, no relative terms)
+    char dir[2048];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/tiny-bert", root);
+    ModelConfig bert;
+    load_config(&bert, dir);
+    memplan_encoder(&p, &bert, 2, 0, bert.num_hidden_layers, ENC_ALL, 6, 8, 4, 32, 2);
+    ok = memplan_fit(&p, (size_t)16 << 30, rep, sizeof rep);
+    printf("%s", rep);
+    T_CHECK(tc, ok && strstr(rep, "memory plan: BERT 4 layers") && strstr(rep, "query,key,value"),
+            "tiny BERT report: %s", rep);
+}
+
 int main(int argc, char **argv) {
     const char *root = argc > 1 ? argv[1] : ".";
     char dir[2048];
@@ -211,5 +467,7 @@ int main(int argc, char **argv) {
     test_monotonic(&tc, dir);
     test_weights_match(&tc, dir);
     test_llama8b(&tc);
+    test_matches_encoders(&tc, root);
+    test_deberta_v3_base(&tc, root);
     return t_finish(&tc, "test_memplan");
 }
