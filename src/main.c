@@ -72,6 +72,28 @@ static void print_summary(const Trainer *t, const Ledger *total, const EvalResul
     log_record(lg, rec);
 }
 
+#ifdef ACTLORA_HAVE_CUDA
+// The device-memory plan of adapters on n_layers layers from `lowest` at the run's micro-batch, printed
+// by rank 0; dies before the memory is allocated when it cannot fit (`what`: the phase, for the message).
+static void plan_device_memory(const RunConfig *cfg, const ModelConfig *mc, const Backend *be, int device, int rank,
+                               int lowest, int n_layers, const int *modules, int T, const char *what) {
+    MemPlan plan;
+    if (mc->arch == ARCH_LLAMA)
+        memplan_llama(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, cfg->lora.n_targets, cfg->lora.r,
+                      cfg->train.micro_batch, T, (int)be->weight_bytes, cfg->lora.fuse);
+    else
+        memplan_encoder(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, cfg->lora.n_targets,
+                        cfg->lora.r, cfg->train.micro_batch, T, (int)be->weight_bytes);
+    size_t free_b = 0, total_b = 0;
+    backend_cuda_device_memory(device, &free_b, &total_b);
+    char report[4096];
+    int fits = memplan_fit(&plan, total_b, report, sizeof report);
+    if (rank == 0) printf("%s\n", report);
+    check(fits, "%s does not fit in the %.1f GiB of device %d (plan above)", what, (double)total_b / 1073741824.0,
+          device);
+}
+#endif
+
 int main(int argc, char **argv) {
     signals_install();  // before MPI_Init (a signal during a slow start must not kill a rank) ...
     MPI_Init(&argc, &argv);
@@ -194,6 +216,12 @@ int main(int argc, char **argv) {
     if (resumed) {
         resume_selection(&ck, &sel);
     } else if (cfg.lora.auto_layers) {
+#ifdef ACTLORA_HAVE_CUDA
+        if (use_cuda && strcmp(cfg.calibration.method, "gradient") == 0)  // adapters on every layer meanwhile
+            plan_device_memory(&cfg, &mc, &be, device, d.rank, 0, mc.num_hidden_layers, modules, src.max_T,
+                               "gradient calibration (adapters on every layer; calibration.method = \"activation\" "
+                               "needs no backward)");
+#endif
         double tc = time_now();
         select_calibrate(&sel, &cfg, &d, &be, &model, &src, &batch, modules, cfg.lora.n_targets, &lg);
         led.seconds[PHASE_CALIBRATION] = time_now() - tc;
@@ -220,23 +248,9 @@ int main(int argc, char **argv) {
               cfg.lora.n_targets, cfg.lora.r, cfg.lora.alpha, cfg.lora.rslora, cfg.lora.dropout, cfg.model.num_labels,
               model_head_hidden(&mc));
 #ifdef ACTLORA_HAVE_CUDA
-    if (use_cuda) {  // the device-memory plan (Llama or encoder) and an early refusal if it cannot fit
-        MemPlan plan;
-        if (mc.arch == ARCH_LLAMA)
-            memplan_llama(&plan, &mc, cfg.model.num_labels, ls.lowest_layer, sel.n_selected, modules,
-                          cfg.lora.n_targets, cfg.lora.r, cfg.train.micro_batch, src.max_T, (int)be.weight_bytes,
-                          cfg.lora.fuse);
-        else
-            memplan_encoder(&plan, &mc, cfg.model.num_labels, ls.lowest_layer, sel.n_selected, modules,
-                            cfg.lora.n_targets, cfg.lora.r, cfg.train.micro_batch, src.max_T, (int)be.weight_bytes);
-        size_t free_b = 0, total_b = 0;
-        backend_cuda_device_memory(device, &free_b, &total_b);
-        char report[4096];
-        int fits = memplan_fit(&plan, total_b, report, sizeof report);
-        if (d.rank == 0) printf("%s\n", report);
-        check(fits, "the run does not fit in the %.1f GiB of device %d (plan above)", (double)total_b / 1073741824.0,
-              device);
-    }
+    if (use_cuda)  // the device-memory plan and an early refusal if it cannot fit
+        plan_device_memory(&cfg, &mc, &be, device, d.rank, ls.lowest_layer, sel.n_selected, modules, src.max_T,
+                           "the run");
 #endif
     int head_loaded = model_init_head(&model, &be, cfg.model.path, random_init, &ls, seed);
     lora_init_weights(&ls, &be, seed);
