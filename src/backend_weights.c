@@ -88,7 +88,7 @@ static void cpu_wgemm_multi(Backend *be, int n, int M, int K, const float *X, co
 // (when given) into [k0, k0 + r); rounded to bf16 in the bf16 format.
 static void operand_fill(Backend *be, float *op, int ld, const float *X, int k0, const float *Xa, int r, int M) {
     int bf = be->weight_dtype == BACKEND_WEIGHT_BF16;
-    #pragma omp parallel for num_threads(be->threads) if ((size_t)M * ld >= 32768) schedule(static)
+    // (one thread: an OpenMP region right before OpenBLAS's own threads makes both spin against each other)
     for (int m = 0; m < M; m++) {
         float *o = op + (size_t)m * ld;
         const float *x = X + (size_t)m * k0;
