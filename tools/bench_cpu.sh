@@ -5,6 +5,7 @@
 #                                            PyTorch column: tools/install-deps.sh with WITH_TORCH=1)
 # Environment: LAYERS (12) HIDDEN (768) INTER (2048) HEADS (12) KV_HEADS (4) VOCAB (32000)
 #              SEQ (128) BATCH (8) THREADS (all cores) STEPS (6) R (8)
+#              EXTRA (more --set options for our runs, e.g. EXTRA="--set lora.fuse=true")
 # Prints, for LoRA on the top 1, L/2 and L layers: median step time and peak RSS of each
 # implementation and the speed ratio. Random weights (model.init = "random"): shapes are what count.
 set -euo pipefail
@@ -33,7 +34,8 @@ for top in 1 $((L / 2)) $L; do
   out=$(OMP_NUM_THREADS=$THREADS "$bin" --set model.path="$work" --set model.init=random --set model.num_labels=2 --set data.source=synthetic \
         --set data.seq_len=$T --set train.micro_batch=$B --set train.max_steps=$STEPS --set lora.r=$R \
         --set lora.alpha=$((2 * R)) --set "lora.target_modules=$targets" --set "lora.layers=$layers" \
-        --set run.threads=$THREADS --set run.log_every=1000000 --set run.device=cpu --set run.dir="$work/run")
+        --set run.threads=$THREADS --set run.log_every=1000000 --set run.device=cpu --set run.dir="$work/run" \
+        --resume no ${EXTRA:-})
   ours_ms=$(sed -n 's/^summary | step \([0-9.]*\) ms.*/\1/p' <<<"$out")
   ours_rss=$(sed -n 's/.*peak RSS \([0-9.]*\) MiB.*/\1/p' <<<"$out")
   if [ $have_torch = 1 ]; then
