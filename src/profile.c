@@ -275,16 +275,8 @@ void profile_start(Profile *p, Backend *be) {
     p->inner = *be;
     p->outer = be;
     be->ctx = p;
-#define SET(op) be->op = w_##op
-    SET(alloc); SET(free); SET(upload); SET(download); SET(zero); SET(copy); SET(sync); SET(destroy); SET(gemm);
-    SET(add); SET(scale); SET(sumsq); SET(row_norm_sum); SET(embedding_fwd); SET(rmsnorm_fwd); SET(rmsnorm_bwd);
-    SET(rope_fwd); SET(rope_bwd); SET(attention_fwd); SET(attention_bwd); SET(swiglu_fwd); SET(swiglu_bwd);
-    SET(randn); SET(dropout); SET(pool_last_fwd); SET(pool_last_bwd); SET(loss_fwd_bwd); SET(embedding_add);
-    SET(layernorm_fwd); SET(layernorm_bwd); SET(bias_add); SET(bias_grad); SET(gelu_fwd); SET(gelu_bwd);
-    SET(tanh_fwd); SET(tanh_bwd); SET(mask_rows); SET(attention_enc_fwd); SET(attention_enc_bwd); SET(adamw);
-    SET(set_weight_dtype); SET(weight_alloc); SET(weight_upload); SET(weight_randn); SET(wgemm); SET(wgemm_multi);
-    SET(wgemm_lora); SET(wgemm_lora_multi); SET(weight_set_lora); SET(weight_randn_2d);
-    SET(wembedding_fwd);
+#define SET(op) be->op = w_##op;
+    BACKEND_OPS(SET)
 #undef SET
     p->t_reset = time_now();
 }

@@ -90,7 +90,7 @@ int main(int argc, char **argv) {
     T_CHECK(&tc, prof_be.gemm != saved.gemm && prof_be.ctx == (void *)&p, "profile_start did not wrap the backend");
     // every op is wrapped: an op left out would run with the profiler as its context. Slot by slot,
     // only the 4 data words (name, threads, weight_dtype, weight_bytes; ints padded to a word) may
-    // be unchanged: a new op in backend.h that profile.c does not wrap fails here.
+    // be unchanged: a new op of struct Backend missing from BACKEND_OPS fails here.
     {
         void *before[sizeof(Backend) / sizeof(void *)], *after[sizeof(Backend) / sizeof(void *)];
         memcpy(before, &saved, sizeof before);
@@ -98,7 +98,7 @@ int main(int argc, char **argv) {
         int same = 0;
         for (size_t i = 0; i < sizeof before / sizeof before[0]; i++) same += before[i] == after[i];
         T_CHECK(&tc, sizeof(Backend) % sizeof(void *) == 0 && same == 4,
-                "%d of %zu words of the Backend unchanged by profile_start, want 4: wrap the new op in profile.c",
+                "%d of %zu words of the Backend unchanged by profile_start, want 4: list the new op in BACKEND_OPS (backend.h) and wrap it in profile.c",
                 same, sizeof before / sizeof before[0]);
     }
     double la = side_step(&a, &plain), lb = side_step(&b, &prof_be);

@@ -216,6 +216,18 @@ struct Backend {
     void (*wembedding_fwd)(Backend *be, float *out, const int32_t *ids, const void *table, int N, int C);
 };
 
+// Every op of the table, X(name) for each function pointer of struct Backend, for the code that must
+// touch each one: the backends' completeness checks and the profiler's wrappers (profile.c). A new op
+// goes into the struct and here (test_profile fails on an op this list misses).
+#define BACKEND_OPS(X)                                                                                          \
+    X(alloc) X(free) X(upload) X(download) X(zero) X(copy) X(sync) X(destroy) X(gemm) X(add) X(scale) X(sumsq) \
+    X(row_norm_sum) X(embedding_fwd) X(rmsnorm_fwd) X(rmsnorm_bwd) X(rope_fwd) X(rope_bwd) X(attention_fwd)     \
+    X(attention_bwd) X(swiglu_fwd) X(swiglu_bwd) X(randn) X(dropout) X(pool_last_fwd) X(pool_last_bwd)         \
+    X(loss_fwd_bwd) X(embedding_add) X(layernorm_fwd) X(layernorm_bwd) X(bias_add) X(bias_grad) X(gelu_fwd)    \
+    X(gelu_bwd) X(tanh_fwd) X(tanh_bwd) X(mask_rows) X(attention_enc_fwd) X(attention_enc_bwd) X(adamw)        \
+    X(set_weight_dtype) X(weight_alloc) X(weight_upload) X(weight_randn) X(wgemm) X(wgemm_multi) X(wgemm_lora) \
+    X(wgemm_lora_multi) X(weight_set_lora) X(weight_randn_2d) X(wembedding_fwd)
+
 // Weight formats (Backend.weight_dtype).
 enum { BACKEND_WEIGHT_FP32 = 0, BACKEND_WEIGHT_BF16 = 1 };
 

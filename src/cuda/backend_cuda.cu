@@ -257,16 +257,7 @@ extern "C" void backend_cuda_init(Backend *be, int device) {
     cuda_install_lora_gemm(be);    // wgemm_lora, wgemm_lora_multi, weight_set_lora (lora.fuse)
 
     // every op filled: a missing one would be a NULL call much later
-#define NEED(op) check(be->op != NULL, "internal: the CUDA backend leaves op '%s' unset", #op)
-    NEED(alloc); NEED(free); NEED(upload); NEED(download); NEED(zero); NEED(copy); NEED(sync); NEED(destroy);
-    NEED(gemm); NEED(add); NEED(scale); NEED(sumsq); NEED(row_norm_sum); NEED(embedding_fwd);
-    NEED(rmsnorm_fwd); NEED(rmsnorm_bwd); NEED(rope_fwd); NEED(rope_bwd); NEED(attention_fwd);
-    NEED(attention_bwd); NEED(swiglu_fwd); NEED(swiglu_bwd); NEED(dropout); NEED(randn); NEED(pool_last_fwd);
-    NEED(pool_last_bwd); NEED(loss_fwd_bwd); NEED(adamw);
-    NEED(embedding_add); NEED(layernorm_fwd); NEED(layernorm_bwd); NEED(bias_add); NEED(bias_grad); NEED(gelu_fwd);
-    NEED(gelu_bwd); NEED(tanh_fwd); NEED(tanh_bwd); NEED(mask_rows); NEED(attention_enc_fwd); NEED(attention_enc_bwd);
-    NEED(set_weight_dtype); NEED(weight_alloc); NEED(weight_upload); NEED(weight_randn); NEED(wgemm); NEED(wgemm_multi);
-    NEED(wembedding_fwd); NEED(wgemm_lora); NEED(wgemm_lora_multi); NEED(weight_set_lora);
-    NEED(weight_randn_2d);
+#define NEED(op) check(be->op != NULL, "internal: the CUDA backend leaves op '%s' unset", #op);
+    BACKEND_OPS(NEED)
 #undef NEED
 }
