@@ -98,7 +98,8 @@ int main(int argc, char **argv) {
         int same = 0;
         for (size_t i = 0; i < sizeof before / sizeof before[0]; i++) same += before[i] == after[i];
         T_CHECK(&tc, sizeof(Backend) % sizeof(void *) == 0 && same == 4,
-                "%d of %zu words of the Backend unchanged by profile_start, want 4: list the new op in BACKEND_OPS (backend.h) and wrap it in profile.c",
+                "%d of %zu words of the Backend unchanged by profile_start, want 4: list the new op in "
+                "BACKEND_OPS (backend.h) and wrap it in profile.c",
                 same, sizeof before / sizeof before[0]);
     }
     double la = side_step(&a, &plain), lb = side_step(&b, &prof_be);
