@@ -17,7 +17,8 @@
 # logits/loss pass | 4 CPU reference tests (test_llama_parity vs HF, memplan, devbind) | 5 determinism of
 # the program on the GPU (two identical runs: identical logged losses) and a bf16 run's losses against an
 # fp32 run's | 5c the program on the tiny DeBERTa (pretrained, layers "auto"): finite losses, fp32 losses
-# vs the CPU's | 6 checkpoint -> resume bit-identity on the GPU (ACTLORA_FAULT_STOP_AT) | 7 throughput of
+# vs the CPU's | 5d lora.fuse on the tiny Llama: deterministic, within 2% of the plain run | 6 checkpoint
+# -> resume bit-identity on the GPU (ACTLORA_FAULT_STOP_AT) | 7 throughput of
 # a Llama-3.1-8B-shaped model at seq 256 (bf16 weights, the largest micro-batch the memory plan allows),
 # LoRA on all / top 16 / top 8 layers, and all layers with lora.fuse: tokens/s, MFU, peak memory | 8 the
 # same all-layer step in HF transformers + PEFT (bf16), for the tokens/s ratio | 9 an op profile of the
@@ -382,6 +383,29 @@ else
       elif [ "$n_cmp" -ge 5 ] && awk -v w="$w5" 'BEGIN { exit !(w <= 1e-3) }'; then result PASS "encoder e2e fp32: $DEV vs cpu" "$detail"
       else result FAIL "encoder e2e fp32: $DEV vs cpu" "$detail"; fi
     fi
+  fi
+fi
+
+# ------------------------------------------------------------------------------ 5d. lora.fuse on the device
+say ""
+say "== 5d. lora.fuse: the default run with every adapter on its frozen GEMM, twice: identical to itself, within 2% of the plain run"
+if [ $gpu_path = 0 ]; then result SKIP "lora.fuse (program)" "$why"
+elif [ -z "${la:-}" ]; then result SKIP "lora.fuse (program)" "no default run to compare with (section 5)"
+elif [ "$(left)" -lt 45 ]; then result SKIP "lora.fuse (program)" "time budget spent"
+else
+  prog "$LOGS/fuse_a.log" "${TINY[@]}" "${det[@]}" --set lora.fuse=true --set run.dir="$work/fuse_a"; rfa=$?
+  prog "$LOGS/fuse_b.log" "${TINY[@]}" "${det[@]}" --set lora.fuse=true --set run.dir="$work/fuse_b"; rfb=$?
+  lfa=$(losses "$work/fuse_a") lfb=$(losses "$work/fuse_b")
+  if [ $rfa -ne 0 ] || [ $rfb -ne 0 ]; then result FAIL "lora.fuse (program)" "runs exited $rfa / $rfb"; excerpt "$LOGS/fuse_a.log"
+  elif [ -z "$lfa" ]; then result FAIL "lora.fuse (program)" "no train records in log.jsonl"
+  elif [ "$lfa" != "$lfb" ] || [ "$(sha "$work/fuse_a")" != "$(sha "$work/fuse_b")" ]; then
+    result FAIL "lora.fuse (program)" "two identical fused runs differ (losses or adapters)"
+  else
+    read -r w10 wall n_cmp < <(join <(echo "$la") <(echo "$lfa") | awk '{ e = ($2 - $3) / ($3 < 0 ? -$3 : $3); if (e < 0) e = -e;
+      if (NR <= 10 && e > w10) w10 = e; if (e > wall) wall = e; n++ } END { printf "%.3g %.3g %d\n", w10, wall, n }')
+    detail="deterministic; against the plain run: worst rel diff $w10 over the first 10 steps (tol 0.02), $wall over all $n_cmp"
+    if awk -v w="$w10" 'BEGIN { exit !(w <= 0.02) }'; then result PASS "lora.fuse (program)" "$detail"
+    else result FAIL "lora.fuse (program)" "$detail"; fi
   fi
 fi
 
