@@ -73,22 +73,24 @@ static void print_summary(const Trainer *t, const Ledger *total, const EvalResul
 }
 
 #ifdef ACTLORA_HAVE_CUDA
-// The device-memory plan of adapters on n_layers layers from `lowest` at the run's micro-batch, printed
-// by rank 0; dies before the memory is allocated when it cannot fit (`what`: the phase, for the message).
+// The device-memory plan of adapters on n_layers layers from `lowest` (n_modules targets, none: head
+// only) at micro-batch B x T tokens; dies before the memory is allocated when it cannot fit (`what`: the
+// phase, for the message). Rank 0 prints the plan (with `quiet`, only when it does not fit).
 static void plan_device_memory(const RunConfig *cfg, const ModelConfig *mc, const Backend *be, int device, int rank,
-                               int lowest, int n_layers, const int *modules, int T, const char *what) {
+                               int lowest, int n_layers, const int *modules, int n_modules, int B, int T, int quiet,
+                               const char *what) {
     MemPlan plan;
     if (mc->arch == ARCH_LLAMA)
-        memplan_llama(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, cfg->lora.n_targets, cfg->lora.r,
-                      cfg->train.micro_batch, T, (int)be->weight_bytes, cfg->lora.fuse);
+        memplan_llama(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
+                      (int)be->weight_bytes, cfg->lora.fuse);
     else
-        memplan_encoder(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, cfg->lora.n_targets,
-                        cfg->lora.r, cfg->train.micro_batch, T, (int)be->weight_bytes);
+        memplan_encoder(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
+                        (int)be->weight_bytes);
     size_t free_b = 0, total_b = 0;
     backend_cuda_device_memory(device, &free_b, &total_b);
     char report[4096];
     int fits = memplan_fit(&plan, total_b, report, sizeof report);
-    if (rank == 0) printf("%s\n", report);
+    if (rank == 0 && (!fits || !quiet)) printf("%s\n", report);
     check(fits, "%s does not fit in the %.1f GiB of device %d (plan above)", what, (double)total_b / 1073741824.0,
           device);
 }
@@ -156,6 +158,11 @@ int main(int argc, char **argv) {
           "model.arch = \"%s\" but %s says model_type \"%s\"", cfg.model.arch, cfg_path, mc.model_type);
     int random_init = strcmp(cfg.model.init, "random") == 0;
     uint64_t seed = (uint64_t)cfg.train.seed;
+#ifdef ACTLORA_HAVE_CUDA
+    if (use_cuda)  // the frozen weights alone (head only, one token): refused before loading when they cannot fit
+        plan_device_memory(&cfg, &mc, &be, device, d.rank, mc.num_hidden_layers, 0, NULL, 0, 1, 1, 1,
+                           "the model's frozen weights");
+#endif
     Model model;
     model_load(&model, &be, cfg.model.path, &mc, cfg.model.num_labels, random_init, seed,
                cfg.lora.fuse ? cfg.lora.r : 0);
@@ -218,7 +225,8 @@ int main(int argc, char **argv) {
     } else if (cfg.lora.auto_layers) {
 #ifdef ACTLORA_HAVE_CUDA
         if (use_cuda && strcmp(cfg.calibration.method, "gradient") == 0)  // adapters on every layer meanwhile
-            plan_device_memory(&cfg, &mc, &be, device, d.rank, 0, mc.num_hidden_layers, modules, src.max_T,
+            plan_device_memory(&cfg, &mc, &be, device, d.rank, 0, mc.num_hidden_layers, modules,
+                               cfg.lora.n_targets, cfg.train.micro_batch, src.max_T, 0,
                                "gradient calibration (adapters on every layer; calibration.method = \"activation\" "
                                "needs no backward)");
 #endif
@@ -249,8 +257,8 @@ int main(int argc, char **argv) {
               model_head_hidden(&mc));
 #ifdef ACTLORA_HAVE_CUDA
     if (use_cuda)  // the device-memory plan and an early refusal if it cannot fit
-        plan_device_memory(&cfg, &mc, &be, device, d.rank, ls.lowest_layer, sel.n_selected, modules, src.max_T,
-                           "the run");
+        plan_device_memory(&cfg, &mc, &be, device, d.rank, ls.lowest_layer, sel.n_selected, modules,
+                           cfg.lora.n_targets, cfg.train.micro_batch, src.max_T, 0, "the run");
 #endif
     int head_loaded = model_init_head(&model, &be, cfg.model.path, random_init, &ls, seed);
     lora_init_weights(&ls, &be, seed);
