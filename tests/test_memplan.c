@@ -173,6 +173,14 @@ static void test_llama8b(TestCounts *tc) {
     printf("%s", rep);
     T_CHECK(tc, !ok && strstr(rep, "not even micro-batch 1 fits"), "fp32 8B on 16 GiB must be refused: %s", rep);
     T_CHECK(tc, memplan_max_micro_batch(&p, (size_t)16 << 30) == 0, "no micro-batch fits 16 GiB");
+    // the weights-only plan src/main.c checks before loading (head only, one token): 8B bf16 (~14 GiB)
+    // fits 16 GiB, not 12 GiB; its total is the frozen weights plus small change (< 1 GiB beyond them)
+    memplan_llama(&p, &mc, 2, 32, 0, NULL, 0, 8, 1, 1, 2, 0);
+    T_CHECK(tc, memplan_fit(&p, (size_t)16 << 30, NULL, 0) && !memplan_fit(&p, (size_t)12 << 30, NULL, 0),
+            "weights-only plan of 8B bf16: total %.2f GiB must fit 16 GiB and not 12 GiB",
+            (double)p.total / 1073741824.0);
+    T_CHECK(tc, p.total - p.weights < ((size_t)1 << 30), "weights-only plan: %.2f GiB beyond the weights",
+            (double)(p.total - p.weights) / 1073741824.0);
 }
 
 // The planned frozen-weight bytes against what the loader allocates, plain and bordered (lora.fuse):
