@@ -16,6 +16,7 @@
 #include <string.h>
 
 void openblas_set_num_threads(int num_threads);  // also in OpenBLAS's cblas.h; harmless repeat
+int openblas_get_parallel(void);                  // likewise
 
 // defined in backend_cpu_attn.c
 void cpu_attention_fwd(Backend *be, float *out, float *probs, const float *q, const float *k,
@@ -412,3 +413,5 @@ void backend_free(Backend *be) {
     be->destroy(be);
     be->ctx = NULL;
 }
+
+int backend_cpu_blas_threading(void) { return openblas_get_parallel(); }

@@ -144,6 +144,9 @@ int main(int argc, char **argv) {
 #endif
         backend_cpu_init(&be, cfg.run.threads);
     if (backend_set_dtype(&be, cfg.model.dtype, err.msg, sizeof err.msg) != 0) die("%s", err.msg);
+    if (d.rank == 0 && !use_cuda && be.threads > 1 && backend_cpu_blas_threading() == 1 && !getenv("OMP_WAIT_POLICY"))
+        printf("note    OpenBLAS's own threads and OpenMP's spin against each other: install libopenblas0-openmp "
+               "(then used) or export OMP_WAIT_POLICY=PASSIVE (CPU steps up to 1.9x faster; docs/benchmarks.md)\n");
     Log lg;
     log_open(&lg, &d, cfg.run.dir);
     Ledger led = {0};

@@ -13,6 +13,7 @@ PKGS=(build-essential cmake pkg-config
       openmpi-bin libopenmpi-dev     # MPI (libpmix comes along: srun --mpi=pmix)
       libhdf5-dev hdf5-tools         # serial HDF5 + h5dump
       libconfig-dev libopenblas-dev libcjson-dev
+      libopenblas0-openmp            # OpenBLAS's OpenMP build: the build prefers it (CMakeLists.txt)
       python3 python3-pip)
 [ "${WITH_SLURM:-1}" = 1 ] && PKGS+=(slurm-wlm munge)   # the Slurm tests (tools/slurm-local/); WITH_SLURM=0 skips
 missing=()

@@ -243,6 +243,10 @@ void backend_cpu_weights_init(Backend *be);
 
 // CPU reference backend; threads <= 0 means "use OMP_NUM_THREADS / all cores".
 void backend_cpu_init(Backend *be, int threads);
+// How the CPU backend's BLAS runs its threads (OpenBLAS's openblas_get_parallel): 0 sequential, 1 its own
+// pthreads (they and the OpenMP ops' threads spin against each other unless OMP_WAIT_POLICY=PASSIVE),
+// 2 OpenMP (one shared pool; the build prefers this one where it is installed, CMakeLists.txt).
+int backend_cpu_blas_threading(void);
 // Sets the encoder ops of the CPU backend (backend_cpu_enc.c; called by backend_cpu_init).
 void backend_cpu_enc_init(Backend *be);
 // Releases what init acquired (not the buffers the caller allocated).
