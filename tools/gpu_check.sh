@@ -21,8 +21,8 @@
 # -> resume bit-identity on the GPU (ACTLORA_FAULT_STOP_AT) | 7 throughput of
 # a Llama-3.1-8B-shaped model at seq 256 (bf16 weights, the largest micro-batch the memory plan allows),
 # LoRA on all / top 16 / top 8 layers, and all layers with lora.fuse: tokens/s, MFU, peak memory | 8 the
-# same all-layer step in HF transformers + PEFT (bf16), for the tokens/s ratio | 9 an op profile of the
-# all-layer 8B step (run.profile; with lora.fuse when section 7 found it faster).
+# same all-layer step in HF transformers + PEFT (bf16), for the tokens/s ratio | 9 op profiles of the
+# all-layer 8B step (run.profile), plain and with lora.fuse.
 #
 # Environment: BUILD (build dir, default <root>/build-gpu), DEPS (default <root>/.deps), NP (MPI ranks
 # of the program runs, 1), BENCH_BATCH (micro-batch of the 8B runs; default: the largest the all-layer
@@ -628,27 +628,27 @@ PY
 fi
 
 # ------------------------------------------------------------------------------ 9. where the time goes
-# One more all-layer 8B run with run.profile=true: every backend op synchronised and timed, by op and by
-# shape (profile.h); the table goes into the report. Profiled steps are slower (no overlap between ops):
-# the shares, not the step time, are the result.
+# The all-layer 8B run again with run.profile=true, plain and then (time permitting) with lora.fuse:
+# every backend op synchronised and timed, by op and by shape (profile.h); both tables go into the
+# report, so the ops fusion removes or slows can be read side by side. Profiled steps are slower (no
+# overlap between ops): the shares and per-op times, not the step time, are the result.
 say ""
-say "== 9. op profile of the all-layer 8B step (run.profile=true, micro-batch $BENCH_BATCH, the steps after the first)"
-if [ $gpu_path = 0 ]; then result SKIP "op profile, 8B, all layers" "$why"
-elif [ "$(left)" -lt 60 ]; then result SKIP "op profile, 8B, all layers" "time budget spent"
-else
+say "== 9. op profiles of the all-layer 8B step (run.profile=true, micro-batch $BENCH_BATCH, the steps after the first)"
+for variant in plain fused; do
+  name="op profile, 8B, all layers, $variant"
+  extra="--set run.profile=true"; [ $variant = fused ] && extra="$extra --set lora.fuse=true"
+  if [ $gpu_path = 0 ]; then result SKIP "$name" "$why"; continue; fi
+  if [ "$(left)" -lt 60 ]; then result SKIP "$name" "time budget spent"; continue; fi
   tl=$(( $(left) - 15 < BENCH_TIMEOUT ? $(left) - 15 : BENCH_TIMEOUT ))
-  PROFILE_FUSED=""
-  [ -n "${MS[fused]:-}" ] && [ -n "${MS[all]:-}" ] && awk -v a="${MS[fused]}" -v b="${MS[all]}" 'BEGIN { exit !(a < b) }' &&
-    PROFILE_FUSED=1 && say "  (with lora.fuse: the faster all-layer configuration in section 7)"
-  NSTEPS=4 BENCH_EXTRA="--set run.profile=true${PROFILE_FUSED:+ --set lora.fuse=true}" bench8b "$LOGS/profile_all.log" "$tl" "$BENCH_BATCH" all \
-    "$work/profile_all"
+  log="$LOGS/profile_$variant.log"
+  NSTEPS=4 BENCH_EXTRA="$extra" bench8b "$log" "$tl" "$BENCH_BATCH" all "$work/profile_$variant"
   rc=$?
-  if [ $rc -eq 0 ] && grep -q '^profile |' "$LOGS/profile_all.log"; then
-    result PASS "op profile, 8B, all layers" "$(grep -m1 '^profile | ' "$LOGS/profile_all.log" | sed 's/^profile | //')"
-    grep '^profile |' "$LOGS/profile_all.log" | sed -n '2,$p' | head -60 | tee -a "$REPORT" > /dev/null
-  elif [ $rc -eq 124 ]; then result FAIL "op profile, 8B, all layers" "timed out after ${tl} s"; excerpt "$LOGS/profile_all.log"
-  else result FAIL "op profile, 8B, all layers" "exit $rc"; excerpt "$LOGS/profile_all.log"; fi
-fi
+  if [ $rc -eq 0 ] && grep -q '^profile |' "$log"; then
+    result PASS "$name" "$(grep -m1 '^profile | ' "$log" | sed 's/^profile | //')"
+    grep '^profile |' "$log" | sed -n '2,$p' | head -60 | tee -a "$REPORT" > /dev/null
+  elif [ $rc -eq 124 ]; then result FAIL "$name" "timed out after ${tl} s"; excerpt "$log"
+  else result FAIL "$name" "exit $rc"; excerpt "$log"; fi
+done
 
 say ""
 say "gpu_check: $n_pass passed, $n_fail failed, $n_skip skipped/warned in $(elapsed) s (logs in $LOGS)"
