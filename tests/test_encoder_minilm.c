@@ -118,38 +118,19 @@ static void run_pass(TestCounts *tc, const char *root, const char *dir, const Mo
 
     // adapters exactly as PEFT was configured
     const LoraNaming *naming = model_lora_naming(mc.arch);
-    int layers[64], nl = 0, modules[LORA_NUM_MODULES], nm = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "layers")) layers[nl++] = it->valueint;
-    cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "target_modules")) {
-        modules[nm] = lora_module_parse(naming, it->valuestring);
-        T_CHECK(tc, modules[nm] >= 0, "%s: target module '%s' unknown", fixture, it->valuestring);
-        nm++;
-    }
     LoraShapes shapes;
     model_lora_shapes(&mc, &shapes);
     LoraSet ls;
-    lora_init(&ls, &be, naming, &shapes, L, layers, nl, modules, nm, json_int(meta, "r"), json_num(meta, "lora_alpha"),
-              cJSON_IsTrue(cJSON_GetObjectItem(meta, "use_rslora")), json_num(meta, "lora_dropout"), K,
-              model_head_hidden(&mc));
-    T_CHECK(tc, fabs(ls.scaling - json_num(meta, "lora_scaling")) < 1e-6, "%s: LoRA scaling %g, PEFT %g", fixture,
-            ls.scaling, json_num(meta, "lora_scaling"));
+    fx_peft_lora(tc, &ls, &be, naming, &shapes, L, meta, K, model_head_hidden(&mc), fixture);
     // a sentence-transformers checkpoint has no classifier: the head is new, then replaced by the fixture's
     T_CHECK(tc, model_init_head(&model, &be, dir, 0, &ls, 1) == 0, "%s: all-MiniLM-L6-v2 has no classifier", dir);
     int n_init = fx_load_init(tc, &st, &ls, &be, fixture);
     T_CHECK(tc, n_init == lora_num_tensors(&ls), "%s: %d init tensors, expected %d (2 per adapter + head + bias)",
             fixture, n_init, lora_num_tensors(&ls));
 
-    const StTensor *ids = need(&st, "input_ids");
-    int B = (int)ids->shape[0], T = (int)ids->shape[1], N = B * T;
     Batch b;
-    batch_init(&b, B, T);
-    st_to_i32(ids, path, b.ids, &err);
-    st_to_i32(need(&st, "attention_mask"), path, b.mask, &err);
-    st_to_i32(need(&st, "token_type_ids"), path, b.type_ids, &err);
-    st_to_i32(need(&st, "labels"), path, b.labels_i, &err);
-    b.n_tokens = 0;
-    for (int i = 0; i < N; i++) b.n_tokens += b.mask[i];
+    fx_batch(&b, &st, path, K, 1);
+    int B = b.B, T = b.T, N = B * T;
 
     if (bf16) {
         // ---- bf16 weights: the forward's logits and loss only (the rest is the fp32 pass's)

@@ -62,6 +62,12 @@ static double hidden_err(const float *mine, const float *ref_all, int which, con
     return num / (den > 0 ? den : 1.0);
 }
 
+static double encoder_step(void *model, Backend *be, LoraSet *ls, const Batch *b) {
+    double loss = encoder_forward(model, be, ls, b, 1, 1.0f / (float)b->B, 0, NULL) / b->B;
+    encoder_backward(model, be, ls, b, 0);
+    return loss;
+}
+
 // One fixture on one backend. dtype "bf16" (CUDA mode only): logits and loss only, bf16 tolerances.
 static void run_case(TestCounts *tc, const char *root, const char *fixture, const Mode *md, const char *dtype) {
     int bf16 = strcmp(dtype, "bf16") == 0;
@@ -87,39 +93,19 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
     encoder_load(&model, &be, dir, &mc, K, 0, 0);
 
     // adapters exactly as PEFT was configured
-    int layers[64], nl = 0, modules[LORA_NUM_MODULES], nm = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "layers")) layers[nl++] = it->valueint;
-    cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "target_modules")) {
-        modules[nm] = lora_module_parse(naming, it->valuestring);
-        T_CHECK(tc, modules[nm] >= 0, "%s: target module '%s' unknown", fixture, it->valuestring);
-        nm++;
-    }
     LoraShapes shapes;
     encoder_lora_shapes(&mc, &shapes);
     LoraSet ls;
-    lora_init(&ls, &be, naming, &shapes, mc.num_hidden_layers, layers, nl, modules, nm, json_int(meta, "r"),
-              json_num(meta, "lora_alpha"), cJSON_IsTrue(cJSON_GetObjectItem(meta, "use_rslora")),
-              json_num(meta, "lora_dropout"), K, mc.hidden_size);
-    T_CHECK(tc, fabs(ls.scaling - json_num(meta, "lora_scaling")) < 1e-6, "%s: LoRA scaling %g, PEFT %g", fixture,
-            ls.scaling, json_num(meta, "lora_scaling"));
+    fx_peft_lora(tc, &ls, &be, naming, &shapes, mc.num_hidden_layers, meta, K, mc.hidden_size, fixture);
     // the checkpoint has no classifier: the head is new (and then replaced by the fixture's)
     T_CHECK(tc, encoder_init_head(&model, &be, dir, 0, &ls, 1) == 0, "%s: the tiny model has no classifier", fixture);
     int n_init = fx_load_init(tc, &st, &ls, &be, fixture);
     T_CHECK(tc, n_init == lora_num_tensors(&ls), "%s: %d init tensors, expected %d (2 per adapter + head + bias)",
             fixture, n_init, lora_num_tensors(&ls));
 
-    const StTensor *ids = need(&st, "input_ids");
-    int B = (int)ids->shape[0], T = (int)ids->shape[1], N = B * T, C = mc.hidden_size, L = mc.num_hidden_layers;
     Batch b;
-    batch_init(&b, B, T);
-    st_to_i32(ids, path, b.ids, &err);
-    st_to_i32(need(&st, "attention_mask"), path, b.mask, &err);
-    st_to_i32(need(&st, "token_type_ids"), path, b.type_ids, &err);
-    if (K > 1) st_to_i32(need(&st, "labels"), path, b.labels_i, &err);
-    else st_to_f32(need(&st, "labels"), b.labels_f);
-    b.n_tokens = 0;
-    for (int i = 0; i < N; i++) b.n_tokens += b.mask[i];
+    fx_batch(&b, &st, path, K, 1);
+    int B = b.B, T = b.T, N = B * T, C = mc.hidden_size, L = mc.num_hidden_layers;
     encoder_alloc_acts(&model, &be, &ls, B, T);
     char what[256];
 
@@ -229,24 +215,8 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
     free(grads);
 
     // ---- 10 AdamW steps on the same batch, transformers' schedule, torch's clipping
-    OptimConfig oc = fx_optim_config(meta);
-    int S = oc.total_steps;
-    float my_loss[64], my_lr[64], my_norm[64];
-    for (int s = 0; s < S; s++) {
-        be.zero(&be, ls.grads, ls.numel * sizeof(float));
-        my_loss[s] = (float)(encoder_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0, NULL) / B);
-        encoder_backward(&model, &be, &ls, &b, 0);
-        my_lr[s] = (float)optim_lr_at(&oc, s);
-        my_norm[s] = (float)optim_clip(&oc, &be, &ls);
-        optim_step(&oc, &be, &ls, optim_lr_at(&oc, s), s + 1);
-    }
-    double traj_err = fx_check_trajectory(tc, &st, fixture, S, my_lr, my_loss, my_norm);
-    int n_final;
-    float *params = to_host(&be, ls.params, ls.numel);
-    snprintf(what, sizeof what, "after %d steps", S);
-    double worst_final = fx_check_tensors(tc, &st, "final.", &ls, params, 1e-4, fixture, what, 0, &n_final, NULL);
-    T_CHECK(tc, n_final == lora_num_tensors(&ls), "%s: %d final tensors compared, expected %d", fixture, n_final,
-            lora_num_tensors(&ls));
+    double worst_final,
+        traj_err = fx_train_steps(tc, &st, meta, fixture, encoder_step, &model, &be, &ls, &b, &worst_final);
     printf("%s: logits err %.2e, loss err %.2e, worst grad err %.2e, trajectory loss err %.2e, final params "
            "err %.2e\n", fixture, logits_err, fabs(loss - ref_loss) / fabs(ref_loss), worst_grad, traj_err,
            worst_final);
@@ -254,7 +224,6 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
            "params %.2e; tol 1e-5 / 1e-4 / 1e-4) %s\n", fx, be.name, backend_weight_dtype_name(&be), logits_err,
            worst_grad, traj_err, fabs(loss - ref_loss) / fabs(ref_loss), worst_hidden, worst_final,
            tc->failed == failed0 ? "ok" : "FAILED");
-    free(params);
     batch_free(&b);
     encoder_free(&model, &be);
     lora_free(&ls, &be);

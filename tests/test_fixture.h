@@ -2,9 +2,11 @@
 // actlora headers a test needs, or alone: it includes its own). test_util.h keeps the assertion macros
 // and the numeric comparisons; this header holds what those tests do around them:
 //   - HF + PEFT fixtures (tests/fixtures/*.safetensors, tools/gen_reference.py): need(), json_int(),
-//     json_num(), fx_open() (fixture, metadata, model config), fx_load_init() (the init.* tensors), fx_optim_config() and fx_check_trajectory() (the
-//     10-step AdamW trajectory), fx_check_tensors() (the grad.* / final.* tensors), fx_check_calib() (the
-//     calibration statistics), fx_check_bf16() (the bf16 pass's logits and loss);
+//     json_num(), fx_open() (fixture, metadata, model config), fx_peft_lora() (the adapters as PEFT had
+//     them), fx_batch() (the fixture's batch), fx_load_init() (the init.* tensors), fx_optim_config(),
+//     fx_check_trajectory() and fx_train_steps() (the 10-step AdamW trajectory and final parameters),
+//     fx_check_tensors() (the grad.* / final.* tensors), fx_check_calib() (the calibration statistics),
+//     fx_check_bf16() (the bf16 pass's logits and loss);
 //   - backend selection (ACTLORA_TEST_BACKEND=cuda, ACTLORA_TEST_HARNESS_ON_CPU): Mode, pick_mode(),
 //     open_backend(), to_host();
 //   - finite differences of the model loss with respect to one float parameter: fd_param();
@@ -30,6 +32,7 @@
 #endif
 #include "actlora/calib.h"
 #include "actlora/common.h"
+#include "actlora/data.h"
 #include "actlora/hfmodel.h"
 #include "actlora/lora.h"
 #include "actlora/optim.h"
@@ -165,6 +168,78 @@ static inline double fx_check_tensors(TestCounts *tc, const SafeTensors *st, con
     }
     *n_cmp = n;
     return worst;
+}
+
+// The adapters exactly as PEFT was configured (meta: layers, target_modules, r, lora_alpha, use_rslora,
+// lora_dropout) into ls, for a model of L layers with a [K, head_hidden] head: one check per module name
+// (it must parse) and one that the LoRA scaling is PEFT's lora_scaling.
+static inline void fx_peft_lora(TestCounts *tc, LoraSet *ls, Backend *be, const LoraNaming *naming,
+                                const LoraShapes *shapes, int L, const cJSON *meta, int K, int head_hidden,
+                                const char *fixture) {
+    int layers[64], nl = 0, modules[LORA_NUM_MODULES], nm = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "layers")) if (nl < 64) layers[nl++] = it->valueint;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "target_modules")) {
+        int m = lora_module_parse(naming, it->valuestring);
+        T_CHECK(tc, m >= 0 && nm < LORA_NUM_MODULES, "%s: target module '%s' unknown", fixture, it->valuestring);
+        if (m >= 0 && nm < LORA_NUM_MODULES) modules[nm++] = m;
+    }
+    lora_init(ls, be, naming, shapes, L, layers, nl, modules, nm, json_int(meta, "r"), json_num(meta, "lora_alpha"),
+              cJSON_IsTrue(cJSON_GetObjectItem(meta, "use_rslora")), json_num(meta, "lora_dropout"), K, head_hidden);
+    T_CHECK(tc, fabs(ls->scaling - json_num(meta, "lora_scaling")) < 1e-6, "%s: LoRA scaling %g, PEFT %g", fixture,
+            ls->scaling, json_num(meta, "lora_scaling"));
+}
+
+// The fixture's batch (input_ids [B, T], attention_mask, token_type_ids when with_types, labels: class ids
+// for K > 1, floats for regression), with n_tokens counted; path names the fixture file in errors.
+static inline void fx_batch(Batch *b, const SafeTensors *st, const char *path, int K, int with_types) {
+    Error err;
+    const StTensor *ids = need(st, "input_ids");
+    int B = (int)ids->shape[0], T = (int)ids->shape[1];
+    batch_init(b, B, T);
+    if (st_to_i32(ids, path, b->ids, &err) != 0 || st_to_i32(need(st, "attention_mask"), path, b->mask, &err) != 0 ||
+        (with_types && st_to_i32(need(st, "token_type_ids"), path, b->type_ids, &err) != 0) ||
+        (K > 1 && st_to_i32(need(st, "labels"), path, b->labels_i, &err) != 0))
+        die("%s", err.msg);
+    if (K <= 1) st_to_f32(need(st, "labels"), b->labels_f);
+    b->n_tokens = 0;
+    for (int i = 0; i < B * T; i++) b->n_tokens += b->mask[i];
+}
+
+// One training step's forward + backward of the caller's model on b (gradients zeroed by the caller's
+// loop below, accumulated by the step); returns the mean loss.
+typedef double (*FxStep)(void *model, Backend *be, LoraSet *ls, const Batch *b);
+
+// The fixture's AdamW steps on b from ls's current parameters (meta's schedule, torch's AdamW and
+// clipping): the trajectory against traj.* (fx_check_trajectory) and the parameters after the last step
+// against final.* (1e-4 of each tensor's largest element, every trainable tensor compared). Returns the
+// trajectory's loss error and sets *final_err.
+static inline double fx_train_steps(TestCounts *tc, const SafeTensors *st, const cJSON *meta, const char *fixture,
+                                    FxStep step, void *model, Backend *be, LoraSet *ls, const Batch *b,
+                                    double *final_err) {
+    OptimConfig oc = fx_optim_config(meta);
+    int S = oc.total_steps;
+    T_CHECK(tc, S >= 1 && S <= 64, "%s: %d trajectory steps (1..64)", fixture, S);
+    if (S > 64) S = 64;
+    float my_loss[64], my_lr[64], my_norm[64];
+    for (int s = 0; s < S; s++) {
+        be->zero(be, ls->grads, ls->numel * sizeof(float));
+        my_loss[s] = (float)step(model, be, ls, b);
+        my_lr[s] = (float)optim_lr_at(&oc, s);
+        my_norm[s] = (float)optim_clip(&oc, be, ls);
+        optim_step(&oc, be, ls, optim_lr_at(&oc, s), s + 1);
+    }
+    double traj_err = fx_check_trajectory(tc, st, fixture, S, my_lr, my_loss, my_norm);
+    float *params = xmalloc(ls->numel * sizeof(float), "parameters");
+    be->download(be, params, ls->params, ls->numel * sizeof(float));
+    char what[64];
+    snprintf(what, sizeof what, "after %d steps", S);
+    int n_final;
+    *final_err = fx_check_tensors(tc, st, "final.", ls, params, 1e-4, fixture, what, 0, &n_final, NULL);
+    T_CHECK(tc, n_final == lora_num_tensors(ls), "%s: %d final tensors compared, expected %d", fixture, n_final,
+            lora_num_tensors(ls));
+    free(params);
+    return traj_err;
 }
 
 // The calibration statistics cs (the caller's forward of the base model) against the fixture's

@@ -22,9 +22,14 @@
 #include "actlora/safetensors.h"
 #include "test_fixture.h"
 
+static double llama_step(void *model, Backend *be, LoraSet *ls, const Batch *b) {
+    double loss = llama_forward(model, be, ls, b, 1, 1.0f / (float)b->B, 0, NULL) / b->B;
+    llama_backward(model, be, ls, b, 0);
+    return loss;
+}
+
 static void run_case(TestCounts *tc, const char *root, const char *fixture) {
     char path[4096], dir[2048];
-    Error err;
     SafeTensors st;
     cJSON *meta;
     ModelConfig mc;
@@ -36,30 +41,18 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
     llama_load(&model, &be, dir, &mc, K, 0, 0);
 
     // adapters exactly as PEFT was configured
-    int layers[64], nl = 0, modules[LORA_NUM_MODULES], nm = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "layers")) layers[nl++] = it->valueint;
-    cJSON_ArrayForEach(it, cJSON_GetObjectItem(meta, "target_modules")) modules[nm++] =
-        lora_module_parse(&LORA_NAMING_LLAMA, it->valuestring);
     LoraShapes shapes;
     llama_lora_shapes(&mc, &shapes);
     LoraSet ls;
-    lora_init(&ls, &be, &LORA_NAMING_LLAMA, &shapes, mc.num_hidden_layers, layers, nl, modules, nm, json_int(meta, "r"),
-              json_num(meta, "lora_alpha"), cJSON_IsTrue(cJSON_GetObjectItem(meta, "use_rslora")),
-              json_num(meta, "lora_dropout"), K, mc.hidden_size);
+    fx_peft_lora(tc, &ls, &be, &LORA_NAMING_LLAMA, &shapes, mc.num_hidden_layers, meta, K, mc.hidden_size, fixture);
     // initial values of every trainable tensor from the fixture; every fixture tensor must map
     int n_init = fx_load_init(tc, &st, &ls, &be, fixture);
     T_CHECK(tc, n_init == 2 * ls.n + 1, "%s: %d init tensors, expected %d (2 per adapter + head)", fixture, n_init,
             2 * ls.n + 1);
 
-    const StTensor *ids = need(&st, "input_ids");
-    int B = (int)ids->shape[0], T = (int)ids->shape[1];
     Batch b;
-    batch_init(&b, B, T);
-    st_to_i32(ids, path, b.ids, &err);
-    st_to_i32(need(&st, "attention_mask"), path, b.mask, &err);
-    if (K > 1) st_to_i32(need(&st, "labels"), path, b.labels_i, &err);
-    else st_to_f32(need(&st, "labels"), b.labels_f);
+    fx_batch(&b, &st, path, K, 0);
+    int B = b.B, T = b.T;
     llama_alloc_acts(&model, &be, &ls, B, T);
     char what[256];
 
@@ -73,8 +66,6 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
         llama_alloc_acts(&base, &be, &none, B, T);
         CalibStats cs;
         calib_stats_init(&cs, mc.num_hidden_layers);
-        b.n_tokens = 0;
-        for (int i = 0; i < B * T; i++) b.n_tokens += b.mask[i];
         llama_forward(&base, &be, &none, &b, 0, 0.0f, 0, &cs);
         size_t w;
         fx_check_calib(tc, &st, &cs, fixture, &w);
@@ -103,23 +94,8 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture) {
             lora_num_tensors(&ls));
 
     // ---- 10 AdamW steps on the same batch, transformers' schedule, torch's clipping
-    OptimConfig oc = fx_optim_config(meta);
-    int S = oc.total_steps;
-    float my_loss[64], my_lr[64], my_norm[64];
-    for (int s = 0; s < S; s++) {
-        be.zero(&be, ls.grads, ls.numel * sizeof(float));
-        my_loss[s] = (float)(llama_forward(&model, &be, &ls, &b, 1, 1.0f / (float)B, 0, NULL) / B);
-        llama_backward(&model, &be, &ls, &b, 0);
-        my_lr[s] = (float)optim_lr_at(&oc, s);
-        my_norm[s] = (float)optim_clip(&oc, &be, &ls);
-        optim_step(&oc, &be, &ls, optim_lr_at(&oc, s), s + 1);
-    }
-    double traj_err = fx_check_trajectory(tc, &st, fixture, S, my_lr, my_loss, my_norm);
-    int n_final;
-    snprintf(what, sizeof what, "after %d steps", S);
-    double worst_final = fx_check_tensors(tc, &st, "final.", &ls, ls.params, 1e-4, fixture, what, 0, &n_final, NULL);
-    T_CHECK(tc, n_final == lora_num_tensors(&ls), "%s: %d final tensors compared, expected %d", fixture, n_final,
-            lora_num_tensors(&ls));
+    double worst_final,
+        traj_err = fx_train_steps(tc, &st, meta, fixture, llama_step, &model, &be, &ls, &b, &worst_final);
     printf("%s: logits err %.2e, loss err %.2e, worst grad err %.2e, trajectory loss err %.2e, final params "
            "err %.2e\n", fixture, logits_err, fabs(loss - ref_loss) / fabs(ref_loss), worst_grad, traj_err,
            worst_final);
