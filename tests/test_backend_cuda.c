@@ -48,17 +48,9 @@
 #include "actlora/llama.h"
 #include "actlora/lora.h"
 #include "actlora/rng.h"
+#include "test_fixture.h"  // Rand / rnd, fx_nonzero_b
 
 // ------------------------------------------------------------------------------ helpers
-
-typedef struct {
-    uint64_t s;
-} Rand;
-
-static double rnd(Rand *r) {
-    r->s = r->s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double)(r->s >> 11) * (1.0 / 9007199254740992.0);
-}
 
 typedef struct {
     TestCounts *tc;
@@ -586,11 +578,7 @@ static void model_case(Ctx *c, const char *dir, int K, const int *layers, int nl
     // non-zero B so every adapter has a gradient and changes the output; the same bytes on the GPU
     float *params = xmalloc(cs.ls.numel * sizeof(float), "params");
     memcpy(params, cs.ls.params, cs.ls.numel * sizeof(float));
-    for (int i = 0; i < cs.ls.n; i++) {
-        const LoraAdapter *a = &cs.ls.ad[i];
-        for (size_t j = 0; j < (size_t)a->out * cs.ls.r; j++)
-            params[a->b_off + j] = 0.2f * (2.0f * rng_uniform(rng_key(5, (uint64_t)i), j) - 1.0f);
-    }
+    fx_nonzero_b(&cs.ls, params);
     memcpy(cs.ls.params, params, cs.ls.numel * sizeof(float));
     side_init(&gs, &c->gpu, dir, &mc, K, layers, nl, mods, nm, dropout, B, T, params);
     Batch b;
@@ -893,11 +881,7 @@ static void test_model_bf16(Ctx *c, const char *root) {
     side_init(&cs, &c->cpu, dir, &mc, K, l13, 2, all, 7, dropout, B, T, NULL);
     float *params = xmalloc(cs.ls.numel * sizeof(float), "params");
     memcpy(params, cs.ls.params, cs.ls.numel * sizeof(float));
-    for (int i = 0; i < cs.ls.n; i++) {
-        const LoraAdapter *a = &cs.ls.ad[i];
-        for (size_t j = 0; j < (size_t)a->out * cs.ls.r; j++)
-            params[a->b_off + j] = 0.2f * (2.0f * rng_uniform(rng_key(5, (uint64_t)i), j) - 1.0f);
-    }
+    fx_nonzero_b(&cs.ls, params);
     Batch b;
     batch_init(&b, B, T);
     data_synthetic_batch(&b, mc.vocab_size, mc.pad_token_id, K, 99, 3, 1, 0);
@@ -1006,7 +990,8 @@ static int death_case(const char *which) {
     return 0;  // survived: the parent reports the failure
 }
 
-static void expect_death(Ctx *c, const char *which, const char *needle) {
+// (a re-executed child, not test_fixture.h's forked one: CUDA state does not survive fork)
+static void expect_exec_death(Ctx *c, const char *which, const char *needle) {
     int fds[2];
     if (pipe(fds) != 0) {
         T_CHECK(c->tc, 0, "pipe failed");
@@ -1039,10 +1024,10 @@ static void expect_death(Ctx *c, const char *which, const char *needle) {
 
 static void test_deaths(Ctx *c) {
     printf("device-side input errors\n");
-    expect_death(c, "token", "embedding lookup: token 2 has negative id -7");
-    expect_death(c, "pool", "pool_last: row 1 pools position 9, outside [0, 4)");
-    expect_death(c, "label", "loss_fwd_bwd: row 1 has label 5, outside [0, 3)");
-    expect_death(c, "oom", "out of GPU memory");
+    expect_exec_death(c, "token", "embedding lookup: token 2 has negative id -7");
+    expect_exec_death(c, "pool", "pool_last: row 1 pools position 9, outside [0, 4)");
+    expect_exec_death(c, "label", "loss_fwd_bwd: row 1 has label 5, outside [0, 3)");
+    expect_exec_death(c, "oom", "out of GPU memory");
 }
 
 static int run(const char *root) {

@@ -180,11 +180,7 @@ static double model_step(Backend *be, const char *dir, int fuse_r, double dropou
     llama_init_head(&s.m, be, dir, 0, &s.ls, 7);
     lora_init_weights(&s.ls, be, 7);
     float *p = to_host(be, s.ls.params, s.ls.numel);
-    for (int i = 0; i < s.ls.n; i++) {  // non-zero B
-        const LoraAdapter *a = &s.ls.ad[i];
-        for (size_t j = 0; j < (size_t)a->out * s.ls.r; j++)
-            p[a->b_off + j] = 0.2f * (2.0f * rng_uniform(rng_key(5, (uint64_t)i), j) - 1.0f);
-    }
+    fx_nonzero_b(&s.ls, p);
     be->upload(be, s.ls.params, p, s.ls.numel * sizeof(float));
     free(p);
     llama_alloc_acts(&s.m, be, &s.ls, 4, 12);

@@ -82,11 +82,7 @@ static void dropout_gradcheck(TestCounts *tc, const char *dir, const char *what,
     Setup s;
     setup(&s, dir, K, layers, nl, mods, nm, 0.3, 3, 9);
     // non-zero B so that A has a gradient; a non-zero classifier bias
-    for (int i = 0; i < s.ls.n; i++) {
-        const LoraAdapter *a = &s.ls.ad[i];
-        for (size_t j = 0; j < (size_t)a->out * s.ls.r; j++)
-            s.ls.params[a->b_off + j] = 0.2f * (2.0f * rng_uniform(rng_key(5, (uint64_t)i), j) - 1.0f);
-    }
+    fx_nonzero_b(&s.ls, s.ls.params);
     for (int k = 0; k < K; k++) s.ls.params[s.ls.head_bias_off + k] = 0.1f * (float)(k + 1);
     uint64_t key = 0xABCDEF;
     s.be.zero(&s.be, s.ls.grads, s.ls.numel * sizeof(float));

@@ -3,7 +3,7 @@
 // and the numeric comparisons; this header holds what those tests do around them:
 //   - HF + PEFT fixtures (tests/fixtures/*.safetensors, tools/gen_reference.py): need(), json_int(),
 //     json_num(), fx_open() (fixture, metadata, model config), fx_peft_lora() (the adapters as PEFT had
-//     them), fx_batch() (the fixture's batch), fx_load_init() (the init.* tensors), fx_optim_config(),
+//     them), fx_batch() (the fixture's batch), fx_nonzero_b() (B factors that matter), fx_load_init() (the init.* tensors), fx_optim_config(),
 //     fx_check_trajectory() and fx_train_steps() (the 10-step AdamW trajectory and final parameters),
 //     fx_check_tensors() (the grad.* / final.* tensors), fx_check_calib() (the calibration statistics),
 //     fx_check_bf16() (the bf16 pass's logits and loss);
@@ -36,6 +36,7 @@
 #include "actlora/hfmodel.h"
 #include "actlora/lora.h"
 #include "actlora/optim.h"
+#include "actlora/rng.h"
 #include "actlora/safetensors.h"
 #include "test_util.h"
 
@@ -204,6 +205,16 @@ static inline void fx_batch(Batch *b, const SafeTensors *st, const char *path, i
     if (K <= 1) st_to_f32(need(st, "labels"), b->labels_f);
     b->n_tokens = 0;
     for (int i = 0; i < B * T; i++) b->n_tokens += b->mask[i];
+}
+
+// Non-zero LoRA B factors in a host copy of ls's parameters: PEFT starts B at 0, which leaves A without a
+// gradient and the adapter without effect. B = 0.2 (2u - 1), u = rng_uniform(rng_key(5, adapter), element).
+static inline void fx_nonzero_b(const LoraSet *ls, float *params_host) {
+    for (int i = 0; i < ls->n; i++) {
+        const LoraAdapter *a = &ls->ad[i];
+        for (size_t j = 0; j < (size_t)a->out * ls->r; j++)
+            params_host[a->b_off + j] = 0.2f * (2.0f * rng_uniform(rng_key(5, (uint64_t)i), j) - 1.0f);
+    }
 }
 
 // One training step's forward + backward of the caller's model on b (gradients zeroed by the caller's

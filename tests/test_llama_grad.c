@@ -61,11 +61,7 @@ static void test_dropout_gradcheck(TestCounts *tc, const char *dir) {
     Setup s;
     setup(&s, dir, layers, 2, mods, 7, 0.3, 3, 9);
     // non-zero B so that A has a gradient
-    for (int i = 0; i < s.ls.n; i++) {
-        const LoraAdapter *a = &s.ls.ad[i];
-        for (size_t j = 0; j < (size_t)a->out * s.ls.r; j++)
-            s.ls.params[a->b_off + j] = 0.2f * (2.0f * rng_uniform(rng_key(5, (uint64_t)i), j) - 1.0f);
-    }
+    fx_nonzero_b(&s.ls, s.ls.params);
     uint64_t key = 0xABCDEF;
     s.be.zero(&s.be, s.ls.grads, s.ls.numel * sizeof(float));
     llama_forward(&s.model, &s.be, &s.ls, &s.b, 1, 1.0f / (float)s.b.B, key, NULL);

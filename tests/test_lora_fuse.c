@@ -157,11 +157,7 @@ static void side_init(Side *s, const char *dir, int bf, int fuse_r, double dropo
               dropout, 3, s->mc.hidden_size);
     llama_init_head(&s->m, &s->be, dir, 0, &s->ls, 7);
     lora_init_weights(&s->ls, &s->be, 7);
-    for (int i = 0; i < s->ls.n; i++) {  // non-zero B: every gradient and the fused border matter
-        const LoraAdapter *a = &s->ls.ad[i];
-        for (size_t j = 0; j < (size_t)a->out * s->ls.r; j++)
-            s->ls.params[a->b_off + j] = 0.2f * (2.0f * rng_uniform(rng_key(5, (uint64_t)i), j) - 1.0f);
-    }
+    fx_nonzero_b(&s->ls, s->ls.params);
     llama_alloc_acts(&s->m, &s->be, &s->ls, 4, 12);
     batch_init(&s->b, 4, 12);
     data_synthetic_batch(&s->b, s->mc.vocab_size, s->mc.pad_token_id, 3, 99, 0, 0, 0);

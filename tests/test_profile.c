@@ -42,11 +42,7 @@ static void side_init(Side *s, Backend *be, const char *dir, int B, int T) {
               s->mc.hidden_size);
     llama_init_head(&s->model, be, dir, 0, &s->ls, 7);
     lora_init_weights(&s->ls, be, 7);
-    for (int i = 0; i < s->ls.n; i++) {  // non-zero B: every gradient is non-trivial
-        const LoraAdapter *a = &s->ls.ad[i];
-        for (size_t j = 0; j < (size_t)a->out * s->ls.r; j++)
-            s->ls.params[a->b_off + j] = 0.2f * (2.0f * rng_uniform(rng_key(5, (uint64_t)i), j) - 1.0f);
-    }
+    fx_nonzero_b(&s->ls, s->ls.params);
     llama_alloc_acts(&s->model, be, &s->ls, B, T);
     batch_init(&s->b, B, T);
     data_synthetic_batch(&s->b, s->mc.vocab_size, s->mc.pad_token_id, 3, 99, 0, 0, 0);
