@@ -170,6 +170,22 @@ static float *project(Backend *be, const float *x, const void *W, const float *b
     return y;
 }
 
+// Layer l's positional projection with its own weights (DeBERTa without share_att_key): which = "query" or
+// "key" (pos_query_proj / pos_key_proj), loaded, applied to the relative embeddings and freed again.
+static float *project_own(Backend *be, Loader *ld, const EncImpl *e, int l, const char *which) {
+    char name[160], what[16];
+    int C = e->C;
+    snprintf(name, sizeof name, "encoder.layer.%d.attention.self.pos_%s_proj.weight", l, which);
+    void *pw = load_weight(be, ld, name, C, C, 1);
+    snprintf(name, sizeof name, "encoder.layer.%d.attention.self.pos_%s_proj.bias", l, which);
+    float *pb = load(be, ld, name, C, 0, INIT_ZEROS, 1);
+    snprintf(what, sizeof what, "pos %s", which);
+    float *y = project(be, e->rel, pw, pb, e->P, C, what);
+    be->free(be, pw);
+    be->free(be, pb);
+    return y;
+}
+
 void encoder_load(Encoder *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
                   uint64_t seed) {
     memset(m, 0, sizeof *m);
@@ -274,26 +290,8 @@ void encoder_load(Encoder *m, Backend *be, const char *dir, const ModelConfig *m
             if (e->p2c) w->pq_base = project(be, e->rel, w->wq, w->bq, e->P, C, "pos query");
             if (e->c2p) w->pk_base = project(be, e->rel, w->wk, w->bk, e->P, C, "pos key");
         } else {
-            void *pw;
-            float *pb;
-            if (e->p2c) {
-                snprintf(name, sizeof name, "encoder.layer.%d.attention.self.pos_query_proj.weight", l);
-                pw = load_weight(be, &ld, name, C, C, 1);
-                snprintf(name, sizeof name, "encoder.layer.%d.attention.self.pos_query_proj.bias", l);
-                pb = load(be, &ld, name, C, 0, INIT_ZEROS, 1);
-                w->pq_base = project(be, e->rel, pw, pb, e->P, C, "pos query");
-                be->free(be, pw);
-                be->free(be, pb);
-            }
-            if (e->c2p) {
-                snprintf(name, sizeof name, "encoder.layer.%d.attention.self.pos_key_proj.weight", l);
-                pw = load_weight(be, &ld, name, C, C, 1);
-                snprintf(name, sizeof name, "encoder.layer.%d.attention.self.pos_key_proj.bias", l);
-                pb = load(be, &ld, name, C, 0, INIT_ZEROS, 1);
-                w->pk_base = project(be, e->rel, pw, pb, e->P, C, "pos key");
-                be->free(be, pw);
-                be->free(be, pb);
-            }
+            if (e->p2c) w->pq_base = project_own(be, &ld, e, l, "query");
+            if (e->c2p) w->pk_base = project_own(be, &ld, e, l, "key");
         }
     }
 #undef T_
