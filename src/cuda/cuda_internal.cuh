@@ -113,12 +113,37 @@ void cuda_cast_bf16(CudaCtx *cx, __nv_bfloat16 *dst, const float *src, size_t n)
 
 // ---------------------------------------------------------------------------- device helpers
 
+// for (i = this thread's first index; i < n; i += all threads of the grid)
+#define GRID_STRIDE(i, n) \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+static __device__ __forceinline__ float cuda_to_float(float v) { return v; }
+static __device__ __forceinline__ float cuda_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+
 // Records the first device-side error (later ones are dropped); not a reduction.
 static __device__ __forceinline__ void cuda_set_error(int *err, int code, int a, int b, int c) {
     if (atomicCAS(err, 0, code) == 0) {
         err[1] = a;
         err[2] = b;
         err[3] = c;
+    }
+}
+
+// out[n, :] = float(table[ids[n], :]) for a [V, C] table of fp32 or bf16 (embedding_fwd, wembedding_fwd);
+// a negative id sets the device error flag (first error wins) and writes zeros. total = N * C.
+template <typename T>
+static __global__ void k_embedding_rows(float *__restrict__ out, const int32_t *__restrict__ ids,
+                                        const T *__restrict__ table, int C, size_t total, int *err) {
+    GRID_STRIDE(i, total) {
+        size_t n = i / (size_t)C, c = i % (size_t)C;
+        int id = ids[n];
+        if (id < 0) {
+            if (c == 0) cuda_set_error(err, CUDA_ERR_TOKEN_ID, (int)n, id, 0);
+            out[i] = 0.0f;
+        } else {
+            out[i] = cuda_to_float(table[(size_t)id * C + c]);
+        }
     }
 }
 

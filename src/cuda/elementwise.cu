@@ -12,9 +12,6 @@
 #include "actlora/rng.h"
 #include "cuda_internal.cuh"
 
-#define GRID_STRIDE(i, n) \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
-
 // ---------------------------------------------------------------------------- add, scale
 
 static __global__ void k_add(float *__restrict__ y, const float *__restrict__ x, size_t n) {
@@ -41,26 +38,11 @@ static void cu_scale(Backend *be, float *x, float s, size_t n) {
 
 // ---------------------------------------------------------------------------- embedding
 
-// out[n, :] = wte[ids[n], :]; a negative id sets the error flag and writes zeros
-static __global__ void k_embedding(float *__restrict__ out, const int32_t *__restrict__ ids,
-                                   const float *__restrict__ wte, int C, size_t total, int *err) {
-    GRID_STRIDE(i, total) {
-        size_t n = i / (size_t)C, c = i % (size_t)C;
-        int id = ids[n];
-        if (id < 0) {
-            if (c == 0) cuda_set_error(err, CUDA_ERR_TOKEN_ID, (int)n, id, 0);
-            out[i] = 0.0f;
-        } else {
-            out[i] = wte[(size_t)id * C + c];
-        }
-    }
-}
-
 static void cu_embedding_fwd(Backend *be, float *out, const int32_t *ids, const float *wte, int N, int C) {
     size_t total = (size_t)N * (size_t)C;
     if (N <= 0 || C <= 0) return;
     CudaCtx *cx = cuda_ctx(be);
-    k_embedding<<<cuda_blocks(total), CUDA_THREADS, 0, cx->stream>>>(out, ids, wte, C, total, cx->d_err);
+    k_embedding_rows<<<cuda_blocks(total), CUDA_THREADS, 0, cx->stream>>>(out, ids, wte, C, total, cx->d_err);
     launch_check("embedding_fwd");
 }
 

@@ -30,9 +30,6 @@
 
 #include "cuda_internal.cuh"
 
-#define GRID_STRIDE(i, n) \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
-
 #define ENC_THREADS 128      // attention blocks: 4 warps; a power of two (block_sum / block_max)
 #define ENC_CHUNK 256        // rows of a dS / P / idx column staged at a time by backward 2
 #define ENC_REL_THREADS 256  // position-gradient blocks

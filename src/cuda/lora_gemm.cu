@@ -19,9 +19,6 @@
 #include "actlora/rng.h"
 #include "cuda_internal.cuh"
 
-#define GRID_STRIDE(i, n) \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
-
 template <typename T>
 static __device__ __forceinline__ T to_fmt(float v);
 template <>

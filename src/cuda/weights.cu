@@ -20,9 +20,6 @@
 #include "actlora/rng.h"
 #include "cuda_internal.cuh"
 
-#define GRID_STRIDE(i, n) \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
-
 // fp32 elements per chunk of weight_upload's staging buffer (64 MiB)
 #define UPLOAD_CHUNK ((size_t)1 << 24)
 
@@ -50,21 +47,6 @@ static __global__ void k_cast_bf16(__nv_bfloat16 *__restrict__ out, const float 
 // w[i] = bf16(mean + std * rng_normal(key, i)) (the randn op's value, then rounded)
 static __global__ void k_randn_bf16(__nv_bfloat16 *w, size_t n, float mean, float std, uint64_t key) {
     GRID_STRIDE(i, n) w[i] = __float2bfloat16_rn(__fadd_rn(mean, __fmul_rn(std, rng_normal(key, (uint64_t)i))));
-}
-
-// out[n, :] = float(table[ids[n], :]); a negative id sets the error flag and writes zeros
-static __global__ void k_embedding_bf16(float *__restrict__ out, const int32_t *__restrict__ ids,
-                                        const __nv_bfloat16 *__restrict__ table, int C, size_t total, int *err) {
-    GRID_STRIDE(i, total) {
-        size_t n = i / (size_t)C, c = i % (size_t)C;
-        int id = ids[n];
-        if (id < 0) {
-            if (c == 0) cuda_set_error(err, CUDA_ERR_TOKEN_ID, (int)n, id, 0);
-            out[i] = 0.0f;
-        } else {
-            out[i] = __bfloat162float(table[(size_t)id * C + c]);
-        }
-    }
 }
 
 // dst[0..n) = bf16(src[0..n)) on the backend's stream (device memory on both sides)
@@ -138,7 +120,7 @@ static void cu_wembedding_fwd(Backend *be, float *out, const int32_t *ids, const
     size_t total = (size_t)N * (size_t)C;
     if (N <= 0 || C <= 0) return;
     CudaCtx *cx = cuda_ctx(be);
-    k_embedding_bf16<<<cuda_blocks(total), CUDA_THREADS, 0, cx->stream>>>(out, ids, (const __nv_bfloat16 *)table, C,
+    k_embedding_rows<<<cuda_blocks(total), CUDA_THREADS, 0, cx->stream>>>(out, ids, (const __nv_bfloat16 *)table, C,
                                                                           total, cx->d_err);
     launch_check("wembedding_fwd (bf16)");
 }
