@@ -106,10 +106,9 @@ void cuda_install_encoder(Backend *be);  // encoder.cu: the encoder ops (BERT / 
 void cuda_install_weights(Backend *be);  // weights.cu: weight formats (bf16 default), wgemm, wembedding_fwd
 void cuda_install_lora_gemm(Backend *be);  // lora_gemm.cu: wgemm_lora, wgemm_lora_multi, weight_set_lora
 
-// weights.cu: the grow-only buffer of wgemm's activation operand (contents undefined), and the cast
-// of n fp32 values to bf16 on the backend's stream
+// weights.cu: the grow-only buffer of wgemm's activation operand (contents undefined; lora_gemm.cu builds
+// its [X | Xa] operands in it too)
 void *cuda_operand_buffer(Backend *be, size_t bytes);
-void cuda_cast_bf16(CudaCtx *cx, __nv_bfloat16 *dst, const float *src, size_t n);
 
 // ---------------------------------------------------------------------------- device helpers
 

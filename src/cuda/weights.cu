@@ -50,7 +50,7 @@ static __global__ void k_randn_bf16(__nv_bfloat16 *w, size_t n, float mean, floa
 }
 
 // dst[0..n) = bf16(src[0..n)) on the backend's stream (device memory on both sides)
-void cuda_cast_bf16(CudaCtx *cx, __nv_bfloat16 *dst, const float *src, size_t n) {
+static void cast_bf16(CudaCtx *cx, __nv_bfloat16 *dst, const float *src, size_t n) {
     if (!n) return;
     if ((uintptr_t)src % 16 == 0 && (uintptr_t)dst % 8 == 0) {
         size_t work = n / 4 > 0 ? n / 4 : 1;
@@ -96,7 +96,7 @@ static void cu_weight_upload(Backend *be, void *w, const float *src_host, size_t
     for (size_t off = 0; off < n; off += chunk) {
         size_t m = n - off < chunk ? n - off : chunk;
         cuda_check(cudaMemcpyAsync(stage, src_host + off, m * sizeof(float), cudaMemcpyHostToDevice, cx->stream));
-        cuda_cast_bf16(cx, dst + off, stage, m);
+        cast_bf16(cx, dst + off, stage, m);
     }
     cuda_check(cudaStreamSynchronize(cx->stream));  // synchronous, as upload: the caller may free src_host
     be->free(be, stage);
@@ -155,7 +155,7 @@ static void cu_wgemm(Backend *be, int trans_w, int M, int N, int K, float alpha,
     CudaCtx *cx = cuda_ctx(be);
     check(M > 0 && N > 0 && K > 0, "wgemm: negative size M=%d N=%d K=%d", M, N, K);
     __nv_bfloat16 *xb = operand_buffer(be, (size_t)M * (size_t)K);
-    cuda_cast_bf16(cx, xb, X, (size_t)M * (size_t)K);
+    cast_bf16(cx, xb, X, (size_t)M * (size_t)K);
     // column-major: Y^T[N,M] = op(W)^T[N,K] X^T[K,M]; W row-major [N,K] (trans_w) has ld K, [K,N] has ld N
     cublas_check(cublasGemmEx(cx->blas, trans_w ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &alpha, W,
                               CUDA_R_16BF, trans_w ? K : N, xb, CUDA_R_16BF, K, &beta, Y, CUDA_R_32F, N,
@@ -172,7 +172,7 @@ static void cu_wgemm_multi(Backend *be, int n, int M, int K, const float *X, con
     }
     CudaCtx *cx = cuda_ctx(be);
     __nv_bfloat16 *xb = operand_buffer(be, (size_t)M * (size_t)K);
-    cuda_cast_bf16(cx, xb, X, (size_t)M * (size_t)K);
+    cast_bf16(cx, xb, X, (size_t)M * (size_t)K);
     const float alpha = 1.0f, beta = 0.0f;
     for (int i = 0; i < n; i++) {
         check(N[i] >= 0, "wgemm_multi: negative size N[%d]=%d", i, N[i]);
