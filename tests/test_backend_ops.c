@@ -11,6 +11,8 @@
 //   accumulate (+=) checks: rtol 1e-6 against prefill + the separately-checked gradient
 //   AdamW (5 steps) vs double torch formula: rtol 1e-5, floor 1e-3
 //   sumsq vs double: 1e-12; 1 thread vs 2 threads: bitwise equal
+// Also: where the build found OpenBLAS's OpenMP build, that is the OpenBLAS loaded (unless the caller
+// points LD_LIBRARY_PATH at another OpenBLAS on purpose).
 #include "actlora/backend.h"
 #include "actlora/common.h"
 #include "actlora/rng.h"
@@ -737,6 +739,16 @@ int main(int argc, char **argv) {
     T_CHECK(&tc, be.threads >= 1 && strcmp(be.name, "cpu") == 0, "backend_cpu_init: name %s threads %d", be.name,
             be.threads);
     printf("cpu backend, %d threads\n", be.threads);
+    // the BLAS threads: where the build found OpenBLAS's OpenMP build it must be the one loaded (RPATH,
+    // CMakeLists.txt), else its pthreads and the ops' OpenMP threads spin against each other
+    int blas = backend_cpu_blas_threading();
+    printf("OpenBLAS threading: %s\n", blas == 2 ? "OpenMP" : blas == 1 ? "pthreads" : "sequential");
+#ifdef ACTLORA_EXPECT_BLAS_OPENMP
+    const char *ldp = getenv("LD_LIBRARY_PATH");
+    T_CHECK(&tc, blas == 2 || (ldp && strstr(ldp, "openblas")), "the build found OpenBLAS's OpenMP build, but the loaded "
+            "OpenBLAS runs %s (openblas_get_parallel %d): is the RPATH lost?", blas == 1 ? "pthreads" : "no threads",
+            blas);
+#endif
     test_memory(&tc, &be);
     test_gemm(&tc, &be);
     test_gemm_edges(&tc, &be);
