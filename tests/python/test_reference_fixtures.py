@@ -472,6 +472,18 @@ def _same_versions(meta):
                                 "peft": peft.__version__}
 
 
+def _assert_tensors_match(ref, new, exact):
+    """Every tensor of a regenerated fixture against the committed one: the same dtype and shape, and
+    bit-identical values with the same library versions, else within rtol 1e-3 / atol 1e-4."""
+    for k in sorted(ref):
+        a, b = ref[k], new[k]
+        assert a.dtype == b.dtype and a.shape == b.shape, k
+        if exact:
+            assert np.array_equal(a, b), (k, float(np.max(np.abs(a.astype(np.float64) - b))))
+        else:
+            np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4, err_msg=k)
+
+
 @pytest.mark.parametrize("name", CASES + ENC_CASES)
 def test_regenerated_fixture_matches(regenerated, name):
     ref, ref_meta = load(name)
@@ -485,13 +497,7 @@ def test_regenerated_fixture_matches(regenerated, name):
     else:
         ref_meta.pop("versions"), new_meta.pop("versions")
         assert new_meta == ref_meta
-    for k in sorted(ref):
-        a, b = ref[k], new[k]
-        assert a.dtype == b.dtype and a.shape == b.shape, k
-        if exact:
-            assert np.array_equal(a, b), (k, float(np.max(np.abs(a.astype(np.float64) - b))))
-        else:
-            np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4, err_msg=k)
+    _assert_tensors_match(ref, new, exact)
     if exact:
         assert same_bytes
 
@@ -633,13 +639,7 @@ def test_regenerated_minilm_matches(regenerated_minilm):
     for m in (ref_meta, new_meta):
         m.pop("versions"), m["model_package"].pop("version")
     assert new_meta == ref_meta
-    for k in sorted(ref):
-        a, b = ref[k], new[k]
-        assert a.dtype == b.dtype and a.shape == b.shape, k
-        if exact:
-            assert np.array_equal(a, b), (k, float(np.max(np.abs(a.astype(np.float64) - b))))
-        else:
-            np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4, err_msg=k)
+    _assert_tensors_match(ref, new, exact)
     if exact:
         with open(os.path.join(FIX, MINILM), "rb") as a, open(os.path.join(regenerated_minilm, MINILM), "rb") as b:
             assert a.read() == b.read()
