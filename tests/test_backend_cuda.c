@@ -650,20 +650,6 @@ static void test_model(Ctx *c, const char *root) {
 
 // ------------------------------------------------------------------------------ bf16 weights
 
-// A host fp32 copy of n weight elements of backend be (bf16 storage expanded exactly).
-static float *weights_host(Backend *be, const void *w, size_t n) {
-    if (be->weight_bytes != 2) return download_any(be, w, n);
-    float *h = xmalloc((n ? n : 1) * sizeof(float), "weights download");
-    uint16_t *t = xmalloc((n ? n : 1) * 2, "bf16 download");
-    be->download(be, t, w, n * 2);
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u = (uint32_t)t[i] << 16;
-        memcpy(&h[i], &u, 4);
-    }
-    free(t);
-    return h;
-}
-
 // host fp32 -> a new weight buffer of backend be
 static void *weights_on(Backend *be, const float *h, size_t n) {
     void *w = be->weight_alloc(be, n, "test weights");
@@ -687,7 +673,7 @@ static void test_wgemm(Ctx *c) {
         float *h = hrand(c, n, -3, 3);
         memcpy(h, sp, sizeof sp);
         void *cw = weights_on(cb, h, n), *gw = weights_on(gb, h, n);
-        float *wc = weights_host(cb, cw, n), *wg = weights_host(gb, gw, n);
+        float *wc = fx_weights_host(cb, cw, n), *wg = fx_weights_host(gb, gw, n);
         cmp_exact(c, wg, wc, n, "weight_upload: bf16 rounding (RNE) = CPU emulation");
         T_CHECK(c->tc, wc[0] == 1.0f && wc[1] == 1.015625f && wc[2] == -1.0f && wc[3] == 1.0f,
                 "CPU bf16 rounding of ties: %.9g %.9g %.9g %.9g", wc[0], wc[1], wc[2], wc[3]);
@@ -702,7 +688,7 @@ static void test_wgemm(Ctx *c) {
         void *cw = cb->weight_alloc(cb, n, "r"), *gw = gb->weight_alloc(gb, n, "r");
         cb->weight_randn(cb, cw, n, 0.0f, 0.02f, 0xABCDu);
         gb->weight_randn(gb, gw, n, 0.0f, 0.02f, 0xABCDu);
-        float *wc = weights_host(cb, cw, n), *wg = weights_host(gb, gw, n);
+        float *wc = fx_weights_host(cb, cw, n), *wg = fx_weights_host(gb, gw, n);
         cmp_rel(c, wg, wc, n, 1e-2, "weight_randn bf16 (1 bf16 ulp)");
         free(wc), free(wg);
         cb->free(cb, cw), gb->free(gb, gw);

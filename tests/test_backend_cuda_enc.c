@@ -39,17 +39,9 @@
 #include "actlora/backend.h"
 #include "actlora/backend_cuda.h"
 #include "actlora/common.h"
+#include "test_fixture.h"  // Rand / rnd
 
 // ------------------------------------------------------------------------------ helpers
-
-typedef struct {
-    uint64_t s;
-} Rand;
-
-static double rnd(Rand *r) {
-    r->s = r->s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double)(r->s >> 11) * (1.0 / 9007199254740992.0);
-}
 
 enum {
     OP_EMBEDDING_ADD,

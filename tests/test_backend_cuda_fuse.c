@@ -39,23 +39,6 @@ static void *on(Backend *be, const float *h, size_t n) {
     return d;
 }
 
-// a host copy of n weight elements (weight format) as fp32: download as bf16 pairs on the GPU in bf16
-static float *weights_host(Backend *be, const void *w, size_t n) {
-    float *h = xmalloc((n ? n : 1) * sizeof(float), "weights");
-    if (be->weight_dtype == BACKEND_WEIGHT_BF16 && be->weight_bytes == 2) {
-        uint16_t *b = xmalloc((n ? n : 1) * 2, "bf16");
-        be->download(be, b, w, n * 2);
-        for (size_t i = 0; i < n; i++) {
-            uint32_t u = (uint32_t)b[i] << 16;
-            memcpy(&h[i], &u, 4);
-        }
-        free(b);
-    } else {
-        be->download(be, h, w, n * sizeof(float));
-    }
-    return h;
-}
-
 static void cmp_norm(TestCounts *tc, const float *got, const float *want, size_t n, double tol, const char *what) {
     double mx = 0.0, d = 0.0;
     for (size_t i = 0; i < n; i++) {
@@ -90,14 +73,14 @@ static void test_ops(Ctx *c, int f) {
         float *ca = on(cb, A, (size_t)R * in), *cbm = on(cb, Bm, (size_t)out * R);
         float *ga = on(gb, A, (size_t)R * in), *gbm = on(gb, Bm, (size_t)out * R);
         char what[128];
-        float *wc = weights_host(cb, cw, nb), *wg = weights_host(gb, gw, nb);
+        float *wc = fx_weights_host(cb, cw, nb), *wg = fx_weights_host(gb, gw, nb);
         snprintf(what, sizeof what, "%s weight_randn_2d %dx%d stride %d", fn, out, in, ld);
         cmp_norm(c->tc, wg, wc, nb, f ? 8e-3 : 1e-6, what);
         free(wc), free(wg);
         cb->weight_set_lora(cb, cw, out, in, R, ca, cbm, s);
         gb->weight_set_lora(gb, gw, out, in, R, ga, gbm, s);
         // the border must be the same bits (same inputs, same rounding); compare only the border
-        wc = weights_host(cb, cw, nb), wg = weights_host(gb, gw, nb);
+        wc = fx_weights_host(cb, cw, nb), wg = fx_weights_host(gb, gw, nb);
         size_t bad = 0;
         for (int i = 0; i < out + R; i++)
             for (int k = 0; k < ld; k++) {

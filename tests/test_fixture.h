@@ -312,6 +312,24 @@ static inline float *to_host(Backend *be, const float *d, size_t n) {
     return h;
 }
 
+// Host fp32 copy of n elements of a frozen weight in be's weight format (bf16 on CUDA is widened exactly;
+// the CPU keeps fp32, its bf16 emulation included); the caller frees it.
+static inline float *fx_weights_host(Backend *be, const void *w, size_t n) {
+    float *h = xmalloc((n ? n : 1) * sizeof(float), "weights download");
+    if (be->weight_bytes != 2) {
+        if (n) be->download(be, h, w, n * sizeof(float));
+        return h;
+    }
+    uint16_t *t = xmalloc((n ? n : 1) * 2, "bf16 download");
+    if (n) be->download(be, t, w, n * 2);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)t[i] << 16;
+        memcpy(&h[i], &u, 4);
+    }
+    free(t);
+    return h;
+}
+
 // ACTLORA_TEST_BACKEND -> the mode; returns -1 to run, or the exit code (77 skip, 2 bad value).
 static inline int pick_mode(Mode *md, const char *test) {
     const char *want = getenv("ACTLORA_TEST_BACKEND");
