@@ -300,10 +300,13 @@ int main(int argc, char **argv) {
                      "ACTLORA_FAULT_STOP_AT='%s' must be STEP.MICRO", fault);
     // run.profile: every op timed (profile.h), from the second step of this run (the first allocates)
     Profile prof = {0};
-    long long prof_from = tr.step + 1;
+    long long prof_first = tr.step, prof_warm = tr.step + 1;  // the profile holds the steps from prof_first
     if (cfg.run.profile) profile_start(&prof, &be);
     while (tr.step < tr.total_steps) {
-        if (cfg.run.profile && tr.step == prof_from && tr.micro == 0) profile_reset(&prof);
+        if (cfg.run.profile && tr.step == prof_warm && tr.micro == 0) {
+            profile_reset(&prof);
+            prof_first = tr.step;
+        }
         while (tr.micro < cfg.train.grad_accum) {
             if (tr.step == stop_step && tr.micro == stop_micro) raise(SIGUSR1);
             if (dist_any(&d, actlora_stop_signal != 0)) {
@@ -327,7 +330,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "actlora-mpi: warning: periodic checkpoint failed, training goes on: %s\n", err.msg);
     }
     if (cfg.run.profile) {
-        long long steps = tr.step - (tr.step > prof_from ? prof_from : prof_from - 1);
+        long long steps = tr.step - prof_first;
         profile_stop(&prof);
         if (d.rank == 0) profile_print(&prof, stdout, steps, 30, 0.0);
         profile_log(&prof, &lg, steps);
