@@ -5,6 +5,7 @@
 # Checks: np=1 and np=2 with the same global batch select the same layers and follow the same loss
 # trajectory (fp32 tolerance); --calibrate-only writes calibration.h5 and stops; the JSONL log has
 # train/eval/summary records; lora.fuse (adapters on the frozen GEMMs) follows the plain run's losses;
+# run.profile prints its table over the steps after the first and logs profile records;
 # a wrong task or a file tokenized for another vocabulary is refused.
 # Usage (ctest): test_pipeline.sh SOURCE_ROOT BUILD_DIR ACTLORA_BINARY
 set -uo pipefail
@@ -79,6 +80,18 @@ assert worst < 2e-5, f"fused and plain loss trajectories differ by {worst:.2e}"
 print(f"lora.fuse vs plain (np=2, fp32): loss trajectories within {worst:.1e}")
 PY
 grep -q "^summary | dev: accuracy" "$work/np2.out" && ok || bad "no dev accuracy in the summary"
+
+# run.profile: the table covers the steps after the first (12 - 1 = 11), and log.jsonl has one profile
+# record per op and shape with the same step count, the costliest of them a matrix product
+run_mpi 1 "${common[@]}" --set run.profile=true --set run.dir="$work/prof" > "$work/prof.out" 2>&1 || { cat "$work/prof.out"; bad "run.profile run failed"; }
+grep -q "^profile | 11 step(s): the ops took" "$work/prof.out" && ok || bad "profile table header missing or wrong step count"
+python3 - "$work/prof/log.jsonl" <<'PY' && ok || bad "profile records in log.jsonl"
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1]) if '"type":"profile"' in l]
+assert len(recs) > 10 and all(r["steps"] == 11 and r["calls"] > 0 and r["seconds"] >= 0 for r in recs), recs[:3]
+top = max(recs, key=lambda r: r["seconds"])
+assert top["op"] in ("wgemm", "wgemm_multi", "gemm", "attention_fwd", "attention_bwd"), top
+PY
 
 # --calibrate-only: calibration.h5 with the documented datasets, and no training
 run_mpi 2 "${common[@]}" --set run.dir="$work/cal" --calibrate-only > "$work/cal.out" 2>&1 || { cat "$work/cal.out"; bad "--calibrate-only failed"; }
