@@ -142,13 +142,7 @@ static void run_pass(TestCounts *tc, const char *root, const char *dir, const Mo
         printf("encoder-parity minilm_real backend=%s dtype=%s logits %.2e grads - traj - (loss %.7f vs HF %.7f, rel "
                "%.2e; logits/loss only, tol 3e-2 / 2e-2) %s\n", be.name, backend_weight_dtype_name(&be), logits_err,
                loss, (double)ref_loss, loss_err, tc->failed == failed0 ? "ok" : "FAILED");
-        batch_free(&b);
-        model_free(&model, &be);
-        lora_free(&ls, &be);
-        backend_free(&be);
-        cJSON_Delete(meta);
-        safetensors_close(&st);
-        return;
+        goto done;  // the rest is the fp32 pass's
     }
 
     // ---- calibration statistics of the base model (no adapters) vs HF forward hooks
@@ -229,6 +223,7 @@ static void run_pass(TestCounts *tc, const char *root, const char *dir, const Mo
            "1e-3, loss %.2e, [CLS] hidden %.2e, calibration %.2e; tol %.0e / 1e-4) %s\n", be.name,
            backend_weight_dtype_name(&be), logits_err, worst_grad, fabs(loss - ref_loss) / fabs(ref_loss), worst_hidden,
            calib_err, logits_tol, tc->failed == failed0 ? "ok" : "FAILED");
+done:
     batch_free(&b);
     model_free(&model, &be);
     lora_free(&ls, &be);

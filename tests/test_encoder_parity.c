@@ -118,13 +118,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
         printf("encoder-parity %s backend=%s dtype=%s logits %.2e grads - traj - (loss %.2e; logits/loss only, tol "
                "3e-2 / 2e-2) %s\n", fx, be.name, backend_weight_dtype_name(&be), logits_err, loss_err,
                tc->failed == failed0 ? "ok" : "FAILED");
-        batch_free(&b);
-        encoder_free(&model, &be);
-        lora_free(&ls, &be);
-        backend_free(&be);
-        cJSON_Delete(meta);
-        safetensors_close(&st);
-        return;
+        goto done;  // the rest is the fp32 pass's
     }
 
     // ---- DeBERTa: the relative-position index vs transformers' build_relative_position
@@ -224,6 +218,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
            "params %.2e; tol 1e-5 / 1e-4 / 1e-4) %s\n", fx, be.name, backend_weight_dtype_name(&be), logits_err,
            worst_grad, traj_err, fabs(loss - ref_loss) / fabs(ref_loss), worst_hidden, worst_final,
            tc->failed == failed0 ? "ok" : "FAILED");
+done:
     batch_free(&b);
     encoder_free(&model, &be);
     lora_free(&ls, &be);
