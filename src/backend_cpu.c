@@ -8,6 +8,7 @@
 #include "actlora/backend.h"
 #include "actlora/common.h"
 #include "actlora/rng.h"
+#include "backend_cpu_internal.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -24,7 +25,6 @@ void cpu_attention_fwd(Backend *be, float *out, float *probs, const float *q, co
 void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                        const float *probs, const float *q, const float *k, const float *v,
                        int B, int T, int H, int KVH, int D);
-float *cpu_scratch(Backend *be, size_t n, const char *what);
 
 // below this many elements an elementwise op runs on one thread (fork/join costs more)
 #define PAR_MIN 32768
@@ -401,6 +401,7 @@ void backend_cpu_init(Backend *be, int threads) {
     be->loss_fwd_bwd = cpu_loss_fwd_bwd;
     be->adamw = cpu_adamw;
     backend_cpu_weights_init(be);  // weight_alloc, weight_upload, weight_randn, wgemm, ... (backend_weights.c)
+    backend_cpu_act_wf_init(be);   // MLP activations in the weight format (backend_act_wf.c)
     backend_cpu_enc_init(be);
     // every op filled: a missing one would be a NULL call much later
 #define NEED(op) check(be->op != NULL, "internal: the CPU backend leaves op '%s' unset", #op);

@@ -13,13 +13,13 @@
 // summed in a fixed order: the results do not depend on the thread count (no atomics).
 #include "actlora/backend.h"
 #include "actlora/common.h"
+#include "backend_cpu_internal.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
 
 void openblas_set_num_threads(int num_threads);
-float *cpu_scratch(Backend *be, size_t n, const char *what);  // backend_cpu.c
 
 // Query / key rows per task. The dq pass writes dS[i, 0:i1) for the row block [i0, i1) of
 // row i, and the dk/dv pass reads dS[i, j0:j1) for i >= j0 of the key block [j0, j1): the

@@ -18,6 +18,7 @@
 // left out of the products (their gradients are exactly 0).
 #include "actlora/backend.h"
 #include "actlora/common.h"
+#include "backend_cpu_internal.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -26,7 +27,6 @@
 #include <string.h>
 
 void openblas_set_num_threads(int num_threads);
-float *cpu_scratch(Backend *be, size_t n, const char *what);  // backend_cpu.c
 
 // below this many elements an op runs on one thread (fork/join costs more); as in backend_cpu.c
 #define PAR_MIN 32768

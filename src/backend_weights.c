@@ -16,28 +16,7 @@
 #include "actlora/backend.h"
 #include "actlora/common.h"
 #include "actlora/rng.h"
-
-float *cpu_scratch(Backend *be, size_t n, const char *what);  // backend_cpu.c
-
-// fp32 -> nearest bf16 (ties to even), returned as the fp32 value it represents. NaN stays NaN.
-static inline float round_bf16(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) {
-        u |= 0x00400000u;  // quiet NaN, payload kept in the top bits
-    } else {
-        u += 0x7fffu + ((u >> 16) & 1u);  // may carry into the exponent (to inf past the largest bf16)
-    }
-    u &= 0xffff0000u;
-    float r;
-    memcpy(&r, &u, 4);
-    return r;
-}
-
-static void round_bf16_inplace(Backend *be, float *x, size_t n) {
-    #pragma omp parallel for num_threads(be->threads) if (n >= 32768) schedule(static)
-    for (size_t i = 0; i < n; i++) x[i] = round_bf16(x[i]);
-}
+#include "backend_cpu_internal.h"
 
 static int cpu_set_weight_dtype(Backend *be, int dtype) {
     if (dtype != BACKEND_WEIGHT_FP32 && dtype != BACKEND_WEIGHT_BF16) return -1;
@@ -99,7 +78,7 @@ static void operand_fill(Backend *be, float *op, int ld, const float *X, int k0,
 }
 
 // Y [M, n] = op [M, k] (row stride ldo) @ rows / columns of the bordered Wb (row stride in + r), beta Y
-static void bordered_gemm(int trans_w, int M, int n, int k, const float *op, int ldo, const float *Wb, int ldw,
+void cpu_bordered_gemm(int trans_w, int M, int n, int k, const float *op, int ldo, const float *Wb, int ldw,
                           float beta, float *Y) {
     if (beta == 0.0f) memset(Y, 0, (size_t)M * (size_t)n * sizeof(float));  // never read what beta 0 overwrites
     cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_w ? CblasTrans : CblasNoTrans, M, n, k, 1.0f, op, ldo, Wb, ldw,
@@ -118,7 +97,7 @@ static void cpu_wgemm_lora(Backend *be, int trans_w, int M, int out, int in, int
     int k0 = trans_w ? in : out, k = k0 + (Xa ? r : 0);
     float *op = cpu_scratch(be, (size_t)M * (size_t)k, "wgemm_lora operand [X | Xa]");
     operand_fill(be, op, k, X, k0, Xa, r, M);
-    bordered_gemm(trans_w, M, trans_w ? out : in, k, op, k, (const float *)Wb, in + r, beta, Y);
+    cpu_bordered_gemm(trans_w, M, trans_w ? out : in, k, op, k, (const float *)Wb, in + r, beta, Y);
 }
 
 // n bordered forwards sharing X: X placed (and rounded) once, each Xa_i written into the last r columns
@@ -139,7 +118,7 @@ static void cpu_wgemm_lora_multi(Backend *be, int n, int M, int in, int r, const
                     op[(size_t)m * ld + in + j] = bf ? round_bf16(v) : v;
                 }
         }
-        bordered_gemm(1, M, out[i], Xa[i] ? ld : in, op, ld, (const float *)Wb[i], ld, 0.0f, Y[i]);
+        cpu_bordered_gemm(1, M, out[i], Xa[i] ? ld : in, op, ld, (const float *)Wb[i], ld, 0.0f, Y[i]);
     }
 }
 

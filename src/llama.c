@@ -164,6 +164,12 @@ void llama_load_fused(Llama *m, Backend *be, const char *dir, const ModelConfig 
     free(s);
 }
 
+void llama_set_mlp_wf(Llama *m, int on) {
+    check(!on || m->fuse_r > 0, "internal: MLP activations in the weight format need the fused (bordered) weights");
+    check(!m->acts, "internal: llama_set_mlp_wf after the activations were allocated");
+    m->mlp_wf = on != 0;
+}
+
 int llama_init_head(Llama *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed) {
     size_t n = (size_t)m->num_labels * (size_t)m->cfg.hidden_size;
     float *host = xmalloc(n * sizeof(float), "score head");
@@ -201,12 +207,15 @@ void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
     int n_sets = (L - m->saved_from) + (m->saved_from > 0 ? 1 : 0);
     m->acts = xcalloc((size_t)n_sets, sizeof(LlamaActs), "activation sets");
     size_t bytes = 0;
-#define ACT(ptr, count)                                                    \
+#define ACT_BYTES(ptr, nbytes)                                             \
     do {                                                                   \
-        size_t _b = (size_t)(count) * sizeof(float);                       \
+        size_t _b = (size_t)(nbytes);                                      \
         (ptr) = be->alloc(be, _b, #ptr);                                   \
         bytes += _b;                                                       \
     } while (0)
+#define ACT(ptr, count) ACT_BYTES(ptr, (size_t)(count) * sizeof(float))
+    // the MLP tensors: fp32 [N, I], or in the weight format (mlp_wf) with the bordered operands' r columns
+    size_t mlp_el = m->mlp_wf ? be->weight_bytes : sizeof(float), mlp_ld = m->mlp_wf ? (size_t)I + (size_t)m->fuse_r : (size_t)I;
     for (int s = 0; s < n_sets; s++) {
         LlamaActs *a = &m->acts[s];
         ACT(a->x_in, N * C);
@@ -220,9 +229,9 @@ void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
         ACT(a->x_mid, N * C);
         ACT(a->rstd2, N);
         ACT(a->xn2, N * C);
-        ACT(a->gate, N * I);
-        ACT(a->up, N * I);
-        ACT(a->h, N * I);
+        ACT_BYTES(a->gate, N * I * mlp_el);
+        ACT_BYTES(a->up, N * I * mlp_el);
+        ACT_BYTES(a->h, N * mlp_ld * mlp_el);
         int layer = m->saved_from + s;  // the scratch set (layer >= L) has no adapters
         for (int mod = 0; mod < LORA_NUM_MODULES && layer < L; mod++)
             if (lora_find(ls, layer, (LoraModule)mod) >= 0) ACT(a->lora_a[mod], N * r);
@@ -241,8 +250,8 @@ void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
         ACT(m->dres, N * C);
         ACT(m->dxn, N * C);
         ACT(m->dh, N * I);
-        ACT(m->dgate, N * I);
-        ACT(m->dup, N * I);
+        ACT_BYTES(m->dgate, N * mlp_ld * mlp_el);
+        ACT_BYTES(m->dup, N * mlp_ld * mlp_el);
         ACT(m->datt, N * qd);
         ACT(m->dq, N * qd);
         ACT(m->dk, N * kvd);
@@ -251,6 +260,7 @@ void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
         ACT(m->lora_tmp, N * wide);
     }
 #undef ACT
+#undef ACT_BYTES
     m->d_ids = be->alloc(be, N * sizeof(int32_t), "batch ids");
     m->d_mask = be->alloc(be, N * sizeof(int32_t), "batch mask");
     m->d_last = be->alloc(be, (size_t)B * sizeof(int32_t), "batch last index");
@@ -361,6 +371,17 @@ static void proj_forward_add(Llama *m, Backend *be, const LoraSet *ls, int l, Lo
     lora_ops_forward(be, ls, l, mod, x, y, a_out, N, train, key, m->lora_tmp);
 }
 
+// The input gradient of a bordered projection of layer l: dx [N, in] (beta) = [dy | da] [W ; A], dy [N, out]
+// fp32 — or dyw, in the weight format with row stride out + r (mlp_wf), da then written into its last r
+// columns. The adapter's da (NULL: none) rides on the product, or under LoRA dropout is added apart.
+static void proj_dx(Llama *m, Backend *be, const LoraSet *ls, int l, LoraModule mod, const float *dy, void *dyw,
+                    const float *da, int in, int out, float beta, float *dx, int N, uint64_t key) {
+    int fold = da && ls->dropout == 0.0f;
+    if (dyw) be->wgemm_lora_wf(be, 0, N, out, in, m->fuse_r, dyw, fold ? da : NULL, proj_weight(m, l, mod), beta, dx);
+    else be->wgemm_lora(be, 0, N, out, in, m->fuse_r, dy, fold ? da : NULL, proj_weight(m, l, mod), beta, dx);
+    if (da && !fold) lora_ops_dx(be, ls, l, mod, da, dx, N, key, m->lora_tmp);
+}
+
 // Backward of one projection y = x W^T (+ adapter) of layer l: the adapter's dA, dB and, when dx != NULL,
 // dx [N, in] = dy W (+ the adapter's term) with beta 0 (overwrite) or 1 (accumulate). Fused without LoRA
 // dropout: the adapter's term rides on the frozen GEMM; with dropout its masked term is added apart.
@@ -369,10 +390,7 @@ static void proj_backward(Llama *m, Backend *be, LoraSet *ls, int l, LoraModule 
     void *W = proj_weight(m, l, mod);
     if (m->fuse_r) {
         const float *da = lora_ops_grads(be, ls, l, mod, x, dy, a_saved, N, key, m->lora_da, m->lora_tmp);
-        if (!dx) return;
-        int fold = da && ls->dropout == 0.0f;
-        be->wgemm_lora(be, 0, N, out, in, m->fuse_r, dy, fold ? da : NULL, W, beta, dx);
-        if (da && !fold) lora_ops_dx(be, ls, l, mod, da, dx, N, key, m->lora_tmp);
+        if (dx) proj_dx(m, be, ls, l, mod, dy, NULL, da, in, out, beta, dx, N, key);
         return;
     }
     if (dx) be->wgemm(be, 0, N, in, out, 1.0f, dy, W, beta, dx);
@@ -383,6 +401,25 @@ static void proj_backward(Llama *m, Backend *be, LoraSet *ls, int l, LoraModule 
 
 static LlamaActs *acts_for(Llama *m, int l) {
     return l >= m->saved_from ? &m->acts[l - m->saved_from] : &m->acts[m->cfg.num_hidden_layers - m->saved_from];
+}
+
+// The MLP with its activations in the weight format (mlp_wf): gate, up = xn2 [W | sB]^T + (adapters) in the
+// format; h = silu(gate) up into h [N, I + r]; out += [h | a] [Wd | sB]^T with down's a written into h's
+// last r columns (no operand copy). The same products and formulas as the fused path, in the format.
+static void mlp_forward_wf(Llama *m, Backend *be, const LoraSet *ls, int l, LlamaActs *a, float *out, int N,
+                           int train, uint64_t key) {
+    int C = m->cfg.hidden_size, I = m->cfg.intermediate_size, r = m->fuse_r;
+    const float *ag[2] = {
+        lora_ops_down(be, ls, l, LORA_GATE, a->xn2, a->lora_a[LORA_GATE], N, train, key, m->lora_tmp),
+        lora_ops_down(be, ls, l, LORA_UP, a->xn2, a->lora_a[LORA_UP], N, train, key, m->lora_tmp)};
+    const void *W[2] = {proj_weight(m, l, LORA_GATE), proj_weight(m, l, LORA_UP)};
+    const int n_out[2] = {I, I};
+    void *const Y[2] = {a->gate, a->up};
+    be->wgemm_lora_multi_wf(be, 2, N, C, r, a->xn2, ag, W, n_out, Y);
+    be->swiglu_fwd_wf(be, a->h, I + r, a->gate, a->up, N, I);
+    const float *ad = lora_ops_down_wf(be, ls, l, LORA_DOWN, a->h, I + r, a->lora_a[LORA_DOWN], N, train, key,
+                                       m->lora_tmp);
+    be->wgemm_lora_wf(be, 1, N, C, I, r, a->h, ad, proj_weight(m, l, LORA_DOWN), 1.0f, out);
 }
 
 // One block: a->x_in -> out (out may alias a->x_in: it is written only after x_in is consumed).
@@ -405,12 +442,16 @@ static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, Llama
     be->copy(be, a->x_mid, a->x_in, (size_t)N * C * sizeof(float));  // residual, then += o_proj
     proj_forward_add(m, be, ls, l, LORA_O, a->att, qd, C, a->x_mid, a->lora_a[LORA_O], N, train, key);
     be->rmsnorm_fwd(be, a->xn2, a->rstd2, a->x_mid, w->ln2, N, C, eps);
+    be->copy(be, out, a->x_mid, (size_t)N * C * sizeof(float));  // residual, then += down_proj
+    if (m->mlp_wf) {
+        mlp_forward_wf(m, be, ls, l, a, out, N, train, key);
+        return;
+    }
     const LoraModule mgu[2] = {LORA_GATE, LORA_UP};
     const int ngu[2] = {I, I};
     float *ygu[2] = {a->gate, a->up}, *agu[2] = {a->lora_a[LORA_GATE], a->lora_a[LORA_UP]};
     proj_forward(m, be, ls, l, 2, mgu, a->xn2, C, ngu, ygu, agu, N, train, key);
     be->swiglu_fwd(be, a->h, a->gate, a->up, (size_t)N * I);
-    be->copy(be, out, a->x_mid, (size_t)N * C * sizeof(float));
     proj_forward_add(m, be, ls, l, LORA_DOWN, a->h, I, C, out, a->lora_a[LORA_DOWN], N, train, key);
 }
 
@@ -427,7 +468,8 @@ static void probe_layer(Llama *m, Backend *be, const LlamaActs *a, const float *
     row[1 + LORA_O] += be->row_norm_sum(be, a->att, m->d_mask, N, qd);
     row[1 + LORA_GATE] += n_xn2;
     row[1 + LORA_UP] += n_xn2;
-    row[1 + LORA_DOWN] += be->row_norm_sum(be, a->h, m->d_mask, N, I);
+    row[1 + LORA_DOWN] += m->mlp_wf ? be->row_norm_sum_wf(be, a->h, I + m->fuse_r, m->d_mask, N, I)
+                                    : be->row_norm_sum(be, a->h, m->d_mask, N, I);
 }
 
 double llama_forward(Llama *m, Backend *be, const LoraSet *ls, const Batch *b, int train, float grad_scale,
@@ -473,6 +515,25 @@ double llama_forward(Llama *m, Backend *be, const LoraSet *ls, const Batch *b, i
 
 // ---------------------------------------------------------------------------- backward
 
+// The MLP's backward with its activations in the weight format (mlp_wf): dres = d(out) -> dh (fp32) ->
+// dgate, dup in the format ([N, I + r]: the operands of their input-gradient products) -> dxn2 (beta 0,
+// then 1) when dxn2 != NULL; the adapters' dA, dB on the way. The fused path's products, in the format.
+static void mlp_backward_wf(Llama *m, Backend *be, LoraSet *ls, int l, LlamaActs *a, float *dxn2, int N,
+                            uint64_t key) {
+    int C = m->cfg.hidden_size, I = m->cfg.intermediate_size, r = m->fuse_r;
+    const float *da = lora_ops_grads_wf(be, ls, l, LORA_DOWN, NULL, a->h, I + r, m->dres, NULL, 0,
+                                        a->lora_a[LORA_DOWN], N, key, m->lora_da, m->lora_tmp);
+    proj_dx(m, be, ls, l, LORA_DOWN, m->dres, NULL, da, I, C, 0.0f, m->dh, N, key);
+    be->swiglu_bwd_wf(be, m->dgate, m->dup, I + r, m->dh, a->gate, a->up, N, I);
+    const LoraModule mods[2] = {LORA_GATE, LORA_UP};
+    void *dy[2] = {m->dgate, m->dup};
+    for (int i = 0; i < 2; i++) {
+        da = lora_ops_grads_wf(be, ls, l, mods[i], a->xn2, NULL, 0, NULL, dy[i], I + r, a->lora_a[mods[i]], N, key,
+                               m->lora_da, m->lora_tmp);
+        if (dxn2) proj_dx(m, be, ls, l, mods[i], NULL, dy[i], da, C, I, i ? 1.0f : 0.0f, dxn2, N, key);
+    }
+}
+
 void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t key) {
     const ModelConfig *mc = &m->cfg;
     int B = b->B, T = b->T, N = B * T, L = mc->num_hidden_layers, C = mc->hidden_size,
@@ -497,11 +558,15 @@ void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t
         int need_att = !lowest || has_q || has_k || has_v || has_o;  // anything to learn below the MLP?
         int need_qkv = !lowest || has_q || has_k || has_v;
         // MLP: out = x_mid + h Wd^T; dres is d(out)
-        proj_backward(m, be, ls, l, LORA_DOWN, a->h, m->dres, a->lora_a[LORA_DOWN], I, C, 0.0f, m->dh, N, key);
-        be->swiglu_bwd(be, m->dgate, m->dup, m->dh, a->gate, a->up, (size_t)N * I);
         float *dxn2 = need_att ? m->dxn : NULL;
-        proj_backward(m, be, ls, l, LORA_GATE, a->xn2, m->dgate, a->lora_a[LORA_GATE], C, I, 0.0f, dxn2, N, key);
-        proj_backward(m, be, ls, l, LORA_UP, a->xn2, m->dup, a->lora_a[LORA_UP], C, I, 1.0f, dxn2, N, key);
+        if (m->mlp_wf) {
+            mlp_backward_wf(m, be, ls, l, a, dxn2, N, key);
+        } else {
+            proj_backward(m, be, ls, l, LORA_DOWN, a->h, m->dres, a->lora_a[LORA_DOWN], I, C, 0.0f, m->dh, N, key);
+            be->swiglu_bwd(be, m->dgate, m->dup, m->dh, a->gate, a->up, (size_t)N * I);
+            proj_backward(m, be, ls, l, LORA_GATE, a->xn2, m->dgate, a->lora_a[LORA_GATE], C, I, 0.0f, dxn2, N, key);
+            proj_backward(m, be, ls, l, LORA_UP, a->xn2, m->dup, a->lora_a[LORA_UP], C, I, 1.0f, dxn2, N, key);
+        }
         if (!need_att) break;
         be->rmsnorm_bwd(be, m->dres, m->dxn, a->x_mid, w->ln2, a->rstd2, N, C);  // dres = d(x_mid)
         // attention: x_mid = x_in + att Wo^T

@@ -64,6 +64,29 @@ void model_load(Model *m, Backend *be, const char *dir, const ModelConfig *mc, i
     else llama_load_fused(&m->llama, be, dir, mc, num_labels, random_init, seed, fuse_r);
 }
 
+int model_act_wf(ModelArch arch, const Backend *be, const char *act_dtype, int fuse, Error *err) {
+    if (!act_dtype || strcmp(act_dtype, "fp32") == 0) return 0;
+    if (strcmp(act_dtype, "bf16") != 0)
+        return error_set(err, "model.act_dtype = \"%s\": expected \"fp32\" or \"bf16\"", act_dtype);
+    if (is_encoder(arch))
+        return error_set(err, "model.act_dtype = \"bf16\" is implemented for Llama models only, and this is a %s "
+                         "model: set model.act_dtype = \"fp32\"", model_arch_name(arch));
+    if (!fuse)
+        return error_set(err, "model.act_dtype = \"bf16\" needs lora.fuse = true (the bf16 MLP activations are the "
+                         "operands of the fused products): set lora.fuse = true, or model.act_dtype = \"fp32\"");
+    if (be->weight_dtype != BACKEND_WEIGHT_BF16)
+        return error_set(err, "model.act_dtype = \"bf16\" needs bf16 weights, but model.dtype gives %s weights on the "
+                         "%s backend: set model.dtype = \"bf16\" (the CPU's is an emulation for tests), or "
+                         "model.act_dtype = \"fp32\"", backend_weight_dtype_name(be), be->name);
+    return 1;
+}
+
+void model_set_mlp_wf(Model *m, int on) {
+    check(!on || m->arch == ARCH_LLAMA, "internal: MLP activations in the weight format on a %s model",
+          model_arch_name(m->arch));
+    if (m->arch == ARCH_LLAMA) llama_set_mlp_wf(&m->llama, on);
+}
+
 int model_init_head(Model *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed) {
     if (is_encoder(m->arch)) return encoder_init_head(&m->enc, be, dir, random_init, ls, seed);
     return llama_init_head(&m->llama, be, dir, random_init, ls, seed);

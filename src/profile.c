@@ -244,21 +244,27 @@ static void w_wgemm_lora(Backend *be, int tw, int M, int out, int in, int r, con
     prof_end(p, t0, "wgemm_lora", 2.0 * M * n * k, wgemm_bytes(p, M, n, k, beta), "%c %dx%dx%d%s", TR(tw), M, n,
              tw ? in : out, Xa ? "+r" : "");
 }
-static void w_wgemm_lora_multi(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
-                               const void *const *Wb, const int *out, float *const *Y) {
-    Profile *p = prof_of(be);
-    double t0 = prof_begin(p), flops = 0.0, bytes = 0.0;
-    p->inner.wgemm_lora_multi(IN, n, M, in, r, X, Xa, Wb, out, Y);
+// n bordered forwards sharing X; y_bytes per output element (4: fp32, weight_bytes: the weight format)
+static void prof_lora_multi(Profile *p, double t0, const char *op, int n, int M, int in, int r, const float *const *Xa,
+                            const int *out, double y_bytes) {
+    double flops = 0.0, bytes = 0.0;
     char shape[48];
     int len = snprintf(shape, sizeof shape, "%dx", M);
     for (int i = 0; i < n; i++) {
         int k = in + (Xa[i] ? r : 0);
         flops += 2.0 * M * out[i] * k;
-        bytes += wgemm_bytes(p, M, out[i], k, 0.0f) - (i ? cast_bytes(p, M, in) : 0.0);
+        bytes += wgemm_bytes(p, M, out[i], k, 0.0f) - (i ? cast_bytes(p, M, in) : 0.0) - (4.0 - y_bytes) * M * out[i];
         if (len < (int)sizeof shape)
             len += snprintf(shape + len, sizeof shape - (size_t)len, "%s%d%s", i ? "+" : "", out[i], Xa[i] ? "r" : "");
     }
-    prof_end(p, t0, "wgemm_lora_multi", flops, bytes, "%sx%d", shape, in);
+    prof_end(p, t0, op, flops, bytes, "%sx%d", shape, in);
+}
+static void w_wgemm_lora_multi(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
+                               const void *const *Wb, const int *out, float *const *Y) {
+    Profile *p = prof_of(be);
+    double t0 = prof_begin(p);
+    p->inner.wgemm_lora_multi(IN, n, M, in, r, X, Xa, Wb, out, Y);
+    prof_lora_multi(p, t0, "wgemm_lora_multi", n, M, in, r, Xa, out, 4.0);
 }
 WRAP(weight_set_lora, (Backend *be, void *Wb, int out, int in, int r, const float *A, const float *B, float s),
      (IN, Wb, out, in, r, A, B, s), 0, (4.0 + p->inner.weight_bytes) * r * ((double)out + in), "%dx%d r%d", out, in, r)
@@ -267,6 +273,52 @@ WRAP(weight_randn_2d,
      (IN, w, rows, cols, ld, mean, std, key), 0, 0, "%s", "")
 WRAP(wembedding_fwd, (Backend *be, float *out, const int32_t *ids, const void *table, int N, int C),
      (IN, out, ids, table, N, C), 0, (double)N *C *(4.0 + p->inner.weight_bytes), "%dx%d", N, C)
+
+// ---------------------------------------------------------------------------- activations in the weight format
+
+// bytes of a gemm_wf operand of n elements: read as stored, or (fp32, bf16 format) cast first
+static double wf_operand_bytes(const Profile *p, int wf, double n) {
+    if (wf) return (double)p->inner.weight_bytes * n;
+    return p->inner.weight_dtype == BACKEND_WEIGHT_BF16 ? 8.0 * n : 4.0 * n;
+}
+static void w_wgemm_lora_multi_wf(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
+                                  const void *const *Wb, const int *out, void *const *Y) {
+    Profile *p = prof_of(be);
+    double t0 = prof_begin(p);
+    p->inner.wgemm_lora_multi_wf(IN, n, M, in, r, X, Xa, Wb, out, Y);
+    prof_lora_multi(p, t0, "wgemm_lora_multi_wf", n, M, in, r, Xa, out, (double)p->inner.weight_bytes);
+}
+// the operand is read as stored (no cast): wgemm_bytes less the cast and the operand's fp32 / bf16 read
+static void w_wgemm_lora_wf(Backend *be, int tw, int M, int out, int in, int r, void *Xw, const float *Xa,
+                            const void *Wb, float beta, float *Y) {
+    Profile *p = prof_of(be);
+    double t0 = prof_begin(p), w = (double)p->inner.weight_bytes;
+    p->inner.wgemm_lora_wf(IN, tw, M, out, in, r, Xw, Xa, Wb, beta, Y);
+    int n = tw ? out : in, k = (tw ? in : out) + (Xa ? r : 0);
+    double bytes = w * M * k + w * n * k + 4.0 * M * n * (beta != 0.0f ? 2 : 1);
+    prof_end(p, t0, "wgemm_lora_wf", 2.0 * M * n * k, bytes, "%c %dx%dx%d%s", TR(tw), M, n, tw ? in : out,
+             Xa ? "+r" : "");
+}
+WRAP(gemm_wf,
+     (Backend *be, int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda, int a_wf, const void *B,
+      int ldb, int b_wf, float beta, float *C),
+     (IN, ta, tb, M, N, K, alpha, A, lda, a_wf, B, ldb, b_wf, beta, C), 2.0 * M * N * K,
+     wf_operand_bytes(p, a_wf, (double)M * K) + wf_operand_bytes(p, b_wf, (double)K * N) +
+         4.0 * M * N * (beta != 0.0f ? 2 : 1),
+     "%c%c %dx%dx%d %s%s", TR(ta), TR(tb), M, N, K, a_wf ? "w" : "f", b_wf ? "w" : "f")
+WRAP(swiglu_fwd_wf, (Backend *be, void *h, int ldh, const void *gate, const void *up, int M, int C),
+     (IN, h, ldh, gate, up, M, C), 0, 3.0 * p->inner.weight_bytes * M * C, "%dx%d", M, C)
+WRAP(swiglu_bwd_wf,
+     (Backend *be, void *dgate, void *dup, int ld, const float *dh, const void *gate, const void *up, int M, int C),
+     (IN, dgate, dup, ld, dh, gate, up, M, C), 0, (4.0 + 4.0 * p->inner.weight_bytes) * M * C, "%dx%d", M, C)
+WRAP(dropout_wf, (Backend *be, void *out, int ldo, const void *in, int ldi, int M, int C, float pr, uint64_t key),
+     (IN, out, ldo, in, ldi, M, C, pr, key), 0, 2.0 * p->inner.weight_bytes * M * C, "%dx%d", M, C)
+static double w_row_norm_sum_wf(Backend *be, const void *x, int ld, const int32_t *mask, int N, int C) {
+    Profile *p = prof_of(be);
+    double t0 = prof_begin(p), r = p->inner.row_norm_sum_wf(IN, x, ld, mask, N, C);
+    prof_end(p, t0, "row_norm_sum_wf", 0, (double)p->inner.weight_bytes * N * C, "%dx%d", N, C);
+    return r;
+}
 
 // ---------------------------------------------------------------------------- start / stop
 

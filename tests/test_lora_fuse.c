@@ -10,6 +10,9 @@
 //     AdamW steps' losses within 1e-5 (the borders follow every update); bf16 emulation — the same within
 //     bf16 tolerances (the fused factors are rounded to bf16 too: logits 2e-2, gradients 3e-2, losses 1e-2).
 //     Random weights (weight_randn_2d): the bordered model draws the plain model's W (loss within 1e-6).
+//     The MLP's activations in the weight format (llama_set_mlp_wf; model.act_dtype "bf16") against the
+//     fused model: fp32 bit for bit (loss, logits, gradients, 6 AdamW steps; dropout 0 and 0.1); bf16
+//     emulation within bf16 tolerances (logits 2e-2, gradients 5e-2, losses 1e-2).
 //  3. A model loaded for rank 8 refuses a LoraSet of rank 4; model_load refuses lora.fuse for an encoder.
 #include <math.h>
 #include <stdio.h>
@@ -141,7 +144,7 @@ typedef struct {
     float *adam_m, *adam_v;
 } Side;
 
-static void side_init(Side *s, const char *dir, int bf, int fuse_r, double dropout) {
+static void side_init(Side *s, const char *dir, int bf, int fuse_r, int mlp_wf, double dropout) {
     Error err;
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -150,6 +153,7 @@ static void side_init(Side *s, const char *dir, int bf, int fuse_r, double dropo
     char msg[256];
     if (backend_set_dtype(&s->be, fmt_name(bf), msg, sizeof msg) != 0) die("%s", msg);
     llama_load_fused(&s->m, &s->be, dir, &s->mc, 3, 0, 0, fuse_r);
+    llama_set_mlp_wf(&s->m, mlp_wf);
     LoraShapes shapes;
     llama_lora_shapes(&s->mc, &shapes);
     int layers[] = {1, 3}, mods[] = {LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN};
@@ -186,57 +190,75 @@ static void side_free(Side *s) {
     backend_free(&s->be);
 }
 
-static void test_model(TestCounts *tc, const char *dir, int bf, double dropout) {
-    Side p, f;
-    side_init(&p, dir, bf, 0, dropout);
-    side_init(&f, dir, bf, 8, dropout);
-    double tl = bf ? 2e-2 : 1e-6, tg = bf ? 3e-2 : 1e-5, ts = bf ? 1e-2 : 1e-5;
-    char what[160];
-    double lp = side_step(&p, 0), lf = side_step(&f, 0);
-    snprintf(what, sizeof what, "%s dropout %.1f: fused loss %.9g vs plain %.9g", fmt_name(bf), dropout, lf, lp);
+// Side f against side p (both already initialised): the first step's loss and logits within tl of p's
+// (relative; of the largest logit), every adapter's and the head's gradient within tg of its largest
+// element, and 7 losses around 6 AdamW steps within ts relative. Tolerances 0: bit for bit.
+static void compare_sides(TestCounts *tc, Side *p, Side *f, double tl, double tg, double ts, const char *tag) {
+    char what[200];
+    double lp = side_step(p, 0), lf = side_step(f, 0);
+    snprintf(what, sizeof what, "%s: loss %.9g vs %.9g", tag, lf, lp);
     T_CHECK(tc, fabs(lf - lp) <= tl * fabs(lp), "%s (tol %.0e)", what, tl);
     printf("  %s\n", what);
     double mxl = 0, dl = 0;
-    for (int i = 0; i < p.b.B * 3; i++)
-        mxl = fmax(mxl, fabs(p.m.logits[i])), dl = fmax(dl, fabs((double)f.m.logits[i] - p.m.logits[i]));
-    snprintf(what, sizeof what, "%s dropout %.1f: fused logits", fmt_name(bf), dropout);
-    T_CHECK(tc, dl <= tl * mxl, "%s: max |diff| %.3g > %.0e of the largest logit %.3g", what, dl, tl, mxl);
-    printf("  %s: max |diff| %.2e of the largest logit (tol %.0e)\n", what, dl / (mxl > 0 ? mxl : 1), tl);
+    for (int i = 0; i < p->b.B * 3; i++)
+        mxl = fmax(mxl, fabs(p->m.logits[i])), dl = fmax(dl, fabs((double)f->m.logits[i] - p->m.logits[i]));
+    T_CHECK(tc, dl <= tl * mxl, "%s: logits differ by %.3g > %.0e of the largest logit %.3g", tag, dl, tl, mxl);
+    printf("  %s: logits, max |diff| %.2e of the largest (tol %.0e)\n", tag, dl / (mxl > 0 ? mxl : 1), tl);
     double worst = 0.0;
-    for (int i = 0; i <= p.ls.n; i++)
+    for (int i = 0; i <= p->ls.n; i++)
         for (int w = 0; w < 2; w++) {
-            if (i == p.ls.n && w == 1) break;
+            if (i == p->ls.n && w == 1) break;
             char name[160];
-            lora_param_name(&p.ls, i < p.ls.n ? i : -1, w, name, sizeof name);
+            lora_param_name(&p->ls, i < p->ls.n ? i : -1, w, name, sizeof name);
             size_t off, numel;
-            lora_param_lookup(&p.ls, name, &off, &numel);
+            lora_param_lookup(&p->ls, name, &off, &numel);
             double mx = 0, d = 0;
             for (size_t j = off; j < off + numel; j++) {
-                mx = fmax(mx, fabs((double)p.ls.grads[j]));
-                d = fmax(d, fabs((double)f.ls.grads[j] - (double)p.ls.grads[j]));
+                mx = fmax(mx, fabs((double)p->ls.grads[j]));
+                d = fmax(d, fabs((double)f->ls.grads[j] - (double)p->ls.grads[j]));
             }
             double e = d / (mx > 0 ? mx : 1);
-            T_CHECK(tc, e <= tg, "%s dropout %.1f: gradient %s differs by %.3g of its largest element (tol %.0e)",
-                    fmt_name(bf), dropout, name, e, tg);
+            T_CHECK(tc, e <= tg, "%s: gradient %s differs by %.3g of its largest element (tol %.0e)", tag, name, e, tg);
             worst = fmax(worst, e);
         }
-    printf("  %s dropout %.1f: gradients, worst tensor %.2e of its largest element (tol %.0e)\n", fmt_name(bf),
-           dropout, worst, tg);
-    // AdamW steps: the fused model must see every update (its borders are rewritten by each forward)
+    printf("  %s: gradients, worst tensor %.2e of its largest element (tol %.0e)\n", tag, worst, tg);
+    // AdamW steps: a fused model must see every update (its borders are rewritten by each forward)
     double wl = 0.0;
     for (int st = 0; st < 6; st++) {
-        if (st > 0) lp = side_step(&p, st), lf = side_step(&f, st);
-        side_adamw(&p, st), side_adamw(&f, st);
+        if (st > 0) lp = side_step(p, st), lf = side_step(f, st);
+        side_adamw(p, st), side_adamw(f, st);
         wl = fmax(wl, fabs(lf - lp) / fabs(lp));
     }
-    lp = side_step(&p, 6), lf = side_step(&f, 6);
+    lp = side_step(p, 6), lf = side_step(f, 6);
     wl = fmax(wl, fabs(lf - lp) / fabs(lp));
-    T_CHECK(tc, wl <= ts, "%s dropout %.1f: losses over 6 AdamW steps differ by %.3g relative (tol %.0e)",
-            fmt_name(bf), dropout, wl, ts);
-    printf("  %s dropout %.1f: 7 losses around 6 AdamW steps, worst rel diff %.2e (tol %.0e)\n", fmt_name(bf),
-           dropout, wl, ts);
+    T_CHECK(tc, wl <= ts, "%s: losses over 6 AdamW steps differ by %.3g relative (tol %.0e)", tag, wl, ts);
+    printf("  %s: 7 losses around 6 AdamW steps, worst rel diff %.2e (tol %.0e)\n", tag, wl, ts);
+}
+
+// fused against plain
+static void test_model(TestCounts *tc, const char *dir, int bf, double dropout) {
+    Side p, f;
+    side_init(&p, dir, bf, 0, 0, dropout);
+    side_init(&f, dir, bf, 8, 0, dropout);
+    char tag[64];
+    snprintf(tag, sizeof tag, "%s dropout %.1f, fused vs plain", fmt_name(bf), dropout);
+    compare_sides(tc, &p, &f, bf ? 2e-2 : 1e-6, bf ? 3e-2 : 1e-5, bf ? 1e-2 : 1e-5, tag);
     side_free(&p);
     side_free(&f);
+}
+
+// MLP activations in the weight format (model.act_dtype "bf16") against the fused model: in the fp32 format
+// bit for bit (the same products and formulas); in the bf16 emulation within bf16 tolerances (gate, up, h,
+// dgate, dup and the MLP adapters' fp32 operands are rounded to bf16 on top of the fused model's roundings).
+static void test_mlp_wf(TestCounts *tc, const char *dir, int bf, double dropout) {
+    Side f, w;
+    side_init(&f, dir, bf, 8, 0, dropout);
+    side_init(&w, dir, bf, 8, 1, dropout);
+    char tag[80];
+    snprintf(tag, sizeof tag, "%s dropout %.1f, MLP in the weight format vs fused", fmt_name(bf), dropout);
+    compare_sides(tc, &f, &w, bf ? 2e-2 : 0.0, bf ? 5e-2 : 0.0, bf ? 1e-2 : 0.0, tag);
+    side_free(&f);
+    side_free(&w);
 }
 
 // Random weights (model.init = "random"): the bordered model holds the plain model's draw, so the two
@@ -283,7 +305,7 @@ static const char *g_dir, *g_enc_dir;
 static void rank_mismatch(void *ctx) {
     (void)ctx;
     Side f;
-    side_init(&f, g_dir, 0, 4, 0.0);  // loaded for rank 4, the set has rank 8
+    side_init(&f, g_dir, 0, 4, 0, 0.0);  // loaded for rank 4, the set has rank 8
     side_step(&f, 0);
 }
 
@@ -311,6 +333,8 @@ int main(int argc, char **argv) {
     for (int bf = 0; bf <= 1; bf++) {
         test_model(&tc, dir, bf, 0.0);
         test_model(&tc, dir, bf, 0.1);
+        test_mlp_wf(&tc, dir, bf, 0.0);
+        test_mlp_wf(&tc, dir, bf, 0.1);
     }
     test_random_init(&tc, dir);
     expect_death(&tc, rank_mismatch, NULL, "was loaded for fused adapters of rank 4", "LoRA rank != the fused rank");

@@ -32,7 +32,7 @@ static const int ALL_MODS[] = {LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_U
 // Builds the tiny model with adapters on `layers` x `mods`, allocates activations for [B, T] and
 // compares the planner's numbers with what was allocated.
 static void check_acts(TestCounts *tc, const char *dir, const int *layers, int nl, const int *mods, int nm, int B,
-                       int T, const char *what) {
+                       int T, int flags, const char *what) {
     Error err;
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -41,14 +41,15 @@ static void check_acts(TestCounts *tc, const char *dir, const int *layers, int n
     Backend be;
     backend_cpu_init(&be, 1);
     Llama m;
-    llama_load(&m, &be, dir, &mc, 3, 0, 0);
+    llama_load_fused(&m, &be, dir, &mc, 3, 0, 0, flags & MEMPLAN_FUSED ? 4 : 0);
+    llama_set_mlp_wf(&m, (flags & MEMPLAN_MLP_WF) != 0);
     LoraShapes shapes;
     llama_lora_shapes(&mc, &shapes);
     LoraSet ls;
     lora_init(&ls, &be, &LORA_NAMING_LLAMA, &shapes, mc.num_hidden_layers, layers, nl, mods, nm, 4, 8.0, 0, 0.0, 3, mc.hidden_size);
     llama_alloc_acts(&m, &be, &ls, B, T);
     MemPlan p;
-    memplan_llama(&p, &mc, 3, ls.lowest_layer, nl, mods, nm, 4, B, T, 4, 0);
+    memplan_llama(&p, &mc, 3, ls.lowest_layer, nl, mods, nm, 4, B, T, 4, flags);
     T_CHECK(tc, p.acts == m.act_bytes, "%s: planned activations %zu bytes, llama_alloc_acts allocated %zu", what,
             p.acts, m.act_bytes);
     T_CHECK(tc, p.trainable_params == ls.numel, "%s: planned %zu trainable parameters, the LoraSet has %zu", what,
@@ -64,12 +65,16 @@ static void check_acts(TestCounts *tc, const char *dir, const int *layers, int n
 static void test_matches_llama(TestCounts *tc, const char *dir) {
     int top[] = {3}, from0[] = {0, 2}, gaps[] = {1, 3}, mid[] = {1, 2, 3};
     int qv[] = {LORA_Q, LORA_V}, mlp[] = {LORA_GATE, LORA_UP}, down[] = {LORA_DOWN};
-    check_acts(tc, dir, top, 1, qv, 2, 4, 16, "top layer, q/v, B=4 T=16");
-    check_acts(tc, dir, from0, 2, ALL_MODS, 7, 3, 9, "layers 0,2, all modules, B=3 T=9");
-    check_acts(tc, dir, gaps, 2, mlp, 2, 2, 7, "layers 1,3, gate/up, B=2 T=7");
-    check_acts(tc, dir, mid, 3, down, 1, 5, 11, "layers 1-3, down, B=5 T=11");
-    check_acts(tc, dir, top, 1, mlp, 2, 1, 2, "top layer, gate/up, B=1 T=2");
-    check_acts(tc, dir, NULL, 0, qv, 2, 3, 8, "head only, B=3 T=8");
+    const int wf = MEMPLAN_FUSED | MEMPLAN_MLP_WF;
+    check_acts(tc, dir, top, 1, qv, 2, 4, 16, 0, "top layer, q/v, B=4 T=16");
+    check_acts(tc, dir, from0, 2, ALL_MODS, 7, 3, 9, 0, "layers 0,2, all modules, B=3 T=9");
+    check_acts(tc, dir, gaps, 2, mlp, 2, 2, 7, 0, "layers 1,3, gate/up, B=2 T=7");
+    check_acts(tc, dir, mid, 3, down, 1, 5, 11, 0, "layers 1-3, down, B=5 T=11");
+    check_acts(tc, dir, top, 1, mlp, 2, 1, 2, 0, "top layer, gate/up, B=1 T=2");
+    check_acts(tc, dir, NULL, 0, qv, 2, 3, 8, 0, "head only, B=3 T=8");
+    check_acts(tc, dir, from0, 2, ALL_MODS, 7, 3, 9, MEMPLAN_FUSED, "fused, layers 0,2, all modules, B=3 T=9");
+    check_acts(tc, dir, from0, 2, ALL_MODS, 7, 3, 9, wf, "MLP in weight format, layers 0,2, B=3 T=9");
+    check_acts(tc, dir, mid, 3, down, 1, 5, 11, wf, "MLP in weight format, layers 1-3, down, B=5");
 }
 
 static void test_monotonic(TestCounts *tc, const char *dir) {
@@ -155,6 +160,16 @@ static void test_llama8b(TestCounts *tc) {
                    wb == 2 ? "bf16" : "fp32", top, memplan_max_micro_batch(&p, gb80));
         }
     }
+    // bf16 MLP activations (lora.fuse + model.act_dtype "bf16"): a larger micro-batch on the same card
+    memplan_llama(&p, &mc, 2, 0, 32, ALL_MODS, 7, 8, 1, 256, 2, MEMPLAN_FUSED);
+    int fused_best = memplan_max_micro_batch(&p, gb80), fused_141 = memplan_max_micro_batch(&p, (size_t)141e9);
+    memplan_llama(&p, &mc, 2, 0, 32, ALL_MODS, 7, 8, 1, 256, 2, MEMPLAN_FUSED | MEMPLAN_MLP_WF);
+    int wf_best = memplan_max_micro_batch(&p, gb80), wf_141 = memplan_max_micro_batch(&p, (size_t)141e9);
+    printf("  8B seq 256, bf16, all layers, lora.fuse: largest micro-batch %d (80 GB), %d (141 GB); with bf16 MLP "
+           "activations %d, %d\n", fused_best, fused_141, wf_best, wf_141);
+    T_CHECK(tc, wf_best > fused_best && wf_141 > fused_141,
+            "bf16 MLP activations must allow a larger micro-batch (%d vs %d on 80 GB, %d vs %d on 141 GB)", wf_best,
+            fused_best, wf_141, fused_141);
     memplan_llama(&p, &mc, 2, 16, 16, ALL_MODS, 7, 8, 1, 256, 2, 0);
     int top16 = memplan_max_micro_batch(&p, gb80);
     memplan_llama(&p, &mc, 2, 0, 32, ALL_MODS, 7, 8, 1, 256, 2, 0);

@@ -214,6 +214,42 @@ struct Backend {
     // out[n, :] = table[ids[n], :] as fp32 (the embedding_fwd op on a table in the weight format,
     // [V, C]); a negative id dies as in embedding_fwd.
     void (*wembedding_fwd)(Backend *be, float *out, const int32_t *ids, const void *table, int N, int C);
+
+    // ---- activations in the weight format (model.act_dtype = "bf16"; docs/gpu.md "bf16 MLP activations") ----
+    // A Llama with lora.fuse may keep its MLP activations (gate, up, h and the gradients dgate, dup:
+    // [N, intermediate], the largest tensors of a layer) in the WEIGHT FORMAT: bf16 on CUDA (2 bytes),
+    // fp32 holding bf16-rounded values in the CPU's emulation, plain fp32 in the fp32 format (where
+    // every op below computes exactly what the fp32 ops of the plain fused path compute). These
+    // buffers are opaque (void *, be->weight_bytes per element) and only these ops read or write them.
+    // Values written into the format are rounded to it (round-to-nearest-even); everything is computed
+    // in fp32. Row strides (ld*) are in elements; a stride of in + r leaves the r columns a bordered
+    // product needs for its adapter (wgemm_lora_wf). All deterministic for given inputs.
+    //
+    // wgemm_lora_multi with the outputs in the weight format: Y_i [M, out_i] (row stride out_i) =
+    // the values wgemm_lora_multi computes, rounded to the format.
+    void (*wgemm_lora_multi_wf)(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
+                                const void *const *Wb, const int *out, void *const *Y);
+    // wgemm_lora with its activation operand already in the weight format: Xw [M, k0 + r], row stride
+    // k0 + r (k0 = in when trans_w, out otherwise). When Xa != NULL, its [M, r] values are first written
+    // (rounded) into Xw's columns [k0, k0 + r) — Xw is modified there and only there — and
+    // Y = Xw op(Wb) + beta Y; with Xa == NULL, Y = Xw[:, :k0] op(W) + beta Y (the border is not read).
+    void (*wgemm_lora_wf)(Backend *be, int trans_w, int M, int out, int in, int r, void *Xw, const float *Xa,
+                          const void *Wb, float beta, float *Y);
+    // C[M,N] = alpha op(A)[M,K] op(B)[K,N] + beta C (C fp32, beta 0 overwrites), A and B stored as gemm
+    // has them but with row strides lda / ldb; a_wf / b_wf: 1 = that operand is in the weight format,
+    // 0 = fp32 (rounded to the format first — a copy; the operand itself is not modified).
+    void (*gemm_wf)(Backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A, int lda,
+                    int a_wf, const void *B, int ldb, int b_wf, float beta, float *C);
+    // h [M, C] (row stride ldh) = silu(gate) * up (swiglu_fwd's formula); gate, up [M, C] contiguous.
+    void (*swiglu_fwd_wf)(Backend *be, void *h, int ldh, const void *gate, const void *up, int M, int C);
+    // dgate, dup [M, C] (row stride ld; overwritten) = swiglu_bwd's formulas from dh (fp32 [M, C]).
+    void (*swiglu_bwd_wf)(Backend *be, void *dgate, void *dup, int ld, const float *dh, const void *gate,
+                          const void *up, int M, int C);
+    // out [M, C] (row stride ldo) = the dropout op on in [M, C] (row stride ldi): element (m, c) keeps
+    // or drops as the dropout op's element m * C + c under the same key. p == 0 copies.
+    void (*dropout_wf)(Backend *be, void *out, int ldo, const void *in, int ldi, int M, int C, float p, uint64_t key);
+    // row_norm_sum of x [N, C] (row stride ld) in the weight format.
+    double (*row_norm_sum_wf)(Backend *be, const void *x, int ld, const int32_t *mask, int N, int C);
 };
 
 // Every op of the table, X(name) for each function pointer of struct Backend, for the code that must
@@ -226,7 +262,8 @@ struct Backend {
     X(loss_fwd_bwd) X(embedding_add) X(layernorm_fwd) X(layernorm_bwd) X(bias_add) X(bias_grad) X(gelu_fwd)    \
     X(gelu_bwd) X(tanh_fwd) X(tanh_bwd) X(mask_rows) X(attention_enc_fwd) X(attention_enc_bwd) X(adamw)        \
     X(set_weight_dtype) X(weight_alloc) X(weight_upload) X(weight_randn) X(wgemm) X(wgemm_multi) X(wgemm_lora) \
-    X(wgemm_lora_multi) X(weight_set_lora) X(weight_randn_2d) X(wembedding_fwd)
+    X(wgemm_lora_multi) X(weight_set_lora) X(weight_randn_2d) X(wembedding_fwd) X(wgemm_lora_multi_wf)        \
+    X(wgemm_lora_wf) X(gemm_wf) X(swiglu_fwd_wf) X(swiglu_bwd_wf) X(dropout_wf) X(row_norm_sum_wf)
 
 // Weight formats (Backend.weight_dtype).
 enum { BACKEND_WEIGHT_FP32 = 0, BACKEND_WEIGHT_BF16 = 1 };
@@ -240,6 +277,8 @@ int backend_set_dtype(Backend *be, const char *dtype, char *msg, size_t msg_n);
 const char *backend_weight_dtype_name(const Backend *be);
 // Installs the CPU backend's weight ops (fp32 format; called by backend_cpu_init).
 void backend_cpu_weights_init(Backend *be);
+// Installs the CPU backend's ops on activations in the weight format (backend_act_wf.c; backend_cpu_init).
+void backend_cpu_act_wf_init(Backend *be);
 
 // CPU reference backend; threads <= 0 means "use OMP_NUM_THREADS / all cores".
 void backend_cpu_init(Backend *be, int threads);

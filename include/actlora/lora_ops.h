@@ -44,4 +44,16 @@ const float *lora_ops_grads(Backend *be, LoraSet *ls, int layer, LoraModule modu
 void lora_ops_dx(Backend *be, const LoraSet *ls, int layer, LoraModule module, const float *da, float *dX, int N,
                  uint64_t key, float *tmp);
 
+// The same parts when the MLP keeps its activations in the weight format (model.act_dtype = "bf16";
+// backend.h "activations in the weight format"): an operand given as Xw / dYw lives in the format with
+// row stride ldx / ldy, one given as X / dY is fp32 and contiguous — exactly one of each pair non-NULL.
+//   lora_ops_down_wf:  a_out = dropout(Xw) A^T; scratch_w holds N * in elements of the format (dropout)
+//   lora_ops_grads_wf: lora_ops_grads (tmp: N * in floats, used with dropout)
+// In the fp32 format they compute exactly what lora_ops_down / lora_ops_grads compute.
+const float *lora_ops_down_wf(Backend *be, const LoraSet *ls, int layer, LoraModule module, const void *Xw, int ldx,
+                              float *a_out, int N, int train, uint64_t key, void *scratch_w);
+const float *lora_ops_grads_wf(Backend *be, LoraSet *ls, int layer, LoraModule module, const float *X, const void *Xw,
+                               int ldx, const float *dY, const void *dYw, int ldy, const float *a_saved, int N,
+                               uint64_t key, float *da, float *tmp);
+
 #endif

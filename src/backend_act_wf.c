@@ -1,0 +1,160 @@
+// backend_act_wf.c: activations in the weight format for the CPU backend (backend.h, "activations in
+// the weight format"; docs/gpu.md "bf16 MLP activations").
+//
+// On the CPU both weight formats store fp32: in the fp32 format these ops compute exactly what the fp32
+// ops compute (the same formulas, the same sgemm calls up to operand strides), so a model on this path
+// follows the plain fused path bit for bit; in the bf16 emulation every value written into a buffer of
+// the format is rounded to bf16 (round_bf16) and every fp32 operand of a product too, which is what the
+// CUDA backend computes with bf16 storage, up to summation order.
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "actlora/backend.h"
+#include "actlora/common.h"
+#include "actlora/rng.h"
+#include "backend_cpu_internal.h"
+
+// below this many elements an elementwise op runs on one thread (as backend_cpu.c)
+#define WF_PAR_MIN 32768
+
+static int is_bf16(const Backend *be) { return be->weight_dtype == BACKEND_WEIGHT_BF16; }
+
+static void lora_shape_check(const char *op, int M, int out, int in, int r) {
+    check(M >= 0 && out > 0 && in > 0 && r > 0, "%s: bad shape M=%d out=%d in=%d r=%d", op, M, out, in, r);
+}
+
+// ---------------------------------------------------------------------------- products
+
+// wgemm_lora_multi, its outputs rounded to the format
+static void cpu_wgemm_lora_multi_wf(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
+                                    const void *const *Wb, const int *out, void *const *Y) {
+    be->wgemm_lora_multi(be, n, M, in, r, X, Xa, Wb, out, (float *const *)Y);
+    if (is_bf16(be))
+        for (int i = 0; i < n; i++) round_bf16_inplace(be, (float *)Y[i], (size_t)M * (size_t)out[i]);
+}
+
+// Y = [Xw | Xa] op(Wb) + beta Y with the operand already in the format (Xa written into Xw's last r columns)
+static void cpu_wgemm_lora_wf(Backend *be, int trans_w, int M, int out, int in, int r, void *Xw, const float *Xa,
+                              const void *Wb, float beta, float *Y) {
+    lora_shape_check("wgemm_lora_wf", M, out, in, r);
+    if (M == 0) return;
+    int k0 = trans_w ? in : out, ld = k0 + r;
+    float *op = (float *)Xw;
+    if (Xa)
+        for (int m = 0; m < M; m++)
+            for (int j = 0; j < r; j++) op[(size_t)m * ld + k0 + j] = round_wf(be, Xa[(size_t)m * r + j]);
+    cpu_bordered_gemm(trans_w, M, trans_w ? out : in, Xa ? ld : k0, op, ld, (const float *)Wb, in + r, beta, Y);
+}
+
+// An fp32 operand [rows, cols] (row stride ld) rounded to bf16 into dst (contiguous); returns dst.
+static const float *round_operand(const float *src, int rows, int cols, int ld, float *dst) {
+    for (int i = 0; i < rows; i++)
+        for (int c = 0; c < cols; c++) dst[(size_t)i * cols + c] = round_bf16(src[(size_t)i * ld + c]);
+    return dst;
+}
+
+// C = alpha op(A) op(B) + beta C with strided operands, the fp32 ones rounded in the bf16 emulation
+static void cpu_gemm_wf(Backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A,
+                        int lda, int a_wf, const void *B, int ldb, int b_wf, float beta, float *C) {
+    check(M >= 0 && N >= 0 && K >= 0, "gemm_wf: negative size M=%d N=%d K=%d", M, N, K);
+    if (M == 0 || N == 0) return;
+    if (K == 0) {  // empty product: C = beta * C (beta == 0 overwrites, as BLAS does)
+        size_t n = (size_t)M * N;
+        for (size_t i = 0; i < n; i++) C[i] = beta == 0.0f ? 0.0f : beta * C[i];
+        return;
+    }
+    int ar = trans_a ? K : M, ac = trans_a ? M : K, br = trans_b ? N : K, bc = trans_b ? K : N;
+    check(lda >= ac && ldb >= bc, "gemm_wf: row strides %d, %d below the widths %d, %d", lda, ldb, ac, bc);
+    const float *a = (const float *)A, *b = (const float *)B;
+    if (is_bf16(be) && (!a_wf || !b_wf)) {
+        size_t na = a_wf ? 0 : (size_t)ar * ac, nb = b_wf ? 0 : (size_t)br * bc;
+        float *s = cpu_scratch(be, na + nb, "gemm_wf bf16 operands");
+        if (!a_wf) a = round_operand(a, ar, ac, lda, s), lda = ac;
+        if (!b_wf) b = round_operand(b, br, bc, ldb, s + na), ldb = bc;
+    }
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
+                alpha, a, lda, b, ldb, beta, C, N);
+}
+
+// ---------------------------------------------------------------------------- elementwise
+
+// h = silu(gate) * up (swiglu_fwd's formula), into rows of stride ldh
+static void cpu_swiglu_fwd_wf(Backend *be, void *h, int ldh, const void *gate, const void *up, int M, int C) {
+    check(M >= 0 && C >= 0 && ldh >= C, "swiglu_fwd_wf: bad shape M=%d C=%d ldh=%d", M, C, ldh);
+    float *ho = (float *)h;
+    const float *gt = (const float *)gate, *u = (const float *)up;
+    int bf = is_bf16(be);
+    #pragma omp parallel for num_threads(be->threads) if ((size_t)M * C >= WF_PAR_MIN) schedule(static)
+    for (int m = 0; m < M; m++)
+        for (int c = 0; c < C; c++) {
+            size_t i = (size_t)m * C + c;
+            float g = gt[i], v = g / (1.0f + expf(-g)) * u[i];
+            ho[(size_t)m * ldh + c] = bf ? round_bf16(v) : v;
+        }
+}
+
+// swiglu_bwd's formulas, dgate and dup into rows of stride ld
+static void cpu_swiglu_bwd_wf(Backend *be, void *dgate, void *dup, int ld, const float *dh, const void *gate,
+                              const void *up, int M, int C) {
+    check(M >= 0 && C >= 0 && ld >= C, "swiglu_bwd_wf: bad shape M=%d C=%d ld=%d", M, C, ld);
+    float *dg = (float *)dgate, *du = (float *)dup;
+    const float *gt = (const float *)gate, *u = (const float *)up;
+    int bf = is_bf16(be);
+    #pragma omp parallel for num_threads(be->threads) if ((size_t)M * C >= WF_PAR_MIN) schedule(static)
+    for (int m = 0; m < M; m++)
+        for (int c = 0; c < C; c++) {
+            size_t i = (size_t)m * C + c, o = (size_t)m * ld + c;
+            float g = gt[i], s = 1.0f / (1.0f + expf(-g));
+            float d = dh[i];
+            float vg = d * u[i] * (s * (1.0f + g * (1.0f - s))), vu = d * (g * s);
+            dg[o] = bf ? round_bf16(vg) : vg;
+            du[o] = bf ? round_bf16(vu) : vu;
+        }
+}
+
+// the dropout op's mask (element m * C + c) over strided rows
+static void cpu_dropout_wf(Backend *be, void *out, int ldo, const void *in, int ldi, int M, int C, float p,
+                           uint64_t key) {
+    check(p >= 0.0f && p <= 1.0f, "dropout_wf: probability %g is outside [0, 1]", (double)p);
+    check(M >= 0 && C >= 0 && ldo >= C && ldi >= C, "dropout_wf: bad shape M=%d C=%d ldo=%d ldi=%d", M, C, ldo, ldi);
+    float *o = (float *)out, keep_scale = 1.0f - p;
+    const float *x = (const float *)in;
+    int bf = is_bf16(be);
+    #pragma omp parallel for num_threads(be->threads) if ((size_t)M * C >= WF_PAR_MIN / 4) schedule(static)
+    for (int m = 0; m < M; m++)
+        for (int c = 0; c < C; c++) {
+            float v = x[(size_t)m * ldi + c];
+            if (p > 0.0f) v = rng_uniform(key, (uint64_t)m * (uint64_t)C + (uint64_t)c) >= p ? v / keep_scale : 0.0f;
+            o[(size_t)m * ldo + c] = bf ? round_bf16(v) : v;
+        }
+}
+
+// row_norm_sum's per-row fp64 norms over strided rows, summed in row order
+static double cpu_row_norm_sum_wf(Backend *be, const void *x, int ld, const int32_t *mask, int N, int C) {
+    check(N >= 0 && C >= 0 && ld >= C, "row_norm_sum_wf: bad shape N=%d C=%d ld=%d", N, C, ld);
+    const float *v = (const float *)x;
+    double *norms = xmalloc((size_t)(N > 0 ? N : 1) * sizeof(double), "row norms");
+    #pragma omp parallel for num_threads(be->threads) if (N >= 64) schedule(static)
+    for (int n = 0; n < N; n++) {
+        double s = 0.0;
+        if (mask[n])
+            for (int c = 0; c < C; c++) s += (double)v[(size_t)n * ld + c] * (double)v[(size_t)n * ld + c];
+        norms[n] = sqrt(s);
+    }
+    double total = 0.0;
+    for (int n = 0; n < N; n++) total += norms[n];
+    free(norms);
+    return total;
+}
+
+void backend_cpu_act_wf_init(Backend *be) {
+    be->wgemm_lora_multi_wf = cpu_wgemm_lora_multi_wf;
+    be->wgemm_lora_wf = cpu_wgemm_lora_wf;
+    be->gemm_wf = cpu_gemm_wf;
+    be->swiglu_fwd_wf = cpu_swiglu_fwd_wf;
+    be->swiglu_bwd_wf = cpu_swiglu_bwd_wf;
+    be->dropout_wf = cpu_dropout_wf;
+    be->row_norm_sum_wf = cpu_row_norm_sum_wf;
+}

@@ -1,0 +1,45 @@
+// backend_cpu_internal.h: what the CPU backend's files share (backend_cpu*.c, backend_weights.c,
+// backend_act_wf.c): the grow-only scratch buffer and the bf16 rounding of the bf16 emulation.
+#ifndef ACTLORA_BACKEND_CPU_INTERNAL_H
+#define ACTLORA_BACKEND_CPU_INTERNAL_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "actlora/backend.h"
+
+// Grow-only scratch buffer of n floats (contents undefined); valid until the next call (backend_cpu.c).
+float *cpu_scratch(Backend *be, size_t n, const char *what);
+
+// fp32 -> nearest bf16 (ties to even), returned as the fp32 value it represents. NaN stays NaN.
+static inline float round_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) {
+        u |= 0x00400000u;  // quiet NaN, payload kept in the top bits
+    } else {
+        u += 0x7fffu + ((u >> 16) & 1u);  // may carry into the exponent (to inf past the largest bf16)
+    }
+    u &= 0xffff0000u;
+    float r;
+    memcpy(&r, &u, 4);
+    return r;
+}
+
+// x rounded to the backend's weight format: bf16 in the bf16 emulation, as it is in fp32.
+static inline float round_wf(const Backend *be, float x) {
+    return be->weight_dtype == BACKEND_WEIGHT_BF16 ? round_bf16(x) : x;
+}
+
+// x[0..n) rounded to bf16 in place
+static inline void round_bf16_inplace(Backend *be, float *x, size_t n) {
+    #pragma omp parallel for num_threads(be->threads) if (n >= 32768) schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] = round_bf16(x[i]);
+}
+
+// Y [M, n] = op [M, k] (row stride ldo) @ op(Wb) + beta Y for a bordered weight Wb (row stride ldw):
+// trans_w = 1 its first n rows, k columns (transposed); 0 its first k rows, n columns (backend_weights.c)
+void cpu_bordered_gemm(int trans_w, int M, int n, int k, const float *op, int ldo, const float *Wb, int ldw,
+                       float beta, float *Y);
+
+#endif
