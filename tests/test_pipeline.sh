@@ -4,7 +4,8 @@
 #   train with gradient all-reduce -> evaluate with the GLUE metric.
 # Checks: np=1 and np=2 with the same global batch select the same layers and follow the same loss
 # trajectory (fp32 tolerance); --calibrate-only writes calibration.h5 and stops; the JSONL log has
-# train/eval/summary records; lora.fuse (adapters on the frozen GEMMs) follows the plain run's losses;
+# train/eval/summary records; lora.fuse (adapters on the frozen GEMMs) follows the plain run's losses, and
+# with model.act_dtype = "bf16" (bf16 emulation) the fused run's within 2%;
 # run.profile prints its table over the steps after the first and logs profile records;
 # a wrong task or a file tokenized for another vocabulary is refused.
 # Usage (ctest): test_pipeline.sh SOURCE_ROOT BUILD_DIR ACTLORA_BINARY
@@ -79,6 +80,26 @@ worst = max(abs(a - b) / abs(b) for a, b in zip(lf, lp))
 assert worst < 2e-5, f"fused and plain loss trajectories differ by {worst:.2e}"
 print(f"lora.fuse vs plain (np=2, fp32): loss trajectories within {worst:.1e}")
 PY
+# model.act_dtype = "bf16" (the MLP activations in the weight format) on the CPU's bf16 emulation: the same
+# run follows the fp32 fused trajectory within bf16 tolerance (2%) and says so in its lora line; without
+# lora.fuse it is refused before loading, naming the key
+run_mpi 2 "${common[@]}" --set train.micro_batch=8 --set train.grad_accum=1 --set calibration.batches=4 \
+  --set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16 --set run.dir="$work/mlpbf" \
+  > "$work/mlpbf.out" 2>&1 || { cat "$work/mlpbf.out"; bad "model.act_dtype=bf16 run failed"; }
+grep -q "MLP activations in bf16" "$work/mlpbf.out" && ok || bad "no 'MLP activations in bf16' in the lora line"
+python3 - "$work" <<'PY' && ok || bad "model.act_dtype=bf16 run vs the fp32 fused run"
+import json, sys
+work = sys.argv[1]
+def train(run): return [json.loads(l)["loss"] for l in open(f"{work}/{run}/log.jsonl") if '"type":"train"' in l]
+lf, lb = train("fused"), train("mlpbf")
+assert len(lf) == len(lb) == 12, (len(lf), len(lb))
+worst = max(abs(a - b) / abs(b) for a, b in zip(lb, lf))
+assert worst < 2e-2, f"bf16 MLP activations and the fp32 fused run differ by {worst:.2e}"
+print(f"model.act_dtype=bf16 (bf16 emulation) vs fp32 fused: loss trajectories within {worst:.1e}")
+PY
+out=$(run_mpi 1 "${common[@]}" --set model.dtype=bf16 --set model.act_dtype=bf16 --set run.dir="$work/nofuse" 2>&1) \
+  && bad "act_dtype=bf16 without lora.fuse was accepted" \
+  || { echo "$out" | grep -q 'needs lora.fuse = true' && ok || bad "act_dtype without lora.fuse: wrong message: $out"; }
 grep -q "^summary | dev: accuracy" "$work/np2.out" && ok || bad "no dev accuracy in the summary"
 
 # run.profile: the table covers the steps after the first (12 - 1 = 11), and log.jsonl has one profile
