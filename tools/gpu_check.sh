@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# gpu_check.sh: every check of the CUDA backend that needs a GPU, in one run (under 7 minutes on one
+# gpu_check.sh: every check of the CUDA backend that needs a GPU, in one run (under 8 minutes on one
 # H200 including the build, no internet). Each section reports PASS / FAIL / SKIP (with the reason) into
 # OUT_DIR/gpu_check.txt and never stops the sections after it; full logs go to OUT_DIR/logs/.
 #
@@ -17,17 +17,19 @@
 # logits/loss pass | 4 CPU reference tests (test_llama_parity vs HF, memplan, devbind) | 5 determinism of
 # the program on the GPU (two identical runs: identical logged losses) and a bf16 run's losses against an
 # fp32 run's | 5c the program on the tiny DeBERTa (pretrained, layers "auto"): finite losses, fp32 losses
-# vs the CPU's | 5d lora.fuse on the tiny Llama: deterministic, within 2% of the plain run | 6 checkpoint
+# vs the CPU's | 5d lora.fuse on the tiny Llama: deterministic, within 2% of the plain run; with
+# model.act_dtype=bf16 (bf16 MLP activations) too, within 2% of the plain run | 6 checkpoint
 # -> resume bit-identity on the GPU (ACTLORA_FAULT_STOP_AT) | 7 throughput of
 # a Llama-3.1-8B-shaped model at seq 256 (bf16 weights, the largest micro-batch the memory plan allows),
-# LoRA on all / top 16 / top 8 layers, and all layers with lora.fuse: tokens/s, MFU, peak memory | 8 the
-# same all-layer step in HF transformers + PEFT (bf16), for the tokens/s ratio | 9 op profiles of the
-# all-layer 8B step (run.profile), plain and with lora.fuse.
+# LoRA on all / top 16 / top 8 layers, and all layers with lora.fuse, plain and with bf16 MLP activations
+# (model.act_dtype=bf16): tokens/s, MFU, peak memory | 8 the same all-layer step in HF transformers + PEFT
+# (bf16), for the tokens/s ratio | 9 op profiles of the all-layer 8B step (run.profile): plain, with
+# lora.fuse + bf16 MLP activations, and (time permitting) with lora.fuse alone.
 #
 # Environment: BUILD (build dir, default <root>/build-gpu), DEPS (default <root>/.deps), NP (MPI ranks
 # of the program runs, 1), BENCH_BATCH (micro-batch of the 8B runs; default: the largest the all-layer
 # memory plan allows, at most BENCH_BATCH_MAX = 64), BENCH_WARMUP (2) + BENCH_STEPS (4 timed steps),
-# BENCH_TIMEOUT (s per 8B run, 150), BUDGET (s for the whole script, 420; sections that no longer fit
+# BENCH_TIMEOUT (s per 8B run, 150), BUDGET (s for the whole script, 480; sections that no longer fit
 # are skipped), HF_FP32=1 (also time HF PEFT in fp32 at micro-batch 8),
 # ACTLORA_GPU_CHECK_DEVICE (run.device of the program sections, "cuda"; "cpu" dry-runs them anywhere, and
 # runs section 3b's tests in their ACTLORA_TEST_HARNESS_ON_CPU mode), ACTLORA_MINILM_DIR (the all-MiniLM-L6-v2
@@ -64,7 +66,7 @@ DEV="${ACTLORA_GPU_CHECK_DEVICE:-cuda}"
 NP="${NP:-1}"
 BENCH_BATCH="${BENCH_BATCH:-}" BENCH_BATCH_MAX="${BENCH_BATCH_MAX:-64}" BENCH_WARMUP="${BENCH_WARMUP:-2}"
 BENCH_STEPS="${BENCH_STEPS:-4}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"
-BUDGET="${BUDGET:-420}"
+BUDGET="${BUDGET:-480}"
 T0=$(date +%s)
 ORIG_LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
 work="$(mktemp -d)"
@@ -242,8 +244,8 @@ else
   result SKIP test_backend_cuda_enc "tests/test_backend_cuda_enc.c does not exist in this checkout"
 fi
 run_test test_backend_cuda_fuse "$BUILD/test_backend_cuda_fuse" "$root" "$BUILD"
-[ -f "$LOGS/test_backend_cuda_fuse.log" ] && grep -E "^  (fp32|bf16) (weight_randn_2d 1024|wgemm_lora (fwd|dX) 96x|fused dropout)" \
-  "$LOGS/test_backend_cuda_fuse.log" | head -30 >> "$REPORT"
+[ -f "$LOGS/test_backend_cuda_fuse.log" ] && grep -E "^  (fp32|bf16) (weight_randn_2d 1024|wgemm_lora (fwd|dX) 96x|fused( \+ MLP in the weight format)? dropout|(wgemm_lora_multi_wf|wgemm_lora_wf|gemm_wf|swiglu_(fwd|bwd)_wf) [0-9a-z]+ [0-9]+x)" \
+  "$LOGS/test_backend_cuda_fuse.log" | head -60 >> "$REPORT"
 LAUNCH=()
 
 # ------------------------------------------------------------------------------ 3b. whole encoders vs HF
@@ -408,6 +410,24 @@ else
     else result FAIL "lora.fuse (program)" "$detail"; fi
   fi
 fi
+# the same with the MLP activations in bf16 (model.act_dtype=bf16: gate, up, h, dgate, dup on the device in bf16)
+if [ $gpu_path = 0 ]; then result SKIP "lora.fuse + bf16 MLP activations (program)" "$why"
+elif [ -z "${la:-}" ]; then result SKIP "lora.fuse + bf16 MLP activations (program)" "no default run to compare with (section 5)"
+elif [ "$(left)" -lt 40 ]; then result SKIP "lora.fuse + bf16 MLP activations (program)" "time budget spent"
+else
+  prog "$LOGS/fuse_mlp.log" "${TINY[@]}" "${det[@]}" --set lora.fuse=true --set model.act_dtype=bf16 \
+    --set run.dir="$work/fuse_mlp"; rfm=$?
+  lfm=$(losses "$work/fuse_mlp")
+  if [ $rfm -ne 0 ]; then result FAIL "lora.fuse + bf16 MLP activations (program)" "exit $rfm"; excerpt "$LOGS/fuse_mlp.log"
+  elif [ -z "$lfm" ]; then result FAIL "lora.fuse + bf16 MLP activations (program)" "no train records in log.jsonl"
+  else
+    read -r w10 wall n_cmp < <(join <(echo "$la") <(echo "$lfm") | awk '{ e = ($2 - $3) / ($3 < 0 ? -$3 : $3); if (e < 0) e = -e;
+      if (NR <= 10 && e > w10) w10 = e; if (e > wall) wall = e; n++ } END { printf "%.3g %.3g %d\n", w10, wall, n }')
+    detail="against the plain run: worst rel diff $w10 over the first 10 steps (tol 0.02), $wall over all $n_cmp"
+    if awk -v w="$w10" 'BEGIN { exit !(w <= 0.02) }'; then result PASS "lora.fuse + bf16 MLP activations (program)" "$detail"
+    else result FAIL "lora.fuse + bf16 MLP activations (program)" "$detail"; fi
+  fi
+fi
 
 # ------------------------------------------------------------------------------ 6. checkpoint -> resume
 say ""
@@ -453,9 +473,10 @@ print(c['num_hidden_layers'], 2*q*C + 2*kv*C + 3*C*I)" "$m8/config.json" 2>/dev/
 PEAK_FLOPS=989e12  # H100/H200 SXM dense bf16 tensor-core peak
 say "  MFU = tokens/s x (2 x $NL x $P_LAYER + 2 x n_bwd x $P_LAYER) / $PEAK_FLOPS: forward 2N through all layers, backward (dX only, the base is frozen) 2N through the n_bwd layers from the lowest adapted one up; N = matmul parameters per layer (embedding, attention scores, LoRA and head not counted)"
 TARGETS='["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]'
-declare -A LAYERS=([all]=all [top16]="[$(seq -s, $((NL - 16 > 0 ? NL - 16 : 0)) $((NL - 1)))]" [top8]="[$(seq -s, $((NL - 8 > 0 ? NL - 8 : 0)) $((NL - 1)))]" [fused]=all)
-declare -A NBWD=([all]=$NL [top16]=$((NL < 16 ? NL : 16)) [top8]=$((NL < 8 ? NL : 8)) [fused]=$NL)
-declare -A EXTRA=([fused]="--set lora.fuse=true")   # fused: all layers, each adapter on its frozen GEMM
+declare -A LAYERS=([all]=all [top16]="[$(seq -s, $((NL - 16 > 0 ? NL - 16 : 0)) $((NL - 1)))]" [top8]="[$(seq -s, $((NL - 8 > 0 ? NL - 8 : 0)) $((NL - 1)))]" [fused]=all [mlpbf]=all)
+declare -A NBWD=([all]=$NL [top16]=$((NL < 16 ? NL : 16)) [top8]=$((NL < 8 ? NL : 8)) [fused]=$NL [mlpbf]=$NL)
+# fused: all layers, each adapter on its frozen GEMM; mlpbf: the same with the MLP activations in bf16
+declare -A EXTRA=([fused]="--set lora.fuse=true" [mlpbf]="--set lora.fuse=true --set model.act_dtype=bf16")
 NSTEPS=$((BENCH_WARMUP + BENCH_STEPS))
 bench8b() {  # LOG TIMEOUT MICRO_BATCH LAYERS RUN_DIR: one run of the program on the 8B shapes
   timeout "$2" "${MPIRUN[@]}" "$BUILD/actlora-mpi" --set model.path="$m8" --set model.init=random \
@@ -489,10 +510,11 @@ if [ $gpu_path = 1 ] && [ -z "$BENCH_BATCH" ] && [ "$DEV" = cuda ] && [ "$(left)
   fi
 fi
 BENCH_BATCH=${BENCH_BATCH:-16}
-say "  micro-batch $BENCH_BATCH x 256 tokens for all three selections; $BENCH_WARMUP warm-up + $BENCH_STEPS timed steps${bb_note:+; $bb_note}"
-for sel in all top16 top8 fused; do
+say "  micro-batch $BENCH_BATCH x 256 tokens for every run; $BENCH_WARMUP warm-up + $BENCH_STEPS timed steps${bb_note:+; $bb_note}"
+for sel in all top16 mlpbf fused top8; do
   name="ours, 8B, lora.layers=$sel"
   [ $sel = fused ] && name="ours, 8B, lora.layers=all, lora.fuse=true"
+  [ $sel = mlpbf ] && name="ours, 8B, lora.layers=all, lora.fuse=true, model.act_dtype=bf16"
   if [ $gpu_path = 0 ]; then result SKIP "$name" "$why"; continue; fi
   if [ "$(left)" -lt 60 ]; then result SKIP "$name" "time budget spent"; continue; fi
   tl=$(( $(left) - 30 < BENCH_TIMEOUT ? $(left) - 30 : BENCH_TIMEOUT ))
@@ -532,9 +554,10 @@ if [ -n "${MS[all]:-}" ]; then
     say "  step time $sel / all = $r$tgt"
   done
   say "  all-layer MFU target >= 50%: $(awk -v t="${TPS[all]}" -v L="$NL" -v P="$P_LAYER" -v pk="$PEAK_FLOPS" 'BEGIN { m = 100 * t * 4 * L * P / pk; printf "%.1f%% (%s)", m, (m >= 50 ? "met" : "missed") }')"
-  if [ -n "${MS[fused]:-}" ]; then
-    say "  lora.fuse: step $(awk -v a="${MS[fused]}" -v b="${MS[all]}" 'BEGIN { printf "%.2f", a / b }')x the plain all-layer step; all-layer MFU with lora.fuse $(awk -v t="${TPS[fused]}" -v L="$NL" -v P="$P_LAYER" -v pk="$PEAK_FLOPS" 'BEGIN { m = 100 * t * 4 * L * P / pk; printf "%.1f%% (%s)", m, (m >= 50 ? "met" : "missed") }')"
-  fi
+  for sel in fused mlpbf; do
+    [ -n "${MS[$sel]:-}" ] || continue
+    say "  ${EXTRA[$sel]//--set /}: step $(awk -v a="${MS[$sel]}" -v b="${MS[all]}" 'BEGIN { printf "%.2f", a / b }')x the plain all-layer step; all-layer MFU $(awk -v t="${TPS[$sel]}" -v L="$NL" -v P="$P_LAYER" -v pk="$PEAK_FLOPS" 'BEGIN { m = 100 * t * 4 * L * P / pk; printf "%.1f%% (%s)", m, (m >= 50 ? "met" : "missed") }')"
+  done
 fi
 
 # ------------------------------------------------------------------------------ 8. HF transformers + PEFT
@@ -620,6 +643,7 @@ PY
       extra=""
       [ "$dt" = bf16 ] && [ -n "$ours_all" ] && extra="; ours (bf16, micro-batch $BENCH_BATCH) / HF = $(awk -v a="$ours_all" -v b="$htps" 'BEGIN { r = a / b; printf "%.2f (target >= 1.5: %s)", r, (r >= 1.5 ? "met" : "missed") }')"
       [ "$dt" = bf16 ] && [ -n "${TPS[fused]:-}" ] && extra="$extra; with lora.fuse / HF = $(awk -v a="${TPS[fused]}" -v b="$htps" 'BEGIN { r = a / b; printf "%.2f (target >= 1.5: %s)", r, (r >= 1.5 ? "met" : "missed") }')"
+      [ "$dt" = bf16 ] && [ -n "${TPS[mlpbf]:-}" ] && extra="$extra; with lora.fuse + bf16 MLP activations / HF = $(awk -v a="${TPS[mlpbf]}" -v b="$htps" 'BEGIN { r = a / b; printf "%.2f (target >= 1.5: %s)", r, (r >= 1.5 ? "met" : "missed") }')"
       result PASS "HF PEFT, 8B, all layers, $dt" "micro-batch $hbat: step $hms ms = $htps tok/s, peak $hmem GiB, build ${hload} s$extra"
     else
       result FAIL "HF PEFT, 8B, all layers, $dt" "exit $rc: see logs/hf_$dt.log"; excerpt "$LOGS/hf_$dt.log"
@@ -628,15 +652,16 @@ PY
 fi
 
 # ------------------------------------------------------------------------------ 9. where the time goes
-# The all-layer 8B run again with run.profile=true, plain and then (time permitting) with lora.fuse:
+# The all-layer 8B run again with run.profile=true, plain, with lora.fuse + bf16 MLP activations and then
+# (time permitting) with lora.fuse alone:
 # every backend op synchronised and timed, by op and by shape (profile.h); both tables go into the
 # report, so the ops fusion removes or slows can be read side by side. Profiled steps are slower (no
 # overlap between ops): the shares and per-op times, not the step time, are the result.
 say ""
 say "== 9. op profiles of the all-layer 8B step (run.profile=true, micro-batch $BENCH_BATCH, the steps after the first)"
-for variant in plain fused; do
+for variant in plain mlpbf fused; do
   name="op profile, 8B, all layers, $variant"
-  extra="--set run.profile=true"; [ $variant = fused ] && extra="$extra --set lora.fuse=true"
+  extra="--set run.profile=true ${EXTRA[$variant]:-}"
   if [ $gpu_path = 0 ]; then result SKIP "$name" "$why"; continue; fi
   if [ "$(left)" -lt 60 ]; then result SKIP "$name" "time budget spent"; continue; fi
   tl=$(( $(left) - 15 < BENCH_TIMEOUT ? $(left) - 15 : BENCH_TIMEOUT ))

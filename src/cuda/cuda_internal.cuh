@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "actlora/rng.h"  // header-only, host and device (the dropout draw below)
+
 extern "C" {
 #include "actlora/backend.h"
 #include "actlora/backend_cuda.h"
@@ -105,10 +107,27 @@ void cuda_install_attention(Backend *be);
 void cuda_install_encoder(Backend *be);  // encoder.cu: the encoder ops (BERT / DeBERTa)
 void cuda_install_weights(Backend *be);  // weights.cu: weight formats (bf16 default), wgemm, wembedding_fwd
 void cuda_install_lora_gemm(Backend *be);  // lora_gemm.cu: wgemm_lora, wgemm_lora_multi, weight_set_lora
+void cuda_install_act_wf(Backend *be);     // act_wf.cu: the ops on activations in the weight format
 
 // weights.cu: the grow-only buffer of wgemm's activation operand (contents undefined; lora_gemm.cu builds
 // its [X | Xa] operands in it too)
 void *cuda_operand_buffer(Backend *be, size_t bytes);
+
+// lora_gemm.cu, shared with act_wf.cu:
+// Rows of a bordered product's operand in the weight format (row stride ld), on the backend's stream:
+// op[m, c] = X[m, c] for c < k0 (when X != NULL; X contiguous [M, k0]), op[m, k0 + j] = Xa[m, j] for j < r
+// (when Xa != NULL; Xa contiguous [M, r]); rounded to bf16 in the bf16 format. Other columns untouched.
+void cuda_lora_operand(Backend *be, void *op, int ld, const float *X, int k0, const float *Xa, int r, int M);
+// Y [M, n] = op [M, k] (weight format, row stride ldo) op(Wb) + beta Y, Wb a bordered weight with row stride
+// ldw (trans_w: its first n rows and k columns, transposed; else its first k rows and n columns). Y is fp32
+// (y_wf = 0) or, with y_wf = 1, in the weight format (bf16 written by cuBLAS from the fp32 accumulator);
+// either way contiguous with row stride n.
+void cuda_bordered_gemm(Backend *be, int trans_w, int M, int n, int k, const void *op, int ldo, const void *Wb,
+                        int ldw, float beta, void *Y, int y_wf);
+
+// reduce.cu: row_norm_sum of x [N, C] with row stride ld, fp32 (bf16 = 0) or bf16 (bf16 = 1) elements; the
+// row_norm_sum op is the case bf16 = 0, ld = C (one reduction order for both)
+double cuda_row_norm_sum_ld(Backend *be, const void *x, int bf16, size_t ld, const int32_t *mask, int N, int C);
 
 // ---------------------------------------------------------------------------- device helpers
 
@@ -118,6 +137,38 @@ void *cuda_operand_buffer(Backend *be, size_t bytes);
 
 static __device__ __forceinline__ float cuda_to_float(float v) { return v; }
 static __device__ __forceinline__ float cuda_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// fp32 -> the storage type T: itself, or bf16 round-to-nearest-even
+template <typename T>
+static __device__ __forceinline__ T cuda_to_fmt(float v);
+template <>
+__device__ __forceinline__ float cuda_to_fmt<float>(float v) {
+    return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 cuda_to_fmt<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
+
+// The elementwise formulas of swiglu and dropout, shared by the fp32 ops (elementwise.cu) and their
+// weight-format forms (act_wf.cu), so that those compute the same bits in the fp32 format. The _rn
+// intrinsics keep nvcc from contracting into FMAs (the CPU build does not use FMA).
+// h = silu(g) * u
+static __device__ __forceinline__ float cuda_swiglu(float g, float u) {
+    return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+// s = sigmoid(g): dsilu/dg = s (1 + g (1 - s)); dgate = dh up dsilu; dup = dh silu(g)
+static __device__ __forceinline__ void cuda_swiglu_grads(float d, float g, float u, float *dgate, float *dup) {
+    float s = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-g)));
+    float dsilu = __fmul_rn(s, __fadd_rn(1.0f, __fmul_rn(g, __fsub_rn(1.0f, s))));
+    *dgate = __fmul_rn(__fmul_rn(d, u), dsilu);
+    *dup = __fmul_rn(d, __fmul_rn(g, s));
+}
+// inverted dropout of element i under key: keep = rng_uniform(key, i) >= p (rng.h), kept values / (1 - p)
+static __device__ __forceinline__ float cuda_dropout_value(float v, uint64_t key, uint64_t i, float p,
+                                                           float keep_scale) {
+    return rng_uniform(key, i) >= p ? __fdiv_rn(v, keep_scale) : 0.0f;
+}
 
 
 // Records the first device-side error (later ones are dropped); not a reduction.

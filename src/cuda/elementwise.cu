@@ -130,23 +130,19 @@ static void cu_rope_bwd(Backend *be, float *dx, const float *cos_t, const float 
 
 // ---------------------------------------------------------------------------- SwiGLU
 
+// the formulas: cuda_swiglu, cuda_swiglu_grads (cuda_internal.cuh; act_wf.cu's weight-format forms use them too)
 static __global__ void k_swiglu_fwd(float *__restrict__ h, const float *__restrict__ gate,
                                     const float *__restrict__ up, size_t n) {
-    GRID_STRIDE(i, n) {
-        float g = gate[i];
-        h[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), up[i]);
-    }
+    GRID_STRIDE(i, n) h[i] = cuda_swiglu(gate[i], up[i]);
 }
 
-// s = sigmoid(g): dsilu/dg = s (1 + g (1 - s)); dgate = dh up dsilu; dup = dh silu(g)
 static __global__ void k_swiglu_bwd(float *__restrict__ dgate, float *__restrict__ dup, const float *__restrict__ dh,
                                     const float *__restrict__ gate, const float *__restrict__ up, size_t n) {
     GRID_STRIDE(i, n) {
-        float g = gate[i], s = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-g)));
-        float d = dh[i];
-        float dsilu = __fmul_rn(s, __fadd_rn(1.0f, __fmul_rn(g, __fsub_rn(1.0f, s))));
-        dgate[i] = __fmul_rn(__fmul_rn(d, up[i]), dsilu);
-        dup[i] = __fmul_rn(d, __fmul_rn(g, s));
+        float dg, du;
+        cuda_swiglu_grads(dh[i], gate[i], up[i], &dg, &du);
+        dgate[i] = dg;
+        dup[i] = du;
     }
 }
 
@@ -166,9 +162,10 @@ static void cu_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dh
 // ---------------------------------------------------------------------------- dropout
 
 // out[i] = rng_uniform(key, i) >= p ? inp[i] / (1 - p) : 0 — rng.h's draw, so the mask is the
-// CPU backend's bit for bit; out may alias inp (each element is read, then written, by one thread)
+// CPU backend's bit for bit (cuda_dropout_value, cuda_internal.cuh); out may alias inp (each element is
+// read, then written, by one thread)
 static __global__ void k_dropout(float *out, const float *inp, size_t n, float p, float keep_scale, uint64_t key) {
-    GRID_STRIDE(i, n) out[i] = rng_uniform(key, (uint64_t)i) >= p ? __fdiv_rn(inp[i], keep_scale) : 0.0f;
+    GRID_STRIDE(i, n) out[i] = cuda_dropout_value(inp[i], key, (uint64_t)i, p, keep_scale);
 }
 
 static void cu_dropout(Backend *be, float *out, const float *inp, size_t n, float p, uint64_t key) {

@@ -19,17 +19,6 @@
 #include "actlora/rng.h"
 #include "cuda_internal.cuh"
 
-template <typename T>
-static __device__ __forceinline__ T to_fmt(float v);
-template <>
-__device__ __forceinline__ float to_fmt<float>(float v) {
-    return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 to_fmt<__nv_bfloat16>(float v) {
-    return __float2bfloat16_rn(v);
-}
-
 // Rows of the operand: op[m, c] = X[m, c] for c < k0 (when X), op[m, k0 + j] = Xa[m, j] for j < r (when
 // Xa); row stride ld. blockIdx.y strides over rows, the threads of blockIdx.x over columns.
 template <typename T>
@@ -40,10 +29,10 @@ static __global__ void k_operand(T *__restrict__ op, int ld, const float *__rest
         if (X) {
             const float *x = X + (size_t)m * k0;
             for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < k0; c += gridDim.x * blockDim.x)
-                o[c] = to_fmt<T>(x[c]);
+                o[c] = cuda_to_fmt<T>(x[c]);
         }
         if (Xa && blockIdx.x == 0)
-            for (int j = threadIdx.x; j < r; j += blockDim.x) o[k0 + j] = to_fmt<T>(Xa[(size_t)m * r + j]);
+            for (int j = threadIdx.x; j < r; j += blockDim.x) o[k0 + j] = cuda_to_fmt<T>(Xa[(size_t)m * r + j]);
     }
 }
 
@@ -55,10 +44,10 @@ static __global__ void k_set_lora(T *w, int out, int in, int r, const float *__r
     GRID_STRIDE(i, nb + na) {
         if (i < nb) {
             size_t o = i / r, j = i % r;
-            w[o * ld + in + j] = to_fmt<T>(__fmul_rn(s, B[i]));
+            w[o * ld + in + j] = cuda_to_fmt<T>(__fmul_rn(s, B[i]));
         } else {
             size_t t = i - nb, j = t / in, c = t % in;
-            w[((size_t)out + j) * ld + c] = to_fmt<T>(A[t]);
+            w[((size_t)out + j) * ld + c] = cuda_to_fmt<T>(A[t]);
         }
     }
 }
@@ -81,8 +70,8 @@ static __global__ void k_randn_2d_bf16(__nv_bfloat16 *w, int rows, int cols, int
 static int is_bf16(const Backend *be) { return be->weight_dtype == BACKEND_WEIGHT_BF16; }
 static size_t elem_bytes(const Backend *be) { return is_bf16(be) ? sizeof(__nv_bfloat16) : sizeof(float); }
 
-// Writes rows of the operand (X and / or Xa parts) on the backend's stream.
-static void operand_write(Backend *be, void *op, int ld, const float *X, int k0, const float *Xa, int r, int M) {
+// Writes rows of the operand (X and / or Xa parts) on the backend's stream (cuda_internal.cuh).
+void cuda_lora_operand(Backend *be, void *op, int ld, const float *X, int k0, const float *Xa, int r, int M) {
     if (M <= 0 || (!X && !Xa)) return;
     CudaCtx *cx = cuda_ctx(be);
     unsigned gx = (unsigned)((k0 + CUDA_THREADS - 1) / CUDA_THREADS), gy = (unsigned)(M < 65535 ? M : 65535);
@@ -96,18 +85,21 @@ static void operand_write(Backend *be, void *op, int ld, const float *X, int k0,
     launch_check("wgemm_lora (operand [X | Xa])");
 }
 
-// Y [M, n] = op [M, k] (row stride ldo) op(Wb) + beta Y, Wb with row stride ldw
-static void bordered_gemm(Backend *be, int trans_w, int M, int n, int k, const void *op, int ldo, const void *Wb,
-                          int ldw, float beta, float *Y) {
+// Y [M, n] = op [M, k] (row stride ldo) op(Wb) + beta Y, Wb with row stride ldw; Y fp32, or in the weight
+// format when y_wf (cuda_internal.cuh). Column-major (top of this file): Y^T [n, M] = op(Wb)^T [n, k] op^T [k, M],
+// ldc = n; with y_wf in bf16 cuBLAS rounds the fp32 accumulator to the bf16 Y (C type CUDA_R_16BF).
+void cuda_bordered_gemm(Backend *be, int trans_w, int M, int n, int k, const void *op, int ldo, const void *Wb,
+                        int ldw, float beta, void *Y, int y_wf) {
     CudaCtx *cx = cuda_ctx(be);
     const float alpha = 1.0f;
     cublasOperation_t ow = trans_w ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (is_bf16(be))
         cublas_check(cublasGemmEx(cx->blas, ow, CUBLAS_OP_N, n, M, k, &alpha, Wb, CUDA_R_16BF, ldw, op, CUDA_R_16BF,
-                                  ldo, &beta, Y, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                  ldo, &beta, Y, y_wf ? CUDA_R_16BF : CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
     else
         cublas_check(cublasSgemm(cx->blas, ow, CUBLAS_OP_N, n, M, k, &alpha, (const float *)Wb, ldw,
-                                 (const float *)op, ldo, &beta, Y, n));
+                                 (const float *)op, ldo, &beta, (float *)Y, n));
 }
 
 static void lora_shape_check(const char *op, int M, int out, int in, int r) {
@@ -121,8 +113,8 @@ static void cu_wgemm_lora(Backend *be, int trans_w, int M, int out, int in, int 
     if (M == 0) return;
     int k0 = trans_w ? in : out, k = k0 + (Xa ? r : 0);
     void *op = cuda_operand_buffer(be, (size_t)M * (size_t)k * elem_bytes(be));
-    operand_write(be, op, k, X, k0, Xa, r, M);
-    bordered_gemm(be, trans_w, M, trans_w ? out : in, k, op, k, Wb, in + r, beta, Y);
+    cuda_lora_operand(be, op, k, X, k0, Xa, r, M);
+    cuda_bordered_gemm(be, trans_w, M, trans_w ? out : in, k, op, k, Wb, in + r, beta, Y, 0);
 }
 
 // n bordered forwards sharing X: X written once (row stride in + r), then per weight its Xa_i into the
@@ -134,10 +126,10 @@ static void cu_wgemm_lora_multi(Backend *be, int n, int M, int in, int r, const 
     if (M == 0 || n == 0) return;
     int ld = in + r;
     void *op = cuda_operand_buffer(be, (size_t)M * (size_t)ld * elem_bytes(be));
-    operand_write(be, op, ld, X, in, NULL, r, M);
+    cuda_lora_operand(be, op, ld, X, in, NULL, r, M);
     for (int i = 0; i < n; i++) {
-        if (Xa[i]) operand_write(be, op, ld, NULL, in, Xa[i], r, M);
-        bordered_gemm(be, 1, M, out[i], Xa[i] ? ld : in, op, ld, Wb[i], ld, 0.0f, Y[i]);
+        if (Xa[i]) cuda_lora_operand(be, op, ld, NULL, in, Xa[i], r, M);
+        cuda_bordered_gemm(be, 1, M, out[i], Xa[i] ? ld : in, op, ld, Wb[i], ld, 0.0f, Y[i], 0);
     }
 }
 

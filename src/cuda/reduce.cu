@@ -37,16 +37,18 @@ static double cu_sumsq(Backend *be, const float *x, size_t n) {
     return total;
 }
 
-// norms[n] = ||x[n, :]|| in fp64 when mask[n] != 0, else 0; one block per row
-static __global__ void k_row_norms(const float *__restrict__ x, const int32_t *__restrict__ mask, int C,
+// norms[n] = ||x[n, :C]|| in fp64 when mask[n] != 0, else 0; one block per row; row stride ld;
+// T = float or __nv_bfloat16 (row_norm_sum_wf, act_wf.cu)
+template <typename T>
+static __global__ void k_row_norms(const T *__restrict__ x, size_t ld, const int32_t *__restrict__ mask, int C,
                                    double *__restrict__ norms) {
     __shared__ double sh[CUDA_THREADS];
     size_t n = blockIdx.x;
     double s = 0.0;
     if (mask[n]) {
-        const float *row = x + n * (size_t)C;
+        const T *row = x + n * ld;
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
-            double v = (double)row[c];
+            double v = (double)cuda_to_float(row[c]);
             s += v * v;
         }
     }
@@ -55,10 +57,20 @@ static __global__ void k_row_norms(const float *__restrict__ x, const int32_t *_
 }
 
 static double cu_row_norm_sum(Backend *be, const float *x, const int32_t *mask, int N, int C) {
+    return cuda_row_norm_sum_ld(be, x, 0, (size_t)C, mask, N, C);
+}
+
+// row_norm_sum over a strided fp32 or bf16 x (cuda_internal.cuh): the row norms on the device, added in row
+// order on the host (as the CPU backend adds its row norms)
+double cuda_row_norm_sum_ld(Backend *be, const void *x, int bf16, size_t ld, const int32_t *mask, int N, int C) {
     CudaCtx *cx = cuda_ctx(be);
     if (N <= 0) return 0.0;
     double *norms = cuda_partials(be, (size_t)N), *host = cuda_host_partials(be, (size_t)N);
-    k_row_norms<<<(unsigned)N, CUDA_THREADS, 0, cx->stream>>>(x, mask, C, norms);
+    if (bf16)
+        k_row_norms<__nv_bfloat16><<<(unsigned)N, CUDA_THREADS, 0, cx->stream>>>((const __nv_bfloat16 *)x, ld, mask,
+                                                                                 C, norms);
+    else
+        k_row_norms<float><<<(unsigned)N, CUDA_THREADS, 0, cx->stream>>>((const float *)x, ld, mask, C, norms);
     launch_check("row_norm_sum");
     cuda_check(cudaMemcpyAsync(host, norms, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost, cx->stream));
     cuda_sync_and_check(be, "row_norm_sum");

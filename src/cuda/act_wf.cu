@@ -1,0 +1,262 @@
+// act_wf.cu: activations in the weight format for the CUDA backend (backend.h, "activations in the weight
+// format"; docs/gpu.md "bf16 MLP activations"). A Llama with lora.fuse may keep its MLP activations (gate,
+// up, h, dgate, dup: [N, intermediate]) in the weight format: bf16 (__nv_bfloat16, 2 bytes) in the bf16
+// format, float in the fp32 format. Values written into the format are rounded with __float2bfloat16_rn
+// (cuda_to_fmt); all arithmetic is fp32 (fp64 in row_norm_sum_wf).
+//
+// In the fp32 format every op computes exactly what the fp32 op it stands for computes on this backend:
+// the elementwise kernels use the same formulas (cuda_swiglu, cuda_swiglu_grads, cuda_dropout_value in
+// cuda_internal.cuh, shared with elementwise.cu), row_norm_sum_wf is reduce.cu's row_norm_sum kernel with a
+// row stride, and the products are the same cuBLAS calls as wgemm_lora / wgemm_lora_multi / gemm.
+//
+// Products (row-major to column-major as in backend_cuda.cu: a row-major X [r, c] with row stride ld is the
+// column-major X^T [c, r] with leading dimension ld, so C [M, N] = op(A) op(B) is computed as the
+// column-major C^T [N, M] = op(B)^T op(A)^T: operands swapped, m = N, n = M, the same transpose flags, the
+// row strides as leading dimensions, ldc = N):
+//   wgemm_lora_multi_wf  cuda_bordered_gemm (lora_gemm.cu) with the outputs in the weight format: bf16 output
+//                        written by cuBLAS from the fp32 accumulator (cublasGemmEx, C type CUDA_R_16BF,
+//                        CUBLAS_COMPUTE_32F); fp32: the cublasSgemm of wgemm_lora_multi.
+//   wgemm_lora_wf        the operand is the caller's Xw (row stride k0 + r): Xa is written into its last r
+//                        columns (cuda_lora_operand) and cuda_bordered_gemm reads it in place.
+//   gemm_wf              cublasGemmEx (bf16 x bf16 -> fp32, CUBLAS_COMPUTE_32F) with the given strides, fp32
+//                        operands first rounded into the backend's scratch (contiguous); fp32: cublasSgemm
+//                        with the given strides.
+// The backend's handle, stream and fixed workspace, atomics off: deterministic run to run.
+//
+// Elementwise kernels: a 2-D grid over the [M, C] views (blockIdx.y strides over rows, the threads of
+// blockIdx.x over columns), so row strides cost no division per element; scalar loads and stores (odd
+// widths and strides leave bf16 pairs unaligned).
+#include <cuda_bf16.h>
+
+#include "cuda_internal.cuh"
+
+// for (m = this block's first row; m < M; m += all rows of the grid) / the same over columns
+#define ROWS(m, M) for (int m = blockIdx.y; m < (M); m += gridDim.y)
+#define COLS(c, C) for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < (C); c += gridDim.x * blockDim.x)
+
+// The grid of the row kernels for [M, C] (M, C > 0): up to 64 blocks across a row, up to 65535 rows at once.
+static dim3 rows_grid(int M, int C) {
+    unsigned gx = (unsigned)((C + CUDA_THREADS - 1) / CUDA_THREADS), gy = (unsigned)(M < 65535 ? M : 65535);
+    if (gx < 1) gx = 1;
+    if (gx > 64) gx = 64;
+    return dim3(gx, gy);
+}
+
+static int is_bf16(const Backend *be) { return be->weight_dtype == BACKEND_WEIGHT_BF16; }
+
+// ---------------------------------------------------------------------------- kernels
+
+// dst [rows, cols] contiguous = bf16(src [rows, cols] with row stride lds)
+static __global__ void k_cast_rows_bf16(__nv_bfloat16 *__restrict__ dst, const float *__restrict__ src, int lds,
+                                        int rows, int cols) {
+    ROWS(m, rows) {
+        const float *s = src + (size_t)m * lds;
+        __nv_bfloat16 *d = dst + (size_t)m * cols;
+        COLS(c, cols) d[c] = __float2bfloat16_rn(s[c]);
+    }
+}
+
+// h [M, I] (row stride ldh) = silu(gate) * up; gate, up contiguous [M, I]. Each element is read and written
+// by one thread (h may alias gate or up when ldh == I).
+template <typename T>
+static __global__ void k_swiglu_fwd_wf(T *h, int ldh, const T *gate, const T *up, int M, int I) {
+    ROWS(m, M) {
+        const T *g = gate + (size_t)m * I, *u = up + (size_t)m * I;
+        T *o = h + (size_t)m * ldh;
+        COLS(i, I) o[i] = cuda_to_fmt<T>(cuda_swiglu(cuda_to_float(g[i]), cuda_to_float(u[i])));
+    }
+}
+
+// dgate, dup [M, I] (row stride ld) from dh (fp32), gate, up (contiguous [M, I])
+template <typename T>
+static __global__ void k_swiglu_bwd_wf(T *dgate, T *dup, int ld, const float *dh, const T *gate, const T *up, int M,
+                                       int I) {
+    ROWS(m, M) {
+        size_t ri = (size_t)m * I, ro = (size_t)m * ld;
+        COLS(i, I) {
+            float dg, du;
+            cuda_swiglu_grads(dh[ri + i], cuda_to_float(gate[ri + i]), cuda_to_float(up[ri + i]), &dg, &du);
+            dgate[ro + i] = cuda_to_fmt<T>(dg);
+            dup[ro + i] = cuda_to_fmt<T>(du);
+        }
+    }
+}
+
+// out [M, C] (row stride ldo) = dropout of in [M, C] (row stride ldi), element (m, c) drawn as the dropout op's
+// element m * C + c. out may alias in when ldo == ldi (one thread reads, then writes, each element).
+template <typename T>
+static __global__ void k_dropout_wf(T *out, int ldo, const T *in, int ldi, int M, int C, float p, float keep_scale,
+                                    uint64_t key) {
+    ROWS(m, M) {
+        const T *x = in + (size_t)m * ldi;
+        T *o = out + (size_t)m * ldo;
+        uint64_t base = (uint64_t)m * (uint64_t)C;
+        COLS(c, C) {
+            float v = cuda_dropout_value(cuda_to_float(x[c]), key, base + (uint64_t)c, p, keep_scale);
+            o[c] = cuda_to_fmt<T>(v);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- products
+
+static void lora_wf_check(const char *op, int M, int out, int in, int r) {
+    check(M >= 0 && out > 0 && in > 0 && r > 0, "%s: bad shape M=%d out=%d in=%d r=%d", op, M, out, in, r);
+}
+
+// Y_i = [X | Xa_i] Wb_i^T in the weight format (backend.h): wgemm_lora_multi's operand and products (X written
+// once with row stride in + r, then per weight its Xa_i into the last r columns; the stream orders each rewrite
+// after the product before it), with the outputs written in the weight format. Per weight, column-major:
+//   Y_i^T [out_i, M] = OP_T(Wb_i [out_i, k] row-major = col-major [k, out_i], ld in + r) . op^T [k, M] (ld in + r)
+// ldc = out_i; k = in + r with Xa_i, in without (cuda_bordered_gemm with y_wf = 1).
+static void cu_wgemm_lora_multi_wf(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
+                                   const void *const *Wb, const int *out, void *const *Y) {
+    check(n >= 0, "wgemm_lora_multi_wf: negative count %d", n);
+    for (int i = 0; i < n; i++) lora_wf_check("wgemm_lora_multi_wf", M, out[i], in, r);
+    if (M == 0 || n == 0) return;
+    int ld = in + r;
+    void *op = cuda_operand_buffer(be, (size_t)M * (size_t)ld * be->weight_bytes);
+    cuda_lora_operand(be, op, ld, X, in, NULL, r, M);
+    for (int i = 0; i < n; i++) {
+        if (Xa[i]) cuda_lora_operand(be, op, ld, NULL, in, Xa[i], r, M);
+        cuda_bordered_gemm(be, 1, M, out[i], Xa[i] ? ld : in, op, ld, Wb[i], ld, 0.0f, Y[i], 1);
+    }
+}
+
+// Y = Xw op(Wb) + beta Y with Xw [M, k0 + r] already in the weight format (backend.h). Xa (when given) is
+// rounded into Xw's columns [k0, k0 + r) first. Column-major, as cu_wgemm_lora (lora_gemm.cu):
+//   trans_w = 1: Y^T [out, M] = (Wb [out, k] row-major = col-major [k, out], ld in + r, OP_T) . Xw^T [k, M]
+//   trans_w = 0: Y^T [in, M]  = (Wb [k, in]  row-major = col-major [in, k], ld in + r, OP_N) . Xw^T [k, M]
+// with Xw^T the column-major view of Xw (ldb = k0 + r, whatever k is), ldc = n; k = k0 + r with Xa, k0 without
+// (the border is not read). Y is fp32.
+static void cu_wgemm_lora_wf(Backend *be, int trans_w, int M, int out, int in, int r, void *Xw, const float *Xa,
+                             const void *Wb, float beta, float *Y) {
+    lora_wf_check("wgemm_lora_wf", M, out, in, r);
+    if (M == 0) return;
+    int k0 = trans_w ? in : out, ld = k0 + r;
+    if (Xa) cuda_lora_operand(be, Xw, ld, NULL, k0, Xa, r, M);
+    cuda_bordered_gemm(be, trans_w, M, trans_w ? out : in, Xa ? ld : k0, Xw, ld, Wb, in + r, beta, Y, 0);
+}
+
+// dst (contiguous bf16 [rows, cols]) = bf16(src [rows, cols], row stride lds), on the backend's stream
+static void cast_rows_bf16(Backend *be, __nv_bfloat16 *dst, const float *src, int lds, int rows, int cols) {
+    k_cast_rows_bf16<<<rows_grid(rows, cols), CUDA_THREADS, 0, cuda_ctx(be)->stream>>>(dst, src, lds, rows, cols);
+    launch_check("gemm_wf (operand to bf16)");
+}
+
+// C [M, N] = alpha op(A) op(B) + beta C with row strides lda, ldb (backend.h). A is stored [ar, ac] =
+// trans_a ? [K, M] : [M, K], B [br, bc] = trans_b ? [N, K] : [K, N]. Column-major (top of this file):
+//   C^T [N, M] = op_b(B^T col-major [bc, br], ld ldb) [N, K] . op_a(A^T col-major [ac, ar], ld lda) [K, M]
+// with op_x = CUBLAS_OP_T when trans_x (so [bc, br] = [K, N] transposed gives [N, K], [ac, ar] = [M, K] gives
+// [K, M]) and CUBLAS_OP_N otherwise ([bc, br] = [N, K], [ac, ar] = [K, M] as they are); ldc = N.
+// cuBLAS needs ldb >= bc and lda >= ac (the rows of the column-major views): the checks below.
+static void cu_gemm_wf(Backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A, int lda,
+                       int a_wf, const void *B, int ldb, int b_wf, float beta, float *C) {
+    check(M >= 0 && N >= 0 && K >= 0, "gemm_wf: negative size M=%d N=%d K=%d", M, N, K);
+    if (M == 0 || N == 0) return;
+    if (K == 0) {  // C = beta C (beta 0 overwrites with zeros): the gemm op's empty product, no operand read
+        be->gemm(be, trans_a, trans_b, M, N, 0, alpha, NULL, NULL, beta, C);
+        return;
+    }
+    int ar = trans_a ? K : M, ac = trans_a ? M : K, br = trans_b ? N : K, bc = trans_b ? K : N;
+    check(lda >= ac && ldb >= bc, "gemm_wf: row stride lda=%d < %d or ldb=%d < %d (M=%d N=%d K=%d)", lda, ac, ldb, bc,
+          M, N, K);
+    CudaCtx *cx = cuda_ctx(be);
+    cublasOperation_t oa = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, ob = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (!is_bf16(be)) {  // fp32 format: both operands fp32 whatever a_wf / b_wf say; cu_gemm's call with strides
+        cublas_check(cublasSgemm(cx->blas, ob, oa, N, M, K, &alpha, (const float *)B, ldb, (const float *)A, lda,
+                                 &beta, C, N));
+        return;
+    }
+    // bf16: an fp32 operand is rounded into the scratch, contiguous (its row stride becomes its width); B's
+    // copy starts 16-byte aligned after A's
+    size_t na = a_wf ? 0 : (size_t)ar * (size_t)ac, nb = b_wf ? 0 : (size_t)br * (size_t)bc;
+    size_t na_pad = (na + 7) & ~(size_t)7;
+    if (na + nb) {
+        __nv_bfloat16 *s = (__nv_bfloat16 *)cuda_scratch(be, (na_pad + nb + 1) / 2, "gemm_wf bf16 operands");
+        if (!a_wf) {
+            cast_rows_bf16(be, s, (const float *)A, lda, ar, ac);
+            A = s;
+            lda = ac;
+        }
+        if (!b_wf) {
+            cast_rows_bf16(be, s + na_pad, (const float *)B, ldb, br, bc);
+            B = s + na_pad;
+            ldb = bc;
+        }
+    }
+    cublas_check(cublasGemmEx(cx->blas, ob, oa, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C,
+                              CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// ---------------------------------------------------------------------------- elementwise
+
+static void cu_swiglu_fwd_wf(Backend *be, void *h, int ldh, const void *gate, const void *up, int M, int I) {
+    check(M >= 0 && I >= 0 && ldh >= I, "swiglu_fwd_wf: bad shape M=%d I=%d, row stride %d", M, I, ldh);
+    if (M == 0 || I == 0) return;
+    dim3 grid = rows_grid(M, I);
+    cudaStream_t st = cuda_ctx(be)->stream;
+    if (is_bf16(be))
+        k_swiglu_fwd_wf<__nv_bfloat16><<<grid, CUDA_THREADS, 0, st>>>(
+            (__nv_bfloat16 *)h, ldh, (const __nv_bfloat16 *)gate, (const __nv_bfloat16 *)up, M, I);
+    else
+        k_swiglu_fwd_wf<float><<<grid, CUDA_THREADS, 0, st>>>((float *)h, ldh, (const float *)gate, (const float *)up,
+                                                              M, I);
+    launch_check("swiglu_fwd_wf");
+}
+
+static void cu_swiglu_bwd_wf(Backend *be, void *dgate, void *dup, int ld, const float *dh, const void *gate,
+                             const void *up, int M, int I) {
+    check(M >= 0 && I >= 0 && ld >= I, "swiglu_bwd_wf: bad shape M=%d I=%d, row stride %d", M, I, ld);
+    if (M == 0 || I == 0) return;
+    dim3 grid = rows_grid(M, I);
+    cudaStream_t st = cuda_ctx(be)->stream;
+    if (is_bf16(be))
+        k_swiglu_bwd_wf<__nv_bfloat16><<<grid, CUDA_THREADS, 0, st>>>((__nv_bfloat16 *)dgate, (__nv_bfloat16 *)dup, ld,
+                                                                      dh, (const __nv_bfloat16 *)gate,
+                                                                      (const __nv_bfloat16 *)up, M, I);
+    else
+        k_swiglu_bwd_wf<float><<<grid, CUDA_THREADS, 0, st>>>((float *)dgate, (float *)dup, ld, dh,
+                                                              (const float *)gate, (const float *)up, M, I);
+    launch_check("swiglu_bwd_wf");
+}
+
+static void cu_dropout_wf(Backend *be, void *out, int ldo, const void *in, int ldi, int M, int C, float p,
+                          uint64_t key) {
+    check(p >= 0.0f && p <= 1.0f, "dropout_wf: probability %g is outside [0, 1]", (double)p);
+    check(M >= 0 && C >= 0 && ldo >= C && ldi >= C, "dropout_wf: bad shape M=%d C=%d, row strides %d, %d", M, C, ldo,
+          ldi);
+    if (M == 0 || C == 0) return;
+    CudaCtx *cx = cuda_ctx(be);
+    if (p == 0.0f) {  // a copy (as the dropout op); in place with equal strides it is nothing
+        if (out == in && ldo == ldi) return;
+        size_t eb = be->weight_bytes;
+        cuda_check(cudaMemcpy2DAsync(out, (size_t)ldo * eb, in, (size_t)ldi * eb, (size_t)C * eb, (size_t)M,
+                                     cudaMemcpyDeviceToDevice, cx->stream));
+        return;
+    }
+    dim3 grid = rows_grid(M, C);
+    if (is_bf16(be))
+        k_dropout_wf<__nv_bfloat16><<<grid, CUDA_THREADS, 0, cx->stream>>>(
+            (__nv_bfloat16 *)out, ldo, (const __nv_bfloat16 *)in, ldi, M, C, p, 1.0f - p, key);
+    else
+        k_dropout_wf<float><<<grid, CUDA_THREADS, 0, cx->stream>>>((float *)out, ldo, (const float *)in, ldi, M, C, p,
+                                                                   1.0f - p, key);
+    launch_check("dropout_wf");
+}
+
+// row_norm_sum's kernel and host sum (reduce.cu) over the strided x
+static double cu_row_norm_sum_wf(Backend *be, const void *x, int ld, const int32_t *mask, int N, int C) {
+    check(N >= 0 && C >= 0 && ld >= C, "row_norm_sum_wf: bad shape N=%d C=%d, row stride %d", N, C, ld);
+    return cuda_row_norm_sum_ld(be, x, is_bf16(be), (size_t)ld, mask, N, C);
+}
+
+void cuda_install_act_wf(Backend *be) {
+    be->wgemm_lora_multi_wf = cu_wgemm_lora_multi_wf;
+    be->wgemm_lora_wf = cu_wgemm_lora_wf;
+    be->gemm_wf = cu_gemm_wf;
+    be->swiglu_fwd_wf = cu_swiglu_fwd_wf;
+    be->swiglu_bwd_wf = cu_swiglu_bwd_wf;
+    be->dropout_wf = cu_dropout_wf;
+    be->row_norm_sum_wf = cu_row_norm_sum_wf;
+}
