@@ -415,7 +415,7 @@ if [ $gpu_path = 0 ]; then result SKIP "lora.fuse + bf16 MLP activations (progra
 elif [ -z "${la:-}" ]; then result SKIP "lora.fuse + bf16 MLP activations (program)" "no default run to compare with (section 5)"
 elif [ "$(left)" -lt 40 ]; then result SKIP "lora.fuse + bf16 MLP activations (program)" "time budget spent"
 else
-  prog "$LOGS/fuse_mlp.log" "${TINY[@]}" "${det[@]}" --set lora.fuse=true --set model.act_dtype=bf16 \
+  prog "$LOGS/fuse_mlp.log" "${TINY[@]}" "${det[@]}" --set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16 \
     --set run.dir="$work/fuse_mlp"; rfm=$?
   lfm=$(losses "$work/fuse_mlp")
   if [ $rfm -ne 0 ]; then result FAIL "lora.fuse + bf16 MLP activations (program)" "exit $rfm"; excerpt "$LOGS/fuse_mlp.log"
@@ -476,7 +476,8 @@ TARGETS='["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]
 declare -A LAYERS=([all]=all [top16]="[$(seq -s, $((NL - 16 > 0 ? NL - 16 : 0)) $((NL - 1)))]" [top8]="[$(seq -s, $((NL - 8 > 0 ? NL - 8 : 0)) $((NL - 1)))]" [fused]=all [mlpbf]=all)
 declare -A NBWD=([all]=$NL [top16]=$((NL < 16 ? NL : 16)) [top8]=$((NL < 8 ? NL : 8)) [fused]=$NL [mlpbf]=$NL)
 # fused: all layers, each adapter on its frozen GEMM; mlpbf: the same with the MLP activations in bf16
-declare -A EXTRA=([fused]="--set lora.fuse=true" [mlpbf]="--set lora.fuse=true --set model.act_dtype=bf16")
+# (model.dtype=bf16 is the device's default anyway; said explicitly so that a CPU dry run uses its emulation)
+declare -A EXTRA=([fused]="--set lora.fuse=true" [mlpbf]="--set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16")
 NSTEPS=$((BENCH_WARMUP + BENCH_STEPS))
 bench8b() {  # LOG TIMEOUT MICRO_BATCH LAYERS RUN_DIR: one run of the program on the 8B shapes
   timeout "$2" "${MPIRUN[@]}" "$BUILD/actlora-mpi" --set model.path="$m8" --set model.init=random \
