@@ -8,7 +8,6 @@
 // CUDA backend computes with bf16 storage, up to summation order.
 #include <cblas.h>
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "actlora/backend.h"
@@ -134,19 +133,7 @@ static void cpu_dropout_wf(Backend *be, void *out, int ldo, const void *in, int 
 // row_norm_sum's per-row fp64 norms over strided rows, summed in row order
 static double cpu_row_norm_sum_wf(Backend *be, const void *x, int ld, const int32_t *mask, int N, int C) {
     check(N >= 0 && C >= 0 && ld >= C, "row_norm_sum_wf: bad shape N=%d C=%d ld=%d", N, C, ld);
-    const float *v = (const float *)x;
-    double *norms = xmalloc((size_t)(N > 0 ? N : 1) * sizeof(double), "row norms");
-    #pragma omp parallel for num_threads(be->threads) if (N >= 64) schedule(static)
-    for (int n = 0; n < N; n++) {
-        double s = 0.0;
-        if (mask[n])
-            for (int c = 0; c < C; c++) s += (double)v[(size_t)n * ld + c] * (double)v[(size_t)n * ld + c];
-        norms[n] = sqrt(s);
-    }
-    double total = 0.0;
-    for (int n = 0; n < N; n++) total += norms[n];
-    free(norms);
-    return total;
+    return cpu_row_norm_sum_ld(be, (const float *)x, (size_t)ld, mask, N, C);
 }
 
 void backend_cpu_act_wf_init(Backend *be) {

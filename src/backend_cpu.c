@@ -136,12 +136,16 @@ static void cpu_randn(Backend *be, float *x, size_t n, float mean, float std, ui
 
 // per-row norms in fp64 into a buffer, then summed in row order: independent of the threads
 static double cpu_row_norm_sum(Backend *be, const float *x, const int32_t *mask, int N, int C) {
+    return cpu_row_norm_sum_ld(be, x, (size_t)C, mask, N, C);
+}
+
+double cpu_row_norm_sum_ld(Backend *be, const float *x, size_t ld, const int32_t *mask, int N, int C) {
     double *norms = xmalloc((size_t)(N > 0 ? N : 1) * sizeof(double), "row norms");
     #pragma omp parallel for num_threads(be->threads) if (N >= 64) schedule(static)
     for (int n = 0; n < N; n++) {
         double s = 0.0;
         if (mask[n])
-            for (int c = 0; c < C; c++) s += (double)x[(size_t)n * C + c] * (double)x[(size_t)n * C + c];
+            for (int c = 0; c < C; c++) s += (double)x[(size_t)n * ld + c] * (double)x[(size_t)n * ld + c];
         norms[n] = sqrt(s);
     }
     double total = 0.0;

@@ -11,6 +11,9 @@
 // Grow-only scratch buffer of n floats (contents undefined); valid until the next call (backend_cpu.c).
 float *cpu_scratch(Backend *be, size_t n, const char *what);
 
+// row_norm_sum over rows of stride ld (backend_cpu.c; the row_norm_sum op is ld = C)
+double cpu_row_norm_sum_ld(Backend *be, const float *x, size_t ld, const int32_t *mask, int N, int C);
+
 // fp32 -> nearest bf16 (ties to even), returned as the fp32 value it represents. NaN stays NaN.
 static inline float round_bf16(float x) {
     uint32_t u;

@@ -3,13 +3,20 @@
 
 #include "actlora/common.h"
 
-const float *lora_ops_down(Backend *be, const LoraSet *ls, int layer, LoraModule module, const float *X,
-                           float *a_out, int N, int train, uint64_t key, float *scratch) {
+// The adapter on (layer, module), or NULL; one with no a_out buffer is an internal error (the activations
+// were planned for another LoRA set).
+static const LoraAdapter *planned_adapter(const LoraSet *ls, int layer, LoraModule module, const float *a_out) {
     int idx = lora_find(ls, layer, module);
     if (idx < 0) return NULL;
     check(a_out != NULL, "internal: layer %d has an adapter the activation memory was not planned for "
           "(alloc_acts with another LoRA set)", layer);
-    const LoraAdapter *ad = &ls->ad[idx];
+    return &ls->ad[idx];
+}
+
+const float *lora_ops_down(Backend *be, const LoraSet *ls, int layer, LoraModule module, const float *X,
+                           float *a_out, int N, int train, uint64_t key, float *scratch) {
+    const LoraAdapter *ad = planned_adapter(ls, layer, module, a_out);
+    if (!ad) return NULL;
     const float *Xd = X;
     if (train && ls->dropout > 0.0f) {
         be->dropout(be, scratch, X, (size_t)N * (size_t)ad->in, ls->dropout, lora_ops_key(key, ad->layer, ad->module));
@@ -72,11 +79,8 @@ void lora_ops_backward(Backend *be, LoraSet *ls, int layer, LoraModule module, c
 
 const float *lora_ops_down_wf(Backend *be, const LoraSet *ls, int layer, LoraModule module, const void *Xw, int ldx,
                               float *a_out, int N, int train, uint64_t key, void *scratch_w) {
-    int idx = lora_find(ls, layer, module);
-    if (idx < 0) return NULL;
-    check(a_out != NULL, "internal: layer %d has an adapter the activation memory was not planned for "
-          "(alloc_acts with another LoRA set)", layer);
-    const LoraAdapter *ad = &ls->ad[idx];
+    const LoraAdapter *ad = planned_adapter(ls, layer, module, a_out);
+    if (!ad) return NULL;
     const void *Xd = Xw;
     int ld = ldx;
     if (train && ls->dropout > 0.0f) {

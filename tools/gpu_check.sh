@@ -285,6 +285,12 @@ prog() {  # LOG ARGS...: one run of the program; returns its exit code
 }
 losses() { grep -h '"type":"train"' "$1/log.jsonl" 2>/dev/null | sed 's/.*"step":\([0-9]*\),.*"loss":\([^,]*\),.*/\1 \2/'; }
 sha() { sha256sum "$1/adapter/adapter_model.safetensors" 2>/dev/null | cut -d' ' -f1; }
+# "w10 wall n": the worst relative difference of the losses B against A (lines "step loss") over the
+# first 10 common steps, over all of them, and how many there are
+loss_diff() {
+  join <(echo "$1") <(echo "$2") | awk '{ e = ($2 - $3) / ($3 < 0 ? -$3 : $3); if (e < 0) e = -e;
+    if (NR <= 10 && e > w10) w10 = e; if (e > wall) wall = e; n++ } END { printf "%.3g %.3g %d\n", w10, wall, n }'
+}
 TINY=(--config "$root/configs/tiny_cpu.cfg" --set model.path="$root/tests/fixtures/tiny-llama" --set run.device="$DEV"
       --set run.log_every=1 --set lora.dropout=0.1 --set train.grad_accum=2 --set train.micro_batch=8)
 gpu_path=0 why=""
@@ -336,8 +342,7 @@ else
   elif [ "$lo" = "$la" ]; then
     result WARN "precision (auto vs $other)" "losses bit-identical: model.dtype=$other is not honoured (src/main.c must call backend_set_dtype)"
   else
-    read -r w10 wall n_cmp < <(join <(echo "$la") <(echo "$lo") | awk '{ e = ($2 - $3) / ($3 < 0 ? -$3 : $3); if (e < 0) e = -e;
-      if (NR <= 10 && e > w10) w10 = e; if (e > wall) wall = e; n++ } END { printf "%.3g %.3g %d\n", w10, wall, n }')
+    read -r w10 wall n_cmp < <(loss_diff "$la" "$lo")
     detail="worst rel diff $w10 over the first 10 steps (tol 0.02), $wall over all $n_cmp; last $(tail -1 <<<"$la") vs $(tail -1 <<<"$lo" | cut -d' ' -f2)${fmt:+; memory plans say: $fmt}"
     if awk -v w="$w10" 'BEGIN { exit !(w <= 0.02) }'; then result PASS "precision (auto vs $other)" "$detail"
     else result FAIL "precision (auto vs $other)" "$detail"; fi
@@ -403,8 +408,7 @@ else
   elif [ "$lfa" != "$lfb" ] || [ "$(sha "$work/fuse_a")" != "$(sha "$work/fuse_b")" ]; then
     result FAIL "lora.fuse (program)" "two identical fused runs differ (losses or adapters)"
   else
-    read -r w10 wall n_cmp < <(join <(echo "$la") <(echo "$lfa") | awk '{ e = ($2 - $3) / ($3 < 0 ? -$3 : $3); if (e < 0) e = -e;
-      if (NR <= 10 && e > w10) w10 = e; if (e > wall) wall = e; n++ } END { printf "%.3g %.3g %d\n", w10, wall, n }')
+    read -r w10 wall n_cmp < <(loss_diff "$la" "$lfa")
     detail="deterministic; against the plain run: worst rel diff $w10 over the first 10 steps (tol 0.02), $wall over all $n_cmp"
     if awk -v w="$w10" 'BEGIN { exit !(w <= 0.02) }'; then result PASS "lora.fuse (program)" "$detail"
     else result FAIL "lora.fuse (program)" "$detail"; fi
@@ -421,8 +425,7 @@ else
   if [ $rfm -ne 0 ]; then result FAIL "lora.fuse + bf16 MLP activations (program)" "exit $rfm"; excerpt "$LOGS/fuse_mlp.log"
   elif [ -z "$lfm" ]; then result FAIL "lora.fuse + bf16 MLP activations (program)" "no train records in log.jsonl"
   else
-    read -r w10 wall n_cmp < <(join <(echo "$la") <(echo "$lfm") | awk '{ e = ($2 - $3) / ($3 < 0 ? -$3 : $3); if (e < 0) e = -e;
-      if (NR <= 10 && e > w10) w10 = e; if (e > wall) wall = e; n++ } END { printf "%.3g %.3g %d\n", w10, wall, n }')
+    read -r w10 wall n_cmp < <(loss_diff "$la" "$lfm")
     detail="against the plain run: worst rel diff $w10 over the first 10 steps (tol 0.02), $wall over all $n_cmp"
     if awk -v w="$w10" 'BEGIN { exit !(w <= 0.02) }'; then result PASS "lora.fuse + bf16 MLP activations (program)" "$detail"
     else result FAIL "lora.fuse + bf16 MLP activations (program)" "$detail"; fi
