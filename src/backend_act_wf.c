@@ -1,5 +1,5 @@
 // backend_act_wf.c: activations in the weight format for the CPU backend (backend.h, "activations in
-// the weight format"; docs/gpu.md "bf16 MLP activations").
+// the weight format"; docs/gpu.md "bf16 activations").
 //
 // On the CPU both weight formats store fp32: in the fp32 format these ops compute exactly what the fp32
 // ops compute (the same formulas, the same sgemm calls up to operand strides), so a model on this path
@@ -26,12 +26,21 @@ static void lora_shape_check(const char *op, int M, int out, int in, int r) {
 
 // ---------------------------------------------------------------------------- products
 
-// wgemm_lora_multi, its outputs rounded to the format
-static void cpu_wgemm_lora_multi_wf(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
+// n bordered forwards reading Xw in place (each Xa_i written into its last r columns first), outputs rounded
+static void cpu_wgemm_lora_multi_wf(Backend *be, int n, int M, int in, int r, void *Xw, const float *const *Xa,
                                     const void *const *Wb, const int *out, void *const *Y) {
-    be->wgemm_lora_multi(be, n, M, in, r, X, Xa, Wb, out, (float *const *)Y);
-    if (is_bf16(be))
-        for (int i = 0; i < n; i++) round_bf16_inplace(be, (float *)Y[i], (size_t)M * (size_t)out[i]);
+    check(n >= 0, "wgemm_lora_multi_wf: negative count %d", n);
+    for (int i = 0; i < n; i++) {
+        be->wgemm_lora_wf(be, 1, M, out[i], in, r, Xw, Xa[i], Wb[i], 0.0f, (float *)Y[i]);
+        if (is_bf16(be)) round_bf16_inplace(be, (float *)Y[i], (size_t)M * (size_t)out[i]);
+    }
+}
+
+// rmsnorm_fwd into strided rows in the format
+static void cpu_rmsnorm_fwd_wf(Backend *be, void *out, int ldo, float *rstd, const float *inp, const float *w, int N,
+                               int C, float eps) {
+    check(N >= 0 && C > 0 && ldo >= C, "rmsnorm_fwd_wf: bad shape N=%d C=%d ldo=%d", N, C, ldo);
+    cpu_rmsnorm_fwd_ld(be, (float *)out, (size_t)ldo, is_bf16(be), rstd, inp, w, N, C, eps);
 }
 
 // Y = [Xw | Xa] op(Wb) + beta Y with the operand already in the format (Xa written into Xw's last r columns)
@@ -144,4 +153,5 @@ void backend_cpu_act_wf_init(Backend *be) {
     be->swiglu_bwd_wf = cpu_swiglu_bwd_wf;
     be->dropout_wf = cpu_dropout_wf;
     be->row_norm_sum_wf = cpu_row_norm_sum_wf;
+    be->rmsnorm_fwd_wf = cpu_rmsnorm_fwd_wf;
 }

@@ -169,10 +169,15 @@ static void cpu_embedding_fwd(Backend *be, float *out, const int32_t *ids, const
 // inp, out: [N, C]; w: [C]; rstd: [N]
 static void cpu_rmsnorm_fwd(Backend *be, float *out, float *rstd, const float *inp, const float *w,
                             int N, int C, float eps) {
+    cpu_rmsnorm_fwd_ld(be, out, (size_t)C, 0, rstd, inp, w, N, C, eps);
+}
+
+void cpu_rmsnorm_fwd_ld(Backend *be, float *out, size_t ldo, int bf16, float *rstd, const float *inp, const float *w,
+                        int N, int C, float eps) {
     #pragma omp parallel for num_threads(be->threads) if ((size_t)N * C >= PAR_MIN) schedule(static)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
-        float *y = out + (size_t)n * C;
+        float *y = out + (size_t)n * ldo;
         double ss = 0.0;
         #pragma omp simd reduction(+ : ss)
         for (int c = 0; c < C; c++) ss += (double)x[c] * (double)x[c];
@@ -180,6 +185,8 @@ static void cpu_rmsnorm_fwd(Backend *be, float *out, float *rstd, const float *i
         rstd[n] = r;
         #pragma omp simd
         for (int c = 0; c < C; c++) y[c] = x[c] * r * w[c];
+        if (bf16)
+            for (int c = 0; c < C; c++) y[c] = round_bf16(y[c]);
     }
 }
 
@@ -405,7 +412,7 @@ void backend_cpu_init(Backend *be, int threads) {
     be->loss_fwd_bwd = cpu_loss_fwd_bwd;
     be->adamw = cpu_adamw;
     backend_cpu_weights_init(be);  // weight_alloc, weight_upload, weight_randn, wgemm, ... (backend_weights.c)
-    backend_cpu_act_wf_init(be);   // MLP activations in the weight format (backend_act_wf.c)
+    backend_cpu_act_wf_init(be);   // activations in the weight format (backend_act_wf.c)
     backend_cpu_enc_init(be);
     // every op filled: a missing one would be a NULL call much later
 #define NEED(op) check(be->op != NULL, "internal: the CPU backend leaves op '%s' unset", #op);

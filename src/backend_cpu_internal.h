@@ -14,6 +14,10 @@ float *cpu_scratch(Backend *be, size_t n, const char *what);
 // row_norm_sum over rows of stride ld (backend_cpu.c; the row_norm_sum op is ld = C)
 double cpu_row_norm_sum_ld(Backend *be, const float *x, size_t ld, const int32_t *mask, int N, int C);
 
+// rmsnorm_fwd with out rows of stride ldo, rounded to bf16 when bf16 (backend_cpu.c; the op is ldo = C, 0)
+void cpu_rmsnorm_fwd_ld(Backend *be, float *out, size_t ldo, int bf16, float *rstd, const float *inp, const float *w,
+                        int N, int C, float eps);
+
 // fp32 -> nearest bf16 (ties to even), returned as the fp32 value it represents. NaN stays NaN.
 static inline float round_bf16(float x) {
     uint32_t u;

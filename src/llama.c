@@ -164,10 +164,10 @@ void llama_load_fused(Llama *m, Backend *be, const char *dir, const ModelConfig 
     free(s);
 }
 
-void llama_set_mlp_wf(Llama *m, int on) {
-    check(!on || m->fuse_r > 0, "internal: MLP activations in the weight format need the fused (bordered) weights");
-    check(!m->acts, "internal: llama_set_mlp_wf after the activations were allocated");
-    m->mlp_wf = on != 0;
+void llama_set_act_wf(Llama *m, int on) {
+    check(!on || m->fuse_r > 0, "internal: activations in the weight format need the fused (bordered) weights");
+    check(!m->acts, "internal: llama_set_act_wf after the activations were allocated");
+    m->act_wf = on != 0;
 }
 
 int llama_init_head(Llama *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed) {
@@ -214,13 +214,15 @@ void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
         bytes += _b;                                                       \
     } while (0)
 #define ACT(ptr, count) ACT_BYTES(ptr, (size_t)(count) * sizeof(float))
-    // the MLP tensors: fp32 [N, I], or in the weight format (mlp_wf) with the bordered operands' r columns
-    size_t mlp_el = m->mlp_wf ? be->weight_bytes : sizeof(float), mlp_ld = m->mlp_wf ? (size_t)I + (size_t)m->fuse_r : (size_t)I;
+    // the MLP tensors: fp32 [N, I], or in the weight format (act_wf) with the bordered operands' r columns
+    size_t mlp_el = m->act_wf ? be->weight_bytes : sizeof(float), mlp_ld = m->act_wf ? (size_t)I + (size_t)m->fuse_r : (size_t)I;
+    // xn1, xn2: fp32 [N, C], or in the weight format [N, C + r] (act_wf: the operands of their projections)
+    size_t xn_el = mlp_el, xn_ld = m->act_wf ? (size_t)C + (size_t)m->fuse_r : (size_t)C;
     for (int s = 0; s < n_sets; s++) {
         LlamaActs *a = &m->acts[s];
         ACT(a->x_in, N * C);
         ACT(a->rstd1, N);
-        ACT(a->xn1, N * C);
+        ACT_BYTES(a->xn1, N * xn_ld * xn_el);
         ACT(a->q, N * qd);
         ACT(a->k, N * kvd);
         ACT(a->v, N * kvd);
@@ -228,7 +230,7 @@ void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
         ACT(a->att, N * qd);
         ACT(a->x_mid, N * C);
         ACT(a->rstd2, N);
-        ACT(a->xn2, N * C);
+        ACT_BYTES(a->xn2, N * xn_ld * xn_el);
         ACT_BYTES(a->gate, N * I * mlp_el);
         ACT_BYTES(a->up, N * I * mlp_el);
         ACT_BYTES(a->h, N * mlp_ld * mlp_el);
@@ -339,13 +341,22 @@ static void write_borders(Llama *m, Backend *be, const LoraSet *ls) {
 }
 
 // Forward of n projections of layer l sharing their input x [N, in]: y_i [N, out_i] = x W_i^T (+ the
-// adapter, its A-projection kept in a_out_i); beta 0. Fused: each adapter on its frozen GEMM.
+// adapter, its A-projection kept in a_out_i); beta 0. Fused: each adapter on its frozen GEMM; with act_wf,
+// x is the weight-format xn [N, in + r] (llama.h), read in place by every product.
 static void proj_forward(Llama *m, Backend *be, const LoraSet *ls, int l, int n, const LoraModule *mods,
-                         const float *x, int in, const int *out, float *const *y, float *const *a_out, int N,
+                         float *x, int in, const int *out, float *const *y, float *const *a_out, int N,
                          int train, uint64_t key) {
     void *W[3];
     check(n >= 1 && n <= 3, "internal: %d projections share an input (at most 3)", n);
     for (int i = 0; i < n; i++) W[i] = proj_weight(m, l, mods[i]);
+    if (m->act_wf) {
+        for (int i = 0; i < n; i++) {
+            const float *a = lora_ops_down_wf(be, ls, l, mods[i], x, in + m->fuse_r, a_out[i], N, train, key,
+                                              m->lora_tmp);
+            be->wgemm_lora_wf(be, 1, N, out[i], in, m->fuse_r, x, a, W[i], 0.0f, y[i]);
+        }
+        return;
+    }
     if (m->fuse_r) {
         const float *a[3];
         for (int i = 0; i < n; i++) a[i] = lora_ops_down(be, ls, l, mods[i], x, a_out[i], N, train, key, m->lora_tmp);
@@ -372,7 +383,7 @@ static void proj_forward_add(Llama *m, Backend *be, const LoraSet *ls, int l, Lo
 }
 
 // The input gradient of a bordered projection of layer l: dx [N, in] (beta) = [dy | da] [W ; A], dy [N, out]
-// fp32 — or dyw, in the weight format with row stride out + r (mlp_wf), da then written into its last r
+// fp32 — or dyw, in the weight format with row stride out + r (act_wf), da then written into its last r
 // columns. The adapter's da (NULL: none) rides on the product, or under LoRA dropout is added apart.
 static void proj_dx(Llama *m, Backend *be, const LoraSet *ls, int l, LoraModule mod, const float *dy, void *dyw,
                     const float *da, int in, int out, float beta, float *dx, int N, uint64_t key) {
@@ -385,11 +396,16 @@ static void proj_dx(Llama *m, Backend *be, const LoraSet *ls, int l, LoraModule 
 // Backward of one projection y = x W^T (+ adapter) of layer l: the adapter's dA, dB and, when dx != NULL,
 // dx [N, in] = dy W (+ the adapter's term) with beta 0 (overwrite) or 1 (accumulate). Fused without LoRA
 // dropout: the adapter's term rides on the frozen GEMM; with dropout its masked term is added apart.
-static void proj_backward(Llama *m, Backend *be, LoraSet *ls, int l, LoraModule mod, const float *x, const float *dy,
-                          const float *a_saved, int in, int out, float beta, float *dx, int N, uint64_t key) {
+// x_wf: x is in the weight format with row stride in + r (act_wf's xn1).
+static void proj_backward(Llama *m, Backend *be, LoraSet *ls, int l, LoraModule mod, const float *x, int x_wf,
+                          const float *dy, const float *a_saved, int in, int out, float beta, float *dx, int N,
+                          uint64_t key) {
     void *W = proj_weight(m, l, mod);
     if (m->fuse_r) {
-        const float *da = lora_ops_grads(be, ls, l, mod, x, dy, a_saved, N, key, m->lora_da, m->lora_tmp);
+        const float *da =
+            x_wf ? lora_ops_grads_wf(be, ls, l, mod, NULL, x, in + m->fuse_r, dy, NULL, 0, a_saved, N, key, m->lora_da,
+                                     m->lora_tmp)
+                 : lora_ops_grads(be, ls, l, mod, x, dy, a_saved, N, key, m->lora_da, m->lora_tmp);
         if (dx) proj_dx(m, be, ls, l, mod, dy, NULL, da, in, out, beta, dx, N, key);
         return;
     }
@@ -403,15 +419,15 @@ static LlamaActs *acts_for(Llama *m, int l) {
     return l >= m->saved_from ? &m->acts[l - m->saved_from] : &m->acts[m->cfg.num_hidden_layers - m->saved_from];
 }
 
-// The MLP with its activations in the weight format (mlp_wf): gate, up = xn2 [W | sB]^T + (adapters) in the
-// format; h = silu(gate) up into h [N, I + r]; out += [h | a] [Wd | sB]^T with down's a written into h's
-// last r columns (no operand copy). The same products and formulas as the fused path, in the format.
+// The MLP with its activations in the weight format (act_wf): gate, up = [xn2 | a] [W | sB]^T in the format,
+// xn2 [N, C + r] read in place; h = silu(gate) up into h [N, I + r]; out += [h | a] [Wd | sB]^T with down's a
+// written into h's last r columns (no operand copy). The same products and formulas as the fused path.
 static void mlp_forward_wf(Llama *m, Backend *be, const LoraSet *ls, int l, LlamaActs *a, float *out, int N,
                            int train, uint64_t key) {
     int C = m->cfg.hidden_size, I = m->cfg.intermediate_size, r = m->fuse_r;
     const float *ag[2] = {
-        lora_ops_down(be, ls, l, LORA_GATE, a->xn2, a->lora_a[LORA_GATE], N, train, key, m->lora_tmp),
-        lora_ops_down(be, ls, l, LORA_UP, a->xn2, a->lora_a[LORA_UP], N, train, key, m->lora_tmp)};
+        lora_ops_down_wf(be, ls, l, LORA_GATE, a->xn2, C + r, a->lora_a[LORA_GATE], N, train, key, m->lora_tmp),
+        lora_ops_down_wf(be, ls, l, LORA_UP, a->xn2, C + r, a->lora_a[LORA_UP], N, train, key, m->lora_tmp)};
     const void *W[2] = {proj_weight(m, l, LORA_GATE), proj_weight(m, l, LORA_UP)};
     const int n_out[2] = {I, I};
     void *const Y[2] = {a->gate, a->up};
@@ -430,7 +446,8 @@ static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, Llama
     int N = B * T, C = mc->hidden_size, I = mc->intermediate_size, H = mc->num_attention_heads,
         KVH = mc->num_key_value_heads, D = mc->head_dim, qd = H * D, kvd = KVH * D;
     float eps = (float)mc->rms_norm_eps;
-    be->rmsnorm_fwd(be, a->xn1, a->rstd1, a->x_in, w->ln1, N, C, eps);
+    if (m->act_wf) be->rmsnorm_fwd_wf(be, a->xn1, C + m->fuse_r, a->rstd1, a->x_in, w->ln1, N, C, eps);
+    else be->rmsnorm_fwd(be, a->xn1, a->rstd1, a->x_in, w->ln1, N, C, eps);
     // q, k, v share xn1 (rounded to the weight format once)
     const LoraModule mqkv[3] = {LORA_Q, LORA_K, LORA_V};
     const int nqkv[3] = {qd, kvd, kvd};
@@ -441,9 +458,10 @@ static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, Llama
     be->attention_fwd(be, a->att, a->probs, a->q, a->k, a->v, m->d_mask, B, T, H, KVH, D);
     be->copy(be, a->x_mid, a->x_in, (size_t)N * C * sizeof(float));  // residual, then += o_proj
     proj_forward_add(m, be, ls, l, LORA_O, a->att, qd, C, a->x_mid, a->lora_a[LORA_O], N, train, key);
-    be->rmsnorm_fwd(be, a->xn2, a->rstd2, a->x_mid, w->ln2, N, C, eps);
+    if (m->act_wf) be->rmsnorm_fwd_wf(be, a->xn2, C + m->fuse_r, a->rstd2, a->x_mid, w->ln2, N, C, eps);
+    else be->rmsnorm_fwd(be, a->xn2, a->rstd2, a->x_mid, w->ln2, N, C, eps);
     be->copy(be, out, a->x_mid, (size_t)N * C * sizeof(float));  // residual, then += down_proj
-    if (m->mlp_wf) {
+    if (m->act_wf) {
         mlp_forward_wf(m, be, ls, l, a, out, N, train, key);
         return;
     }
@@ -460,7 +478,10 @@ static void probe_layer(Llama *m, Backend *be, const LlamaActs *a, const float *
     const ModelConfig *mc = &m->cfg;
     int C = mc->hidden_size, I = mc->intermediate_size, qd = mc->num_attention_heads * mc->head_dim;
     double *row = s->sums + (size_t)l * CALIB_NSTAT;
-    double n_xn1 = be->row_norm_sum(be, a->xn1, m->d_mask, N, C), n_xn2 = be->row_norm_sum(be, a->xn2, m->d_mask, N, C);
+    double n_xn1 = m->act_wf ? be->row_norm_sum_wf(be, a->xn1, C + m->fuse_r, m->d_mask, N, C)
+                             : be->row_norm_sum(be, a->xn1, m->d_mask, N, C);
+    double n_xn2 = m->act_wf ? be->row_norm_sum_wf(be, a->xn2, C + m->fuse_r, m->d_mask, N, C)
+                             : be->row_norm_sum(be, a->xn2, m->d_mask, N, C);
     row[0] += be->row_norm_sum(be, out, m->d_mask, N, C);
     row[1 + LORA_Q] += n_xn1;
     row[1 + LORA_K] += n_xn1;
@@ -468,7 +489,7 @@ static void probe_layer(Llama *m, Backend *be, const LlamaActs *a, const float *
     row[1 + LORA_O] += be->row_norm_sum(be, a->att, m->d_mask, N, qd);
     row[1 + LORA_GATE] += n_xn2;
     row[1 + LORA_UP] += n_xn2;
-    row[1 + LORA_DOWN] += m->mlp_wf ? be->row_norm_sum_wf(be, a->h, I + m->fuse_r, m->d_mask, N, I)
+    row[1 + LORA_DOWN] += m->act_wf ? be->row_norm_sum_wf(be, a->h, I + m->fuse_r, m->d_mask, N, I)
                                     : be->row_norm_sum(be, a->h, m->d_mask, N, I);
 }
 
@@ -515,7 +536,7 @@ double llama_forward(Llama *m, Backend *be, const LoraSet *ls, const Batch *b, i
 
 // ---------------------------------------------------------------------------- backward
 
-// The MLP's backward with its activations in the weight format (mlp_wf): dres = d(out) -> dh (fp32) ->
+// The MLP's backward with its activations in the weight format (act_wf): dres = d(out) -> dh (fp32) ->
 // dgate, dup in the format ([N, I + r]: the operands of their input-gradient products) -> dxn2 (beta 0,
 // then 1) when dxn2 != NULL; the adapters' dA, dB on the way. The fused path's products, in the format.
 static void mlp_backward_wf(Llama *m, Backend *be, LoraSet *ls, int l, LlamaActs *a, float *dxn2, int N,
@@ -528,8 +549,8 @@ static void mlp_backward_wf(Llama *m, Backend *be, LoraSet *ls, int l, LlamaActs
     const LoraModule mods[2] = {LORA_GATE, LORA_UP};
     void *dy[2] = {m->dgate, m->dup};
     for (int i = 0; i < 2; i++) {
-        da = lora_ops_grads_wf(be, ls, l, mods[i], a->xn2, NULL, 0, NULL, dy[i], I + r, a->lora_a[mods[i]], N, key,
-                               m->lora_da, m->lora_tmp);
+        da = lora_ops_grads_wf(be, ls, l, mods[i], NULL, a->xn2, C + r, NULL, dy[i], I + r, a->lora_a[mods[i]], N,
+                               key, m->lora_da, m->lora_tmp);
         if (dxn2) proj_dx(m, be, ls, l, mods[i], NULL, dy[i], da, C, I, i ? 1.0f : 0.0f, dxn2, N, key);
     }
 }
@@ -559,27 +580,27 @@ void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t
         int need_qkv = !lowest || has_q || has_k || has_v;
         // MLP: out = x_mid + h Wd^T; dres is d(out)
         float *dxn2 = need_att ? m->dxn : NULL;
-        if (m->mlp_wf) {
+        if (m->act_wf) {
             mlp_backward_wf(m, be, ls, l, a, dxn2, N, key);
         } else {
-            proj_backward(m, be, ls, l, LORA_DOWN, a->h, m->dres, a->lora_a[LORA_DOWN], I, C, 0.0f, m->dh, N, key);
+            proj_backward(m, be, ls, l, LORA_DOWN, a->h, 0, m->dres, a->lora_a[LORA_DOWN], I, C, 0.0f, m->dh, N, key);
             be->swiglu_bwd(be, m->dgate, m->dup, m->dh, a->gate, a->up, (size_t)N * I);
-            proj_backward(m, be, ls, l, LORA_GATE, a->xn2, m->dgate, a->lora_a[LORA_GATE], C, I, 0.0f, dxn2, N, key);
-            proj_backward(m, be, ls, l, LORA_UP, a->xn2, m->dup, a->lora_a[LORA_UP], C, I, 1.0f, dxn2, N, key);
+            proj_backward(m, be, ls, l, LORA_GATE, a->xn2, 0, m->dgate, a->lora_a[LORA_GATE], C, I, 0.0f, dxn2, N, key);
+            proj_backward(m, be, ls, l, LORA_UP, a->xn2, 0, m->dup, a->lora_a[LORA_UP], C, I, 1.0f, dxn2, N, key);
         }
         if (!need_att) break;
         be->rmsnorm_bwd(be, m->dres, m->dxn, a->x_mid, w->ln2, a->rstd2, N, C);  // dres = d(x_mid)
         // attention: x_mid = x_in + att Wo^T
-        proj_backward(m, be, ls, l, LORA_O, a->att, m->dres, a->lora_a[LORA_O], qd, C, 0.0f,
+        proj_backward(m, be, ls, l, LORA_O, a->att, 0, m->dres, a->lora_a[LORA_O], qd, C, 0.0f,
                       need_qkv ? m->datt : NULL, N, key);
         if (!need_qkv) break;
         be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);
         be->rope_bwd(be, m->dq, m->rope_cos, m->rope_sin, B, T, H, D);
         be->rope_bwd(be, m->dk, m->rope_cos, m->rope_sin, B, T, KVH, D);
         float *dxn1 = lowest ? NULL : m->dxn;  // the input gradient is needed only above the lowest layer
-        proj_backward(m, be, ls, l, LORA_Q, a->xn1, m->dq, a->lora_a[LORA_Q], C, qd, 0.0f, dxn1, N, key);
-        proj_backward(m, be, ls, l, LORA_K, a->xn1, m->dk, a->lora_a[LORA_K], C, kvd, 1.0f, dxn1, N, key);
-        proj_backward(m, be, ls, l, LORA_V, a->xn1, m->dv, a->lora_a[LORA_V], C, kvd, 1.0f, dxn1, N, key);
+        proj_backward(m, be, ls, l, LORA_Q, a->xn1, m->act_wf, m->dq, a->lora_a[LORA_Q], C, qd, 0.0f, dxn1, N, key);
+        proj_backward(m, be, ls, l, LORA_K, a->xn1, m->act_wf, m->dk, a->lora_a[LORA_K], C, kvd, 1.0f, dxn1, N, key);
+        proj_backward(m, be, ls, l, LORA_V, a->xn1, m->act_wf, m->dv, a->lora_a[LORA_V], C, kvd, 1.0f, dxn1, N, key);
         if (!lowest) be->rmsnorm_bwd(be, m->dres, m->dxn, a->x_in, w->ln1, a->rstd1, N, C);  // dres = d(x_in)
     }
 }

@@ -83,7 +83,7 @@ static void plan_device_memory(const RunConfig *cfg, const ModelConfig *mc, cons
     if (mc->arch == ARCH_LLAMA)
         memplan_llama(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
                       (int)be->weight_bytes,
-                      (cfg->lora.fuse ? MEMPLAN_FUSED : 0) | (strcmp(cfg->model.act_dtype, "bf16") == 0 ? MEMPLAN_MLP_WF : 0));
+                      (cfg->lora.fuse ? MEMPLAN_FUSED : 0) | (strcmp(cfg->model.act_dtype, "bf16") == 0 ? MEMPLAN_ACT_WF : 0));
     else
         memplan_encoder(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
                         (int)be->weight_bytes);
@@ -162,8 +162,8 @@ int main(int argc, char **argv) {
           "model.arch = \"%s\" but %s says model_type \"%s\"", cfg.model.arch, cfg_path, mc.model_type);
     int random_init = strcmp(cfg.model.init, "random") == 0;
     uint64_t seed = (uint64_t)cfg.train.seed;
-    int mlp_wf = model_act_wf(mc.arch, &be, cfg.model.act_dtype, cfg.lora.fuse, &err);  // before minutes of loading
-    if (mlp_wf < 0) die("%s", err.msg);
+    int act_wf = model_act_wf(mc.arch, &be, cfg.model.act_dtype, cfg.lora.fuse, &err);  // before minutes of loading
+    if (act_wf < 0) die("%s", err.msg);
 #ifdef ACTLORA_HAVE_CUDA
     if (use_cuda)  // the frozen weights alone (head only, one token): refused before loading when they cannot fit
         plan_device_memory(&cfg, &mc, &be, device, d.rank, mc.num_hidden_layers, 0, NULL, 0, 1, 1, 1,
@@ -172,7 +172,7 @@ int main(int argc, char **argv) {
     Model model;
     model_load(&model, &be, cfg.model.path, &mc, cfg.model.num_labels, random_init, seed,
                cfg.lora.fuse ? cfg.lora.r : 0);
-    model_set_mlp_wf(&model, mlp_wf);
+    model_set_act_wf(&model, act_wf);
 
     // ---- data: this rank's view of the GLUE file (or the synthetic task)
     Source src;
@@ -280,7 +280,7 @@ int main(int argc, char **argv) {
         printf("lora    r=%d alpha=%g (scale %g) on %d adapter(s) in layers [", ls.r, cfg.lora.alpha, ls.scaling, ls.n);
         for (int i = 0; i < sel.n_selected; i++) printf("%s%d", i ? ", " : "", sel.selected[i]);
         printf("], backward stops at layer %d; head %s%s\n", ls.lowest_layer, head_loaded ? "loaded" : "new",
-               cfg.lora.fuse ? (mlp_wf ? "; each adapter on its frozen GEMM (lora.fuse), MLP activations in bf16"
+               cfg.lora.fuse ? (act_wf ? "; each adapter on its frozen GEMM (lora.fuse), bf16 activations (normed inputs, MLP)"
                                        : "; each adapter on its frozen GEMM (lora.fuse)")
                              : "");
         printf("params  %zu trainable (%zu in adapters, %zu in head); gradient all-reduce of %zu bytes per step\n",

@@ -71,8 +71,8 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     lowest_layer = p->lowest_layer;
     n_adapted_layers = p->n_adapted_layers;
     p->fused = (flags & MEMPLAN_FUSED) != 0;
-    p->mlp_wf = (flags & MEMPLAN_MLP_WF) != 0;
-    check(!p->mlp_wf || p->fused, "internal: memplan: MLP activations in the weight format without lora.fuse");
+    p->act_wf = (flags & MEMPLAN_ACT_WF) != 0;
+    check(!p->act_wf || p->fused, "internal: memplan: activations in the weight format without lora.fuse");
 
     size_t B = (size_t)micro_batch, T = (size_t)seq_len, N = B * T, C = (size_t)mc->hidden_size,
            I = (size_t)mc->intermediate_size, H = (size_t)mc->num_attention_heads, V = (size_t)mc->vocab_size,
@@ -99,18 +99,18 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     p->act_sets = (L - p->saved_from) + (p->saved_from > 0 ? 1 : 0);
     size_t set = N * C      // x_in
                  + N        // rstd1
-                 + N * C    // xn1
                  + N * qd   // q
                  + N * kvd  // k
                  + N * kvd  // v
                  + B * H * T * T  // probs
                  + N * qd   // att
                  + N * C    // x_mid
-                 + N        // rstd2
-                 + N * C;   // xn2
-    // gate, up [N, I] and h: fp32, or in the weight format with h [N, I + r] (mlp_wf)
-    size_t mlp_el = p->mlp_wf ? (size_t)weight_bytes : F32, mlp_ld = p->mlp_wf ? I + R : I;
-    size_t set_mlp = (2 * N * I + N * mlp_ld) * mlp_el;
+                 + N;       // rstd2
+    // xn1, xn2 [N, C], gate, up [N, I] and h: fp32, or in the weight format with xn1, xn2 [N, C + r] and
+    // h [N, I + r] (act_wf)
+    size_t mlp_el = p->act_wf ? (size_t)weight_bytes : F32, mlp_ld = p->act_wf ? I + R : I,
+           xn_ld = p->act_wf ? C + R : C;
+    size_t set_mlp = (2 * N * xn_ld + 2 * N * I + N * mlp_ld) * mlp_el;
     p->acts_layers = (size_t)p->act_sets * (set * F32 + set_mlp) + (size_t)p->n_adapters * N * R * F32;  // + lora_a
     p->logits = 2 * B * K * F32;                                                           // logits, dlogits
     p->acts_head = (N * C          // x_final
@@ -134,7 +134,7 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
                        + N * R      // lora_da
                        + N * wide)  // lora_tmp
                           * F32 +
-                      2 * N * mlp_ld * mlp_el;  // dgate, dup (in the weight format with mlp_wf)
+                      2 * N * mlp_ld * mlp_el;  // dgate, dup (in the weight format with act_wf)
     }
     p->acts = p->acts_layers + p->acts_head + p->acts_bwd;
     p->batch = (2 * N + 3 * B) * sizeof(int32_t);  // ids, mask; last, labels_i, labels_f
@@ -153,8 +153,8 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     // bf16 weights: wgemm's bf16 copy of its activation operand (src/cuda/weights.cu), at most
     // N x max(C, I, H*D) (the backward's dgate / dup, N x I, when layers are trained; h in the forward)
     // (fused: the operand [X | Xa], N x (width + r), in the weight format: bf16, or fp32)
-    // (mlp_wf: the MLP's products read h, dgate, dup in place; the widest operand is then C or H*D)
-    size_t widest = I > C && !p->mlp_wf ? I : C;
+    // (act_wf: the products of xn1, xn2, h, dgate, dup read them in place; the widest operand is then C or H*D)
+    size_t widest = I > C && !p->act_wf ? I : C;
     if (qd > widest) widest = qd;
     if (p->fused) p->scratch += N * (widest + R) * (size_t)weight_bytes;
     else if (weight_bytes == 2) p->scratch += N * widest * 2;
@@ -315,7 +315,7 @@ static void replan(MemPlan *q, const MemPlan *p, int B) {
     if (p->mc.arch == ARCH_LLAMA)
         memplan_llama(q, &p->mc, p->num_labels, p->lowest_layer, p->n_adapted_layers, p->modules, p->n_modules,
                       p->r, B, p->seq_len, p->weight_bytes,
-                      (p->fused ? MEMPLAN_FUSED : 0) | (p->mlp_wf ? MEMPLAN_MLP_WF : 0));
+                      (p->fused ? MEMPLAN_FUSED : 0) | (p->act_wf ? MEMPLAN_ACT_WF : 0));
     else
         memplan_encoder(q, &p->mc, p->num_labels, p->lowest_layer, p->n_adapted_layers, p->modules, p->n_modules,
                         p->r, B, p->seq_len, p->weight_bytes);
@@ -372,7 +372,7 @@ int memplan_fit(const MemPlan *p, size_t device_bytes, char *report, size_t n) {
     ROW(llama ? "frozen weights" : "frozen weights (+ biases, norms)", p->weights);
     if (llama) ROW("RoPE tables (fp32)", p->rope);
     char what[64];
-    snprintf(what, sizeof what, "activations, %d layer set(s) (fp32%s)", p->act_sets, p->mlp_wf ? "; MLP bf16" : "");
+    snprintf(what, sizeof what, "activations, %d layer set(s) (fp32%s)", p->act_sets, p->act_wf ? "; xn, MLP bf16" : "");
     ROW(what, p->acts_layers);
     ROW("head buffers (incl. logits)", p->acts_head);
     ROW("  of which logits + dlogits", p->logits);

@@ -72,7 +72,7 @@ int model_act_wf(ModelArch arch, const Backend *be, const char *act_dtype, int f
         return error_set(err, "model.act_dtype = \"bf16\" is implemented for Llama models only, and this is a %s "
                          "model: set model.act_dtype = \"fp32\"", model_arch_name(arch));
     if (!fuse)
-        return error_set(err, "model.act_dtype = \"bf16\" needs lora.fuse = true (the bf16 MLP activations are the "
+        return error_set(err, "model.act_dtype = \"bf16\" needs lora.fuse = true (the bf16 activations are the "
                          "operands of the fused products): set lora.fuse = true, or model.act_dtype = \"fp32\"");
     if (be->weight_dtype != BACKEND_WEIGHT_BF16)
         return error_set(err, "model.act_dtype = \"bf16\" needs bf16 weights, but model.dtype gives %s weights on the "
@@ -81,10 +81,10 @@ int model_act_wf(ModelArch arch, const Backend *be, const char *act_dtype, int f
     return 1;
 }
 
-void model_set_mlp_wf(Model *m, int on) {
-    check(!on || m->arch == ARCH_LLAMA, "internal: MLP activations in the weight format on a %s model",
+void model_set_act_wf(Model *m, int on) {
+    check(!on || m->arch == ARCH_LLAMA, "internal: activations in the weight format on a %s model",
           model_arch_name(m->arch));
-    if (m->arch == ARCH_LLAMA) llama_set_mlp_wf(&m->llama, on);
+    if (m->arch == ARCH_LLAMA) llama_set_act_wf(&m->llama, on);
 }
 
 int model_init_head(Model *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed) {

@@ -244,27 +244,21 @@ static void w_wgemm_lora(Backend *be, int tw, int M, int out, int in, int r, con
     prof_end(p, t0, "wgemm_lora", 2.0 * M * n * k, wgemm_bytes(p, M, n, k, beta), "%c %dx%dx%d%s", TR(tw), M, n,
              tw ? in : out, Xa ? "+r" : "");
 }
-// n bordered forwards sharing X; y_bytes per output element (4: fp32, weight_bytes: the weight format)
-static void prof_lora_multi(Profile *p, double t0, const char *op, int n, int M, int in, int r, const float *const *Xa,
-                            const int *out, double y_bytes) {
-    double flops = 0.0, bytes = 0.0;
+static void w_wgemm_lora_multi(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
+                               const void *const *Wb, const int *out, float *const *Y) {
+    Profile *p = prof_of(be);
+    double t0 = prof_begin(p), flops = 0.0, bytes = 0.0;
+    p->inner.wgemm_lora_multi(IN, n, M, in, r, X, Xa, Wb, out, Y);
     char shape[48];
     int len = snprintf(shape, sizeof shape, "%dx", M);
     for (int i = 0; i < n; i++) {
         int k = in + (Xa[i] ? r : 0);
         flops += 2.0 * M * out[i] * k;
-        bytes += wgemm_bytes(p, M, out[i], k, 0.0f) - (i ? cast_bytes(p, M, in) : 0.0) - (4.0 - y_bytes) * M * out[i];
+        bytes += wgemm_bytes(p, M, out[i], k, 0.0f) - (i ? cast_bytes(p, M, in) : 0.0);
         if (len < (int)sizeof shape)
             len += snprintf(shape + len, sizeof shape - (size_t)len, "%s%d%s", i ? "+" : "", out[i], Xa[i] ? "r" : "");
     }
-    prof_end(p, t0, op, flops, bytes, "%sx%d", shape, in);
-}
-static void w_wgemm_lora_multi(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
-                               const void *const *Wb, const int *out, float *const *Y) {
-    Profile *p = prof_of(be);
-    double t0 = prof_begin(p);
-    p->inner.wgemm_lora_multi(IN, n, M, in, r, X, Xa, Wb, out, Y);
-    prof_lora_multi(p, t0, "wgemm_lora_multi", n, M, in, r, Xa, out, 4.0);
+    prof_end(p, t0, "wgemm_lora_multi", flops, bytes, "%sx%d", shape, in);
 }
 WRAP(weight_set_lora, (Backend *be, void *Wb, int out, int in, int r, const float *A, const float *B, float s),
      (IN, Wb, out, in, r, A, B, s), 0, (4.0 + p->inner.weight_bytes) * r * ((double)out + in), "%dx%d r%d", out, in, r)
@@ -281,13 +275,22 @@ static double wf_operand_bytes(const Profile *p, int wf, double n) {
     if (wf) return (double)p->inner.weight_bytes * n;
     return p->inner.weight_dtype == BACKEND_WEIGHT_BF16 ? 8.0 * n : 4.0 * n;
 }
-static void w_wgemm_lora_multi_wf(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
+// the operand and the outputs in the weight format: no cast, w bytes per element throughout
+static void w_wgemm_lora_multi_wf(Backend *be, int n, int M, int in, int r, void *Xw, const float *const *Xa,
                                   const void *const *Wb, const int *out, void *const *Y) {
     Profile *p = prof_of(be);
-    double t0 = prof_begin(p);
-    p->inner.wgemm_lora_multi_wf(IN, n, M, in, r, X, Xa, Wb, out, Y);
-    prof_lora_multi(p, t0, "wgemm_lora_multi_wf", n, M, in, r, Xa, out, (double)p->inner.weight_bytes);
+    double t0 = prof_begin(p), w = (double)p->inner.weight_bytes, flops = 0.0, bytes = 0.0;
+    p->inner.wgemm_lora_multi_wf(IN, n, M, in, r, Xw, Xa, Wb, out, Y);
+    for (int i = 0; i < n; i++) {
+        int k = in + (Xa[i] ? r : 0);
+        flops += 2.0 * M * out[i] * k;
+        bytes += w * ((double)M * k + (double)out[i] * k + (double)M * out[i]);
+    }
+    prof_end(p, t0, "wgemm_lora_multi_wf", flops, bytes, "%dx%d n%d", M, in, n);
 }
+WRAP(rmsnorm_fwd_wf,
+     (Backend *be, void *out, int ldo, float *rstd, const float *inp, const float *w, int N, int C, float eps),
+     (IN, out, ldo, rstd, inp, w, N, C, eps), 0, (4.0 + p->inner.weight_bytes) * N * C, "%dx%d", N, C)
 // the operand is read as stored (no cast): wgemm_bytes less the cast and the operand's fp32 / bf16 read
 static void w_wgemm_lora_wf(Backend *be, int tw, int M, int out, int in, int r, void *Xw, const float *Xa,
                             const void *Wb, float beta, float *Y) {

@@ -5,8 +5,8 @@
 //     row strides wider than the rows (the stride's extra columns are left alone).
 //  2. bf16 emulation: the elementwise ops write bf16_ref of the fp32 op's value, exactly; gemm_wf is the
 //     double product of the bf16-rounded operands (rel 1e-4 over |ref| + 1e-2 max, as test_lora_fuse); wgemm_lora_wf on a
-//     rounded operand is wgemm_lora on the fp32 one, bit for bit; wgemm_lora_multi_wf writes the rounded
-//     wgemm_lora_multi outputs.
+//     rounded operand is wgemm_lora on the fp32 one, bit for bit; wgemm_lora_multi_wf on the rounded operand
+//     writes the rounded wgemm_lora_multi outputs; rmsnorm_fwd_wf writes the rounded rmsnorm_fwd values.
 //  3. model.act_dtype: "fp32" is off; "bf16" on a fused Llama with bf16 weights is on; an encoder, lora.fuse
 //     off or fp32 weights are refused with a message naming the key to change.
 #include <math.h>
@@ -86,6 +86,23 @@ static void test_elementwise(TestCounts *tc, int bf) {
         check_exact(tc, go, wd, n, what);
         check_pad(tc, o, M, C, ld, what);
         free(o), free(xin), free(wd), free(go);
+    }
+    // rmsnorm_fwd_wf (strided out) vs rmsnorm_fwd: the same rstd, the values rounded
+    {
+        float *xin = gather(x, M, C, ld), *wn = malloc((size_t)C * 4), *o = malloc(nl * 4), *wo = malloc(n * 4);
+        float *rs = malloc((size_t)M * 4), *rw = malloc((size_t)M * 4);
+        fill(wn, (size_t)C, 0.5, 1.5, &r);
+        for (size_t i = 0; i < nl; i++) o[i] = 7.0f;
+        be.rmsnorm_fwd_wf(&be, o, ld, rs, xin, wn, M, C, 1e-5f);
+        be.rmsnorm_fwd(&be, wo, rw, xin, wn, M, C, 1e-5f);
+        round_all(wo, n, bf);
+        float *go = gather(o, M, C, ld);
+        snprintf(what, sizeof what, "%s rmsnorm_fwd_wf = rmsnorm_fwd%s", fmt_name(bf), bf ? ", rounded" : "");
+        check_exact(tc, go, wo, n, what);
+        check_pad(tc, o, M, C, ld, what);
+        snprintf(what, sizeof what, "%s rmsnorm_fwd_wf rstd = rmsnorm_fwd's", fmt_name(bf));
+        check_exact(tc, rs, rw, (size_t)M, what);
+        free(xin), free(wn), free(o), free(wo), free(rs), free(rw), free(go);
     }
     // row_norm_sum_wf vs row_norm_sum of the gathered rows, some rows masked
     int32_t *mask = malloc((size_t)M * sizeof(int32_t));
@@ -174,15 +191,26 @@ static void test_products(TestCounts *tc, int bf) {
             T_CHECK(tc, tail_ok, "%s: the operand's adapter columns", what);
             free(Xw), free(Yw), free(Yp);
         }
-    // wgemm_lora_multi_wf = wgemm_lora_multi, rounded
+    // wgemm_lora_multi_wf on Xw [Mr, in + R] (X rounded to the format) = wgemm_lora_multi on X, rounded
     {
         const void *ws[2] = {wb, wb};
         const float *xas[2] = {Xa, NULL};
-        int outs[2] = {out, out};
-        float *ym[2], *yw[2];
+        int outs[2] = {out, out}, ldx = in + R;
+        float *ym[2], *yw[2], *Xw = malloc((size_t)Mr * ldx * 4);
+        for (int m = 0; m < Mr; m++)
+            for (int c = 0; c < ldx; c++) Xw[(size_t)m * ldx + c] = c < in ? X[(size_t)m * in + c] : 7.0f;
+        round_all(Xw, (size_t)Mr * ldx, bf);
         for (int i = 0; i < 2; i++) ym[i] = malloc((size_t)Mr * out * 4), yw[i] = malloc((size_t)Mr * out * 4);
         be.wgemm_lora_multi(&be, 2, Mr, in, R, X, xas, ws, outs, ym);
-        be.wgemm_lora_multi_wf(&be, 2, Mr, in, R, X, xas, ws, outs, (void *const *)yw);
+        be.wgemm_lora_multi_wf(&be, 2, Mr, in, R, Xw, xas, ws, outs, (void *const *)yw);
+        int tail_ok = 1;  // Xa_0 landed (rounded) in Xw's last R columns
+        for (int m = 0; m < Mr; m++)
+            for (int j = 0; j < R; j++) {
+                float v = Xa[(size_t)m * R + j];
+                tail_ok &= Xw[(size_t)m * ldx + in + j] == (bf ? bf16_ref(v) : v);
+            }
+        T_CHECK(tc, tail_ok, "%s wgemm_lora_multi_wf: Xa written into the operand's adapter columns", fmt_name(bf));
+        free(Xw);
         for (int i = 0; i < 2; i++) {
             round_all(ym[i], (size_t)Mr * out, bf);
             snprintf(what, sizeof what, "%s wgemm_lora_multi_wf output %d = wgemm_lora_multi%s", fmt_name(bf), i,
@@ -205,7 +233,7 @@ static void test_act_dtype(TestCounts *tc) {
     T_CHECK(tc, model_act_wf(ARCH_LLAMA, &be, "fp32", 1, &err) == 0, "act_dtype fp32 must be off");
     int rc = model_act_wf(ARCH_LLAMA, &be, "bf16", 1, &err);
     T_CHECK(tc, rc < 0 && strstr(err.msg, "model.dtype = \"bf16\"") && strstr(err.msg, "fp32 weights"),
-            "bf16 MLP activations with fp32 weights must be refused naming model.dtype: rc %d '%s'", rc, err.msg);
+            "bf16 activations with fp32 weights must be refused naming model.dtype: rc %d '%s'", rc, err.msg);
     T_CHECK(tc, backend_set_dtype(&be, "bf16", msg, sizeof msg) == 0, "%s", msg);
     T_CHECK(tc, model_act_wf(ARCH_LLAMA, &be, "bf16", 1, &err) == 1, "act_dtype bf16, fused, bf16 weights: on");
     rc = model_act_wf(ARCH_LLAMA, &be, "bf16", 0, &err);

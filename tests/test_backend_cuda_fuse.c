@@ -9,7 +9,8 @@
 //       run gives the same bits.
 //  activations in the weight format (M 37, hidden 29, intermediate 40, r 8, row strides 48 / 44 / 11 / 15 ...,
 //       padding columns compared too: they must stay as they were):
-//       GPU vs CPU: wgemm_lora_multi_wf norm 1e-5 (fp32) / 1e-2 (bf16 outputs: one bf16 ulp of the largest);
+//       GPU vs CPU: wgemm_lora_multi_wf (its operand Xw in the format, read in place; Xw afterwards exact) norm
+//       1e-5 (fp32) / 1e-2 (bf16 outputs: one bf16 ulp of the largest); rmsnorm_fwd_wf 1e-5 / one bf16 ulp;
 //       wgemm_lora_wf and gemm_wf (both operand formats, transposes, strides, alpha, beta; K = 0 exact) 1e-5 /
 //       1e-4, and Xw after wgemm_lora_wf exact; swiglu_fwd_wf / swiglu_bwd_wf rel 1e-5 (test_backend_cuda's
 //       measure) / one bf16 ulp (+ 1e-6 of the largest); dropout_wf (strided, in place, p 0.1 / 0 / 1) exact;
@@ -21,7 +22,7 @@
 //       dropout 0.1 so the unfolded path runs too, and 0): GPU vs CPU loss 1e-5 relative, gradients 1e-4
 //       of each tensor's largest element in fp32; in bf16 loss 1e-3, gradients 3e-2 (test_backend_cuda's
 //       bf16 tolerances); and the bf16 fused GPU run vs the plain bf16 GPU run (informative). The same again
-//       with the MLP activations in the weight format (llama_set_mlp_wf; model.act_dtype "bf16").
+//       with the activations in the weight format (llama_set_act_wf; model.act_dtype "bf16").
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -238,23 +239,28 @@ static void test_wf_lora(Ctx *c, int f, void *cw[3], void *gw[3]) {
     const char *fn = f ? "bf16" : "fp32";
     const int M = WF_M, H = WF_H, I = WF_I, R = WF_R, LD = WF_LD;
     char what[160];
-    float *X = hrand(c, (size_t)M * H, -1, 1), *Xa = hrand(c, (size_t)M * R, -2, 2);
-    float *cx = on(cb, X, (size_t)M * H), *gx = on(gb, X, (size_t)M * H);
+    float *Xa = hrand(c, (size_t)M * R, -2, 2);
     float *cxa = on(cb, Xa, (size_t)M * R), *gxa = on(gb, Xa, (size_t)M * R);
-    // gate (with an adapter) and up (without) sharing X
+    // gate (with an adapter) and up (without) sharing Xw [M, H + R] in the weight format
     {
-        int outs[2] = {I, I};
+        int outs[2] = {I, I}, ldx = H + R;
         const float *cxas[2] = {cxa, NULL}, *gxas[2] = {gxa, NULL};
         const void *cws[2] = {cw[0], cw[1]}, *gws[2] = {gw[0], gw[1]};
+        float *Xh = hrand(c, (size_t)M * ldx, -1, 1);
+        void *cxw = wf_on(cb, Xh, (size_t)M * ldx), *gxw = wf_on(gb, Xh, (size_t)M * ldx);
+        float *xw0 = fx_weights_host(gb, gxw, (size_t)M * ldx), *xc = compact(xw0, M, H, ldx);
+        float *gx = on(gb, xc, (size_t)M * H);  // the same values as fp32 [M, H], for wgemm_lora_multi
         void *cy[2], *gy[2];
         float *gyf[2];
         for (int i = 0; i < 2; i++) {
             cy[i] = cb->weight_alloc(cb, (size_t)M * I, "y"), gy[i] = gb->weight_alloc(gb, (size_t)M * I, "y");
             gyf[i] = falloc(gb, (size_t)M * I);
         }
-        cb->wgemm_lora_multi_wf(cb, 2, M, H, R, cx, cxas, cws, outs, cy);
-        gb->wgemm_lora_multi_wf(gb, 2, M, H, R, gx, gxas, gws, outs, gy);
+        cb->wgemm_lora_multi_wf(cb, 2, M, H, R, cxw, cxas, cws, outs, cy);
+        gb->wgemm_lora_multi_wf(gb, 2, M, H, R, gxw, gxas, gws, outs, gy);
         gb->wgemm_lora_multi(gb, 2, M, H, R, gx, gxas, gws, outs, gyf);
+        snprintf(what, sizeof what, "%s wgemm_lora_multi_wf: Xw afterwards", fn);
+        wf_exact(c->tc, gb, gxw, cb, cxw, (size_t)M * ldx, what);
         for (int i = 0; i < 2; i++) {
             float *a = fx_weights_host(cb, cy[i], (size_t)M * I), *b = fx_weights_host(gb, gy[i], (size_t)M * I);
             float *d = to_host(gb, gyf[i], (size_t)M * I);
@@ -267,6 +273,8 @@ static void test_wf_lora(Ctx *c, int f, void *cw[3], void *gw[3]) {
             free(a), free(b), free(d);
             cb->free(cb, cy[i]), gb->free(gb, gy[i]), gb->free(gb, gyf[i]);
         }
+        free(Xh), free(xw0), free(xc);
+        cb->free(cb, cxw), gb->free(gb, gxw), gb->free(gb, gx);
     }
     // down forward (trans_w 1, W [H, I]) and gate's input gradient (trans_w 0, W [I, H]): k0 = I, n = H both
     for (int tw = 1; tw >= 0; tw--)
@@ -302,8 +310,8 @@ static void test_wf_lora(Ctx *c, int f, void *cw[3], void *gw[3]) {
                 free(Xh), free(Y0), free(xw0), free(hc), free(hg);
                 cb->free(cb, cxw), cb->free(cb, cy), gb->free(gb, gxw), gb->free(gb, gy);
             }
-    free(X), free(Xa);
-    cb->free(cb, cx), cb->free(cb, cxa), gb->free(gb, gx), gb->free(gb, gxa);
+    free(Xa);
+    cb->free(cb, cxa), gb->free(gb, gxa);
 }
 
 // gemm_wf: the products of the adapters' gradients and more, strided operands in either format
@@ -412,6 +420,30 @@ static void test_wf_swiglu(Ctx *c, int f) {
     gb->free(gb, fg), gb->free(gb, fu);
     void *cf[] = {cg, cu, cdh, ch, cdg, cdu}, *gf[] = {gg, gu, gdh, gh, gdg, gdu};
     for (int i = 0; i < 6; i++) cb->free(cb, cf[i]), gb->free(gb, gf[i]);
+    // rmsnorm_fwd_wf: rows of width I into stride LD, GPU vs CPU (rstd too), and = rmsnorm_fwd rounded on the device
+    float *X = hrand(c, n, -3, 3), *Wn = hrand(c, (size_t)I, 0.5, 1.5), *Q = hrand(c, nl, -1, 1);
+    float *cx = on(cb, X, n), *gx = on(gb, X, n), *cwn = on(cb, Wn, (size_t)I), *gwn = on(gb, Wn, (size_t)I);
+    float *crs = falloc(cb, (size_t)M), *grs = falloc(gb, (size_t)M), *frs = falloc(gb, (size_t)M), *fo = falloc(gb, n);
+    void *co = wf_on(cb, Q, nl), *go = wf_on(gb, Q, nl), *go2 = gb->weight_alloc(gb, n, "rmsnorm out");
+    cb->rmsnorm_fwd_wf(cb, co, LD, crs, cx, cwn, M, I, 1e-5f);
+    gb->rmsnorm_fwd_wf(gb, go, LD, grs, gx, gwn, M, I, 1e-5f);
+    float *a = fx_weights_host(gb, go, nl), *b = fx_weights_host(cb, co, nl);
+    snprintf(what, sizeof what, "%s rmsnorm_fwd_wf %dx%d stride %d", fn, M, I, LD);
+    cmp_elem(c->tc, f, a, b, nl, what);
+    float *ra = to_host(gb, grs, (size_t)M), *rb = to_host(cb, crs, (size_t)M);
+    snprintf(what, sizeof what, "%s rmsnorm_fwd_wf rstd", fn);
+    cmp_elem(c->tc, 0, ra, rb, (size_t)M, what);
+    gb->rmsnorm_fwd(gb, fo, frs, gx, gwn, M, I, 1e-5f);
+    gb->rmsnorm_fwd_wf(gb, go2, I, grs, gx, gwn, M, I, 1e-5f);
+    float *want = to_host(gb, fo, n), *got = fx_weights_host(gb, go2, n);
+    round_fmt(f, want, n);
+    snprintf(what, sizeof what, "%s rmsnorm_fwd_wf = rmsnorm_fwd%s on the device", fn, f ? ", rounded," : "");
+    check_exact(c->tc, got, want, n, what);
+    printf("  %-58s exact\n", what);
+    free(X), free(Wn), free(Q), free(a), free(b), free(ra), free(rb), free(want), free(got);
+    void *cf2[] = {cx, cwn, crs, co}, *gf2[] = {gx, gwn, grs, frs, fo, go, go2};
+    for (int i = 0; i < 4; i++) cb->free(cb, cf2[i]);
+    for (int i = 0; i < 7; i++) gb->free(gb, gf2[i]);
 }
 
 // dropout_wf (strided, in place, p = 0 copies) and row_norm_sum_wf
@@ -493,9 +525,9 @@ typedef struct {
     Batch b;
 } Side;
 
-// One forward + backward of the tiny Llama on be (fuse_r 0 = plain; mlp_wf: the MLP activations in the weight
+// One forward + backward of the tiny Llama on be (fuse_r 0 = plain; act_wf: the activations in the weight
 // format, model.act_dtype "bf16"): the mean loss; host copies of the grads.
-static double model_step(Backend *be, const char *dir, int fuse_r, int mlp_wf, double dropout, float **grads,
+static double model_step(Backend *be, const char *dir, int fuse_r, int act_wf, double dropout, float **grads,
                          size_t *numel) {
     Error err;
     char path[4200];
@@ -504,7 +536,7 @@ static double model_step(Backend *be, const char *dir, int fuse_r, int mlp_wf, d
     if (hfconfig_load(&mc, path, &err) != 0) die("%s", err.msg);
     Side s;
     llama_load_fused(&s.m, be, dir, &mc, 3, 0, 0, fuse_r);
-    llama_set_mlp_wf(&s.m, mlp_wf);
+    llama_set_act_wf(&s.m, act_wf);
     LoraShapes shapes;
     llama_lora_shapes(&mc, &shapes);
     int layers[] = {1, 3}, mods[] = {LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN};
@@ -536,12 +568,12 @@ static double worst_grad(const float *got, const float *want, size_t n) {
     return d / (mx > 0 ? mx : 1);
 }
 
-static void test_model(Ctx *c, const char *dir, int f, int mlp_wf, double dropout) {
-    const char *fn = f ? "bf16" : "fp32", *what = mlp_wf ? "fused + MLP in the weight format" : "fused";
+static void test_model(Ctx *c, const char *dir, int f, int act_wf, double dropout) {
+    const char *fn = f ? "bf16" : "fp32", *what = act_wf ? "fused + activations in the weight format" : "fused";
     float *gc, *gg, *gp;
     size_t nc, ng, np;
-    double lc = model_step(&c->cpu[f], dir, 8, mlp_wf, dropout, &gc, &nc);
-    double lg = model_step(&c->gpu[f], dir, 8, mlp_wf, dropout, &gg, &ng);
+    double lc = model_step(&c->cpu[f], dir, 8, act_wf, dropout, &gc, &nc);
+    double lg = model_step(&c->gpu[f], dir, 8, act_wf, dropout, &gg, &ng);
     double lp = model_step(&c->gpu[f], dir, 0, 0, dropout, &gp, &np);
     T_CHECK(c->tc, nc == ng && ng == np, "parameter counts %zu %zu %zu", nc, ng, np);
     double tl = f ? 1e-3 : 1e-5, tg = f ? 3e-2 : 1e-4;

@@ -10,7 +10,7 @@
 //     AdamW steps' losses within 1e-5 (the borders follow every update); bf16 emulation — the same within
 //     bf16 tolerances (the fused factors are rounded to bf16 too: logits 2e-2, gradients 3e-2, losses 1e-2).
 //     Random weights (weight_randn_2d): the bordered model draws the plain model's W (loss within 1e-6).
-//     The MLP's activations in the weight format (llama_set_mlp_wf; model.act_dtype "bf16") against the
+//     Activations in the weight format (llama_set_act_wf; model.act_dtype "bf16": xn1, xn2, the MLP's) against the
 //     fused model: fp32 bit for bit (loss, logits, gradients, 6 AdamW steps; dropout 0 and 0.1); bf16
 //     emulation within bf16 tolerances (logits 2e-2, gradients 5e-2, losses 1e-2).
 //  3. A model loaded for rank 8 refuses a LoraSet of rank 4; model_load refuses lora.fuse for an encoder.
@@ -144,7 +144,7 @@ typedef struct {
     float *adam_m, *adam_v;
 } Side;
 
-static void side_init(Side *s, const char *dir, int bf, int fuse_r, int mlp_wf, double dropout) {
+static void side_init(Side *s, const char *dir, int bf, int fuse_r, int act_wf, double dropout) {
     Error err;
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -153,7 +153,7 @@ static void side_init(Side *s, const char *dir, int bf, int fuse_r, int mlp_wf, 
     char msg[256];
     if (backend_set_dtype(&s->be, fmt_name(bf), msg, sizeof msg) != 0) die("%s", msg);
     llama_load_fused(&s->m, &s->be, dir, &s->mc, 3, 0, 0, fuse_r);
-    llama_set_mlp_wf(&s->m, mlp_wf);
+    llama_set_act_wf(&s->m, act_wf);
     LoraShapes shapes;
     llama_lora_shapes(&s->mc, &shapes);
     int layers[] = {1, 3}, mods[] = {LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN};
@@ -247,15 +247,16 @@ static void test_model(TestCounts *tc, const char *dir, int bf, double dropout) 
     side_free(&f);
 }
 
-// MLP activations in the weight format (model.act_dtype "bf16") against the fused model: in the fp32 format
+// Activations in the weight format (model.act_dtype "bf16") against the fused model: in the fp32 format
 // bit for bit (the same products and formulas); in the bf16 emulation within bf16 tolerances (gate, up, h,
-// dgate, dup and the MLP adapters' fp32 operands are rounded to bf16 on top of the fused model's roundings).
-static void test_mlp_wf(TestCounts *tc, const char *dir, int bf, double dropout) {
+// dgate, dup, xn1, xn2 and the adapters' fp32 operands of those products are rounded to bf16 on top of the
+// fused model's roundings).
+static void test_act_wf(TestCounts *tc, const char *dir, int bf, double dropout) {
     Side f, w;
     side_init(&f, dir, bf, 8, 0, dropout);
     side_init(&w, dir, bf, 8, 1, dropout);
     char tag[80];
-    snprintf(tag, sizeof tag, "%s dropout %.1f, MLP in the weight format vs fused", fmt_name(bf), dropout);
+    snprintf(tag, sizeof tag, "%s dropout %.1f, activations in the weight format vs fused", fmt_name(bf), dropout);
     compare_sides(tc, &f, &w, bf ? 2e-2 : 0.0, bf ? 5e-2 : 0.0, bf ? 1e-2 : 0.0, tag);
     side_free(&f);
     side_free(&w);
@@ -333,8 +334,8 @@ int main(int argc, char **argv) {
     for (int bf = 0; bf <= 1; bf++) {
         test_model(&tc, dir, bf, 0.0);
         test_model(&tc, dir, bf, 0.1);
-        test_mlp_wf(&tc, dir, bf, 0.0);
-        test_mlp_wf(&tc, dir, bf, 0.1);
+        test_act_wf(&tc, dir, bf, 0.0);
+        test_act_wf(&tc, dir, bf, 0.1);
     }
     test_random_init(&tc, dir);
     expect_death(&tc, rank_mismatch, NULL, "was loaded for fused adapters of rank 4", "LoRA rank != the fused rank");

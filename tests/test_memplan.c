@@ -42,7 +42,7 @@ static void check_acts(TestCounts *tc, const char *dir, const int *layers, int n
     backend_cpu_init(&be, 1);
     Llama m;
     llama_load_fused(&m, &be, dir, &mc, 3, 0, 0, flags & MEMPLAN_FUSED ? 4 : 0);
-    llama_set_mlp_wf(&m, (flags & MEMPLAN_MLP_WF) != 0);
+    llama_set_act_wf(&m, (flags & MEMPLAN_ACT_WF) != 0);
     LoraShapes shapes;
     llama_lora_shapes(&mc, &shapes);
     LoraSet ls;
@@ -65,7 +65,7 @@ static void check_acts(TestCounts *tc, const char *dir, const int *layers, int n
 static void test_matches_llama(TestCounts *tc, const char *dir) {
     int top[] = {3}, from0[] = {0, 2}, gaps[] = {1, 3}, mid[] = {1, 2, 3};
     int qv[] = {LORA_Q, LORA_V}, mlp[] = {LORA_GATE, LORA_UP}, down[] = {LORA_DOWN};
-    const int wf = MEMPLAN_FUSED | MEMPLAN_MLP_WF;
+    const int wf = MEMPLAN_FUSED | MEMPLAN_ACT_WF;
     check_acts(tc, dir, top, 1, qv, 2, 4, 16, 0, "top layer, q/v, B=4 T=16");
     check_acts(tc, dir, from0, 2, ALL_MODS, 7, 3, 9, 0, "layers 0,2, all modules, B=3 T=9");
     check_acts(tc, dir, gaps, 2, mlp, 2, 2, 7, 0, "layers 1,3, gate/up, B=2 T=7");
@@ -73,8 +73,8 @@ static void test_matches_llama(TestCounts *tc, const char *dir) {
     check_acts(tc, dir, top, 1, mlp, 2, 1, 2, 0, "top layer, gate/up, B=1 T=2");
     check_acts(tc, dir, NULL, 0, qv, 2, 3, 8, 0, "head only, B=3 T=8");
     check_acts(tc, dir, from0, 2, ALL_MODS, 7, 3, 9, MEMPLAN_FUSED, "fused, layers 0,2, all modules, B=3 T=9");
-    check_acts(tc, dir, from0, 2, ALL_MODS, 7, 3, 9, wf, "MLP in weight format, layers 0,2, B=3 T=9");
-    check_acts(tc, dir, mid, 3, down, 1, 5, 11, wf, "MLP in weight format, layers 1-3, down, B=5");
+    check_acts(tc, dir, from0, 2, ALL_MODS, 7, 3, 9, wf, "acts in weight format, layers 0,2, B=3 T=9");
+    check_acts(tc, dir, mid, 3, down, 1, 5, 11, wf, "acts in weight format, layers 1-3, down, B=5");
 }
 
 static void test_monotonic(TestCounts *tc, const char *dir) {
@@ -160,15 +160,15 @@ static void test_llama8b(TestCounts *tc) {
                    wb == 2 ? "bf16" : "fp32", top, memplan_max_micro_batch(&p, gb80));
         }
     }
-    // bf16 MLP activations (lora.fuse + model.act_dtype "bf16"): a larger micro-batch on the same card
+    // bf16 activations (lora.fuse + model.act_dtype "bf16"): a larger micro-batch on the same card
     memplan_llama(&p, &mc, 2, 0, 32, ALL_MODS, 7, 8, 1, 256, 2, MEMPLAN_FUSED);
     int fused_best = memplan_max_micro_batch(&p, gb80), fused_141 = memplan_max_micro_batch(&p, (size_t)141e9);
-    memplan_llama(&p, &mc, 2, 0, 32, ALL_MODS, 7, 8, 1, 256, 2, MEMPLAN_FUSED | MEMPLAN_MLP_WF);
+    memplan_llama(&p, &mc, 2, 0, 32, ALL_MODS, 7, 8, 1, 256, 2, MEMPLAN_FUSED | MEMPLAN_ACT_WF);
     int wf_best = memplan_max_micro_batch(&p, gb80), wf_141 = memplan_max_micro_batch(&p, (size_t)141e9);
-    printf("  8B seq 256, bf16, all layers, lora.fuse: largest micro-batch %d (80 GB), %d (141 GB); with bf16 MLP "
+    printf("  8B seq 256, bf16, all layers, lora.fuse: largest micro-batch %d (80 GB), %d (141 GB); with bf16 "
            "activations %d, %d\n", fused_best, fused_141, wf_best, wf_141);
     T_CHECK(tc, wf_best > fused_best && wf_141 > fused_141,
-            "bf16 MLP activations must allow a larger micro-batch (%d vs %d on 80 GB, %d vs %d on 141 GB)", wf_best,
+            "bf16 activations must allow a larger micro-batch (%d vs %d on 80 GB, %d vs %d on 141 GB)", wf_best,
             fused_best, wf_141, fused_141);
     memplan_llama(&p, &mc, 2, 16, 16, ALL_MODS, 7, 8, 1, 256, 2, 0);
     int top16 = memplan_max_micro_batch(&p, gb80);

@@ -215,9 +215,10 @@ struct Backend {
     // [V, C]); a negative id dies as in embedding_fwd.
     void (*wembedding_fwd)(Backend *be, float *out, const int32_t *ids, const void *table, int N, int C);
 
-    // ---- activations in the weight format (model.act_dtype = "bf16"; docs/gpu.md "bf16 MLP activations") ----
-    // A Llama with lora.fuse may keep its MLP activations (gate, up, h and the gradients dgate, dup:
-    // [N, intermediate], the largest tensors of a layer) in the WEIGHT FORMAT: bf16 on CUDA (2 bytes),
+    // ---- activations in the weight format (model.act_dtype = "bf16"; docs/gpu.md "bf16 activations") ----
+    // A Llama with lora.fuse may keep the inputs of its projections' GEMMs (the normed xn1, xn2) and its MLP
+    // activations (gate, up, h and the gradients dgate, dup: [N, intermediate], the largest tensors of a
+    // layer) in the WEIGHT FORMAT: bf16 on CUDA (2 bytes),
     // fp32 holding bf16-rounded values in the CPU's emulation, plain fp32 in the fp32 format (where
     // every op below computes exactly what the fp32 ops of the plain fused path compute). These
     // buffers are opaque (void *, be->weight_bytes per element) and only these ops read or write them.
@@ -225,9 +226,14 @@ struct Backend {
     // in fp32. Row strides (ld*) are in elements; a stride of in + r leaves the r columns a bordered
     // product needs for its adapter (wgemm_lora_wf). All deterministic for given inputs.
     //
-    // wgemm_lora_multi with the outputs in the weight format: Y_i [M, out_i] (row stride out_i) =
-    // the values wgemm_lora_multi computes, rounded to the format.
-    void (*wgemm_lora_multi_wf)(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
+    // rmsnorm_fwd with out [N, C] (row stride ldo) in the weight format; rstd fp32, as rmsnorm_fwd.
+    void (*rmsnorm_fwd_wf)(Backend *be, void *out, int ldo, float *rstd, const float *inp, const float *w, int N,
+                           int C, float eps);
+    // n bordered Linear forwards sharing their input Xw [M, in + r] (weight format, row stride in + r), the
+    // outputs in the weight format: for i < n in order, Xa_i (when given) is written (rounded) into Xw's
+    // columns [in, in + r) and Y_i [M, out_i] (row stride out_i) = the value wgemm_lora_wf(be, 1, M, out_i,
+    // in, r, Xw, Xa_i, Wb_i, 0, .) computes, rounded to the format.
+    void (*wgemm_lora_multi_wf)(Backend *be, int n, int M, int in, int r, void *Xw, const float *const *Xa,
                                 const void *const *Wb, const int *out, void *const *Y);
     // wgemm_lora with its activation operand already in the weight format: Xw [M, k0 + r], row stride
     // k0 + r (k0 = in when trans_w, out otherwise). When Xa != NULL, its [M, r] values are first written
@@ -263,7 +269,8 @@ struct Backend {
     X(gelu_bwd) X(tanh_fwd) X(tanh_bwd) X(mask_rows) X(attention_enc_fwd) X(attention_enc_bwd) X(adamw)        \
     X(set_weight_dtype) X(weight_alloc) X(weight_upload) X(weight_randn) X(wgemm) X(wgemm_multi) X(wgemm_lora) \
     X(wgemm_lora_multi) X(weight_set_lora) X(weight_randn_2d) X(wembedding_fwd) X(wgemm_lora_multi_wf)        \
-    X(wgemm_lora_wf) X(gemm_wf) X(swiglu_fwd_wf) X(swiglu_bwd_wf) X(dropout_wf) X(row_norm_sum_wf)
+    X(wgemm_lora_wf) X(gemm_wf) X(swiglu_fwd_wf) X(swiglu_bwd_wf) X(dropout_wf) X(row_norm_sum_wf)              \
+    X(rmsnorm_fwd_wf)
 
 // Weight formats (Backend.weight_dtype).
 enum { BACKEND_WEIGHT_FP32 = 0, BACKEND_WEIGHT_BF16 = 1 };

@@ -23,13 +23,13 @@ typedef struct {
 
 typedef struct {
     float *x_in;                          // [N, C] residual stream entering the layer
-    float *rstd1, *xn1;                   // [N], [N, C]
+    float *rstd1, *xn1;                   // [N], [N, C] (act_wf: [N, C + r] in the weight format)
     float *q, *k, *v;                     // [N, H*D], [N, KVH*D], [N, KVH*D]; q, k after RoPE
     float *probs;                         // [B, H, T, T]
     float *att;                           // [N, H*D] attention output (o_proj input)
     float *x_mid;                         // [N, C] residual after attention
-    float *rstd2, *xn2;                   // [N], [N, C]
-    float *gate, *up, *h;                 // [N, I]; h = silu(gate) * up (down_proj input). With mlp_wf: in the
+    float *rstd2, *xn2;                   // [N], [N, C] (act_wf: [N, C + r] in the weight format)
+    float *gate, *up, *h;                 // [N, I]; h = silu(gate) * up (down_proj input). With act_wf: in the
                                           // weight format, h [N, I + r] (its last r columns: down's [h | a])
     float *lora_a[LORA_NUM_MODULES];      // [N, r] LoRA A-projections (adapted modules only)
 } LlamaActs;
@@ -47,17 +47,18 @@ typedef struct {
     // lora.fuse: > 0 = the seven projections are BORDERED weights [out + fuse_r, in + fuse_r] (backend.h,
     // "LoRA on the frozen GEMM"): adapters of rank fuse_r ride on the frozen GEMMs; 0 = plain weights
     int fuse_r;
-    // model.act_dtype = "bf16" (needs fuse_r > 0): gate, up, h and the backward's dgate, dup live in the
-    // backend's weight format (backend.h "activations in the weight format"; docs/gpu.md "bf16 MLP
-    // activations"); h, dgate and dup with row stride I + fuse_r, the bordered products' operands in place
-    int mlp_wf;
+    // model.act_dtype = "bf16" (needs fuse_r > 0): xn1, xn2, gate, up, h and the backward's dgate, dup live in
+    // the backend's weight format (backend.h "activations in the weight format"; docs/gpu.md "bf16
+    // activations"); xn1, xn2 (row stride C + fuse_r) and h, dgate, dup (I + fuse_r) are the bordered
+    // products' operands in place
+    int act_wf;
     // activation memory for batches up to [cap_B, cap_T]
     int cap_B, cap_T, saved_from;  // layers >= saved_from keep their activations
     LlamaActs *acts;               // [L - saved_from] saved sets, then 1 scratch set if saved_from > 0
     float *x_final;                // [N, C] output of the last block
     float *pooled, *rstd_f, *pooled_n, *logits, *dlogits;  // [B,C], [B], [B,C], [B,K], [B,K]
     // backward scratch
-    float *dres, *dxn, *dh, *dgate, *dup, *datt, *dq, *dk, *dv, *dpool, *dpool_n, *lora_da, *lora_tmp;  // mlp_wf:
+    float *dres, *dxn, *dh, *dgate, *dup, *datt, *dq, *dk, *dv, *dpool, *dpool_n, *lora_da, *lora_tmp;  // act_wf:
                            // dgate, dup [N, I + r] in the weight format
     // batch on the backend
     int32_t *d_ids, *d_mask, *d_last, *d_labels_i;
@@ -77,9 +78,9 @@ void llama_load(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, i
 // values as in the plain layout.
 void llama_load_fused(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
                       uint64_t seed, int fuse_r);
-// MLP activations in the backend's weight format on (1) or off (0), for a model loaded with fuse_r > 0;
+// Activations in the backend's weight format (act_wf) on (1) or off (0), for a model loaded with fuse_r > 0;
 // before llama_alloc_acts (which sizes them). With fp32 weights the results are bit-identical either way.
-void llama_set_mlp_wf(Llama *m, int on);
+void llama_set_act_wf(Llama *m, int on);
 // Fills the head in ls: `score.weight` from the directory when present with shape
 // [num_labels, hidden], else N(0, 0.02) drawn from `seed` (as transformers initialises a new head).
 // Returns 1 if loaded, 0 if initialised.

@@ -44,7 +44,7 @@ const float *lora_ops_grads(Backend *be, LoraSet *ls, int layer, LoraModule modu
 void lora_ops_dx(Backend *be, const LoraSet *ls, int layer, LoraModule module, const float *da, float *dX, int N,
                  uint64_t key, float *tmp);
 
-// The same parts when the MLP keeps its activations in the weight format (model.act_dtype = "bf16";
+// The same parts when a Llama keeps activations in the weight format (model.act_dtype = "bf16";
 // backend.h "activations in the weight format"): an operand given as Xw / dYw lives in the format with
 // row stride ldx / ldy, one given as X / dY is fp32 and contiguous — exactly one of each pair non-NULL.
 //   lora_ops_down_wf:  a_out = dropout(Xw) A^T; scratch_w holds N * in elements of the format (dropout)

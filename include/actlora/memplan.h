@@ -35,7 +35,7 @@ typedef struct {
     int r, micro_batch, seq_len;
     int weight_bytes;        // bytes per frozen weight element: 2 (bf16) or 4 (fp32)
     int fused;               // lora.fuse: bordered projections [out + r, in + r] (llama.h; 0 for encoders)
-    int mlp_wf;              // model.act_dtype "bf16": the MLP activations in the weight format (llama.h)
+    int act_wf;              // model.act_dtype "bf16": xn1, xn2 and the MLP activations in the weight format (llama.h)
     // ---- derived counts
     int saved_from;          // layers >= saved_from keep their activations (llama.h)
     int act_sets;            // activation sets: L - saved_from saved, + 1 scratch set if saved_from > 0
@@ -61,10 +61,10 @@ typedef struct {
 } MemPlan;
 
 // memplan_llama's flags
-enum { MEMPLAN_FUSED = 1, MEMPLAN_MLP_WF = 2 };  // lora.fuse; model.act_dtype "bf16" (needs MEMPLAN_FUSED)
+enum { MEMPLAN_FUSED = 1, MEMPLAN_ACT_WF = 2 };  // lora.fuse; model.act_dtype "bf16" (needs MEMPLAN_FUSED)
 
 // Fills the plan. modules are LoraModule ids (lora.h); n_adapted_layers = 0 plans a head-only run
-// (lowest_layer is then taken as L); flags: MEMPLAN_FUSED | MEMPLAN_MLP_WF. Dies on inconsistent
+// (lowest_layer is then taken as L); flags: MEMPLAN_FUSED | MEMPLAN_ACT_WF. Dies on inconsistent
 // arguments (an internal error).
 void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest_layer, int n_adapted_layers,
                    const int *modules, int n_modules, int r, int micro_batch, int seq_len, int weight_bytes,

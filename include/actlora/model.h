@@ -46,12 +46,13 @@ void model_load(Model *m, Backend *be, const char *dir, const ModelConfig *mc, i
 // initializer_range for the encoders; bias 0). Returns 1 if loaded.
 int model_init_head(Model *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed);
 // model.act_dtype for a model of this architecture on this backend (its weight format set) with lora.fuse =
-// fuse: returns 1 when the MLP activations go into the weight format ("bf16"), 0 for "fp32", or -1 with a
-// message naming the key to change (an encoder, lora.fuse off, or fp32 weights). Before model_load.
+// fuse: returns 1 when activations (normed inputs, MLP) go into the weight format ("bf16"), 0 for "fp32",
+// or -1 with a message naming the key to change (an encoder, lora.fuse off, or fp32 weights). Before
+// model_load.
 int model_act_wf(ModelArch arch, const Backend *be, const char *act_dtype, int fuse, Error *err);
-// Puts the MLP activations of a model loaded with lora.fuse into the weight format (model_act_wf == 1);
+// Puts the activations of a model loaded with lora.fuse into the weight format (model_act_wf == 1);
 // before model_alloc_acts.
-void model_set_mlp_wf(Model *m, int on);
+void model_set_act_wf(Model *m, int on);
 void model_alloc_acts(Model *m, Backend *be, const LoraSet *ls, int B, int T);
 void model_free_acts(Model *m, Backend *be);
 void model_free(Model *m, Backend *be);

@@ -1,21 +1,22 @@
 // act_wf.cu: activations in the weight format for the CUDA backend (backend.h, "activations in the weight
-// format"; docs/gpu.md "bf16 MLP activations"). A Llama with lora.fuse may keep its MLP activations (gate,
-// up, h, dgate, dup: [N, intermediate]) in the weight format: bf16 (__nv_bfloat16, 2 bytes) in the bf16
-// format, float in the fp32 format. Values written into the format are rounded with __float2bfloat16_rn
+// format"; docs/gpu.md "bf16 activations"). A Llama with lora.fuse may keep the normed inputs of its
+// projections (xn1, xn2) and its MLP activations (gate, up, h, dgate, dup: [N, intermediate]) in the weight
+// format: bf16 (__nv_bfloat16, 2 bytes) in the bf16 format, float in the fp32 format. Values written into the format are rounded with __float2bfloat16_rn
 // (cuda_to_fmt); all arithmetic is fp32 (fp64 in row_norm_sum_wf).
 //
 // In the fp32 format every op computes exactly what the fp32 op it stands for computes on this backend:
 // the elementwise kernels use the same formulas (cuda_swiglu, cuda_swiglu_grads, cuda_dropout_value in
 // cuda_internal.cuh, shared with elementwise.cu), row_norm_sum_wf is reduce.cu's row_norm_sum kernel with a
-// row stride, and the products are the same cuBLAS calls as wgemm_lora / wgemm_lora_multi / gemm.
+// row stride, rmsnorm_fwd_wf is elementwise.cu's rmsnorm kernel with a row stride, and the products are the
+// same cuBLAS calls as wgemm_lora / gemm.
 //
 // Products (row-major to column-major as in backend_cuda.cu: a row-major X [r, c] with row stride ld is the
 // column-major X^T [c, r] with leading dimension ld, so C [M, N] = op(A) op(B) is computed as the
 // column-major C^T [N, M] = op(B)^T op(A)^T: operands swapped, m = N, n = M, the same transpose flags, the
 // row strides as leading dimensions, ldc = N):
-//   wgemm_lora_multi_wf  cuda_bordered_gemm (lora_gemm.cu) with the outputs in the weight format: bf16 output
-//                        written by cuBLAS from the fp32 accumulator (cublasGemmEx, C type CUDA_R_16BF,
-//                        CUBLAS_COMPUTE_32F); fp32: the cublasSgemm of wgemm_lora_multi.
+//   wgemm_lora_multi_wf  cuda_bordered_gemm (lora_gemm.cu) on the caller's Xw, the outputs in the weight format:
+//                        bf16 output written by cuBLAS from the fp32 accumulator (cublasGemmEx, C type
+//                        CUDA_R_16BF, CUBLAS_COMPUTE_32F); fp32: the cublasSgemm of wgemm_lora_wf.
 //   wgemm_lora_wf        the operand is the caller's Xw (row stride k0 + r): Xa is written into its last r
 //                        columns (cuda_lora_operand) and cuda_bordered_gemm reads it in place.
 //   gemm_wf              cublasGemmEx (bf16 x bf16 -> fp32, CUBLAS_COMPUTE_32F) with the given strides, fp32
@@ -104,23 +105,29 @@ static void lora_wf_check(const char *op, int M, int out, int in, int r) {
     check(M >= 0 && out > 0 && in > 0 && r > 0, "%s: bad shape M=%d out=%d in=%d r=%d", op, M, out, in, r);
 }
 
-// Y_i = [X | Xa_i] Wb_i^T in the weight format (backend.h): wgemm_lora_multi's operand and products (X written
-// once with row stride in + r, then per weight its Xa_i into the last r columns; the stream orders each rewrite
-// after the product before it), with the outputs written in the weight format. Per weight, column-major:
-//   Y_i^T [out_i, M] = OP_T(Wb_i [out_i, k] row-major = col-major [k, out_i], ld in + r) . op^T [k, M] (ld in + r)
-// ldc = out_i; k = in + r with Xa_i, in without (cuda_bordered_gemm with y_wf = 1).
-static void cu_wgemm_lora_multi_wf(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
+// Y_i = [Xw | Xa_i] Wb_i^T in the weight format (backend.h): the operand is the caller's Xw (row stride in + r),
+// read in place; per weight in order, its Xa_i is rounded into Xw's last r columns (the stream orders each
+// rewrite after the product before it) and one product writes Y_i in the format. Column-major:
+//   Y_i^T [out_i, M] = OP_T(Wb_i [out_i, k] row-major = col-major [k, out_i], ld in + r) . Xw^T [k, M] (ld in + r)
+// ldc = out_i; k = in + r with Xa_i, in without (cuda_bordered_gemm with y_wf = 1: bf16 written by cuBLAS
+// from the fp32 accumulator; fp32: the cublasSgemm of wgemm_lora_wf).
+static void cu_wgemm_lora_multi_wf(Backend *be, int n, int M, int in, int r, void *Xw, const float *const *Xa,
                                    const void *const *Wb, const int *out, void *const *Y) {
     check(n >= 0, "wgemm_lora_multi_wf: negative count %d", n);
     for (int i = 0; i < n; i++) lora_wf_check("wgemm_lora_multi_wf", M, out[i], in, r);
     if (M == 0 || n == 0) return;
     int ld = in + r;
-    void *op = cuda_operand_buffer(be, (size_t)M * (size_t)ld * be->weight_bytes);
-    cuda_lora_operand(be, op, ld, X, in, NULL, r, M);
     for (int i = 0; i < n; i++) {
-        if (Xa[i]) cuda_lora_operand(be, op, ld, NULL, in, Xa[i], r, M);
-        cuda_bordered_gemm(be, 1, M, out[i], Xa[i] ? ld : in, op, ld, Wb[i], ld, 0.0f, Y[i], 1);
+        if (Xa[i]) cuda_lora_operand(be, Xw, ld, NULL, in, Xa[i], r, M);
+        cuda_bordered_gemm(be, 1, M, out[i], Xa[i] ? ld : in, Xw, ld, Wb[i], ld, 0.0f, Y[i], 1);
     }
+}
+
+// rmsnorm_fwd into rows of stride ldo in the weight format (elementwise.cu's kernel, bf16 or fp32 output)
+static void cu_rmsnorm_fwd_wf(Backend *be, void *out, int ldo, float *rstd, const float *inp, const float *w, int N,
+                              int C, float eps) {
+    check(N >= 0 && C > 0 && ldo >= C, "rmsnorm_fwd_wf: bad shape N=%d C=%d, row stride %d", N, C, ldo);
+    cuda_rmsnorm_fwd_ld(be, out, is_bf16(be), (size_t)ldo, rstd, inp, w, N, C, eps);
 }
 
 // Y = Xw op(Wb) + beta Y with Xw [M, k0 + r] already in the weight format (backend.h). Xa (when given) is
@@ -259,4 +266,5 @@ void cuda_install_act_wf(Backend *be) {
     be->swiglu_bwd_wf = cu_swiglu_bwd_wf;
     be->dropout_wf = cu_dropout_wf;
     be->row_norm_sum_wf = cu_row_norm_sum_wf;
+    be->rmsnorm_fwd_wf = cu_rmsnorm_fwd_wf;
 }

@@ -255,7 +255,7 @@ extern "C" void backend_cuda_init(Backend *be, int device) {
     cuda_install_encoder(be);      // embedding_add, layernorm, bias, gelu, tanh, mask_rows, attention_enc
     cuda_install_weights(be);      // weight formats (bf16 by default), weight_*, wgemm, wembedding_fwd
     cuda_install_lora_gemm(be);    // wgemm_lora, wgemm_lora_multi, weight_set_lora (lora.fuse)
-    cuda_install_act_wf(be);       // MLP activations in the weight format: *_wf (model.act_dtype = "bf16")
+    cuda_install_act_wf(be);       // activations in the weight format: *_wf (model.act_dtype = "bf16")
 
     // every op filled: a missing one would be a NULL call much later
 #define NEED(op) check(be->op != NULL, "internal: the CUDA backend leaves op '%s' unset", #op);

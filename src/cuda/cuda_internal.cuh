@@ -125,6 +125,11 @@ void cuda_lora_operand(Backend *be, void *op, int ld, const float *X, int k0, co
 void cuda_bordered_gemm(Backend *be, int trans_w, int M, int n, int k, const void *op, int ldo, const void *Wb,
                         int ldw, float beta, void *Y, int y_wf);
 
+// elementwise.cu: rmsnorm_fwd with out rows of stride ldo, fp32 (bf16 = 0) or bf16 (bf16 = 1, rounded); the
+// rmsnorm_fwd op is the case bf16 = 0, ldo = C
+void cuda_rmsnorm_fwd_ld(Backend *be, void *out, int bf16, size_t ldo, float *rstd, const float *inp, const float *w,
+                         int N, int C, float eps);
+
 // reduce.cu: row_norm_sum of x [N, C] with row stride ld, fp32 (bf16 = 0) or bf16 (bf16 = 1) elements; the
 // row_norm_sum op is the case bf16 = 0, ld = C (one reduction order for both)
 double cuda_row_norm_sum_ld(Backend *be, const void *x, int bf16, size_t ld, const int32_t *mask, int N, int C);

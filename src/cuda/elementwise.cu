@@ -48,25 +48,37 @@ static void cu_embedding_fwd(Backend *be, float *out, const int32_t *ids, const 
 
 // ---------------------------------------------------------------------------- RMSNorm
 
-// one block per row: rstd[n] = 1/sqrt(mean(x^2) + eps) (fp64 sum), out = x * rstd * w
-static __global__ void k_rmsnorm_fwd(float *__restrict__ out, float *__restrict__ rstd, const float *__restrict__ inp,
-                                     const float *__restrict__ w, int C, float eps) {
+// one block per row: rstd[n] = 1/sqrt(mean(x^2) + eps) (fp64 sum), out = x * rstd * w in rows of stride ldo,
+// T = float, or __nv_bfloat16 (rmsnorm_fwd_wf, act_wf.cu: the value rounded)
+template <typename T>
+static __global__ void k_rmsnorm_fwd(T *__restrict__ out, size_t ldo, float *__restrict__ rstd,
+                                     const float *__restrict__ inp, const float *__restrict__ w, int C, float eps) {
     __shared__ double sh[CUDA_THREADS];
     size_t n = blockIdx.x;
     const float *x = inp + n * (size_t)C;
-    float *y = out + n * (size_t)C;
+    T *y = out + n * ldo;
     double ss = 0.0;
     for (int c = threadIdx.x; c < C; c += blockDim.x) ss += (double)x[c] * (double)x[c];
     ss = block_sum(ss, sh);
     float r = (float)(1.0 / sqrt(ss / C + (double)eps));
     if (threadIdx.x == 0) rstd[n] = r;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) y[c] = __fmul_rn(__fmul_rn(x[c], r), w[c]);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) y[c] = cuda_to_fmt<T>(__fmul_rn(__fmul_rn(x[c], r), w[c]));
 }
 
 static void cu_rmsnorm_fwd(Backend *be, float *out, float *rstd, const float *inp, const float *w, int N, int C,
                            float eps) {
+    cuda_rmsnorm_fwd_ld(be, out, 0, (size_t)C, rstd, inp, w, N, C, eps);
+}
+
+void cuda_rmsnorm_fwd_ld(Backend *be, void *out, int bf16, size_t ldo, float *rstd, const float *inp, const float *w,
+                         int N, int C, float eps) {
     if (N <= 0) return;
-    k_rmsnorm_fwd<<<(unsigned)N, CUDA_THREADS, 0, cuda_ctx(be)->stream>>>(out, rstd, inp, w, C, eps);
+    cudaStream_t st = cuda_ctx(be)->stream;
+    if (bf16)
+        k_rmsnorm_fwd<__nv_bfloat16><<<(unsigned)N, CUDA_THREADS, 0, st>>>((__nv_bfloat16 *)out, ldo, rstd, inp, w, C,
+                                                                           eps);
+    else
+        k_rmsnorm_fwd<float><<<(unsigned)N, CUDA_THREADS, 0, st>>>((float *)out, ldo, rstd, inp, w, C, eps);
     launch_check("rmsnorm_fwd");
 }
 
