@@ -20,7 +20,7 @@
 //       the fp32 op rounded (exact), row_norm_sum_wf = row_norm_sum on the widened values (bitwise).
 //  model: the tiny Llama fixture bordered (fuse r 8, layers 1 and 3, all seven modules, non-zero B, LoRA
 //       dropout 0.1 so the unfolded path runs too, and 0): GPU vs CPU loss 1e-5 relative, gradients 1e-4
-//       of each tensor's largest element in fp32; in bf16 loss 1e-3, gradients 3e-2 (test_backend_cuda's
+//       of each tensor's largest element in fp32; in bf16 loss 1e-3, gradients 3e-2 (test_backend_cuda_model's
 //       bf16 tolerances); and the bf16 fused GPU run vs the plain bf16 GPU run (informative). The same again
 //       with the activations in the weight format (llama_set_act_wf; model.act_dtype "bf16").
 #include <math.h>

@@ -9,9 +9,10 @@
 #
 # Sections: 1 environment (what is present, what is missing and how to bring it; sets up .deps/ when
 # it exists) | 2 build (-DACTLORA_CUDA=ON, sm_90, only the targets below) | 3 test_backend_cuda (op-by-op
-# and tiny-model parity with the CPU backend, fp32 and bf16 weights, determinism, NCCL) and
-# test_backend_cuda_enc (the encoder ops) and test_backend_cuda_fuse (lora.fuse: bordered weights and
-# the fused tiny model against the CPU) | 3b whole encoders on the GPU against HF: test_encoder_parity
+# parity with the CPU backend, fp32 and bf16 weights, device-side errors) and test_backend_cuda_model
+# (tiny-model parity, fp32 and bf16 training, determinism, NCCL) and test_backend_cuda_enc (the encoder
+# ops) and test_backend_cuda_fuse (lora.fuse: bordered weights and the fused tiny model against the
+# CPU) | 3b whole encoders on the GPU against HF: test_encoder_parity
 # (tiny BERT / DeBERTa / DeBERTa-rel: forward, every gradient, 10 AdamW steps) and test_encoder_minilm (the
 # real all-MiniLM-L6-v2, carried in .deps/minilm) with ACTLORA_TEST_BACKEND=cuda, fp32 then a bf16
 # logits/loss pass | 4 CPU reference tests (test_llama_parity vs HF, memplan, devbind) | 5 determinism of
@@ -186,7 +187,12 @@ TARGETS_CORE=(actlora-mpi test_backend_cuda test_llama_parity test_memplan test_
 { cmake -S "$root" -B "$BUILD" -DACTLORA_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 &&
   cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS_CORE[@]}"; } > "$LOGS/build.log" 2>&1
 rc_build=$?
-# the encoder-op test on its own: if it does not compile, only it is lost
+# the tiny-model test on its own: if it does not compile, only it is lost
+if [ $rc_build -eq 0 ]; then
+  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_model > "$LOGS/build_model.log" 2>&1 ||
+    say "  test_backend_cuda_model did not build: see logs/build_model.log"
+fi
+# the encoder-op test, also on its own
 if [ $rc_build -eq 0 ] && [ -f "$root/tests/test_backend_cuda_enc.c" ]; then
   cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_enc > "$LOGS/build_enc.log" 2>&1 ||
     say "  test_backend_cuda_enc did not build: see logs/build_enc.log"
@@ -231,11 +237,15 @@ run_test() {  # NAME BINARY ARGS...: a ctest-style binary (0 pass, 77 skip); LAU
 # ------------------------------------------------------------------------------ 3. CUDA backend tests
 say ""
 say "== 3. CUDA backend: op-by-op parity with the CPU backend, tiny-model parity, determinism, NCCL"
-# under mpirun when there is one (its NCCL part calls MPI_Init; a singleton MPI_Init needs orted too)
+# under mpirun when there is one (test_backend_cuda_model's NCCL part calls MPI_Init; a singleton
+# MPI_Init needs orted too)
 LAUNCH=(); command -v mpirun >/dev/null && LAUNCH=(mpirun --allow-run-as-root -np 1)
+# the lines of both logs that go into the report (at most 40 of each)
+CUDA_LINES="^  (gemm 256|attention_(fwd|bwd)|grad score|GPU gradients|sumsq|dropout p=0.3 \(|allreduce|weight_upload|weight_randn|wembedding|wgemm bf16 (worst|96x1024x4096 tw=1 a=1 b=0|96x1024x4096, second)|wgemm in fp32|bf16)"
 run_test test_backend_cuda "$BUILD/test_backend_cuda" "$root" "$BUILD"
-[ -f "$LOGS/test_backend_cuda.log" ] && grep -E "^  (gemm 256|attention_(fwd|bwd)|grad score|GPU gradients|sumsq|dropout p=0.3 \(|allreduce|weight_upload|weight_randn|wembedding|wgemm bf16 (worst|96x1024x4096 tw=1 a=1 b=0|96x1024x4096, second)|wgemm in fp32|bf16)" \
-  "$LOGS/test_backend_cuda.log" | head -40 >> "$REPORT"
+[ -f "$LOGS/test_backend_cuda.log" ] && grep -E "$CUDA_LINES" "$LOGS/test_backend_cuda.log" | head -40 >> "$REPORT"
+run_test test_backend_cuda_model "$BUILD/test_backend_cuda_model" "$root" "$BUILD"
+[ -f "$LOGS/test_backend_cuda_model.log" ] && grep -E "$CUDA_LINES" "$LOGS/test_backend_cuda_model.log" | head -40 >> "$REPORT"
 if [ -f "$root/tests/test_backend_cuda_enc.c" ]; then
   run_test test_backend_cuda_enc "$BUILD/test_backend_cuda_enc" "$root" "$BUILD"
   [ -f "$LOGS/test_backend_cuda_enc.log" ] && grep -E "enc-op [^ ]+ rel " "$LOGS/test_backend_cuda_enc.log" | head -60 |
