@@ -19,13 +19,13 @@
 # the program on the GPU (two identical runs: identical logged losses) and a bf16 run's losses against an
 # fp32 run's | 5c the program on the tiny DeBERTa (pretrained, layers "auto"): finite losses, fp32 losses
 # vs the CPU's | 5d lora.fuse on the tiny Llama: deterministic, within 2% of the plain run; with
-# model.act_dtype=bf16 (bf16 MLP activations) too, within 2% of the plain run | 6 checkpoint
+# model.act_dtype=bf16 (bf16 activations) too, within 2% of the plain run | 6 checkpoint
 # -> resume bit-identity on the GPU (ACTLORA_FAULT_STOP_AT) | 7 throughput of
 # a Llama-3.1-8B-shaped model at seq 256 (bf16 weights, the largest micro-batch the memory plan allows),
-# LoRA on all / top 16 / top 8 layers, and all layers with lora.fuse, plain and with bf16 MLP activations
+# LoRA on all / top 16 / top 8 layers, and all layers with lora.fuse, plain and with bf16 activations
 # (model.act_dtype=bf16): tokens/s, MFU, peak memory | 8 the same all-layer step in HF transformers + PEFT
 # (bf16), for the tokens/s ratio | 9 op profiles of the all-layer 8B step (run.profile): plain, with
-# lora.fuse + bf16 MLP activations, and (time permitting) with lora.fuse alone.
+# lora.fuse + bf16 activations, and (time permitting) with lora.fuse alone.
 #
 # Environment: BUILD (build dir, default <root>/build-gpu), DEPS (default <root>/.deps), NP (MPI ranks
 # of the program runs, 1), BENCH_BATCH (micro-batch of the 8B runs; default: the largest the all-layer
@@ -254,7 +254,7 @@ else
   result SKIP test_backend_cuda_enc "tests/test_backend_cuda_enc.c does not exist in this checkout"
 fi
 run_test test_backend_cuda_fuse "$BUILD/test_backend_cuda_fuse" "$root" "$BUILD"
-[ -f "$LOGS/test_backend_cuda_fuse.log" ] && grep -E "^  (fp32|bf16) (weight_randn_2d 1024|wgemm_lora (fwd|dX) 96x|fused( \+ MLP in the weight format)? dropout|(wgemm_lora_multi_wf|wgemm_lora_wf|gemm_wf|swiglu_(fwd|bwd)_wf) [0-9a-z]+ [0-9]+x)" \
+[ -f "$LOGS/test_backend_cuda_fuse.log" ] && grep -E "^  (fp32|bf16) (weight_randn_2d 1024|wgemm_lora (fwd|dX) 96x|fused( \+ activations in the weight format)? dropout|(wgemm_lora_multi_wf|wgemm_lora_wf|gemm_wf|swiglu_(fwd|bwd)_wf|rmsnorm_fwd_wf) [0-9a-z]+ [0-9]+x)" \
   "$LOGS/test_backend_cuda_fuse.log" | head -60 >> "$REPORT"
 LAUNCH=()
 
@@ -424,21 +424,21 @@ else
     else result FAIL "lora.fuse (program)" "$detail"; fi
   fi
 fi
-# the same with the MLP activations in bf16 (model.act_dtype=bf16: gate, up, h, dgate, dup on the device in bf16)
-if [ $gpu_path = 0 ]; then result SKIP "lora.fuse + bf16 MLP activations (program)" "$why"
-elif [ -z "${la:-}" ]; then result SKIP "lora.fuse + bf16 MLP activations (program)" "no default run to compare with (section 5)"
-elif [ "$(left)" -lt 40 ]; then result SKIP "lora.fuse + bf16 MLP activations (program)" "time budget spent"
+# the same with bf16 activations (model.act_dtype=bf16: xn1, xn2, gate, up, h, dgate, dup on the device in bf16)
+if [ $gpu_path = 0 ]; then result SKIP "lora.fuse + bf16 activations (program)" "$why"
+elif [ -z "${la:-}" ]; then result SKIP "lora.fuse + bf16 activations (program)" "no default run to compare with (section 5)"
+elif [ "$(left)" -lt 40 ]; then result SKIP "lora.fuse + bf16 activations (program)" "time budget spent"
 else
   prog "$LOGS/fuse_mlp.log" "${TINY[@]}" "${det[@]}" --set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16 \
     --set run.dir="$work/fuse_mlp"; rfm=$?
   lfm=$(losses "$work/fuse_mlp")
-  if [ $rfm -ne 0 ]; then result FAIL "lora.fuse + bf16 MLP activations (program)" "exit $rfm"; excerpt "$LOGS/fuse_mlp.log"
-  elif [ -z "$lfm" ]; then result FAIL "lora.fuse + bf16 MLP activations (program)" "no train records in log.jsonl"
+  if [ $rfm -ne 0 ]; then result FAIL "lora.fuse + bf16 activations (program)" "exit $rfm"; excerpt "$LOGS/fuse_mlp.log"
+  elif [ -z "$lfm" ]; then result FAIL "lora.fuse + bf16 activations (program)" "no train records in log.jsonl"
   else
     read -r w10 wall n_cmp < <(loss_diff "$la" "$lfm")
     detail="against the plain run: worst rel diff $w10 over the first 10 steps (tol 0.02), $wall over all $n_cmp"
-    if awk -v w="$w10" 'BEGIN { exit !(w <= 0.02) }'; then result PASS "lora.fuse + bf16 MLP activations (program)" "$detail"
-    else result FAIL "lora.fuse + bf16 MLP activations (program)" "$detail"; fi
+    if awk -v w="$w10" 'BEGIN { exit !(w <= 0.02) }'; then result PASS "lora.fuse + bf16 activations (program)" "$detail"
+    else result FAIL "lora.fuse + bf16 activations (program)" "$detail"; fi
   fi
 fi
 
@@ -488,7 +488,7 @@ say "  MFU = tokens/s x (2 x $NL x $P_LAYER + 2 x n_bwd x $P_LAYER) / $PEAK_FLOP
 TARGETS='["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]'
 declare -A LAYERS=([all]=all [top16]="[$(seq -s, $((NL - 16 > 0 ? NL - 16 : 0)) $((NL - 1)))]" [top8]="[$(seq -s, $((NL - 8 > 0 ? NL - 8 : 0)) $((NL - 1)))]" [fused]=all [mlpbf]=all)
 declare -A NBWD=([all]=$NL [top16]=$((NL < 16 ? NL : 16)) [top8]=$((NL < 8 ? NL : 8)) [fused]=$NL [mlpbf]=$NL)
-# fused: all layers, each adapter on its frozen GEMM; mlpbf: the same with the MLP activations in bf16
+# fused: all layers, each adapter on its frozen GEMM; mlpbf: the same with bf16 activations
 # (model.dtype=bf16 is the device's default anyway; said explicitly so that a CPU dry run uses its emulation)
 declare -A EXTRA=([fused]="--set lora.fuse=true" [mlpbf]="--set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16")
 NSTEPS=$((BENCH_WARMUP + BENCH_STEPS))
@@ -657,7 +657,7 @@ PY
       extra=""
       [ "$dt" = bf16 ] && [ -n "$ours_all" ] && extra="; ours (bf16, micro-batch $BENCH_BATCH) / HF = $(awk -v a="$ours_all" -v b="$htps" 'BEGIN { r = a / b; printf "%.2f (target >= 1.5: %s)", r, (r >= 1.5 ? "met" : "missed") }')"
       [ "$dt" = bf16 ] && [ -n "${TPS[fused]:-}" ] && extra="$extra; with lora.fuse / HF = $(awk -v a="${TPS[fused]}" -v b="$htps" 'BEGIN { r = a / b; printf "%.2f (target >= 1.5: %s)", r, (r >= 1.5 ? "met" : "missed") }')"
-      [ "$dt" = bf16 ] && [ -n "${TPS[mlpbf]:-}" ] && extra="$extra; with lora.fuse + bf16 MLP activations / HF = $(awk -v a="${TPS[mlpbf]}" -v b="$htps" 'BEGIN { r = a / b; printf "%.2f (target >= 1.5: %s)", r, (r >= 1.5 ? "met" : "missed") }')"
+      [ "$dt" = bf16 ] && [ -n "${TPS[mlpbf]:-}" ] && extra="$extra; with lora.fuse + bf16 activations / HF = $(awk -v a="${TPS[mlpbf]}" -v b="$htps" 'BEGIN { r = a / b; printf "%.2f (target >= 1.5: %s)", r, (r >= 1.5 ? "met" : "missed") }')"
       result PASS "HF PEFT, 8B, all layers, $dt" "micro-batch $hbat: step $hms ms = $htps tok/s, peak $hmem GiB, build ${hload} s$extra"
     else
       result FAIL "HF PEFT, 8B, all layers, $dt" "exit $rc: see logs/hf_$dt.log"; excerpt "$LOGS/hf_$dt.log"
@@ -666,7 +666,7 @@ PY
 fi
 
 # ------------------------------------------------------------------------------ 9. where the time goes
-# The all-layer 8B run again with run.profile=true, plain, with lora.fuse + bf16 MLP activations and then
+# The all-layer 8B run again with run.profile=true, plain, with lora.fuse + bf16 activations and then
 # (time permitting) with lora.fuse alone:
 # every backend op synchronised and timed, by op and by shape (profile.h); both tables go into the
 # report, so the ops fusion removes or slows can be read side by side. Profiled steps are slower (no
