@@ -145,6 +145,25 @@ static double cpu_row_norm_sum_wf(Backend *be, const void *x, int ld, const int3
     return cpu_row_norm_sum_ld(be, (const float *)x, (size_t)ld, mask, N, C);
 }
 
+// ---------------------------------------------------------------------------- RoPE and attention
+
+static void cpu_rope_fwd_wf(Backend *be, void *x, const float *cos, const float *sin, int B, int T, int nh, int D) {
+    be->rope_fwd(be, (float *)x, cos, sin, B, T, nh, D);
+    if (is_bf16(be)) round_bf16_inplace(be, (float *)x, (size_t)B * T * nh * D);
+}
+
+static void cpu_attention_fwd_wf(Backend *be, float *out, void *probs, const void *q, const void *k, const void *v,
+                                 const int32_t *mask, int B, int T, int H, int KVH, int D) {
+    cpu_attention_fwd_fmt(be, out, (float *)probs, (const float *)q, (const float *)k, (const float *)v, mask, B, T,
+                          H, KVH, D, is_bf16(be));
+}
+
+static void cpu_attention_bwd_wf(Backend *be, float *dq, float *dk, float *dv, const float *dout, const void *probs,
+                                 const void *q, const void *k, const void *v, int B, int T, int H, int KVH, int D) {
+    cpu_attention_bwd_fmt(be, dq, dk, dv, dout, (const float *)probs, (const float *)q, (const float *)k,
+                          (const float *)v, B, T, H, KVH, D, is_bf16(be));
+}
+
 void backend_cpu_act_wf_init(Backend *be) {
     be->wgemm_lora_multi_wf = cpu_wgemm_lora_multi_wf;
     be->wgemm_lora_wf = cpu_wgemm_lora_wf;
@@ -154,4 +173,7 @@ void backend_cpu_act_wf_init(Backend *be) {
     be->dropout_wf = cpu_dropout_wf;
     be->row_norm_sum_wf = cpu_row_norm_sum_wf;
     be->rmsnorm_fwd_wf = cpu_rmsnorm_fwd_wf;
+    be->rope_fwd_wf = cpu_rope_fwd_wf;
+    be->attention_fwd_wf = cpu_attention_fwd_wf;
+    be->attention_bwd_wf = cpu_attention_bwd_wf;
 }

@@ -2,6 +2,8 @@
 //
 // Layouts: q, dq, out, dout: [B,T,H,D]; k, v, dk, dv: [B,T,KVH,D]; probs: [B,H,T,T];
 // mask: [B,T] (1 = real token). Query head h reads kv head h / (H/KVH).
+// The _fmt forms with bf = 1 are the bf16 emulation of attention_fwd_wf / attention_bwd_wf (backend.h):
+// P rounded to bf16 before it is saved and used, dout and dS rounded before their products.
 // Key j is visible to query i iff j <= i and mask[b,j] == 1.
 //
 // Work is split into tasks of ATT_ROWS query (or key) rows of one head, run by an OpenMP
@@ -33,7 +35,7 @@ static void attn_check(int B, int T, int H, int KVH, int D) {
 
 // Query rows [i0, i1) of head h in batch b: probs[b,h,i,:] and out[b,i,h,:].
 static void attn_fwd_rows(float *out, float *probs, const float *q, const float *k, const float *v,
-                          const int32_t *mask, int b, int h, int i0, int i1, int T, int H, int KVH, int D) {
+                          const int32_t *mask, int b, int h, int i0, int i1, int T, int H, int KVH, int D, int bf) {
     int g = h / (H / KVH), rows = i1 - i0;
     float scale = 1.0f / sqrtf((float)D);
     const int32_t *mb = mask + (size_t)b * T;
@@ -63,7 +65,7 @@ static void attn_fwd_rows(float *out, float *probs, const float *q, const float 
             pi[j] = e;
             sum += e;
         }
-        for (int j = 0; j <= i; j++) pi[j] = pi[j] / sum;
+        for (int j = 0; j <= i; j++) pi[j] = bf ? round_bf16(pi[j] / sum) : pi[j] / sum;
     }
     // O = P[:, 0:i1) V[0:i1)   (P is exactly 0 right of the diagonal)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, i1, 1.0f, P, T, Vb, KVH * D, 0.0f, O, H * D);
@@ -71,6 +73,11 @@ static void attn_fwd_rows(float *out, float *probs, const float *q, const float 
 
 void cpu_attention_fwd(Backend *be, float *out, float *probs, const float *q, const float *k,
                        const float *v, const int32_t *mask, int B, int T, int H, int KVH, int D) {
+    cpu_attention_fwd_fmt(be, out, probs, q, k, v, mask, B, T, H, KVH, D, 0);
+}
+
+void cpu_attention_fwd_fmt(Backend *be, float *out, float *probs, const float *q, const float *k, const float *v,
+                           const int32_t *mask, int B, int T, int H, int KVH, int D, int bf) {
     attn_check(B, T, H, KVH, D);
     int nblk = (T + ATT_ROWS - 1) / ATT_ROWS;
     openblas_set_num_threads(1);
@@ -79,7 +86,7 @@ void cpu_attention_fwd(Backend *be, float *out, float *probs, const float *q, co
         for (int h = 0; h < H; h++)
             for (int ib = 0; ib < nblk; ib++) {
                 int i0 = ib * ATT_ROWS, i1 = i0 + ATT_ROWS < T ? i0 + ATT_ROWS : T;
-                attn_fwd_rows(out, probs, q, k, v, mask, b, h, i0, i1, T, H, KVH, D);
+                attn_fwd_rows(out, probs, q, k, v, mask, b, h, i0, i1, T, H, KVH, D, bf);
             }
     openblas_set_num_threads(be->threads);
 }
@@ -87,7 +94,7 @@ void cpu_attention_fwd(Backend *be, float *out, float *probs, const float *q, co
 // Pass 1, query rows [i0, i1) of head h: dS (into ds, laid out like probs) and dq.
 //   dP = dout V^T ; dS_ij = P_ij (dP_ij - sum_j' dP_ij' P_ij') / sqrt(D) ; dq = dS K
 static void attn_bwd_dq_rows(float *dq, float *ds, const float *dout, const float *probs, const float *k,
-                             const float *v, int b, int h, int i0, int i1, int T, int H, int KVH, int D) {
+                             const float *v, int b, int h, int i0, int i1, int T, int H, int KVH, int D, int bf) {
     int g = h / (H / KVH), rows = i1 - i0;
     float scale = 1.0f / sqrtf((float)D);
     size_t prow = (((size_t)b * H + h) * T + i0) * T;
@@ -106,6 +113,8 @@ static void attn_bwd_dq_rows(float *dq, float *ds, const float *dout, const floa
         float rf = (float)r;
         // P is 0 for masked and future keys, so their dS is exactly 0
         for (int j = 0; j < i1; j++) dsi[j] = pi[j] * (dsi[j] - rf) * scale;
+        if (bf)
+            for (int j = 0; j < i1; j++) dsi[j] = round_bf16(dsi[j]);
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, i1, 1.0f, dS, T, Kb, KVH * D, 0.0f, dQ, H * D);
 }
@@ -132,9 +141,21 @@ static void attn_bwd_dkv_rows(float *dk, float *dv, const float *ds, const float
 void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                        const float *probs, const float *q, const float *k, const float *v,
                        int B, int T, int H, int KVH, int D) {
+    cpu_attention_bwd_fmt(be, dq, dk, dv, dout, probs, q, k, v, B, T, H, KVH, D, 0);
+}
+
+void cpu_attention_bwd_fmt(Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *probs,
+                           const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int D,
+                           int bf) {
     attn_check(B, T, H, KVH, D);
     if (B == 0 || T == 0) return;
-    float *ds = cpu_scratch(be, (size_t)B * H * T * T, "attention backward dS [B,H,T,T]");
+    size_t n_ds = (size_t)B * H * T * T, n_do = bf ? (size_t)B * T * H * D : 0;
+    float *ds = cpu_scratch(be, n_ds + n_do, "attention backward dS [B,H,T,T] (and dout in bf16)");
+    if (bf) {  // dout rounded to bf16 for dP = dout v^T and dv = P^T dout (as the CUDA backend's bf16 copy)
+        float *dr = ds + n_ds;
+        for (size_t i = 0; i < n_do; i++) dr[i] = round_bf16(dout[i]);
+        dout = dr;
+    }
     int nblk = (T + ATT_ROWS - 1) / ATT_ROWS;
     openblas_set_num_threads(1);
     #pragma omp parallel num_threads(be->threads)
@@ -144,7 +165,7 @@ void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float
             for (int h = 0; h < H; h++)
                 for (int ib = 0; ib < nblk; ib++) {
                     int i0 = ib * ATT_ROWS, i1 = i0 + ATT_ROWS < T ? i0 + ATT_ROWS : T;
-                    attn_bwd_dq_rows(dq, ds, dout, probs, k, v, b, h, i0, i1, T, H, KVH, D);
+                    attn_bwd_dq_rows(dq, ds, dout, probs, k, v, b, h, i0, i1, T, H, KVH, D, bf);
                 }
         // implicit barrier: all of dS is written before pass 2 reads it
         #pragma omp for collapse(3) schedule(dynamic)

@@ -18,6 +18,13 @@ double cpu_row_norm_sum_ld(Backend *be, const float *x, size_t ld, const int32_t
 void cpu_rmsnorm_fwd_ld(Backend *be, float *out, size_t ldo, int bf16, float *rstd, const float *inp, const float *w,
                         int N, int C, float eps);
 
+// attention_fwd / attention_bwd, with bf = 1 the bf16 emulation of their _wf forms (backend_cpu_attn.c)
+void cpu_attention_fwd_fmt(Backend *be, float *out, float *probs, const float *q, const float *k, const float *v,
+                           const int32_t *mask, int B, int T, int H, int KVH, int D, int bf);
+void cpu_attention_bwd_fmt(Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *probs,
+                           const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int D,
+                           int bf);
+
 // fp32 -> nearest bf16 (ties to even), returned as the fp32 value it represents. NaN stays NaN.
 static inline float round_bf16(float x) {
     uint32_t u;

@@ -216,17 +216,18 @@ void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
 #define ACT(ptr, count) ACT_BYTES(ptr, (size_t)(count) * sizeof(float))
     // the MLP tensors: fp32 [N, I], or in the weight format (act_wf) with the bordered operands' r columns
     size_t mlp_el = m->act_wf ? be->weight_bytes : sizeof(float), mlp_ld = m->act_wf ? (size_t)I + (size_t)m->fuse_r : (size_t)I;
-    // xn1, xn2: fp32 [N, C], or in the weight format [N, C + r] (act_wf: the operands of their projections)
+    // xn1, xn2: fp32 [N, C], or in the weight format [N, C + r] (act_wf: the operands of their projections);
+    // q, k, v and probs: fp32, or in the weight format (act_wf)
     size_t xn_el = mlp_el, xn_ld = m->act_wf ? (size_t)C + (size_t)m->fuse_r : (size_t)C;
     for (int s = 0; s < n_sets; s++) {
         LlamaActs *a = &m->acts[s];
         ACT(a->x_in, N * C);
         ACT(a->rstd1, N);
         ACT_BYTES(a->xn1, N * xn_ld * xn_el);
-        ACT(a->q, N * qd);
-        ACT(a->k, N * kvd);
-        ACT(a->v, N * kvd);
-        ACT(a->probs, (size_t)B * H * T * T);
+        ACT_BYTES(a->q, N * qd * xn_el);
+        ACT_BYTES(a->k, N * kvd * xn_el);
+        ACT_BYTES(a->v, N * kvd * xn_el);
+        ACT_BYTES(a->probs, (size_t)B * H * T * T * xn_el);
         ACT(a->att, N * qd);
         ACT(a->x_mid, N * C);
         ACT(a->rstd2, N);
@@ -342,7 +343,8 @@ static void write_borders(Llama *m, Backend *be, const LoraSet *ls) {
 
 // Forward of n projections of layer l sharing their input x [N, in]: y_i [N, out_i] = x W_i^T (+ the
 // adapter, its A-projection kept in a_out_i); beta 0. Fused: each adapter on its frozen GEMM; with act_wf,
-// x is the weight-format xn [N, in + r] (llama.h), read in place by every product.
+// x is the weight-format xn [N, in + r] (llama.h), read in place by every product, and the y_i are written
+// in the weight format too (q, k, v).
 static void proj_forward(Llama *m, Backend *be, const LoraSet *ls, int l, int n, const LoraModule *mods,
                          float *x, int in, const int *out, float *const *y, float *const *a_out, int N,
                          int train, uint64_t key) {
@@ -350,11 +352,10 @@ static void proj_forward(Llama *m, Backend *be, const LoraSet *ls, int l, int n,
     check(n >= 1 && n <= 3, "internal: %d projections share an input (at most 3)", n);
     for (int i = 0; i < n; i++) W[i] = proj_weight(m, l, mods[i]);
     if (m->act_wf) {
-        for (int i = 0; i < n; i++) {
-            const float *a = lora_ops_down_wf(be, ls, l, mods[i], x, in + m->fuse_r, a_out[i], N, train, key,
-                                              m->lora_tmp);
-            be->wgemm_lora_wf(be, 1, N, out[i], in, m->fuse_r, x, a, W[i], 0.0f, y[i]);
-        }
+        const float *a[3];
+        for (int i = 0; i < n; i++)
+            a[i] = lora_ops_down_wf(be, ls, l, mods[i], x, in + m->fuse_r, a_out[i], N, train, key, m->lora_tmp);
+        be->wgemm_lora_multi_wf(be, n, N, in, m->fuse_r, x, a, (const void *const *)W, out, (void *const *)y);
         return;
     }
     if (m->fuse_r) {
@@ -453,9 +454,15 @@ static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, Llama
     const int nqkv[3] = {qd, kvd, kvd};
     float *yqkv[3] = {a->q, a->k, a->v}, *aqkv[3] = {a->lora_a[LORA_Q], a->lora_a[LORA_K], a->lora_a[LORA_V]};
     proj_forward(m, be, ls, l, 3, mqkv, a->xn1, C, nqkv, yqkv, aqkv, N, train, key);
-    be->rope_fwd(be, a->q, m->rope_cos, m->rope_sin, B, T, H, D);
-    be->rope_fwd(be, a->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
-    be->attention_fwd(be, a->att, a->probs, a->q, a->k, a->v, m->d_mask, B, T, H, KVH, D);
+    if (m->act_wf) {  // q, k, v and the probabilities in the weight format
+        be->rope_fwd_wf(be, a->q, m->rope_cos, m->rope_sin, B, T, H, D);
+        be->rope_fwd_wf(be, a->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
+        be->attention_fwd_wf(be, a->att, a->probs, a->q, a->k, a->v, m->d_mask, B, T, H, KVH, D);
+    } else {
+        be->rope_fwd(be, a->q, m->rope_cos, m->rope_sin, B, T, H, D);
+        be->rope_fwd(be, a->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
+        be->attention_fwd(be, a->att, a->probs, a->q, a->k, a->v, m->d_mask, B, T, H, KVH, D);
+    }
     be->copy(be, a->x_mid, a->x_in, (size_t)N * C * sizeof(float));  // residual, then += o_proj
     proj_forward_add(m, be, ls, l, LORA_O, a->att, qd, C, a->x_mid, a->lora_a[LORA_O], N, train, key);
     if (m->act_wf) be->rmsnorm_fwd_wf(be, a->xn2, C + m->fuse_r, a->rstd2, a->x_mid, w->ln2, N, C, eps);
@@ -594,7 +601,8 @@ void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t
         proj_backward(m, be, ls, l, LORA_O, a->att, 0, m->dres, a->lora_a[LORA_O], qd, C, 0.0f,
                       need_qkv ? m->datt : NULL, N, key);
         if (!need_qkv) break;
-        be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);
+        if (m->act_wf) be->attention_bwd_wf(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);
+        else be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);
         be->rope_bwd(be, m->dq, m->rope_cos, m->rope_sin, B, T, H, D);
         be->rope_bwd(be, m->dk, m->rope_cos, m->rope_sin, B, T, KVH, D);
         float *dxn1 = lowest ? NULL : m->dxn;  // the input gradient is needed only above the lowest layer

@@ -99,18 +99,14 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     p->act_sets = (L - p->saved_from) + (p->saved_from > 0 ? 1 : 0);
     size_t set = N * C      // x_in
                  + N        // rstd1
-                 + N * qd   // q
-                 + N * kvd  // k
-                 + N * kvd  // v
-                 + B * H * T * T  // probs
                  + N * qd   // att
                  + N * C    // x_mid
                  + N;       // rstd2
-    // xn1, xn2 [N, C], gate, up [N, I] and h: fp32, or in the weight format with xn1, xn2 [N, C + r] and
-    // h [N, I + r] (act_wf)
+    // xn1, xn2 [N, C], q, k, v, probs, gate, up [N, I] and h: fp32, or in the weight format with xn1, xn2
+    // [N, C + r] and h [N, I + r] (act_wf)
     size_t mlp_el = p->act_wf ? (size_t)weight_bytes : F32, mlp_ld = p->act_wf ? I + R : I,
            xn_ld = p->act_wf ? C + R : C;
-    size_t set_mlp = (2 * N * xn_ld + 2 * N * I + N * mlp_ld) * mlp_el;
+    size_t set_mlp = (2 * N * xn_ld + N * qd + 2 * N * kvd + B * H * T * T + 2 * N * I + N * mlp_ld) * mlp_el;
     p->acts_layers = (size_t)p->act_sets * (set * F32 + set_mlp) + (size_t)p->n_adapters * N * R * F32;  // + lora_a
     p->logits = 2 * B * K * F32;                                                           // logits, dlogits
     p->acts_head = (N * C          // x_final
@@ -149,7 +145,11 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     }
     size_t partials = p->trainable_params / SUMSQ_CHUNK + 1;
     if (N > partials) partials = N;
-    p->scratch = (attn_bwd ? B * H * T * T * F32 : 0) + partials * sizeof(double);
+    size_t tt = B * H * T * T, att_scratch = attn_bwd ? tt * F32 : 0;
+    if (p->act_wf && (size_t)weight_bytes != F32)  // attention_*_wf in bf16 (src/cuda/attention*.cu): the fp32
+        // scores in the forward; in the backward dP (fp32), dS and a copy of dout in the weight format
+        att_scratch = attn_bwd ? tt * (F32 + (size_t)weight_bytes) + N * qd * (size_t)weight_bytes : tt * F32;
+    p->scratch = att_scratch + partials * sizeof(double);
     // bf16 weights: wgemm's bf16 copy of its activation operand (src/cuda/weights.cu), at most
     // N x max(C, I, H*D) (the backward's dgate / dup, N x I, when layers are trained; h in the forward)
     // (fused: the operand [X | Xa], N x (width + r), in the weight format: bf16, or fp32)

@@ -288,6 +288,25 @@ static void w_wgemm_lora_multi_wf(Backend *be, int n, int M, int in, int r, void
     }
     prof_end(p, t0, "wgemm_lora_multi_wf", flops, bytes, "%dx%d n%d", M, in, n);
 }
+WRAP(rope_fwd_wf, (Backend *be, void *x, const float *c, const float *sn, int B, int T, int nh, int D),
+     (IN, x, c, sn, B, T, nh, D), 0, 2.0 * p->inner.weight_bytes * B * T * nh * D, "B%d T%d heads %d D%d", B, T, nh,
+     D)
+// attention in the weight format: q, k, v, P stored in it; the fp32 scores written and read once (forward),
+// dP fp32 and dS in the format (backward)
+WRAP(attention_fwd_wf,
+     (Backend *be, float *out, void *probs, const void *q, const void *k, const void *v, const int32_t *mask, int B,
+      int T, int H, int KVH, int D),
+     (IN, out, probs, q, k, v, mask, B, T, H, KVH, D), 4.0 * B * H * T * T * D,
+     p->inner.weight_bytes * (2.0 * B * T * H * D + 2.0 * B * T * KVH * D + 2.0 * B * H * T * T) + 4.0 * B * T * H * D +
+         8.0 * B * H * T * T,
+     "B%d T%d H%d/%d D%d", B, T, H, KVH, D)
+WRAP(attention_bwd_wf,
+     (Backend *be, float *dq, float *dk, float *dv, const float *dout, const void *probs, const void *q,
+      const void *k, const void *v, int B, int T, int H, int KVH, int D),
+     (IN, dq, dk, dv, dout, probs, q, k, v, B, T, H, KVH, D), 8.0 * B * H * T * T * D,
+     p->inner.weight_bytes * (3.0 * B * T * H * D + 2.0 * B * T * KVH * D + 5.0 * B * H * T * T) +
+         4.0 * (2.0 * B * T * H * D + 2.0 * B * T * KVH * D + 2.0 * B * H * T * T),
+     "B%d T%d H%d/%d D%d", B, T, H, KVH, D)
 WRAP(rmsnorm_fwd_wf,
      (Backend *be, void *out, int ldo, float *rstd, const float *inp, const float *w, int N, int C, float eps),
      (IN, out, ldo, rstd, inp, w, N, C, eps), 0, (4.0 + p->inner.weight_bytes) * N * C, "%dx%d", N, C)

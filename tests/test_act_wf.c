@@ -7,6 +7,9 @@
 //     double product of the bf16-rounded operands (rel 1e-4 over |ref| + 1e-2 max, as test_lora_fuse); wgemm_lora_wf on a
 //     rounded operand is wgemm_lora on the fp32 one, bit for bit; wgemm_lora_multi_wf on the rounded operand
 //     writes the rounded wgemm_lora_multi outputs; rmsnorm_fwd_wf writes the rounded rmsnorm_fwd values.
+//     rope_fwd_wf writes the rounded rope_fwd values; attention_fwd_wf saves the rounded attention_fwd
+//     probabilities and outputs P v of them (rel 1e-4 over |ref| + 1e-2 max); attention_bwd_wf within norm
+//     2e-2 of attention_bwd on the same P (bf16 dout and dS); in fp32 all three are the fp32 ops exactly.
 //  3. model.act_dtype: "fp32" is off; "bf16" on a fused Llama with bf16 weights is on; an encoder, lora.fuse
 //     off or fp32 weights are refused with a message naming the key to change.
 #include <math.h>
@@ -224,6 +227,84 @@ static void test_products(TestCounts *tc, int bf) {
     backend_free(&be);
 }
 
+// rope_fwd_wf and attention in the weight format against the fp32 ops on the same (stored) values
+static void test_attention(TestCounts *tc, int bf) {
+    Backend be;
+    backend_cpu_init(&be, 2);
+    char msg[256], what[160];
+    T_CHECK(tc, backend_set_dtype(&be, fmt_name(bf), msg, sizeof msg) == 0, "%s", msg);
+    Rand r = {bf ? 53u : 59u};
+    int B = 3, T = 37, H = 4, KVH = 2, D = 16;
+    size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * KVH * D, np = (size_t)B * H * T * T;
+    float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *dout = malloc(nq * 4);
+    float *cs = malloc((size_t)T * D / 2 * 4), *sn = malloc((size_t)T * D / 2 * 4);
+    fill(q, nq, -2, 2, &r), fill(k, nk, -2, 2, &r), fill(v, nk, -1, 1, &r), fill(dout, nq, -1, 1, &r);
+    fill(cs, (size_t)T * D / 2, -1, 1, &r), fill(sn, (size_t)T * D / 2, -1, 1, &r);
+    round_all(q, nq, bf), round_all(k, nk, bf), round_all(v, nk, bf);  // stored in the format
+    int32_t *mask = malloc((size_t)B * T * sizeof(int32_t));
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) mask[b * T + t] = b == 1 ? t >= 5 : (b == 2 ? t < 30 : 1);  // left / right pad
+    // rope_fwd_wf = rope_fwd, rounded
+    float *qr = malloc(nq * 4), *qw = malloc(nq * 4);
+    memcpy(qr, q, nq * 4), memcpy(qw, q, nq * 4);
+    be.rope_fwd(&be, qr, cs, sn, B, T, H, D);
+    be.rope_fwd_wf(&be, qw, cs, sn, B, T, H, D);
+    round_all(qr, nq, bf);
+    snprintf(what, sizeof what, "%s rope_fwd_wf = rope_fwd%s", fmt_name(bf), bf ? ", rounded" : "");
+    check_exact(tc, qw, qr, nq, what);
+    // forward: probs = the fp32 op's probabilities, rounded; out = P v of the rounded P (double reference)
+    float *o32 = malloc(nq * 4), *p32 = malloc(np * 4), *ow = malloc(nq * 4), *pw = malloc(np * 4);
+    be.attention_fwd(&be, o32, p32, q, k, v, mask, B, T, H, KVH, D);
+    be.attention_fwd_wf(&be, ow, pw, q, k, v, mask, B, T, H, KVH, D);
+    round_all(p32, np, bf);
+    snprintf(what, sizeof what, "%s attention_fwd_wf probs = attention_fwd's%s", fmt_name(bf), bf ? ", rounded" : "");
+    check_exact(tc, pw, p32, np, what);
+    if (!bf) {
+        check_exact(tc, ow, o32, nq, "fp32 attention_fwd_wf out = attention_fwd's");
+    } else {
+        double *ref = dalloc(nq);
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < T; i++)
+                    for (int d = 0; d < D; d++) {
+                        double acc = 0.0;
+                        for (int j = 0; j < T; j++)
+                            acc += (double)pw[(((size_t)b * H + h) * T + i) * T + j] *
+                                   (double)v[(((size_t)b * T + j) * KVH + h / (H / KVH)) * D + d];
+                        ref[(((size_t)b * T + i) * H + h) * D + d] = acc;
+                    }
+        check_close_ref(tc, ow, ref, nq, 1e-4, 1e-2, "bf16 attention_fwd_wf out = the rounded P v", 48);
+        free(ref);
+    }
+    // backward: the fp32 op exactly in fp32; in bf16 within 2e-2 of the fp32 op's gradients (norm), from the
+    // same stored P
+    float *dq = malloc(nq * 4), *dk = malloc(nk * 4), *dv = malloc(nk * 4);
+    float *dqw = malloc(nq * 4), *dkw = malloc(nk * 4), *dvw = malloc(nk * 4);
+    be.attention_bwd(&be, dq, dk, dv, dout, pw, q, k, v, B, T, H, KVH, D);
+    be.attention_bwd_wf(&be, dqw, dkw, dvw, dout, pw, q, k, v, B, T, H, KVH, D);
+    const float *got[3] = {dqw, dkw, dvw}, *want[3] = {dq, dk, dv};
+    const size_t ns[3] = {nq, nk, nk};
+    const char *names[3] = {"dq", "dk", "dv"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(what, sizeof what, "%s attention_bwd_wf %s = attention_bwd's", fmt_name(bf), names[i]);
+        if (!bf) {
+            check_exact(tc, got[i], want[i], ns[i], what);
+            continue;
+        }
+        double num = 0.0, den = 0.0;
+        for (size_t j = 0; j < ns[i]; j++) {
+            double d = (double)got[i][j] - want[i][j];
+            num += d * d, den += (double)want[i][j] * want[i][j];
+        }
+        double e = sqrt(num / (den > 0 ? den : 1));
+        T_CHECK(tc, e <= 2e-2, "%s: norm %.3g > 2e-2 (bf16 dout and dS)", what, e);
+        printf("  %-58s norm %.2e (tol 2e-02)\n", what, e);
+    }
+    free(q), free(k), free(v), free(dout), free(cs), free(sn), free(mask), free(qr), free(qw);
+    free(o32), free(p32), free(ow), free(pw), free(dq), free(dk), free(dv), free(dqw), free(dkw), free(dvw);
+    backend_free(&be);
+}
+
 // model_act_wf: the switch and its refusals
 static void test_act_dtype(TestCounts *tc) {
     Backend be;
@@ -252,6 +333,7 @@ int main(int argc, char **argv) {
     for (int bf = 0; bf <= 1; bf++) {
         test_elementwise(&tc, bf);
         test_products(&tc, bf);
+        test_attention(&tc, bf);
     }
     test_act_dtype(&tc);
     return t_finish(&tc, "test_act_wf");

@@ -216,9 +216,9 @@ struct Backend {
     void (*wembedding_fwd)(Backend *be, float *out, const int32_t *ids, const void *table, int N, int C);
 
     // ---- activations in the weight format (model.act_dtype = "bf16"; docs/gpu.md "bf16 activations") ----
-    // A Llama with lora.fuse may keep the inputs of its projections' GEMMs (the normed xn1, xn2) and its MLP
-    // activations (gate, up, h and the gradients dgate, dup: [N, intermediate], the largest tensors of a
-    // layer) in the WEIGHT FORMAT: bf16 on CUDA (2 bytes),
+    // A Llama with lora.fuse may keep the inputs of its projections' GEMMs (the normed xn1, xn2), q, k, v and
+    // the attention probabilities, and its MLP activations (gate, up, h and the gradients dgate, dup:
+    // [N, intermediate], the largest tensors of a layer) in the WEIGHT FORMAT: bf16 on CUDA (2 bytes),
     // fp32 holding bf16-rounded values in the CPU's emulation, plain fp32 in the fp32 format (where
     // every op below computes exactly what the fp32 ops of the plain fused path compute). These
     // buffers are opaque (void *, be->weight_bytes per element) and only these ops read or write them.
@@ -256,6 +256,19 @@ struct Backend {
     void (*dropout_wf)(Backend *be, void *out, int ldo, const void *in, int ldi, int M, int C, float p, uint64_t key);
     // row_norm_sum of x [N, C] (row stride ld) in the weight format.
     double (*row_norm_sum_wf)(Backend *be, const void *x, int ld, const int32_t *mask, int N, int C);
+    // rope_fwd in place on x [B, T, nh, D] (contiguous) in the weight format, computed in fp32.
+    void (*rope_fwd_wf)(Backend *be, void *x, const float *cos, const float *sin, int B, int T, int nh, int D);
+    // attention_fwd with q, k, v and the saved probabilities in the weight format (out fp32): the scores
+    // from the stored q, k with fp32 accumulation, the softmax in fp32, P rounded to the format (saved in
+    // probs [B,H,T,T]) and out = P v accumulated in fp32. In the fp32 format exactly attention_fwd.
+    void (*attention_fwd_wf)(Backend *be, float *out, void *probs, const void *q, const void *k, const void *v,
+                             const int32_t *mask, int B, int T, int H, int KVH, int D);
+    // attention_bwd with probs, q, k, v in the weight format (dout, dq, dk, dv fp32; overwritten): dout is
+    // rounded to the format for its two products (dP = dout v^T, dv = P^T dout); dS is computed in fp32 from
+    // dP and P (row sums in fp64, as attention_bwd) and rounded to the format for its two (dq = dS k,
+    // dk = dS^T q); fp32 accumulation. In the fp32 format exactly attention_bwd.
+    void (*attention_bwd_wf)(Backend *be, float *dq, float *dk, float *dv, const float *dout, const void *probs,
+                             const void *q, const void *k, const void *v, int B, int T, int H, int KVH, int D);
 };
 
 // Every op of the table, X(name) for each function pointer of struct Backend, for the code that must
@@ -270,7 +283,7 @@ struct Backend {
     X(set_weight_dtype) X(weight_alloc) X(weight_upload) X(weight_randn) X(wgemm) X(wgemm_multi) X(wgemm_lora) \
     X(wgemm_lora_multi) X(weight_set_lora) X(weight_randn_2d) X(wembedding_fwd) X(wgemm_lora_multi_wf)        \
     X(wgemm_lora_wf) X(gemm_wf) X(swiglu_fwd_wf) X(swiglu_bwd_wf) X(dropout_wf) X(row_norm_sum_wf)              \
-    X(rmsnorm_fwd_wf)
+    X(rmsnorm_fwd_wf) X(rope_fwd_wf) X(attention_fwd_wf) X(attention_bwd_wf)
 
 // Weight formats (Backend.weight_dtype).
 enum { BACKEND_WEIGHT_FP32 = 0, BACKEND_WEIGHT_BF16 = 1 };

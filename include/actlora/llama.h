@@ -24,8 +24,8 @@ typedef struct {
 typedef struct {
     float *x_in;                          // [N, C] residual stream entering the layer
     float *rstd1, *xn1;                   // [N], [N, C] (act_wf: [N, C + r] in the weight format)
-    float *q, *k, *v;                     // [N, H*D], [N, KVH*D], [N, KVH*D]; q, k after RoPE
-    float *probs;                         // [B, H, T, T]
+    float *q, *k, *v;                     // [N, H*D], [N, KVH*D], [N, KVH*D]; q, k after RoPE (act_wf: weight format)
+    float *probs;                         // [B, H, T, T] (act_wf: in the weight format)
     float *att;                           // [N, H*D] attention output (o_proj input)
     float *x_mid;                         // [N, C] residual after attention
     float *rstd2, *xn2;                   // [N], [N, C] (act_wf: [N, C + r] in the weight format)
@@ -47,8 +47,8 @@ typedef struct {
     // lora.fuse: > 0 = the seven projections are BORDERED weights [out + fuse_r, in + fuse_r] (backend.h,
     // "LoRA on the frozen GEMM"): adapters of rank fuse_r ride on the frozen GEMMs; 0 = plain weights
     int fuse_r;
-    // model.act_dtype = "bf16" (needs fuse_r > 0): xn1, xn2, gate, up, h and the backward's dgate, dup live in
-    // the backend's weight format (backend.h "activations in the weight format"; docs/gpu.md "bf16
+    // model.act_dtype = "bf16" (needs fuse_r > 0): xn1, xn2, q, k, v, probs, gate, up, h and the backward's
+    // dgate, dup live in the backend's weight format (backend.h "activations in the weight format"; docs/gpu.md "bf16
     // activations"); xn1, xn2 (row stride C + fuse_r) and h, dgate, dup (I + fuse_r) are the bordered
     // products' operands in place
     int act_wf;
