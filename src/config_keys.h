@@ -70,8 +70,8 @@ static const ConfigKey KEYS[] = {
     KEY_ENUM("model.arch", model.arch, ARCH_VALUES, "auto", "architecture; auto = model_type from config.json"),
     KEY_ENUM("model.dtype", model.dtype, DTYPE_VALUES, "auto", "compute dtype; the CPU backend computes in fp32"),
     KEY_ENUM("model.act_dtype", model.act_dtype, ACT_DTYPE_VALUES, "fp32",
-             "Llama: bf16 = the projections' normed inputs and the MLP activations (gate, up, h, their "
-             "gradients) in bf16; needs lora.fuse and bf16 weights (docs/gpu.md \"bf16 activations\")"),
+             "Llama: bf16 = the activations saved for backward (normed inputs, q, k, v, attention "
+             "probabilities, the MLP's) in bf16; needs lora.fuse and bf16 weights (docs/gpu.md \"bf16 activations\")"),
     KEY_ENUM("model.init", model.init, INIT_VALUES, "pretrained",
              "pretrained = load the safetensors; random = weights from config.json shapes alone"),
     KEY_INT("model.num_labels", model.num_labels, 1, 1000, 2, "classification classes; 1 = regression"),

@@ -215,7 +215,8 @@ void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
     } while (0)
 #define ACT(ptr, count) ACT_BYTES(ptr, (size_t)(count) * sizeof(float))
     // the MLP tensors: fp32 [N, I], or in the weight format (act_wf) with the bordered operands' r columns
-    size_t mlp_el = m->act_wf ? be->weight_bytes : sizeof(float), mlp_ld = m->act_wf ? (size_t)I + (size_t)m->fuse_r : (size_t)I;
+    size_t mlp_el = m->act_wf ? be->weight_bytes : sizeof(float);
+    size_t mlp_ld = m->act_wf ? (size_t)I + (size_t)m->fuse_r : (size_t)I;
     // xn1, xn2: fp32 [N, C], or in the weight format [N, C + r] (act_wf: the operands of their projections);
     // q, k, v and probs: fp32, or in the weight format (act_wf)
     size_t xn_el = mlp_el, xn_ld = m->act_wf ? (size_t)C + (size_t)m->fuse_r : (size_t)C;
@@ -601,8 +602,10 @@ void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t
         proj_backward(m, be, ls, l, LORA_O, a->att, 0, m->dres, a->lora_a[LORA_O], qd, C, 0.0f,
                       need_qkv ? m->datt : NULL, N, key);
         if (!need_qkv) break;
-        if (m->act_wf) be->attention_bwd_wf(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);
-        else be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);
+        if (m->act_wf)
+            be->attention_bwd_wf(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);
+        else
+            be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);
         be->rope_bwd(be, m->dq, m->rope_cos, m->rope_sin, B, T, H, D);
         be->rope_bwd(be, m->dk, m->rope_cos, m->rope_sin, B, T, KVH, D);
         float *dxn1 = lowest ? NULL : m->dxn;  // the input gradient is needed only above the lowest layer

@@ -83,7 +83,8 @@ static void plan_device_memory(const RunConfig *cfg, const ModelConfig *mc, cons
     if (mc->arch == ARCH_LLAMA)
         memplan_llama(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
                       (int)be->weight_bytes,
-                      (cfg->lora.fuse ? MEMPLAN_FUSED : 0) | (strcmp(cfg->model.act_dtype, "bf16") == 0 ? MEMPLAN_ACT_WF : 0));
+                      (cfg->lora.fuse ? MEMPLAN_FUSED : 0) |
+                          (strcmp(cfg->model.act_dtype, "bf16") == 0 ? MEMPLAN_ACT_WF : 0));
     else
         memplan_encoder(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
                         (int)be->weight_bytes);
@@ -280,7 +281,7 @@ int main(int argc, char **argv) {
         printf("lora    r=%d alpha=%g (scale %g) on %d adapter(s) in layers [", ls.r, cfg.lora.alpha, ls.scaling, ls.n);
         for (int i = 0; i < sel.n_selected; i++) printf("%s%d", i ? ", " : "", sel.selected[i]);
         printf("], backward stops at layer %d; head %s%s\n", ls.lowest_layer, head_loaded ? "loaded" : "new",
-               cfg.lora.fuse ? (act_wf ? "; each adapter on its frozen GEMM (lora.fuse), bf16 activations (normed inputs, MLP)"
+               cfg.lora.fuse ? (act_wf ? "; each adapter on its frozen GEMM (lora.fuse), bf16 activations"
                                        : "; each adapter on its frozen GEMM (lora.fuse)")
                              : "");
         printf("params  %zu trainable (%zu in adapters, %zu in head); gradient all-reduce of %zu bytes per step\n",

@@ -86,7 +86,7 @@ PY
 run_mpi 2 "${common[@]}" --set train.micro_batch=8 --set train.grad_accum=1 --set calibration.batches=4 \
   --set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16 --set run.dir="$work/mlpbf" \
   > "$work/mlpbf.out" 2>&1 || { cat "$work/mlpbf.out"; bad "model.act_dtype=bf16 run failed"; }
-grep -q "bf16 activations (normed inputs, MLP)" "$work/mlpbf.out" && ok || bad "no 'bf16 activations' in the lora line"
+grep -q "frozen GEMM (lora.fuse), bf16 activations" "$work/mlpbf.out" && ok || bad "no 'bf16 activations' in the lora line"
 python3 - "$work" <<'PY' && ok || bad "model.act_dtype=bf16 run vs the fp32 fused run"
 import json, sys
 work = sys.argv[1]

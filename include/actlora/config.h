@@ -19,7 +19,7 @@ typedef struct {
         char path[CONFIG_PATH_MAX];  // Hugging Face model directory (config.json + safetensors)
         char arch[16];               // "auto" (from config.json model_type) | "llama"
         char dtype[16];              // compute dtype: "auto" | "fp32" | "bf16" (CPU computes fp32)
-        char act_dtype[16];          // Llama xn1, xn2 + MLP activations: "fp32" | "bf16" (lora.fuse, bf16 weights)
+        char act_dtype[16];          // Llama saved activations: "fp32" | "bf16" (lora.fuse, bf16 weights)
         char init[16];               // "pretrained" | "random" (weights from config.json shapes alone)
         int num_labels;              // classification classes; 1 = regression
     } model;
