@@ -12,20 +12,21 @@
 # parity with the CPU backend, fp32 and bf16 weights, device-side errors) and test_backend_cuda_model
 # (tiny-model parity, fp32 and bf16 training, determinism, NCCL) and test_backend_cuda_enc (the encoder
 # ops) and test_backend_cuda_fuse (lora.fuse: bordered weights and the fused tiny model against the
-# CPU) | 3b whole encoders on the GPU against HF: test_encoder_parity
-# (tiny BERT / DeBERTa / DeBERTa-rel: forward, every gradient, 10 AdamW steps) and test_encoder_minilm (the
-# real all-MiniLM-L6-v2, carried in .deps/minilm) with ACTLORA_TEST_BACKEND=cuda, fp32 then a bf16
-# logits/loss pass | 4 CPU reference tests (test_llama_parity vs HF, memplan, devbind) | 5 determinism of
-# the program on the GPU (two identical runs: identical logged losses) and a bf16 run's losses against an
-# fp32 run's | 5c the program on the tiny DeBERTa (pretrained, layers "auto"): finite losses, fp32 losses
-# vs the CPU's | 5d lora.fuse on the tiny Llama: deterministic, within 2% of the plain run; with
-# model.act_dtype=bf16 (bf16 activations) too, within 2% of the plain run | 6 checkpoint
-# -> resume bit-identity on the GPU (ACTLORA_FAULT_STOP_AT) | 7 throughput of
-# a Llama-3.1-8B-shaped model at seq 256 (bf16 weights, the largest micro-batch the memory plan allows),
-# LoRA on all / top 16 / top 8 layers, and all layers with lora.fuse, plain and with bf16 activations
-# (model.act_dtype=bf16): tokens/s, MFU, peak memory | 8 the same all-layer step in HF transformers + PEFT
-# (bf16), for the tokens/s ratio | 9 op profiles of the all-layer 8B step (run.profile): plain, with
-# lora.fuse + bf16 activations, and (time permitting) with lora.fuse alone.
+# CPU) and test_backend_cuda_wf (RoPE and attention on bf16 q, k, v, probs: rope_fwd_wf, attention_fwd_wf,
+# attention_bwd_wf against the CPU in both weight formats) | 3b whole encoders on the GPU against HF:
+# test_encoder_parity (tiny BERT / DeBERTa / DeBERTa-rel: forward, every gradient, 10 AdamW steps) and
+# test_encoder_minilm (the real all-MiniLM-L6-v2, carried in .deps/minilm) with ACTLORA_TEST_BACKEND=cuda,
+# fp32 then a bf16 logits/loss pass | 4 CPU reference tests (test_llama_parity vs HF, memplan, devbind) |
+# 5 determinism of the program on the GPU (two identical runs: identical logged losses) and a bf16 run's
+# losses against an fp32 run's | 5c the program on the tiny DeBERTa (pretrained, layers "auto"): finite
+# losses, fp32 losses vs the CPU's | 5d lora.fuse on the tiny Llama: deterministic, within 2% of the plain
+# run; with model.act_dtype=bf16 (bf16 activations) too, within 2% of the plain run | 6 checkpoint ->
+# resume bit-identity on the GPU (ACTLORA_FAULT_STOP_AT) | 7 throughput of a Llama-3.1-8B-shaped model at
+# seq 256 (bf16 weights, the largest micro-batch the memory plan allows), LoRA on all / top 16 / top 8
+# layers, and all layers with lora.fuse, plain and with bf16 activations (model.act_dtype=bf16): tokens/s,
+# MFU, peak memory | 8 the same all-layer step in HF transformers + PEFT (bf16), for the tokens/s ratio |
+# 9 op profiles of the all-layer 8B step (run.profile): plain, with lora.fuse + bf16 activations, and
+# (time permitting) with lora.fuse alone.
 #
 # Environment: BUILD (build dir, default <root>/build-gpu), DEPS (default <root>/.deps), NP (MPI ranks
 # of the program runs, 1), BENCH_BATCH (micro-batch of the 8B runs; default: the largest the all-layer
@@ -202,6 +203,11 @@ if [ $rc_build -eq 0 ]; then
   cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_fuse > "$LOGS/build_fuse.log" 2>&1 ||
     say "  test_backend_cuda_fuse did not build: see logs/build_fuse.log"
 fi
+# the RoPE / attention test of the activations in the weight format, also on its own
+if [ $rc_build -eq 0 ]; then
+  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_wf > "$LOGS/build_wf.log" 2>&1 ||
+    say "  test_backend_cuda_wf did not build: see logs/build_wf.log"
+fi
 # the whole-encoder parity tests (section 3b), also on their own
 if [ $rc_build -eq 0 ]; then
   cmake --build "$BUILD" -j "$JOBS" --target test_encoder_parity test_encoder_minilm > "$LOGS/build_encoder_tests.log" 2>&1 ||
@@ -256,6 +262,9 @@ fi
 run_test test_backend_cuda_fuse "$BUILD/test_backend_cuda_fuse" "$root" "$BUILD"
 [ -f "$LOGS/test_backend_cuda_fuse.log" ] && grep -E "^  (fp32|bf16) (weight_randn_2d 1024|wgemm_lora (fwd|dX) 96x|fused( \+ activations in the weight format)? dropout|(wgemm_lora_multi_wf|wgemm_lora_wf|gemm_wf|swiglu_(fwd|bwd)_wf|rmsnorm_fwd_wf) [0-9a-z]+ [0-9]+x)" \
   "$LOGS/test_backend_cuda_fuse.log" | head -60 >> "$REPORT"
+run_test test_backend_cuda_wf "$BUILD/test_backend_cuda_wf" "$root" "$BUILD"
+[ -f "$LOGS/test_backend_cuda_wf.log" ] && grep -E "^  (fp32|bf16) (rope_fwd_wf \[|attention_(fwd|bwd)_wf [a-z]+ B[0-9]+ T[0-9]+ H[0-9/]+ D[0-9]+ +(norm|rel|max)|attention_fwd_wf B.* zeros)" \
+  "$LOGS/test_backend_cuda_wf.log" | head -40 >> "$REPORT"
 LAUNCH=()
 
 # ------------------------------------------------------------------------------ 3b. whole encoders vs HF

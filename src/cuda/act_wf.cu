@@ -1,14 +1,18 @@
 // act_wf.cu: activations in the weight format for the CUDA backend (backend.h, "activations in the weight
 // format"; docs/gpu.md "bf16 activations"). A Llama with lora.fuse may keep the normed inputs of its
-// projections (xn1, xn2) and its MLP activations (gate, up, h, dgate, dup: [N, intermediate]) in the weight
-// format: bf16 (__nv_bfloat16, 2 bytes) in the bf16 format, float in the fp32 format. Values written into the format are rounded with __float2bfloat16_rn
-// (cuda_to_fmt); all arithmetic is fp32 (fp64 in row_norm_sum_wf).
+// projections (xn1, xn2), q, k, v and the attention probabilities, and its MLP activations (gate, up, h, dgate,
+// dup: [N, intermediate]) in the weight format: bf16 (__nv_bfloat16, 2 bytes) in the bf16 format, float in the
+// fp32 format. Values written into the format are rounded with __float2bfloat16_rn (cuda_to_fmt); all
+// arithmetic is fp32 (fp64 in row_norm_sum_wf and the attention backward's row sums).
 //
 // In the fp32 format every op computes exactly what the fp32 op it stands for computes on this backend:
 // the elementwise kernels use the same formulas (cuda_swiglu, cuda_swiglu_grads, cuda_dropout_value in
 // cuda_internal.cuh, shared with elementwise.cu), row_norm_sum_wf is reduce.cu's row_norm_sum kernel with a
-// row stride, rmsnorm_fwd_wf is elementwise.cu's rmsnorm kernel with a row stride, and the products are the
-// same cuBLAS calls as wgemm_lora / gemm.
+// row stride, rmsnorm_fwd_wf is elementwise.cu's rmsnorm kernel with a row stride, the products are the
+// same cuBLAS calls as wgemm_lora / gemm, and rope_fwd_wf, attention_fwd_wf, attention_bwd_wf call the fp32 ops
+// (rope_fwd, attention_fwd, attention_bwd). In the bf16 format rope_fwd_wf is elementwise.cu's rope kernel on
+// bf16 (cuda_rope_fwd_fmt) and the attention ops are attention.cu's bf16 form (cuda_attention_fwd_bf16 /
+// cuda_attention_bwd_bf16: bf16 x bf16 -> fp32 batched products, cublasGemmBatchedEx).
 //
 // Products (row-major to column-major as in backend_cuda.cu: a row-major X [r, c] with row stride ld is the
 // column-major X^T [c, r] with leading dimension ld, so C [M, N] = op(A) op(B) is computed as the
@@ -258,6 +262,39 @@ static double cu_row_norm_sum_wf(Backend *be, const void *x, int ld, const int32
     return cuda_row_norm_sum_ld(be, x, is_bf16(be), (size_t)ld, mask, N, C);
 }
 
+// ---------------------------------------------------------------------------- RoPE and attention
+
+// rope_fwd on x in the weight format: the rope_fwd op in fp32; its kernel on bf16 (fp32 arithmetic, rounded)
+static void cu_rope_fwd_wf(Backend *be, void *x, const float *cos_t, const float *sin_t, int B, int T, int nh, int D) {
+    if (!is_bf16(be)) {
+        be->rope_fwd(be, (float *)x, cos_t, sin_t, B, T, nh, D);
+        return;
+    }
+    cuda_rope_fwd_fmt(be, x, 1, cos_t, sin_t, B, T, nh, D);
+}
+
+// attention_fwd with q, k, v, probs in the weight format: attention_fwd in fp32; attention.cu's bf16 form
+static void cu_attention_fwd_wf(Backend *be, float *out, void *probs, const void *q, const void *k, const void *v,
+                                const int32_t *mask, int B, int T, int H, int KVH, int D) {
+    if (!is_bf16(be)) {
+        be->attention_fwd(be, out, (float *)probs, (const float *)q, (const float *)k, (const float *)v, mask, B, T,
+                          H, KVH, D);
+        return;
+    }
+    cuda_attention_fwd_bf16(be, out, probs, q, k, v, mask, B, T, H, KVH, D);
+}
+
+// attention_bwd with probs, q, k, v in the weight format: attention_bwd in fp32; attention.cu's bf16 form
+static void cu_attention_bwd_wf(Backend *be, float *dq, float *dk, float *dv, const float *dout, const void *probs,
+                                const void *q, const void *k, const void *v, int B, int T, int H, int KVH, int D) {
+    if (!is_bf16(be)) {
+        be->attention_bwd(be, dq, dk, dv, dout, (const float *)probs, (const float *)q, (const float *)k,
+                          (const float *)v, B, T, H, KVH, D);
+        return;
+    }
+    cuda_attention_bwd_bf16(be, dq, dk, dv, dout, probs, q, k, v, B, T, H, KVH, D);
+}
+
 void cuda_install_act_wf(Backend *be) {
     be->wgemm_lora_multi_wf = cu_wgemm_lora_multi_wf;
     be->wgemm_lora_wf = cu_wgemm_lora_wf;
@@ -267,4 +304,7 @@ void cuda_install_act_wf(Backend *be) {
     be->dropout_wf = cu_dropout_wf;
     be->row_norm_sum_wf = cu_row_norm_sum_wf;
     be->rmsnorm_fwd_wf = cu_rmsnorm_fwd_wf;
+    be->rope_fwd_wf = cu_rope_fwd_wf;
+    be->attention_fwd_wf = cu_attention_fwd_wf;
+    be->attention_bwd_wf = cu_attention_bwd_wf;
 }

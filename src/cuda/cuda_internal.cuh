@@ -69,7 +69,7 @@ typedef struct {
     cudaStream_t stream;
     cublasHandle_t blas;
     void *blas_ws;              // fixed cuBLAS workspace (BACKEND_CUDA_CUBLAS_WORKSPACE bytes)
-    float *scratch;             // grow-only device scratch (attention backward dS, overlapping copies)
+    float *scratch;             // grow-only device scratch (attention scores / dS, overlapping copies, ...)
     size_t scratch_n;           // floats
     double *partials;           // grow-only device buffer of reduction partials
     size_t partials_n;
@@ -129,6 +129,18 @@ void cuda_bordered_gemm(Backend *be, int trans_w, int M, int n, int k, const voi
 // rmsnorm_fwd op is the case bf16 = 0, ldo = C
 void cuda_rmsnorm_fwd_ld(Backend *be, void *out, int bf16, size_t ldo, float *rstd, const float *inp, const float *w,
                          int N, int C, float eps);
+
+// elementwise.cu: rope_fwd in place on x [B, T, nh, D], fp32 (bf16 = 0: the rope_fwd op) or bf16 (bf16 = 1:
+// widened, rotated in fp32 as rope_fwd, rounded back)
+void cuda_rope_fwd_fmt(Backend *be, void *x, int bf16, const float *cos_t, const float *sin_t, int B, int T, int nh,
+                       int D);
+
+// attention.cu: attention_fwd_wf / attention_bwd_wf in the bf16 format (q, k, v, probs __nv_bfloat16 on the
+// device; out, dout, dq, dk, dv fp32): bf16 x bf16 -> fp32 batched products, P and dS rounded to bf16 (backend.h)
+void cuda_attention_fwd_bf16(Backend *be, float *out, void *probs, const void *q, const void *k, const void *v,
+                             const int32_t *mask, int B, int T, int H, int KVH, int D);
+void cuda_attention_bwd_bf16(Backend *be, float *dq, float *dk, float *dv, const float *dout, const void *probs,
+                             const void *q, const void *k, const void *v, int B, int T, int H, int KVH, int D);
 
 // reduce.cu: row_norm_sum of x [N, C] with row stride ld, fp32 (bf16 = 0) or bf16 (bf16 = 1) elements; the
 // row_norm_sum op is the case bf16 = 0, ld = C (one reduction order for both)

@@ -108,36 +108,51 @@ static void cu_rmsnorm_bwd(Backend *be, float *dinp, const float *dout, const fl
 
 // ---------------------------------------------------------------------------- RoPE
 
-// x: [B, T, nh, D] in place; cos, sin: [T, D/2]; sign +1 rotates forward, -1 back
-static __global__ void k_rope(float *x, const float *__restrict__ cos_t, const float *__restrict__ sin_t, int T,
-                              int nh, int D, float sign, size_t total) {
+// x: [B, T, nh, D] in place, elements of type E (float; __nv_bfloat16 for rope_fwd_wf in the bf16 format:
+// widened, rotated in fp32, rounded back with cuda_to_fmt); cos, sin: [T, D/2]; sign +1 rotates forward,
+// -1 back. The float instance is the fp32 ops' kernel.
+template <typename E>
+static __global__ void k_rope(E *x, const float *__restrict__ cos_t, const float *__restrict__ sin_t, int T, int nh,
+                              int D, float sign, size_t total) {
     int half = D / 2;
     GRID_STRIDE(idx, total) {  // idx over (b, t, h, i < half)
         size_t i = idx % (size_t)half, rest = idx / (size_t)half;
         size_t bt = rest / (size_t)nh;  // b * T + t
         size_t t = bt % (size_t)T;
-        float *x1 = x + rest * (size_t)D, *x2 = x1 + half;  // rest = (b*T + t)*nh + h
-        float a = x1[i], bb = x2[i], c = cos_t[t * half + i], s = sign * sin_t[t * half + i];
-        x1[i] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(bb, s));
-        x2[i] = __fadd_rn(__fmul_rn(bb, c), __fmul_rn(a, s));
+        E *x1 = x + rest * (size_t)D, *x2 = x1 + half;  // rest = (b*T + t)*nh + h
+        float a = cuda_to_float(x1[i]), bb = cuda_to_float(x2[i]), c = cos_t[t * half + i],
+              s = sign * sin_t[t * half + i];
+        x1[i] = cuda_to_fmt<E>(__fsub_rn(__fmul_rn(a, c), __fmul_rn(bb, s)));
+        x2[i] = cuda_to_fmt<E>(__fadd_rn(__fmul_rn(bb, c), __fmul_rn(a, s)));
     }
 }
 
-static void rope_rotate(Backend *be, float *x, const float *cos_t, const float *sin_t, int B, int T, int nh, int D,
-                        float sign, const char *name) {
+// x fp32 (bf16 = 0) or bf16 (bf16 = 1)
+static void rope_rotate(Backend *be, void *x, int bf16, const float *cos_t, const float *sin_t, int B, int T, int nh,
+                        int D, float sign, const char *name) {
     check(D % 2 == 0, "rope: head dim %d is odd", D);
     size_t total = (size_t)B * T * nh * (D / 2);
     if (!total) return;
-    k_rope<<<cuda_blocks(total), CUDA_THREADS, 0, cuda_ctx(be)->stream>>>(x, cos_t, sin_t, T, nh, D, sign, total);
+    cudaStream_t st = cuda_ctx(be)->stream;
+    if (bf16)
+        k_rope<__nv_bfloat16><<<cuda_blocks(total), CUDA_THREADS, 0, st>>>((__nv_bfloat16 *)x, cos_t, sin_t, T, nh, D,
+                                                                          sign, total);
+    else
+        k_rope<float><<<cuda_blocks(total), CUDA_THREADS, 0, st>>>((float *)x, cos_t, sin_t, T, nh, D, sign, total);
     launch_check(name);
 }
 
+void cuda_rope_fwd_fmt(Backend *be, void *x, int bf16, const float *cos_t, const float *sin_t, int B, int T, int nh,
+                       int D) {
+    rope_rotate(be, x, bf16, cos_t, sin_t, B, T, nh, D, 1.0f, bf16 ? "rope_fwd_wf" : "rope_fwd");
+}
+
 static void cu_rope_fwd(Backend *be, float *x, const float *cos_t, const float *sin_t, int B, int T, int nh, int D) {
-    rope_rotate(be, x, cos_t, sin_t, B, T, nh, D, 1.0f, "rope_fwd");
+    cuda_rope_fwd_fmt(be, x, 0, cos_t, sin_t, B, T, nh, D);
 }
 
 static void cu_rope_bwd(Backend *be, float *dx, const float *cos_t, const float *sin_t, int B, int T, int nh, int D) {
-    rope_rotate(be, dx, cos_t, sin_t, B, T, nh, D, -1.0f, "rope_bwd");
+    rope_rotate(be, dx, 0, cos_t, sin_t, B, T, nh, D, -1.0f, "rope_bwd");
 }
 
 // ---------------------------------------------------------------------------- SwiGLU
