@@ -2,6 +2,7 @@
 // backend, in both weight formats (fp32; bf16 against the CPU's bf16 emulation). Exits 77 (skipped)
 // when the build has no CUDA backend or no GPU is visible; ACTLORA_TEST_HARNESS_ON_CPU=1 runs every
 // comparison with the CPU backend on both sides (a check of this test's own code without a GPU).
+// The context, host copies, measures and setup are shared with test_backend_cuda_wf.c (test_cuda_fmt.h).
 //  ops: weight_set_lora exact (the same roundings); weight_randn_2d exact in fp32 up to libm vs CUDA
 //       (rel 1e-6) and within one bf16 ulp in bf16; wgemm_lora forward / input gradient, with and without
 //       Xa, beta 0 and 1, sizes up to a 4096-deep product: max |diff| / max |cpu| 1e-5 (fp32) and 1e-4
@@ -38,34 +39,11 @@
 #include "actlora/lora.h"
 #include "actlora/rng.h"
 #include "test_fixture.h"
-
-typedef struct {
-    TestCounts *tc;
-    Backend cpu[2], gpu[2];  // [0] fp32, [1] bf16 weight format
-    Rand r;
-} Ctx;
-
-static void *on(Backend *be, const float *h, size_t n) {
-    float *d = falloc(be, n ? n : 1);
-    if (n) be->upload(be, d, h, n * sizeof(float));
-    return d;
-}
-
-static void cmp_norm(TestCounts *tc, const float *got, const float *want, size_t n, double tol, const char *what) {
-    double mx = 0.0, d = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        mx = fmax(mx, fabs((double)want[i]));
-        double e = fabs((double)got[i] - (double)want[i]);
-        if (!(e <= d)) d = e;  // NaN sticks
-    }
-    double e = d / (mx > 0 ? mx : 1.0);
-    T_CHECK(tc, e <= tol, "%s: max |diff| / max |cpu| = %.3g > %.0e", what, e, tol);
-    printf("  %-58s norm %.2e (tol %.0e)\n", what, e, tol);
-}
+#include "test_cuda_fmt.h"  // FmtCtx, host copies, cmp_* measures, setup
 
 // ------------------------------------------------------------------------------ ops
 
-static void test_ops(Ctx *c, int f) {
+static void test_ops(FmtCtx *c, int f) {
     Backend *cb = &c->cpu[f], *gb = &c->gpu[f];
     const char *fn = f ? "bf16" : "fp32";
     const int shapes[3][4] = {{13, 24, 40, 4}, {67, 96, 160, 8}, {96, 1024, 4096, 8}};  // M, out, in, r
@@ -158,68 +136,9 @@ static void test_ops(Ctx *c, int f) {
 #define WF_R 8   // adapter rank
 #define WF_LD (WF_I + WF_R)
 
-static float *hrand(Ctx *c, size_t n, double lo, double hi) {
-    float *x = xmalloc((n ? n : 1) * sizeof(float), "test host tensor");
-    fill(x, n, lo, hi, &c->r);
-    return x;
-}
-
-// a buffer in be's weight format holding the host values h rounded to the format
-static void *wf_on(Backend *be, const float *h, size_t n) {
-    void *w = be->weight_alloc(be, n ? n : 1, "wf test tensor");
-    if (n) be->weight_upload(be, w, h, n);
-    return w;
-}
-
-// x [rows, cols] (row stride ld) -> a contiguous host copy
-static float *compact(const float *x, int rows, int cols, int ld) {
-    float *o = xmalloc((size_t)rows * cols * sizeof(float) + 4, "compact copy");
-    for (int i = 0; i < rows; i++) memcpy(o + (size_t)i * cols, x + (size_t)i * ld, (size_t)cols * sizeof(float));
-    return o;
-}
-
-// x rounded to the format f in place (bf16_ref: the nearest bf16, ties to even)
-static void round_fmt(int f, float *x, size_t n) {
-    if (f)
-        for (size_t i = 0; i < n; i++) x[i] = bf16_ref(x[i]);
-}
-
-// Elementwise outputs: fp32 rel 1e-5 (test_backend_cuda's measure: |d| / (|cpu| + 1e-2 max|cpu|)); bf16
-// |d| <= one bf16 ulp of |cpu| + 1e-6 max|cpu| (the fp32 values may differ by an ulp of expf and round apart).
-static void cmp_elem(TestCounts *tc, int f, const float *got, const float *want, size_t n, const char *what) {
-    if (!f) {
-        double *ref = to_d(want, n);
-        check_close_ref(tc, got, ref, n, 1e-5, 1e-2, what, 58);
-        free(ref);
-        return;
-    }
-    double mx = 0.0, worst = 0.0;
-    size_t w = 0;
-    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs((double)want[i]));
-    for (size_t i = 0; i < n; i++) {
-        int e;
-        frexp(fabs((double)want[i]), &e);
-        double ulp = want[i] != 0.0f ? ldexp(1.0, e - 8) : 0.0;
-        double r = fabs((double)got[i] - (double)want[i]) / (ulp + 1e-6 * mx + 1e-30);
-        if (!(r <= worst)) worst = r, w = i;
-    }
-    T_CHECK(tc, worst <= 1.0, "%s: %.3g bf16 ulps at [%zu] (%.9g vs %.9g)", what, worst, w, n ? (double)got[w] : 0.0,
-            n ? (double)want[w] : 0.0);
-    printf("  %-58s %.2f bf16 ulp (tol 1)\n", what, worst);
-}
-
-// exact comparison of two weight-format buffers of n elements (host copies), with a line
-static void wf_exact(TestCounts *tc, Backend *gb, const void *g, Backend *cb, const void *cw, size_t n,
-                     const char *what) {
-    float *a = fx_weights_host(gb, g, n), *b = fx_weights_host(cb, cw, n);
-    check_exact(tc, a, b, n, what);
-    printf("  %-58s exact\n", what);
-    free(a), free(b);
-}
-
 // A bordered weight [out + r, in + r] (a plain draw and the border of random A, B with s = 0.5) on the CPU,
 // and the same values uploaded to the GPU side as they are.
-static void bordered_pair(Ctx *c, int f, int out, int in, uint64_t key, void **cw, void **gw) {
+static void bordered_pair(FmtCtx *c, int f, int out, int in, uint64_t key, void **cw, void **gw) {
     Backend *cb = &c->cpu[f], *gb = &c->gpu[f];
     size_t nb = (size_t)(out + WF_R) * (in + WF_R);
     float *A = hrand(c, (size_t)WF_R * in, -1, 1), *B = hrand(c, (size_t)out * WF_R, -1, 1);
@@ -234,7 +153,7 @@ static void bordered_pair(Ctx *c, int f, int out, int in, uint64_t key, void **c
 }
 
 // wgemm_lora_multi_wf and wgemm_lora_wf: GPU vs CPU, and against the fp32-output ops on the device
-static void test_wf_lora(Ctx *c, int f, void *cw[3], void *gw[3]) {
+static void test_wf_lora(FmtCtx *c, int f, void *cw[3], void *gw[3]) {
     Backend *cb = &c->cpu[f], *gb = &c->gpu[f];
     const char *fn = f ? "bf16" : "fp32";
     const int M = WF_M, H = WF_H, I = WF_I, R = WF_R, LD = WF_LD;
@@ -315,7 +234,7 @@ static void test_wf_lora(Ctx *c, int f, void *cw[3], void *gw[3]) {
 }
 
 // gemm_wf: the products of the adapters' gradients and more, strided operands in either format
-static void test_wf_gemm(Ctx *c, int f) {
+static void test_wf_gemm(FmtCtx *c, int f) {
     Backend *cb = &c->cpu[f], *gb = &c->gpu[f];
     const char *fn = f ? "bf16" : "fp32";
     const int M = WF_M, I = WF_I, R = WF_R, LD = WF_LD;
@@ -374,7 +293,7 @@ static void test_wf_gemm(Ctx *c, int f) {
 
 // swiglu_fwd_wf / swiglu_bwd_wf: GPU vs CPU over strided outputs (padding included: it must stay as it was),
 // and on the device = swiglu_fwd / swiglu_bwd on the fp32 values, rounded to the format, bit for bit
-static void test_wf_swiglu(Ctx *c, int f) {
+static void test_wf_swiglu(FmtCtx *c, int f) {
     Backend *cb = &c->cpu[f], *gb = &c->gpu[f];
     const char *fn = f ? "bf16" : "fp32";
     const int M = WF_M, I = WF_I, LD = WF_LD;
@@ -447,7 +366,7 @@ static void test_wf_swiglu(Ctx *c, int f) {
 }
 
 // dropout_wf (strided, in place, p = 0 copies) and row_norm_sum_wf
-static void test_wf_dropout_norm(Ctx *c, int f) {
+static void test_wf_dropout_norm(FmtCtx *c, int f) {
     Backend *cb = &c->cpu[f], *gb = &c->gpu[f];
     const char *fn = f ? "bf16" : "fp32";
     const int M = WF_M, I = WF_I, LD = WF_LD, LDO = 44;
@@ -505,7 +424,7 @@ static void test_wf_dropout_norm(Ctx *c, int f) {
     cb->free(cb, cx), cb->free(cb, cm), gb->free(gb, gx), gb->free(gb, gm), gb->free(gb, fx);
 }
 
-static void test_wf(Ctx *c, int f) {
+static void test_wf(FmtCtx *c, int f) {
     void *cw[3], *gw[3];  // gate [I, H], up [I, H], down [H, I], bordered
     bordered_pair(c, f, WF_I, WF_H, 0x51u, &cw[0], &gw[0]);
     bordered_pair(c, f, WF_I, WF_H, 0x52u, &cw[1], &gw[1]);
@@ -568,7 +487,7 @@ static double worst_grad(const float *got, const float *want, size_t n) {
     return d / (mx > 0 ? mx : 1);
 }
 
-static void test_model(Ctx *c, const char *dir, int f, int act_wf, double dropout) {
+static void test_model(FmtCtx *c, const char *dir, int f, int act_wf, double dropout) {
     const char *fn = f ? "bf16" : "fp32", *what = act_wf ? "fused + activations in the weight format" : "fused";
     float *gc, *gg, *gp;
     size_t nc, ng, np;
@@ -589,27 +508,9 @@ static void test_model(Ctx *c, const char *dir, int f, int act_wf, double dropou
 }
 
 static int run(const char *root) {
-    int harness = getenv("ACTLORA_TEST_HARNESS_ON_CPU") != NULL;
-    int n = harness ? 1 : backend_cuda_device_count();
-    if (n <= 0) {
-        printf("test_backend_cuda_fuse: SKIP: no CUDA device is visible\n");
-        return TEST_SKIP;
-    }
     TestCounts tc = {0};
-    Ctx c;
-    memset(&c, 0, sizeof c);
-    c.tc = &tc;
-    c.r.s = 99;
-    char msg[256];
-    for (int f = 0; f < 2; f++) {
-        backend_cpu_init(&c.cpu[f], 0);
-        if (harness) backend_cpu_init(&c.gpu[f], 0);
-        else backend_cuda_init(&c.gpu[f], 0);
-        const char *dt = f ? "bf16" : "fp32";
-        T_CHECK(&tc, backend_set_dtype(&c.cpu[f], dt, msg, sizeof msg) == 0, "%s", msg);
-        T_CHECK(&tc, backend_set_dtype(&c.gpu[f], dt, msg, sizeof msg) == 0, "%s", msg);
-    }
-    printf("test_backend_cuda_fuse: %s\n", harness ? "ACTLORA_TEST_HARNESS_ON_CPU (CPU on both sides)" : "device 0");
+    FmtCtx c;
+    if (!fmt_ctx_open(&c, &tc, "test_backend_cuda_fuse", 99)) return TEST_SKIP;
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/tiny-llama", root);
     for (int f = 0; f < 2; f++) {
@@ -620,7 +521,7 @@ static int run(const char *root) {
             test_model(&c, dir, f, wf, 0.0);
         }
     }
-    for (int f = 0; f < 2; f++) backend_free(&c.cpu[f]), backend_free(&c.gpu[f]);
+    fmt_ctx_close(&c);
     return t_finish(&tc, "test_backend_cuda_fuse");
 }
 #endif

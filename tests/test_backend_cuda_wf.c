@@ -3,6 +3,7 @@
 // against the CPU backend, in both weight formats (fp32; bf16 against the CPU's bf16 emulation). Exits 77
 // (skipped) when the build has no CUDA backend or no GPU is visible; ACTLORA_TEST_HARNESS_ON_CPU=1 runs every
 // comparison with the CPU backend on both sides (a check of this test's own code without a GPU).
+// The context, host copies, measures and setup are shared with test_backend_cuda_fuse.c (test_cuda_fmt.h).
 //  GPU vs CPU:
 //    rope_fwd_wf [3, 11, 5, 18]: fp32 rel 1e-5 (test_backend_cuda's rope measure), bf16 within one bf16 ulp
 //      (+ 1e-6 of the largest);
@@ -30,93 +31,11 @@
 #include "actlora/backend_cuda.h"
 #include "actlora/common.h"
 #include "test_fixture.h"
-
-typedef struct {
-    TestCounts *tc;
-    Backend cpu[2], gpu[2];  // [0] fp32, [1] bf16 weight format
-    Rand r;
-} Ctx;
-
-static float *hrand(Ctx *c, size_t n, double lo, double hi) {
-    float *x = xmalloc((n ? n : 1) * sizeof(float), "test host tensor");
-    fill(x, n, lo, hi, &c->r);
-    return x;
-}
-
-// an fp32 buffer of be holding a copy of h
-static float *on(Backend *be, const void *h, size_t n) {
-    float *d = falloc(be, n ? n : 1);
-    if (n) be->upload(be, d, h, n * sizeof(float));
-    return d;
-}
-
-// a buffer in be's weight format holding the host values h rounded to the format
-static void *wf_on(Backend *be, const float *h, size_t n) {
-    void *w = be->weight_alloc(be, n ? n : 1, "wf test tensor");
-    if (n) be->weight_upload(be, w, h, n);
-    return w;
-}
-
-// x rounded to the format f in place (bf16_ref: the nearest bf16, ties to even)
-static void round_fmt(int f, float *x, size_t n) {
-    if (f)
-        for (size_t i = 0; i < n; i++) x[i] = bf16_ref(x[i]);
-}
-
-static void cmp_norm(TestCounts *tc, const float *got, const float *want, size_t n, double tol, const char *what) {
-    double mx = 0.0, d = 0.0;
-    size_t w = 0;
-    for (size_t i = 0; i < n; i++) {
-        mx = fmax(mx, fabs((double)want[i]));
-        double e = fabs((double)got[i] - (double)want[i]);
-        if (!(e <= d)) d = e, w = i;  // NaN sticks
-    }
-    double e = d / (mx > 0 ? mx : 1.0);
-    T_CHECK(tc, e <= tol, "%s: max |diff| / max |cpu| = %.3g > %.0e at [%zu] (gpu %.9g vs cpu %.9g)", what, e, tol, w,
-            n ? (double)got[w] : 0.0, n ? (double)want[w] : 0.0);
-    printf("  %-58s norm %.2e (tol %.0e)\n", what, e, tol);
-}
-
-// Elementwise outputs: fp32 rel 1e-5 (test_backend_cuda's measure: |d| / (|cpu| + 1e-2 max|cpu|)); bf16
-// |d| <= one bf16 ulp of |cpu| + 1e-6 max|cpu|
-static void cmp_elem(TestCounts *tc, int f, const float *got, const float *want, size_t n, const char *what) {
-    if (!f) {
-        double *ref = to_d(want, n);
-        check_close_ref(tc, got, ref, n, 1e-5, 1e-2, what, 58);
-        free(ref);
-        return;
-    }
-    double mx = 0.0, worst = 0.0;
-    size_t w = 0;
-    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs((double)want[i]));
-    for (size_t i = 0; i < n; i++) {
-        int e;
-        frexp(fabs((double)want[i]), &e);
-        double ulp = want[i] != 0.0f ? ldexp(1.0, e - 8) : 0.0;
-        double r = fabs((double)got[i] - (double)want[i]) / (ulp + 1e-6 * mx + 1e-30);
-        if (!(r <= worst)) worst = r, w = i;
-    }
-    T_CHECK(tc, worst <= 1.0, "%s: %.3g bf16 ulps at [%zu] (%.9g vs %.9g)", what, worst, w, n ? (double)got[w] : 0.0,
-            n ? (double)want[w] : 0.0);
-    printf("  %-58s %.2f bf16 ulp (tol 1)\n", what, worst);
-}
-
-// one check that got == want bit for bit (n floats), with a line
-static void exact(TestCounts *tc, const float *got, const float *want, size_t n, const char *what) {
-    size_t bad = 0, first = 0;
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(&got[i], &want[i], sizeof(float)) != 0) {
-            if (!bad) first = i;
-            bad++;
-        }
-    T_CHECK(tc, bad == 0, "%s: %zu of %zu elements differ, first [%zu] %.9g vs %.9g", what, bad, n, first,
-            n ? (double)got[first] : 0.0, n ? (double)want[first] : 0.0);
-    printf("  %-58s %s\n", what, bad ? "DIFFERS" : "exact");
-}
+#include "test_cuda_fmt.h"  // FmtCtx, host copies, cmp_* measures, setup
 
 // ------------------------------------------------------------------------------ RoPE
 
-static void test_rope(Ctx *c, int f) {
+static void test_rope(FmtCtx *c, int f) {
     Backend *cb = &c->cpu[f], *gb = &c->gpu[f];
     const char *fn = f ? "bf16" : "fp32";
     const int B = 3, T = 11, nh = 5, D = 18;
@@ -186,7 +105,7 @@ static void results_free(Results *r) {
     for (int i = 0; i < 5; i++) free(r->o[i]);
 }
 
-static void attention_case(Ctx *c, int f, const Shape *s) {
+static void attention_case(FmtCtx *c, int f, const Shape *s) {
     Backend *cb = &c->cpu[f], *gb = &c->gpu[f];
     const char *fn = f ? "bf16" : "fp32";
     const int B = s->B, T = s->T, H = s->H, KVH = s->KVH, D = s->D;
@@ -280,7 +199,7 @@ static void attention_case(Ctx *c, int f, const Shape *s) {
     for (int i = 0; i < 10; i++) cb->free(cb, cf[i]), gb->free(gb, gf[i]);
 }
 
-static void test_attention(Ctx *c, int f) {
+static void test_attention(FmtCtx *c, int f) {
     const Shape shapes[] = {
         {3, 37, 4, 2, 16},   // GQA 2:1; right, left and full padding
         {2, 7, 4, 4, 6},     // test_backend_ops' awkward sizes, no GQA (bf16 rows of 12 bytes)
@@ -290,32 +209,14 @@ static void test_attention(Ctx *c, int f) {
 }
 
 static int run(void) {
-    int harness = getenv("ACTLORA_TEST_HARNESS_ON_CPU") != NULL;
-    int n = harness ? 1 : backend_cuda_device_count();
-    if (n <= 0) {
-        printf("test_backend_cuda_wf: SKIP: no CUDA device is visible\n");
-        return TEST_SKIP;
-    }
     TestCounts tc = {0};
-    Ctx c;
-    memset(&c, 0, sizeof c);
-    c.tc = &tc;
-    c.r.s = 4242;
-    char msg[256];
-    for (int f = 0; f < 2; f++) {
-        backend_cpu_init(&c.cpu[f], 0);
-        if (harness) backend_cpu_init(&c.gpu[f], 0);
-        else backend_cuda_init(&c.gpu[f], 0);
-        const char *dt = f ? "bf16" : "fp32";
-        T_CHECK(&tc, backend_set_dtype(&c.cpu[f], dt, msg, sizeof msg) == 0, "%s", msg);
-        T_CHECK(&tc, backend_set_dtype(&c.gpu[f], dt, msg, sizeof msg) == 0, "%s", msg);
-    }
-    printf("test_backend_cuda_wf: %s\n", harness ? "ACTLORA_TEST_HARNESS_ON_CPU (CPU on both sides)" : "device 0");
+    FmtCtx c;
+    if (!fmt_ctx_open(&c, &tc, "test_backend_cuda_wf", 4242)) return TEST_SKIP;
     for (int f = 0; f < 2; f++) {
         test_rope(&c, f);
         test_attention(&c, f);
     }
-    for (int f = 0; f < 2; f++) backend_free(&c.cpu[f]), backend_free(&c.gpu[f]);
+    fmt_ctx_close(&c);
     return t_finish(&tc, "test_backend_cuda_wf");
 }
 #endif
