@@ -57,7 +57,6 @@ static void block_forward(EncImpl *e, Backend *be, const LoraSet *ls, int l, Enc
                           int train, uint64_t key) {
     const EncLayer *w = &e->layers[l];
     int N = B * T, C = e->C, I = e->I;
-    float *scratch = e->lora_tmp;  // dropout buffer (allocated whenever there are adapters)
     // HF order: (x W^T + b) + LoRA; q, k, v share x_in (rounded to the weight format once)
     const void *wqkv[3] = {w->wq, w->wk, w->wv};
     int nqkv[3] = {C, C, C};
@@ -66,9 +65,9 @@ static void block_forward(EncImpl *e, Backend *be, const LoraSet *ls, int l, Enc
     be->bias_add(be, a->q, w->bq, N, C);
     be->bias_add(be, a->k, w->bk, N, C);
     be->bias_add(be, a->v, w->bv, N, C);
-    lora_ops_forward(be, ls, l, LORA_Q, a->x_in, a->q, a->lora_a[LORA_Q], N, train, key, scratch);
-    lora_ops_forward(be, ls, l, LORA_K, a->x_in, a->k, a->lora_a[LORA_K], N, train, key, scratch);
-    lora_ops_forward(be, ls, l, LORA_V, a->x_in, a->v, a->lora_a[LORA_V], N, train, key, scratch);
+    lora_ops_forward(be, ls, l, LORA_Q, a->x_in, a->q, a->lora_a[LORA_Q], N, train, key);
+    lora_ops_forward(be, ls, l, LORA_K, a->x_in, a->k, a->lora_a[LORA_K], N, train, key);
+    lora_ops_forward(be, ls, l, LORA_V, a->x_in, a->v, a->lora_a[LORA_V], N, train, key);
     const float *pq = NULL, *pk = NULL;
     if (e->rel_on) {
         uint64_t pkey = pos_key(key);
@@ -77,8 +76,7 @@ static void block_forward(EncImpl *e, Backend *be, const LoraSet *ls, int l, Enc
             pq = w->pq_base;
             if (a->pq) {  // share_att_key with a query_proj adapter: LoRA on rel too
                 be->copy(be, a->pq, w->pq_base, pbytes);
-                lora_ops_forward(be, ls, l, LORA_Q, e->rel, a->pq, a->lora_pa_q, e->P, train, pkey,
-                                 scratch);
+                lora_ops_forward(be, ls, l, LORA_Q, e->rel, a->pq, a->lora_pa_q, e->P, train, pkey);
                 pq = a->pq;
             }
         }
@@ -86,8 +84,7 @@ static void block_forward(EncImpl *e, Backend *be, const LoraSet *ls, int l, Enc
             pk = w->pk_base;
             if (a->pk) {
                 be->copy(be, a->pk, w->pk_base, pbytes);
-                lora_ops_forward(be, ls, l, LORA_K, e->rel, a->pk, a->lora_pa_k, e->P, train, pkey,
-                                 scratch);
+                lora_ops_forward(be, ls, l, LORA_K, e->rel, a->pk, a->lora_pa_k, e->P, train, pkey);
                 pk = a->pk;
             }
         }
@@ -96,16 +93,16 @@ static void block_forward(EncImpl *e, Backend *be, const LoraSet *ls, int l, Enc
                           T, e->H, e->D, e->P, e->scale);
     be->wgemm(be, 1, N, C, C, 1.0f, a->ctx, w->wo, 0.0f, a->a_sum);
     be->bias_add(be, a->a_sum, w->bo, N, C);
-    lora_ops_forward(be, ls, l, LORA_O, a->ctx, a->a_sum, a->lora_a[LORA_O], N, train, key, scratch);
+    lora_ops_forward(be, ls, l, LORA_O, a->ctx, a->a_sum, a->lora_a[LORA_O], N, train, key);
     be->add(be, a->a_sum, a->x_in, (size_t)N * C);
     be->layernorm_fwd(be, a->x_mid, a->mean1, a->rstd1, a->a_sum, w->ln1_w, w->ln1_b, N, C, e->eps);
     be->wgemm(be, 1, N, I, C, 1.0f, a->x_mid, w->wi, 0.0f, a->u);
     be->bias_add(be, a->u, w->bi, N, I);
-    lora_ops_forward(be, ls, l, LORA_UP, a->x_mid, a->u, a->lora_a[LORA_UP], N, train, key, scratch);
+    lora_ops_forward(be, ls, l, LORA_UP, a->x_mid, a->u, a->lora_a[LORA_UP], N, train, key);
     be->gelu_fwd(be, a->h, a->u, (size_t)N * I);
     be->wgemm(be, 1, N, C, I, 1.0f, a->h, w->wout, 0.0f, a->f_sum);
     be->bias_add(be, a->f_sum, w->bout, N, C);
-    lora_ops_forward(be, ls, l, LORA_DOWN, a->h, a->f_sum, a->lora_a[LORA_DOWN], N, train, key, scratch);
+    lora_ops_forward(be, ls, l, LORA_DOWN, a->h, a->f_sum, a->lora_a[LORA_DOWN], N, train, key);
     be->add(be, a->f_sum, a->x_mid, (size_t)N * C);
     be->layernorm_fwd(be, out, a->mean2, a->rstd2, a->f_sum, w->ln2_w, w->ln2_b, N, C, e->eps);
 }
@@ -221,7 +218,7 @@ void encoder_backward(Encoder *m, Backend *be, LoraSet *ls, const Batch *b, uint
     be->zero(be, e->dres, (size_t)N * C * sizeof(float));
     be->pool_last_bwd(be, e->dres, e->dpooled0, e->d_last, B, T, C);
 
-    float *da = e->lora_da, *tmp = e->lora_tmp;
+    float *da = e->lora_da;
     for (int l = L - 1; l >= ls->lowest_layer; l--) {
         EncActs *a = acts_for(e, l);
         const EncLayer *w = &e->layers[l];
@@ -235,12 +232,12 @@ void encoder_backward(Encoder *m, Backend *be, LoraSet *ls, const Batch *b, uint
         be->layernorm_bwd(be, e->dfs, e->dres, a->f_sum, w->ln2_w, a->mean2, a->rstd2, N, C);
         // output.dense: f_sum = h Wout^T + bout + x_mid
         be->wgemm(be, 0, N, I, C, 1.0f, e->dfs, w->wout, 0.0f, e->dh);
-        lora_ops_backward(be, ls, l, LORA_DOWN, a->h, e->dfs, a->lora_a[LORA_DOWN], e->dh, N, key, da, tmp);
+        lora_ops_backward(be, ls, l, LORA_DOWN, a->h, e->dfs, a->lora_a[LORA_DOWN], e->dh, N, key, da);
         be->gelu_bwd(be, e->du, e->dh, a->u, (size_t)N * I);
         // intermediate.dense: u = x_mid Wi^T + bi; dfs becomes d(x_mid) (residual + this path)
         if (need_att) be->wgemm(be, 0, N, C, I, 1.0f, e->du, w->wi, 1.0f, e->dfs);
         lora_ops_backward(be, ls, l, LORA_UP, a->x_mid, e->du, a->lora_a[LORA_UP], need_att ? e->dfs : NULL, N, key,
-                          da, tmp);
+                          da);
         if (!need_att) break;
         // LayerNorm 1: dres = d(a_sum)
         be->zero(be, e->dres, (size_t)N * C * sizeof(float));
@@ -248,7 +245,7 @@ void encoder_backward(Encoder *m, Backend *be, LoraSet *ls, const Batch *b, uint
         // attention.output.dense: a_sum = ctx Wo^T + bo + x_in; dfs becomes d(ctx)
         if (need_qkv) be->wgemm(be, 0, N, C, C, 1.0f, e->dres, w->wo, 0.0f, e->dfs);
         lora_ops_backward(be, ls, l, LORA_O, a->ctx, e->dres, a->lora_a[LORA_O], need_qkv ? e->dfs : NULL, N, key,
-                          da, tmp);
+                          da);
         if (!need_qkv) break;
         const float *pq = NULL, *pk = NULL;
         if (e->rel_on) {
@@ -264,15 +261,13 @@ void encoder_backward(Encoder *m, Backend *be, LoraSet *ls, const Batch *b, uint
             be->wgemm(be, 0, N, C, C, 1.0f, e->dk, w->wk, 1.0f, e->dres);
             be->wgemm(be, 0, N, C, C, 1.0f, e->dv, w->wv, 1.0f, e->dres);
         }
-        lora_ops_backward(be, ls, l, LORA_Q, a->x_in, e->dq, a->lora_a[LORA_Q], dx, N, key, da, tmp);
-        lora_ops_backward(be, ls, l, LORA_K, a->x_in, e->dk, a->lora_a[LORA_K], dx, N, key, da, tmp);
-        lora_ops_backward(be, ls, l, LORA_V, a->x_in, e->dv, a->lora_a[LORA_V], dx, N, key, da, tmp);
+        lora_ops_backward(be, ls, l, LORA_Q, a->x_in, e->dq, a->lora_a[LORA_Q], dx, N, key, da);
+        lora_ops_backward(be, ls, l, LORA_K, a->x_in, e->dk, a->lora_a[LORA_K], dx, N, key, da);
+        lora_ops_backward(be, ls, l, LORA_V, a->x_in, e->dv, a->lora_a[LORA_V], dx, N, key, da);
         // the positional path of query_proj / key_proj (share_att_key): rel is frozen, no input gradient
         if (a->pq)
-            lora_ops_backward(be, ls, l, LORA_Q, e->rel, e->dpq, a->lora_pa_q, NULL, P, pos_key(key), da,
-                              tmp);
+            lora_ops_backward(be, ls, l, LORA_Q, e->rel, e->dpq, a->lora_pa_q, NULL, P, pos_key(key), da);
         if (a->pk)
-            lora_ops_backward(be, ls, l, LORA_K, e->rel, e->dpk, a->lora_pa_k, NULL, P, pos_key(key), da,
-                              tmp);
+            lora_ops_backward(be, ls, l, LORA_K, e->rel, e->dpk, a->lora_pa_k, NULL, P, pos_key(key), da);
     }
 }

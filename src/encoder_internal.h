@@ -66,7 +66,7 @@ typedef struct {
     float *logits, *dlogits;              // [B, K]
     float *dpooled, *dpre, *dpooled0;     // [B, C]
     // backward scratch
-    float *dres, *dfs, *dh, *du, *dq, *dk, *dv, *dpq, *dpk, *lora_da, *lora_tmp;
+    float *dres, *dfs, *dh, *du, *dq, *dk, *dv, *dpq, *dpk, *lora_da;
     // batch on the backend
     int32_t *d_ids, *d_mask, *d_pos, *d_type, *d_last, *d_labels_i, *d_idx;
     float *d_labels_f;

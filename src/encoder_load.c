@@ -417,8 +417,6 @@ void encoder_alloc_acts(Encoder *m, Backend *be, const LoraSet *ls, int B, int T
     ACT(e->dlogits, (size_t)B * K);
     if (e->saved_from < L) {  // backward scratch only when something below the head is trained
         size_t rows = N > (size_t)P ? N : (size_t)P;
-        size_t tmp = N * (size_t)(I > C ? I : C);
-        if ((size_t)P * C > tmp) tmp = (size_t)P * C;
         ACT(e->dpooled, (size_t)B * C);
         ACT(e->dpre, (size_t)B * C);
         ACT(e->dpooled0, (size_t)B * C);
@@ -432,7 +430,6 @@ void encoder_alloc_acts(Encoder *m, Backend *be, const LoraSet *ls, int B, int T
         if (e->rel_on && e->p2c) ACT(e->dpq, (size_t)P * C);
         if (e->rel_on && e->c2p) ACT(e->dpk, (size_t)P * C);
         ACT(e->lora_da, rows * r);
-        ACT(e->lora_tmp, tmp);
     }
 #undef ACT
     e->d_ids = be->alloc(be, N * sizeof(int32_t), "batch ids");
@@ -469,7 +466,7 @@ void encoder_free_acts(Encoder *m, Backend *be) {
     e->acts = NULL;
     float **f[] = {&e->x_final, &e->emb_mean, &e->emb_rstd, &e->pooled0, &e->pre, &e->pooled, &e->logits,
                    &e->dlogits, &e->dpooled, &e->dpre, &e->dpooled0, &e->dres, &e->dfs, &e->dh, &e->du, &e->dq,
-                   &e->dk, &e->dv, &e->dpq, &e->dpk, &e->lora_da, &e->lora_tmp, &e->d_labels_f};
+                   &e->dk, &e->dv, &e->dpq, &e->dpk, &e->lora_da, &e->d_labels_f};
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         if (*f[i]) {
             be->free(be, *f[i]);

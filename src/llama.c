@@ -249,8 +249,6 @@ void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
     ACT(m->dpool, (size_t)B * C);
     ACT(m->dpool_n, (size_t)B * C);
     if (m->saved_from < L) {  // backward scratch only when something below the head is trained
-        size_t wide = (size_t)(I > C ? I : C);
-        if (qd > wide) wide = qd;
         ACT(m->dres, N * C);
         ACT(m->dxn, N * C);
         ACT(m->dh, N * I);
@@ -261,7 +259,6 @@ void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
         ACT(m->dk, N * kvd);
         ACT(m->dv, N * kvd);
         ACT(m->lora_da, N * r);
-        ACT(m->lora_tmp, N * wide);
     }
 #undef ACT
 #undef ACT_BYTES
@@ -289,7 +286,7 @@ void llama_free_acts(Llama *m, Backend *be) {
     free(m->acts);
     float *p[] = {m->x_final, m->pooled, m->rstd_f, m->pooled_n, m->logits, m->dlogits, m->dpool,
                   m->dpool_n, m->dres, m->dxn, m->dh, m->dgate, m->dup, m->datt, m->dq, m->dk,
-                  m->dv, m->lora_da, m->lora_tmp, m->d_labels_f};
+                  m->dv, m->lora_da, m->d_labels_f};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         if (p[i]) be->free(be, p[i]);
     be->free(be, m->d_ids);
@@ -300,7 +297,7 @@ void llama_free_acts(Llama *m, Backend *be) {
     m->acts = NULL;
     m->x_final = m->pooled = m->rstd_f = m->pooled_n = m->logits = m->dlogits = m->dpool = m->dpool_n = NULL;
     m->dres = m->dxn = m->dh = m->dgate = m->dup = m->datt = m->dq = m->dk = m->dv = NULL;
-    m->lora_da = m->lora_tmp = m->d_labels_f = NULL;
+    m->lora_da = m->d_labels_f = NULL;
     m->d_ids = m->d_mask = m->d_last = m->d_labels_i = m->last = NULL;
     m->act_bytes = 0;
 }
@@ -355,20 +352,20 @@ static void proj_forward(Llama *m, Backend *be, const LoraSet *ls, int l, int n,
     if (m->act_wf) {
         const float *a[3];
         for (int i = 0; i < n; i++)
-            a[i] = lora_ops_down_wf(be, ls, l, mods[i], x, in + m->fuse_r, a_out[i], N, train, key, m->lora_tmp);
+            a[i] = lora_ops_down_wf(be, ls, l, mods[i], x, in + m->fuse_r, a_out[i], N, train, key);
         be->wgemm_lora_multi_wf(be, n, N, in, m->fuse_r, x, a, (const void *const *)W, out, (void *const *)y);
         return;
     }
     if (m->fuse_r) {
         const float *a[3];
-        for (int i = 0; i < n; i++) a[i] = lora_ops_down(be, ls, l, mods[i], x, a_out[i], N, train, key, m->lora_tmp);
+        for (int i = 0; i < n; i++) a[i] = lora_ops_down(be, ls, l, mods[i], x, a_out[i], N, train, key);
         if (n == 1) be->wgemm_lora(be, 1, N, out[0], in, m->fuse_r, x, a[0], W[0], 0.0f, y[0]);
         else be->wgemm_lora_multi(be, n, N, in, m->fuse_r, x, a, (const void *const *)W, out, y);
         return;
     }
     if (n == 1) be->wgemm(be, 1, N, out[0], in, 1.0f, x, W[0], 0.0f, y[0]);
     else be->wgemm_multi(be, n, N, in, x, (const void *const *)W, out, y);
-    for (int i = 0; i < n; i++) lora_ops_forward(be, ls, l, mods[i], x, y[i], a_out[i], N, train, key, m->lora_tmp);
+    for (int i = 0; i < n; i++) lora_ops_forward(be, ls, l, mods[i], x, y[i], a_out[i], N, train, key);
 }
 
 // The residual projections (o, down): y [N, out] += x W^T (+ the adapter).
@@ -376,12 +373,12 @@ static void proj_forward_add(Llama *m, Backend *be, const LoraSet *ls, int l, Lo
                              int in, int out, float *y, float *a_out, int N, int train, uint64_t key) {
     void *W = proj_weight(m, l, mod);
     if (m->fuse_r) {
-        const float *a = lora_ops_down(be, ls, l, mod, x, a_out, N, train, key, m->lora_tmp);
+        const float *a = lora_ops_down(be, ls, l, mod, x, a_out, N, train, key);
         be->wgemm_lora(be, 1, N, out, in, m->fuse_r, x, a, W, 1.0f, y);
         return;
     }
     be->wgemm(be, 1, N, out, in, 1.0f, x, W, 1.0f, y);
-    lora_ops_forward(be, ls, l, mod, x, y, a_out, N, train, key, m->lora_tmp);
+    lora_ops_forward(be, ls, l, mod, x, y, a_out, N, train, key);
 }
 
 // The input gradient of a bordered projection of layer l: dx [N, in] (beta) = [dy | da] [W ; A], dy [N, out]
@@ -392,7 +389,7 @@ static void proj_dx(Llama *m, Backend *be, const LoraSet *ls, int l, LoraModule 
     int fold = da && ls->dropout == 0.0f;
     if (dyw) be->wgemm_lora_wf(be, 0, N, out, in, m->fuse_r, dyw, fold ? da : NULL, proj_weight(m, l, mod), beta, dx);
     else be->wgemm_lora(be, 0, N, out, in, m->fuse_r, dy, fold ? da : NULL, proj_weight(m, l, mod), beta, dx);
-    if (da && !fold) lora_ops_dx(be, ls, l, mod, da, dx, N, key, m->lora_tmp);
+    if (da && !fold) lora_ops_dx(be, ls, l, mod, da, dx, N, key);
 }
 
 // Backward of one projection y = x W^T (+ adapter) of layer l: the adapter's dA, dB and, when dx != NULL,
@@ -405,14 +402,13 @@ static void proj_backward(Llama *m, Backend *be, LoraSet *ls, int l, LoraModule 
     void *W = proj_weight(m, l, mod);
     if (m->fuse_r) {
         const float *da =
-            x_wf ? lora_ops_grads_wf(be, ls, l, mod, NULL, x, in + m->fuse_r, dy, NULL, 0, a_saved, N, key, m->lora_da,
-                                     m->lora_tmp)
-                 : lora_ops_grads(be, ls, l, mod, x, dy, a_saved, N, key, m->lora_da, m->lora_tmp);
+            x_wf ? lora_ops_grads_wf(be, ls, l, mod, NULL, x, in + m->fuse_r, dy, NULL, 0, a_saved, N, key, m->lora_da)
+                 : lora_ops_grads(be, ls, l, mod, x, dy, a_saved, N, key, m->lora_da);
         if (dx) proj_dx(m, be, ls, l, mod, dy, NULL, da, in, out, beta, dx, N, key);
         return;
     }
     if (dx) be->wgemm(be, 0, N, in, out, 1.0f, dy, W, beta, dx);
-    lora_ops_backward(be, ls, l, mod, x, dy, a_saved, dx, N, key, m->lora_da, m->lora_tmp);
+    lora_ops_backward(be, ls, l, mod, x, dy, a_saved, dx, N, key, m->lora_da);
 }
 
 // ---------------------------------------------------------------------------- forward
@@ -428,15 +424,14 @@ static void mlp_forward_wf(Llama *m, Backend *be, const LoraSet *ls, int l, Llam
                            int train, uint64_t key) {
     int C = m->cfg.hidden_size, I = m->cfg.intermediate_size, r = m->fuse_r;
     const float *ag[2] = {
-        lora_ops_down_wf(be, ls, l, LORA_GATE, a->xn2, C + r, a->lora_a[LORA_GATE], N, train, key, m->lora_tmp),
-        lora_ops_down_wf(be, ls, l, LORA_UP, a->xn2, C + r, a->lora_a[LORA_UP], N, train, key, m->lora_tmp)};
+        lora_ops_down_wf(be, ls, l, LORA_GATE, a->xn2, C + r, a->lora_a[LORA_GATE], N, train, key),
+        lora_ops_down_wf(be, ls, l, LORA_UP, a->xn2, C + r, a->lora_a[LORA_UP], N, train, key)};
     const void *W[2] = {proj_weight(m, l, LORA_GATE), proj_weight(m, l, LORA_UP)};
     const int n_out[2] = {I, I};
     void *const Y[2] = {a->gate, a->up};
     be->wgemm_lora_multi_wf(be, 2, N, C, r, a->xn2, ag, W, n_out, Y);
     be->swiglu_fwd_wf(be, a->h, I + r, a->gate, a->up, N, I);
-    const float *ad = lora_ops_down_wf(be, ls, l, LORA_DOWN, a->h, I + r, a->lora_a[LORA_DOWN], N, train, key,
-                                       m->lora_tmp);
+    const float *ad = lora_ops_down_wf(be, ls, l, LORA_DOWN, a->h, I + r, a->lora_a[LORA_DOWN], N, train, key);
     be->wgemm_lora_wf(be, 1, N, C, I, r, a->h, ad, proj_weight(m, l, LORA_DOWN), 1.0f, out);
 }
 
@@ -551,14 +546,14 @@ static void mlp_backward_wf(Llama *m, Backend *be, LoraSet *ls, int l, LlamaActs
                             uint64_t key) {
     int C = m->cfg.hidden_size, I = m->cfg.intermediate_size, r = m->fuse_r;
     const float *da = lora_ops_grads_wf(be, ls, l, LORA_DOWN, NULL, a->h, I + r, m->dres, NULL, 0,
-                                        a->lora_a[LORA_DOWN], N, key, m->lora_da, m->lora_tmp);
+                                        a->lora_a[LORA_DOWN], N, key, m->lora_da);
     proj_dx(m, be, ls, l, LORA_DOWN, m->dres, NULL, da, I, C, 0.0f, m->dh, N, key);
     be->swiglu_bwd_wf(be, m->dgate, m->dup, I + r, m->dh, a->gate, a->up, N, I);
     const LoraModule mods[2] = {LORA_GATE, LORA_UP};
     void *dy[2] = {m->dgate, m->dup};
     for (int i = 0; i < 2; i++) {
         da = lora_ops_grads_wf(be, ls, l, mods[i], NULL, a->xn2, C + r, NULL, dy[i], I + r, a->lora_a[mods[i]], N,
-                               key, m->lora_da, m->lora_tmp);
+                               key, m->lora_da);
         if (dxn2) proj_dx(m, be, ls, l, mods[i], NULL, dy[i], da, C, I, i ? 1.0f : 0.0f, dxn2, N, key);
     }
 }

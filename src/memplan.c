@@ -119,16 +119,13 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
                    * F32;
     int trains_layers = p->saved_from < L;
     if (trains_layers) {
-        size_t wide = I > C ? I : C;
-        if (qd > wide) wide = qd;
         p->acts_bwd = (N * C        // dres
                        + N * C      // dxn
                        + N * I      // dh
                        + N * qd     // datt
                        + N * qd     // dq
                        + 2 * N * kvd  // dk, dv
-                       + N * R      // lora_da
-                       + N * wide)  // lora_tmp
+                       + N * R)     // lora_da
                           * F32 +
                       2 * N * mlp_ld * mlp_el;  // dgate, dup (in the weight format with act_wf)
     }
@@ -149,7 +146,11 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     if (p->act_wf && (size_t)weight_bytes != F32)  // attention_*_wf in bf16 (src/cuda/attention*.cu): the fp32
         // scores in the forward; in the backward dP (fp32), dS and a copy of dout in the weight format
         att_scratch = attn_bwd ? tt * (F32 + (size_t)weight_bytes) + N * qd * (size_t)weight_bytes : tt * F32;
-    p->scratch = att_scratch + partials * sizeof(double);
+    // LoRA dropout (lora_grad_a_dropout): [chunks, r, in] fp32 partial sums, in the same grow-only scratch
+    size_t widest_in = I > C ? I : C;
+    if (qd > widest_in) widest_in = qd;
+    size_t drop_scratch = trains_layers ? (size_t)BACKEND_CUDA_LORA_DROP_CHUNKS * R * widest_in * F32 : 0;
+    p->scratch = (att_scratch > drop_scratch ? att_scratch : drop_scratch) + partials * sizeof(double);
     // bf16 weights: wgemm's bf16 copy of its activation operand (src/cuda/weights.cu), at most
     // N x max(C, I, H*D) (the backward's dgate / dup, N x I, when layers are trained; h in the forward)
     // (fused: the operand [X | Xa], N x (width + r), in the weight format: bf16, or fp32)
@@ -263,16 +264,13 @@ void memplan_encoder(MemPlan *p, const ModelConfig *mc, int num_labels, int lowe
     int trains_layers = p->saved_from < L;
     if (trains_layers) {
         size_t rows = N > P ? N : P;
-        size_t tmp = N * (I > C ? I : C);
-        if (P * C > tmp) tmp = P * C;
         p->acts_bwd = (3 * B * C                    // dpooled, dpre, dpooled0
                        + 2 * N * C                  // dres, dfs
                        + 2 * N * I                  // dh, du
                        + 3 * N * C                  // dq, dk, dv
                        + (p2c ? P * C : 0)          // dpq
                        + (c2p ? P * C : 0)          // dpk
-                       + rows * R                   // lora_da
-                       + tmp)                       // lora_tmp
+                       + rows * R)                  // lora_da
                       * F32;
     }
     p->acts = p->acts_layers + p->acts_head + p->acts_bwd;
@@ -289,7 +287,9 @@ void memplan_encoder(MemPlan *p, const ModelConfig *mc, int num_labels, int lowe
     size_t partials = p->trainable_params / SUMSQ_CHUNK + 1;
     if (N > partials) partials = N;
     if ((B + BG_CHUNK - 1) / BG_CHUNK * K > partials) partials = (B + BG_CHUNK - 1) / BG_CHUNK * K;
-    p->scratch = (attn_bwd ? (B * H * T * T + idx) * F32 : 0) + partials * sizeof(double);
+    size_t att_scratch = attn_bwd ? (B * H * T * T + idx) * F32 : 0, widest_in = I > C ? I : C;
+    size_t drop_scratch = trains_layers ? (size_t)BACKEND_CUDA_LORA_DROP_CHUNKS * R * widest_in * F32 : 0;  // as Llama's
+    p->scratch = (att_scratch > drop_scratch ? att_scratch : drop_scratch) + partials * sizeof(double);
     // bf16 weights: wgemm's bf16 copy of its activation operand (src/cuda/weights.cu), grow-only: the
     // largest is N x max(C, I) (h into output.dense; du into intermediate.dense's dX), or [P, C] when
     // the load projects the relative embeddings

@@ -288,6 +288,21 @@ static void w_wgemm_lora_multi_wf(Backend *be, int n, int M, int in, int r, void
     }
     prof_end(p, t0, "wgemm_lora_multi_wf", flops, bytes, "%dx%d n%d", M, in, n);
 }
+// LoRA dropout: X read once (its storage: weight format or fp32), the mask drawn inside (CUDA); dX read + written
+static double drop_x_bytes(const Profile *p, int x_wf, double n) { return (x_wf ? p->inner.weight_bytes : 4.0) * n; }
+WRAP(lora_down_dropout,
+     (Backend *be, float *a, const void *X, int ldx, int x_wf, const float *A, int N, int in, int r, float pr,
+      uint64_t key),
+     (IN, a, X, ldx, x_wf, A, N, in, r, pr, key), 2.0 * N * in * r, drop_x_bytes(p, x_wf, (double)N * in),
+     "%dx%d r%d", N, in, r)
+WRAP(lora_grad_a_dropout,
+     (Backend *be, float *dA, const float *da, const void *X, int ldx, int x_wf, int N, int in, int r, float pr,
+      uint64_t key),
+     (IN, dA, da, X, ldx, x_wf, N, in, r, pr, key), 2.0 * N * in * r, drop_x_bytes(p, x_wf, (double)N * in),
+     "%dx%d r%d", N, in, r)
+WRAP(lora_dx_dropout,
+     (Backend *be, float *dX, const float *da, const float *A, int N, int in, int r, float pr, uint64_t key),
+     (IN, dX, da, A, N, in, r, pr, key), 2.0 * N * in * r, 8.0 * N * in, "%dx%d r%d", N, in, r)
 WRAP(rope_fwd_wf, (Backend *be, void *x, const float *c, const float *sn, int B, int T, int nh, int D),
      (IN, x, c, sn, B, T, nh, D), 0, 2.0 * p->inner.weight_bytes * B * T * nh * D, "B%d T%d heads %d D%d", B, T, nh,
      D)

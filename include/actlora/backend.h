@@ -91,6 +91,22 @@ struct Backend {
     //      keep = rng_uniform(key, i) >= p (rng.h). out may alias inp. p == 0 copies.
     void (*dropout)(Backend *be, float *out, const float *inp, size_t n, float p, uint64_t key);
 
+    // ---- LoRA dropout without a copy of the dropped input (lora_ops.h: lora.dropout > 0 in training) ----
+    // Element (n, c) of X [N, in] (row stride ldx; fp32 when x_wf == 0, the weight format when x_wf == 1)
+    // is kept as the dropout op's element n * in + c under key (rng_uniform(key, n * in + c) >= p), kept
+    // values scaled by 1 / (1 - p); everything in fp32 from the stored values (A and da are fp32, never
+    // rounded). The CPU computes the dropped input into scratch and calls sgemm (exactly what the dropout and
+    // gemm ops give); CUDA draws the mask inside the product (no [N, in] pass). Deterministic.
+    //   lora_down_dropout:   a [N, r] = dropout(X) A^T (A [r, in]); overwritten
+    //   lora_grad_a_dropout: dA [r, in] += da^T dropout(X) (da [N, r])
+    //   lora_dx_dropout:     dX [N, in] (contiguous) += mask (da A) / (1 - p), the same mask
+    void (*lora_down_dropout)(Backend *be, float *a, const void *X, int ldx, int x_wf, const float *A, int N, int in,
+                              int r, float p, uint64_t key);
+    void (*lora_grad_a_dropout)(Backend *be, float *dA, const float *da, const void *X, int ldx, int x_wf, int N,
+                                int in, int r, float p, uint64_t key);
+    void (*lora_dx_dropout)(Backend *be, float *dX, const float *da, const float *A, int N, int in, int r, float p,
+                            uint64_t key);
+
     // ---- sequence-classification head ----
     // pooled[b, :] = x[b, last[b], :]; x: [B,T,C], last: [B]
     void (*pool_last_fwd)(Backend *be, float *pooled, const float *x, const int32_t *last, int B, int T, int C);
@@ -283,7 +299,8 @@ struct Backend {
     X(set_weight_dtype) X(weight_alloc) X(weight_upload) X(weight_randn) X(wgemm) X(wgemm_multi) X(wgemm_lora) \
     X(wgemm_lora_multi) X(weight_set_lora) X(weight_randn_2d) X(wembedding_fwd) X(wgemm_lora_multi_wf)        \
     X(wgemm_lora_wf) X(gemm_wf) X(swiglu_fwd_wf) X(swiglu_bwd_wf) X(dropout_wf) X(row_norm_sum_wf)              \
-    X(rmsnorm_fwd_wf) X(rope_fwd_wf) X(attention_fwd_wf) X(attention_bwd_wf)
+    X(rmsnorm_fwd_wf) X(rope_fwd_wf) X(attention_fwd_wf) X(attention_bwd_wf) X(lora_down_dropout)               \
+    X(lora_grad_a_dropout) X(lora_dx_dropout)
 
 // Weight formats (Backend.weight_dtype).
 enum { BACKEND_WEIGHT_FP32 = 0, BACKEND_WEIGHT_BF16 = 1 };
@@ -299,6 +316,8 @@ const char *backend_weight_dtype_name(const Backend *be);
 void backend_cpu_weights_init(Backend *be);
 // Installs the CPU backend's ops on activations in the weight format (backend_act_wf.c; backend_cpu_init).
 void backend_cpu_act_wf_init(Backend *be);
+// Installs the CPU backend's LoRA dropout ops (backend_cpu_lora.c; backend_cpu_init).
+void backend_cpu_lora_init(Backend *be);
 
 // CPU reference backend; threads <= 0 means "use OMP_NUM_THREADS / all cores".
 void backend_cpu_init(Backend *be, int threads);

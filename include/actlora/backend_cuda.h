@@ -36,6 +36,9 @@ void backend_cuda_init(Backend *be, int device);
 
 // cuBLAS workspace the backend reserves (bytes; the memory planner counts it).
 #define BACKEND_CUDA_CUBLAS_WORKSPACE ((size_t)32 << 20)
+// lora_grad_a_dropout sums dA over row chunks: partial sums [chunks, r, in] in the backend's scratch (fp32,
+// at most this many chunks), then the chunks in a fixed order (deterministic; memplan counts the partials).
+#define BACKEND_CUDA_LORA_DROP_CHUNKS 64
 
 #ifdef __cplusplus
 }

@@ -58,7 +58,7 @@ typedef struct {
     float *x_final;                // [N, C] output of the last block
     float *pooled, *rstd_f, *pooled_n, *logits, *dlogits;  // [B,C], [B], [B,C], [B,K], [B,K]
     // backward scratch
-    float *dres, *dxn, *dh, *dgate, *dup, *datt, *dq, *dk, *dv, *dpool, *dpool_n, *lora_da, *lora_tmp;  // act_wf:
+    float *dres, *dxn, *dh, *dgate, *dup, *datt, *dq, *dk, *dv, *dpool, *dpool_n, *lora_da;  // act_wf:
                            // dgate, dup [N, I + r] in the weight format
     // batch on the backend
     int32_t *d_ids, *d_mask, *d_last, *d_labels_i;

@@ -48,7 +48,7 @@ typedef struct {
     size_t rope;             // RoPE cos/sin tables (fp32, max_position_embeddings x head_dim/2 each); 0 for encoders
     size_t acts_layers;      // the per-layer activation sets (incl. LoRA A-projections)
     size_t acts_head;        // x_final and the head buffers (pooled, norms, logits, dlogits, dpool)
-    size_t acts_bwd;         // backward scratch (dres, dxn, dh, ..., lora_tmp)
+    size_t acts_bwd;         // backward scratch (dres, dxn, dh, ..., lora_da)
     size_t acts;             // acts_layers + acts_head + acts_bwd == Llama.act_bytes / Encoder.act_bytes
     size_t logits;           // logits + dlogits (inside acts_head, shown on its own line)
     size_t batch;            // ids, mask, last index, labels on the device (encoders: + position and
