@@ -13,7 +13,9 @@
 # (tiny-model parity, fp32 and bf16 training, determinism, NCCL) and test_backend_cuda_enc (the encoder
 # ops) and test_backend_cuda_fuse (lora.fuse: bordered weights and the fused tiny model against the
 # CPU) and test_backend_cuda_wf (RoPE and attention on bf16 q, k, v, probs: rope_fwd_wf, attention_fwd_wf,
-# attention_bwd_wf against the CPU in both weight formats) | 3b whole encoders on the GPU against HF:
+# attention_bwd_wf against the CPU in both weight formats) and test_backend_cuda_drop (LoRA dropout drawn
+# inside the products: lora_down_dropout, lora_grad_a_dropout, lora_dx_dropout against the CPU, the same mask,
+# determinism) | 3b whole encoders on the GPU against HF:
 # test_encoder_parity (tiny BERT / DeBERTa / DeBERTa-rel: forward, every gradient, 10 AdamW steps) and
 # test_encoder_minilm (the real all-MiniLM-L6-v2, carried in .deps/minilm) with ACTLORA_TEST_BACKEND=cuda,
 # fp32 then a bf16 logits/loss pass | 4 CPU reference tests (test_llama_parity vs HF, memplan, devbind) |
@@ -23,8 +25,8 @@
 # run; with model.act_dtype=bf16 (bf16 activations) too, within 2% of the plain run | 6 checkpoint ->
 # resume bit-identity on the GPU (ACTLORA_FAULT_STOP_AT) | 7 throughput of a Llama-3.1-8B-shaped model at
 # seq 256 (bf16 weights, the largest micro-batch the memory plan allows), LoRA on all / top 16 / top 8
-# layers, and all layers with lora.fuse, plain and with bf16 activations (model.act_dtype=bf16): tokens/s,
-# MFU, peak memory | 8 the same all-layer step in HF transformers + PEFT (bf16), for the tokens/s ratio |
+# layers, and all layers with lora.fuse, plain, with bf16 activations (model.act_dtype=bf16) and with those
+# and LoRA dropout 0.05 (the production config's): tokens/s, MFU, peak memory | 8 the same all-layer step in HF transformers + PEFT (bf16), for the tokens/s ratio |
 # 9 op profiles of the all-layer 8B step (run.profile): plain, with lora.fuse + bf16 activations, and
 # (time permitting) with lora.fuse alone.
 #
@@ -208,6 +210,11 @@ if [ $rc_build -eq 0 ]; then
   cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_wf > "$LOGS/build_wf.log" 2>&1 ||
     say "  test_backend_cuda_wf did not build: see logs/build_wf.log"
 fi
+# the LoRA-dropout test (the mask drawn inside the products), also on its own
+if [ $rc_build -eq 0 ]; then
+  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_drop > "$LOGS/build_drop.log" 2>&1 ||
+    say "  test_backend_cuda_drop did not build: see logs/build_drop.log"
+fi
 # the whole-encoder parity tests (section 3b), also on their own
 if [ $rc_build -eq 0 ]; then
   cmake --build "$BUILD" -j "$JOBS" --target test_encoder_parity test_encoder_minilm > "$LOGS/build_encoder_tests.log" 2>&1 ||
@@ -265,6 +272,9 @@ run_test test_backend_cuda_fuse "$BUILD/test_backend_cuda_fuse" "$root" "$BUILD"
 run_test test_backend_cuda_wf "$BUILD/test_backend_cuda_wf" "$root" "$BUILD"
 [ -f "$LOGS/test_backend_cuda_wf.log" ] && grep -E "^  (fp32|bf16) (rope_fwd_wf \[|attention_(fwd|bwd)_wf [a-z]+ B[0-9]+ T[0-9]+ H[0-9/]+ D[0-9]+ +(norm|rel|max)|attention_fwd_wf B.* zeros)" \
   "$LOGS/test_backend_cuda_wf.log" | head -40 >> "$REPORT"
+run_test test_backend_cuda_drop "$BUILD/test_backend_cuda_drop" "$root" "$BUILD"
+[ -f "$LOGS/test_backend_cuda_drop.log" ] && grep -E "^  (fp32|bf16) lora_(down|grad_a|dx)_dropout (wf[01] )?(300x129|160x1030|9000x16) r[0-9]+ (ld[0-9]+ )?p0\.5 +norm" \
+  "$LOGS/test_backend_cuda_drop.log" | head -30 >> "$REPORT"
 LAUNCH=()
 
 # ------------------------------------------------------------------------------ 3b. whole encoders vs HF
@@ -495,11 +505,13 @@ print(c['num_hidden_layers'], 2*q*C + 2*kv*C + 3*C*I)" "$m8/config.json" 2>/dev/
 PEAK_FLOPS=989e12  # H100/H200 SXM dense bf16 tensor-core peak
 say "  MFU = tokens/s x (2 x $NL x $P_LAYER + 2 x n_bwd x $P_LAYER) / $PEAK_FLOPS: forward 2N through all layers, backward (dX only, the base is frozen) 2N through the n_bwd layers from the lowest adapted one up; N = matmul parameters per layer (embedding, attention scores, LoRA and head not counted)"
 TARGETS='["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]'
-declare -A LAYERS=([all]=all [top16]="[$(seq -s, $((NL - 16 > 0 ? NL - 16 : 0)) $((NL - 1)))]" [top8]="[$(seq -s, $((NL - 8 > 0 ? NL - 8 : 0)) $((NL - 1)))]" [fused]=all [mlpbf]=all)
-declare -A NBWD=([all]=$NL [top16]=$((NL < 16 ? NL : 16)) [top8]=$((NL < 8 ? NL : 8)) [fused]=$NL [mlpbf]=$NL)
+declare -A LAYERS=([all]=all [top16]="[$(seq -s, $((NL - 16 > 0 ? NL - 16 : 0)) $((NL - 1)))]" [top8]="[$(seq -s, $((NL - 8 > 0 ? NL - 8 : 0)) $((NL - 1)))]" [fused]=all [mlpbf]=all [prod]=all)
+declare -A NBWD=([all]=$NL [top16]=$((NL < 16 ? NL : 16)) [top8]=$((NL < 8 ? NL : 8)) [fused]=$NL [mlpbf]=$NL [prod]=$NL)
 # fused: all layers, each adapter on its frozen GEMM; mlpbf: the same with bf16 activations
 # (model.dtype=bf16 is the device's default anyway; said explicitly so that a CPU dry run uses its emulation)
-declare -A EXTRA=([fused]="--set lora.fuse=true" [mlpbf]="--set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16")
+# prod: the same as mlpbf with LoRA dropout 0.05 (configs/llama8b_glue.cfg's; the mask drawn inside the products)
+declare -A EXTRA=([fused]="--set lora.fuse=true" [mlpbf]="--set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16"
+                  [prod]="--set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16 --set lora.dropout=0.05")
 NSTEPS=$((BENCH_WARMUP + BENCH_STEPS))
 bench8b() {  # LOG TIMEOUT MICRO_BATCH LAYERS RUN_DIR: one run of the program on the 8B shapes
   timeout "$2" "${MPIRUN[@]}" "$BUILD/actlora-mpi" --set model.path="$m8" --set model.init=random \
@@ -534,10 +546,11 @@ if [ $gpu_path = 1 ] && [ -z "$BENCH_BATCH" ] && [ "$DEV" = cuda ] && [ "$(left)
 fi
 BENCH_BATCH=${BENCH_BATCH:-16}
 say "  micro-batch $BENCH_BATCH x 256 tokens for every run; $BENCH_WARMUP warm-up + $BENCH_STEPS timed steps${bb_note:+; $bb_note}"
-for sel in all top16 mlpbf fused top8; do
+for sel in all top16 mlpbf prod top8 fused; do
   name="ours, 8B, lora.layers=$sel"
   [ $sel = fused ] && name="ours, 8B, lora.layers=all, lora.fuse=true"
   [ $sel = mlpbf ] && name="ours, 8B, lora.layers=all, lora.fuse=true, model.act_dtype=bf16"
+  [ $sel = prod ] && name="ours, 8B, lora.layers=all, lora.fuse=true, model.act_dtype=bf16, lora.dropout=0.05"
   if [ $gpu_path = 0 ]; then result SKIP "$name" "$why"; continue; fi
   if [ "$(left)" -lt 60 ]; then result SKIP "$name" "time budget spent"; continue; fi
   tl=$(( $(left) - 30 < BENCH_TIMEOUT ? $(left) - 30 : BENCH_TIMEOUT ))
@@ -577,7 +590,7 @@ if [ -n "${MS[all]:-}" ]; then
     say "  step time $sel / all = $r$tgt"
   done
   say "  all-layer MFU target >= 50%: $(awk -v t="${TPS[all]}" -v L="$NL" -v P="$P_LAYER" -v pk="$PEAK_FLOPS" 'BEGIN { m = 100 * t * 4 * L * P / pk; printf "%.1f%% (%s)", m, (m >= 50 ? "met" : "missed") }')"
-  for sel in fused mlpbf; do
+  for sel in fused mlpbf prod; do
     [ -n "${MS[$sel]:-}" ] || continue
     say "  ${EXTRA[$sel]//--set /}: step $(awk -v a="${MS[$sel]}" -v b="${MS[all]}" 'BEGIN { printf "%.2f", a / b }')x the plain all-layer step; all-layer MFU $(awk -v t="${TPS[$sel]}" -v L="$NL" -v P="$P_LAYER" -v pk="$PEAK_FLOPS" 'BEGIN { m = 100 * t * 4 * L * P / pk; printf "%.1f%% (%s)", m, (m >= 50 ? "met" : "missed") }')"
   done

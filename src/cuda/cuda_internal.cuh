@@ -108,6 +108,7 @@ void cuda_install_encoder(Backend *be);  // encoder.cu: the encoder ops (BERT / 
 void cuda_install_weights(Backend *be);  // weights.cu: weight formats (bf16 default), wgemm, wembedding_fwd
 void cuda_install_lora_gemm(Backend *be);  // lora_gemm.cu: wgemm_lora, wgemm_lora_multi, weight_set_lora
 void cuda_install_act_wf(Backend *be);     // act_wf.cu: the ops on activations in the weight format
+void cuda_install_lora_dropout(Backend *be);  // lora_dropout.cu: lora_{down,grad_a,dx}_dropout (mask drawn inside)
 
 // weights.cu: the grow-only buffer of wgemm's activation operand (contents undefined; lora_gemm.cu builds
 // its [X | Xa] operands in it too)
