@@ -68,9 +68,8 @@ static void cpu_gemm_wf(Backend *be, int trans_a, int trans_b, int M, int N, int
                         int lda, int a_wf, const void *B, int ldb, int b_wf, float beta, float *C) {
     check(M >= 0 && N >= 0 && K >= 0, "gemm_wf: negative size M=%d N=%d K=%d", M, N, K);
     if (M == 0 || N == 0) return;
-    if (K == 0) {  // empty product: C = beta * C (beta == 0 overwrites, as BLAS does)
-        size_t n = (size_t)M * N;
-        for (size_t i = 0; i < n; i++) C[i] = beta == 0.0f ? 0.0f : beta * C[i];
+    if (K == 0) {  // the gemm op's empty product: C = beta * C (beta == 0 overwrites)
+        be->gemm(be, trans_a, trans_b, M, N, 0, alpha, NULL, NULL, beta, C);
         return;
     }
     int ar = trans_a ? K : M, ac = trans_a ? M : K, br = trans_b ? N : K, bc = trans_b ? K : N;
