@@ -1,6 +1,7 @@
-// config_keys.h: the schema table of every configuration key (private to config.c). Each row
-// gives the key's type, the RunConfig field it fills, its range or allowed values, its default
-// and its one-line doc; docs/config.md documents exactly these keys (tests/test_config.c checks).
+// config_keys.h: the schema table of every configuration key (private to config.c and
+// config_values.c, through config_internal.h). Each row gives the key's type, the RunConfig field
+// it fills, its range or allowed values, its default and its one-line doc; docs/config.md
+// documents exactly these keys (tests/test_config_values.c checks).
 #ifndef ACTLORA_CONFIG_KEYS_H
 #define ACTLORA_CONFIG_KEYS_H
 
