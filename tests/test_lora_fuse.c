@@ -235,31 +235,33 @@ static void compare_sides(TestCounts *tc, Side *p, Side *f, double tl, double tg
     printf("  %s: 7 losses around 6 AdamW steps, worst rel diff %.2e (tol %.0e)\n", tag, wl, ts);
 }
 
+// Side b (fuse_r, act_wf) against side a on the tiny Llama, with compare_sides's tolerances (loss / logits,
+// gradients, AdamW losses) and the tag "<format> dropout <p>, <what>"
+static void test_pair(TestCounts *tc, const char *dir, int bf, double dropout, int fuse_a, int wf_a, int fuse_b,
+                      int wf_b, double tl, double tg, double ts, const char *what) {
+    Side a, b;
+    side_init(&a, dir, bf, fuse_a, wf_a, dropout);
+    side_init(&b, dir, bf, fuse_b, wf_b, dropout);
+    char tag[96];
+    snprintf(tag, sizeof tag, "%s dropout %.1f, %s", fmt_name(bf), dropout, what);
+    compare_sides(tc, &a, &b, tl, tg, ts, tag);
+    side_free(&a);
+    side_free(&b);
+}
+
 // fused against plain
 static void test_model(TestCounts *tc, const char *dir, int bf, double dropout) {
-    Side p, f;
-    side_init(&p, dir, bf, 0, 0, dropout);
-    side_init(&f, dir, bf, 8, 0, dropout);
-    char tag[64];
-    snprintf(tag, sizeof tag, "%s dropout %.1f, fused vs plain", fmt_name(bf), dropout);
-    compare_sides(tc, &p, &f, bf ? 2e-2 : 1e-6, bf ? 3e-2 : 1e-5, bf ? 1e-2 : 1e-5, tag);
-    side_free(&p);
-    side_free(&f);
+    test_pair(tc, dir, bf, dropout, 0, 0, 8, 0, bf ? 2e-2 : 1e-6, bf ? 3e-2 : 1e-5, bf ? 1e-2 : 1e-5,
+              "fused vs plain");
 }
 
 // Activations in the weight format (model.act_dtype "bf16") against the fused model: in the fp32 format
-// bit for bit (the same products and formulas); in the bf16 emulation within bf16 tolerances (gate, up, h,
-// dgate, dup, xn1, xn2 and the adapters' fp32 operands of those products are rounded to bf16 on top of the
-// fused model's roundings).
+// bit for bit (the same products and formulas); in the bf16 emulation within bf16 tolerances (xn1, xn2, q,
+// k, v, P, gate, up, h, dgate, dup, dS and the adapters' fp32 operands of those products are rounded to
+// bf16 on top of the fused model's roundings).
 static void test_act_wf(TestCounts *tc, const char *dir, int bf, double dropout) {
-    Side f, w;
-    side_init(&f, dir, bf, 8, 0, dropout);
-    side_init(&w, dir, bf, 8, 1, dropout);
-    char tag[80];
-    snprintf(tag, sizeof tag, "%s dropout %.1f, activations in the weight format vs fused", fmt_name(bf), dropout);
-    compare_sides(tc, &f, &w, bf ? 2e-2 : 0.0, bf ? 5e-2 : 0.0, bf ? 1e-2 : 0.0, tag);
-    side_free(&f);
-    side_free(&w);
+    test_pair(tc, dir, bf, dropout, 8, 0, 8, 1, bf ? 2e-2 : 0.0, bf ? 5e-2 : 0.0, bf ? 1e-2 : 0.0,
+              "activations in the weight format vs fused");
 }
 
 // Random weights (model.init = "random"): the bordered model holds the plain model's draw, so the two
