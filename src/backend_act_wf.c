@@ -121,23 +121,6 @@ static void cpu_swiglu_bwd_wf(Backend *be, void *dgate, void *dup, int ld, const
         }
 }
 
-// the dropout op's mask (element m * C + c) over strided rows
-static void cpu_dropout_wf(Backend *be, void *out, int ldo, const void *in, int ldi, int M, int C, float p,
-                           uint64_t key) {
-    check(p >= 0.0f && p <= 1.0f, "dropout_wf: probability %g is outside [0, 1]", (double)p);
-    check(M >= 0 && C >= 0 && ldo >= C && ldi >= C, "dropout_wf: bad shape M=%d C=%d ldo=%d ldi=%d", M, C, ldo, ldi);
-    float *o = (float *)out, keep_scale = 1.0f - p;
-    const float *x = (const float *)in;
-    int bf = is_bf16(be);
-    #pragma omp parallel for num_threads(be->threads) if ((size_t)M * C >= WF_PAR_MIN / 4) schedule(static)
-    for (int m = 0; m < M; m++)
-        for (int c = 0; c < C; c++) {
-            float v = x[(size_t)m * ldi + c];
-            if (p > 0.0f) v = rng_uniform(key, (uint64_t)m * (uint64_t)C + (uint64_t)c) >= p ? v / keep_scale : 0.0f;
-            o[(size_t)m * ldo + c] = bf ? round_bf16(v) : v;
-        }
-}
-
 // row_norm_sum's per-row fp64 norms over strided rows, summed in row order
 static double cpu_row_norm_sum_wf(Backend *be, const void *x, int ld, const int32_t *mask, int N, int C) {
     check(N >= 0 && C >= 0 && ld >= C, "row_norm_sum_wf: bad shape N=%d C=%d ld=%d", N, C, ld);
@@ -169,7 +152,6 @@ void backend_cpu_act_wf_init(Backend *be) {
     be->gemm_wf = cpu_gemm_wf;
     be->swiglu_fwd_wf = cpu_swiglu_fwd_wf;
     be->swiglu_bwd_wf = cpu_swiglu_bwd_wf;
-    be->dropout_wf = cpu_dropout_wf;
     be->row_norm_sum_wf = cpu_row_norm_sum_wf;
     be->rmsnorm_fwd_wf = cpu_rmsnorm_fwd_wf;
     be->rope_fwd_wf = cpu_rope_fwd_wf;

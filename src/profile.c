@@ -348,8 +348,6 @@ WRAP(swiglu_fwd_wf, (Backend *be, void *h, int ldh, const void *gate, const void
 WRAP(swiglu_bwd_wf,
      (Backend *be, void *dgate, void *dup, int ld, const float *dh, const void *gate, const void *up, int M, int C),
      (IN, dgate, dup, ld, dh, gate, up, M, C), 0, (4.0 + 4.0 * p->inner.weight_bytes) * M * C, "%dx%d", M, C)
-WRAP(dropout_wf, (Backend *be, void *out, int ldo, const void *in, int ldi, int M, int C, float pr, uint64_t key),
-     (IN, out, ldo, in, ldi, M, C, pr, key), 0, 2.0 * p->inner.weight_bytes * M * C, "%dx%d", M, C)
 static double w_row_norm_sum_wf(Backend *be, const void *x, int ld, const int32_t *mask, int N, int C) {
     Profile *p = prof_of(be);
     double t0 = prof_begin(p), r = p->inner.row_norm_sum_wf(IN, x, ld, mask, N, C);

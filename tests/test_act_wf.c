@@ -77,19 +77,6 @@ static void test_elementwise(TestCounts *tc, int bf) {
     snprintf(what, sizeof what, "%s swiglu_bwd_wf dup = swiglu_bwd", fmt_name(bf));
     check_exact(tc, g2, wu, n, what);
     free(g1), free(g2);
-    // dropout_wf (strided in and out) vs dropout on the gathered rows, p = 0.3 and 0 (a copy)
-    for (int pi = 0; pi < 2; pi++) {
-        float p = pi ? 0.0f : 0.3f, *o = malloc(nl * 4), *xin = gather(x, M, C, ld), *wd = malloc(n * 4);
-        for (size_t i = 0; i < nl; i++) o[i] = 7.0f;
-        be.dropout_wf(&be, o, ld, x, ld, M, C, p, 0x5eed);
-        be.dropout(&be, wd, xin, n, p, 0x5eed);
-        round_all(wd, n, bf);
-        float *go = gather(o, M, C, ld);
-        snprintf(what, sizeof what, "%s dropout_wf p %.1f = dropout (same mask)", fmt_name(bf), (double)p);
-        check_exact(tc, go, wd, n, what);
-        check_pad(tc, o, M, C, ld, what);
-        free(o), free(xin), free(wd), free(go);
-    }
     // rmsnorm_fwd_wf (strided out) vs rmsnorm_fwd: the same rstd, the values rounded
     {
         float *xin = gather(x, M, C, ld), *wn = malloc((size_t)C * 4), *o = malloc(nl * 4), *wo = malloc(n * 4);

@@ -267,9 +267,6 @@ struct Backend {
     // dgate, dup [M, C] (row stride ld; overwritten) = swiglu_bwd's formulas from dh (fp32 [M, C]).
     void (*swiglu_bwd_wf)(Backend *be, void *dgate, void *dup, int ld, const float *dh, const void *gate,
                           const void *up, int M, int C);
-    // out [M, C] (row stride ldo) = the dropout op on in [M, C] (row stride ldi): element (m, c) keeps
-    // or drops as the dropout op's element m * C + c under the same key. p == 0 copies.
-    void (*dropout_wf)(Backend *be, void *out, int ldo, const void *in, int ldi, int M, int C, float p, uint64_t key);
     // row_norm_sum of x [N, C] (row stride ld) in the weight format.
     double (*row_norm_sum_wf)(Backend *be, const void *x, int ld, const int32_t *mask, int N, int C);
     // rope_fwd in place on x [B, T, nh, D] (contiguous) in the weight format, computed in fp32.
@@ -298,7 +295,7 @@ struct Backend {
     X(gelu_bwd) X(tanh_fwd) X(tanh_bwd) X(mask_rows) X(attention_enc_fwd) X(attention_enc_bwd) X(adamw)        \
     X(set_weight_dtype) X(weight_alloc) X(weight_upload) X(weight_randn) X(wgemm) X(wgemm_multi) X(wgemm_lora) \
     X(wgemm_lora_multi) X(weight_set_lora) X(weight_randn_2d) X(wembedding_fwd) X(wgemm_lora_multi_wf)        \
-    X(wgemm_lora_wf) X(gemm_wf) X(swiglu_fwd_wf) X(swiglu_bwd_wf) X(dropout_wf) X(row_norm_sum_wf)              \
+    X(wgemm_lora_wf) X(gemm_wf) X(swiglu_fwd_wf) X(swiglu_bwd_wf) X(row_norm_sum_wf)                            \
     X(rmsnorm_fwd_wf) X(rope_fwd_wf) X(attention_fwd_wf) X(attention_bwd_wf) X(lora_down_dropout)               \
     X(lora_grad_a_dropout) X(lora_dx_dropout)
 

@@ -6,7 +6,7 @@
 // arithmetic is fp32 (fp64 in row_norm_sum_wf and the attention backward's row sums).
 //
 // In the fp32 format every op computes exactly what the fp32 op it stands for computes on this backend:
-// the elementwise kernels use the same formulas (cuda_swiglu, cuda_swiglu_grads, cuda_dropout_value in
+// the elementwise kernels use the same formulas (cuda_swiglu, cuda_swiglu_grads in
 // cuda_internal.cuh, shared with elementwise.cu), row_norm_sum_wf is reduce.cu's row_norm_sum kernel with a
 // row stride, rmsnorm_fwd_wf is elementwise.cu's rmsnorm kernel with a row stride, the products are the
 // same cuBLAS calls as wgemm_lora / gemm, and rope_fwd_wf, attention_fwd_wf, attention_bwd_wf call the fp32 ops
@@ -83,22 +83,6 @@ static __global__ void k_swiglu_bwd_wf(T *dgate, T *dup, int ld, const float *dh
             cuda_swiglu_grads(dh[ri + i], cuda_to_float(gate[ri + i]), cuda_to_float(up[ri + i]), &dg, &du);
             dgate[ro + i] = cuda_to_fmt<T>(dg);
             dup[ro + i] = cuda_to_fmt<T>(du);
-        }
-    }
-}
-
-// out [M, C] (row stride ldo) = dropout of in [M, C] (row stride ldi), element (m, c) drawn as the dropout op's
-// element m * C + c. out may alias in when ldo == ldi (one thread reads, then writes, each element).
-template <typename T>
-static __global__ void k_dropout_wf(T *out, int ldo, const T *in, int ldi, int M, int C, float p, float keep_scale,
-                                    uint64_t key) {
-    ROWS(m, M) {
-        const T *x = in + (size_t)m * ldi;
-        T *o = out + (size_t)m * ldo;
-        uint64_t base = (uint64_t)m * (uint64_t)C;
-        COLS(c, C) {
-            float v = cuda_dropout_value(cuda_to_float(x[c]), key, base + (uint64_t)c, p, keep_scale);
-            o[c] = cuda_to_fmt<T>(v);
         }
     }
 }
@@ -232,30 +216,6 @@ static void cu_swiglu_bwd_wf(Backend *be, void *dgate, void *dup, int ld, const 
     launch_check("swiglu_bwd_wf");
 }
 
-static void cu_dropout_wf(Backend *be, void *out, int ldo, const void *in, int ldi, int M, int C, float p,
-                          uint64_t key) {
-    check(p >= 0.0f && p <= 1.0f, "dropout_wf: probability %g is outside [0, 1]", (double)p);
-    check(M >= 0 && C >= 0 && ldo >= C && ldi >= C, "dropout_wf: bad shape M=%d C=%d, row strides %d, %d", M, C, ldo,
-          ldi);
-    if (M == 0 || C == 0) return;
-    CudaCtx *cx = cuda_ctx(be);
-    if (p == 0.0f) {  // a copy (as the dropout op); in place with equal strides it is nothing
-        if (out == in && ldo == ldi) return;
-        size_t eb = be->weight_bytes;
-        cuda_check(cudaMemcpy2DAsync(out, (size_t)ldo * eb, in, (size_t)ldi * eb, (size_t)C * eb, (size_t)M,
-                                     cudaMemcpyDeviceToDevice, cx->stream));
-        return;
-    }
-    dim3 grid = rows_grid(M, C);
-    if (is_bf16(be))
-        k_dropout_wf<__nv_bfloat16><<<grid, CUDA_THREADS, 0, cx->stream>>>(
-            (__nv_bfloat16 *)out, ldo, (const __nv_bfloat16 *)in, ldi, M, C, p, 1.0f - p, key);
-    else
-        k_dropout_wf<float><<<grid, CUDA_THREADS, 0, cx->stream>>>((float *)out, ldo, (const float *)in, ldi, M, C, p,
-                                                                   1.0f - p, key);
-    launch_check("dropout_wf");
-}
-
 // row_norm_sum's kernel and host sum (reduce.cu) over the strided x
 static double cu_row_norm_sum_wf(Backend *be, const void *x, int ld, const int32_t *mask, int N, int C) {
     check(N >= 0 && C >= 0 && ld >= C, "row_norm_sum_wf: bad shape N=%d C=%d, row stride %d", N, C, ld);
@@ -301,7 +261,6 @@ void cuda_install_act_wf(Backend *be) {
     be->gemm_wf = cu_gemm_wf;
     be->swiglu_fwd_wf = cu_swiglu_fwd_wf;
     be->swiglu_bwd_wf = cu_swiglu_bwd_wf;
-    be->dropout_wf = cu_dropout_wf;
     be->row_norm_sum_wf = cu_row_norm_sum_wf;
     be->rmsnorm_fwd_wf = cu_rmsnorm_fwd_wf;
     be->rope_fwd_wf = cu_rope_fwd_wf;

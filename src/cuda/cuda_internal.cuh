@@ -168,8 +168,9 @@ __device__ __forceinline__ __nv_bfloat16 cuda_to_fmt<__nv_bfloat16>(float v) {
     return __float2bfloat16_rn(v);
 }
 
-// The elementwise formulas of swiglu and dropout, shared by the fp32 ops (elementwise.cu) and their
-// weight-format forms (act_wf.cu), so that those compute the same bits in the fp32 format. The _rn
+// The elementwise formulas of swiglu and dropout, shared by the fp32 ops (elementwise.cu), the weight-format
+// forms of swiglu (act_wf.cu) and the LoRA dropout kernels (lora_dropout.cu), so that those compute the same
+// bits as the fp32 ops. The _rn
 // intrinsics keep nvcc from contracting into FMAs (the CPU build does not use FMA).
 // h = silu(g) * u
 static __device__ __forceinline__ float cuda_swiglu(float g, float u) {
