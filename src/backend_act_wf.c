@@ -7,22 +7,15 @@
 // the format is rounded to bf16 (round_bf16) and every fp32 operand of a product too, which is what the
 // CUDA backend computes with bf16 storage, up to summation order.
 #include <cblas.h>
-#include <math.h>
-#include <string.h>
 
 #include "actlora/backend.h"
 #include "actlora/common.h"
-#include "actlora/rng.h"
 #include "backend_cpu_internal.h"
 
 // below this many elements an elementwise op runs on one thread (as backend_cpu.c)
 #define WF_PAR_MIN 32768
 
 static int is_bf16(const Backend *be) { return be->weight_dtype == BACKEND_WEIGHT_BF16; }
-
-static void lora_shape_check(const char *op, int M, int out, int in, int r) {
-    check(M >= 0 && out > 0 && in > 0 && r > 0, "%s: bad shape M=%d out=%d in=%d r=%d", op, M, out, in, r);
-}
 
 // ---------------------------------------------------------------------------- products
 
@@ -46,7 +39,7 @@ static void cpu_rmsnorm_fwd_wf(Backend *be, void *out, int ldo, float *rstd, con
 // Y = [Xw | Xa] op(Wb) + beta Y with the operand already in the format (Xa written into Xw's last r columns)
 static void cpu_wgemm_lora_wf(Backend *be, int trans_w, int M, int out, int in, int r, void *Xw, const float *Xa,
                               const void *Wb, float beta, float *Y) {
-    lora_shape_check("wgemm_lora_wf", M, out, in, r);
+    cpu_lora_shape_check("wgemm_lora_wf", M, out, in, r);
     if (M == 0) return;
     int k0 = trans_w ? in : out, ld = k0 + r;
     float *op = (float *)Xw;
@@ -87,7 +80,7 @@ static void cpu_gemm_wf(Backend *be, int trans_a, int trans_b, int M, int N, int
 
 // ---------------------------------------------------------------------------- elementwise
 
-// h = silu(gate) * up (swiglu_fwd's formula), into rows of stride ldh
+// h = silu(gate) * up (swiglu_fwd's formula, cpu_swiglu), into rows of stride ldh
 static void cpu_swiglu_fwd_wf(Backend *be, void *h, int ldh, const void *gate, const void *up, int M, int C) {
     check(M >= 0 && C >= 0 && ldh >= C, "swiglu_fwd_wf: bad shape M=%d C=%d ldh=%d", M, C, ldh);
     float *ho = (float *)h;
@@ -97,7 +90,7 @@ static void cpu_swiglu_fwd_wf(Backend *be, void *h, int ldh, const void *gate, c
     for (int m = 0; m < M; m++)
         for (int c = 0; c < C; c++) {
             size_t i = (size_t)m * C + c;
-            float g = gt[i], v = g / (1.0f + expf(-g)) * u[i];
+            float v = cpu_swiglu(gt[i], u[i]);
             ho[(size_t)m * ldh + c] = bf ? round_bf16(v) : v;
         }
 }
@@ -113,9 +106,8 @@ static void cpu_swiglu_bwd_wf(Backend *be, void *dgate, void *dup, int ld, const
     for (int m = 0; m < M; m++)
         for (int c = 0; c < C; c++) {
             size_t i = (size_t)m * C + c, o = (size_t)m * ld + c;
-            float g = gt[i], s = 1.0f / (1.0f + expf(-g));
-            float d = dh[i];
-            float vg = d * u[i] * (s * (1.0f + g * (1.0f - s))), vu = d * (g * s);
+            float vg, vu;
+            cpu_swiglu_grads(dh[i], gt[i], u[i], &vg, &vu);
             dg[o] = bf ? round_bf16(vg) : vg;
             du[o] = bf ? round_bf16(vu) : vu;
         }

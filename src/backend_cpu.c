@@ -247,22 +247,14 @@ static void cpu_rope_bwd(Backend *be, float *dx, const float *cos_t, const float
 // h = silu(gate) * up, silu(x) = x / (1 + exp(-x))
 static void cpu_swiglu_fwd(Backend *be, float *h, const float *gate, const float *up, size_t n) {
     #pragma omp parallel for num_threads(be->threads) if (n >= PAR_MIN) schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i];
-        h[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+    for (size_t i = 0; i < n; i++) h[i] = cpu_swiglu(gate[i], up[i]);
 }
 
-// s = sigmoid(g): dsilu/dg = s (1 + g (1 - s)); dgate = dh up dsilu; dup = dh silu(g)
+// dgate, dup (cpu_swiglu_grads, backend_cpu_internal.h)
 static void cpu_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dh, const float *gate,
                            const float *up, size_t n) {
     #pragma omp parallel for num_threads(be->threads) if (n >= PAR_MIN) schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i], s = 1.0f / (1.0f + expf(-g));
-        float d = dh[i];
-        dgate[i] = d * up[i] * (s * (1.0f + g * (1.0f - s)));
-        dup[i] = d * (g * s);
-    }
+    for (size_t i = 0; i < n; i++) cpu_swiglu_grads(dh[i], gate[i], up[i], &dgate[i], &dup[i]);
 }
 
 // ------------------------------------------------------------------------------ dropout
@@ -277,7 +269,7 @@ static void cpu_dropout(Backend *be, float *out, const float *inp, size_t n, flo
     float keep_scale = 1.0f - p;
     #pragma omp parallel for num_threads(be->threads) if (n >= PAR_MIN / 4) schedule(static)
     for (size_t i = 0; i < n; i++)
-        out[i] = rng_uniform(key, (uint64_t)i) >= p ? inp[i] / keep_scale : 0.0f;
+        out[i] = cpu_dropout_value(inp[i], key, (uint64_t)i, p, keep_scale);
 }
 
 // ------------------------------------------------------------------------------ classification head

@@ -3,10 +3,13 @@
 #ifndef ACTLORA_BACKEND_CPU_INTERNAL_H
 #define ACTLORA_BACKEND_CPU_INTERNAL_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "actlora/backend.h"
+#include "actlora/common.h"
+#include "actlora/rng.h"
 
 // Grow-only scratch buffer of n floats (contents undefined); valid until the next call (backend_cpu.c).
 float *cpu_scratch(Backend *be, size_t n, const char *what);
@@ -43,6 +46,25 @@ static inline float round_bf16(float x) {
 // x rounded to the backend's weight format: bf16 in the bf16 emulation, as it is in fp32.
 static inline float round_wf(const Backend *be, float x) {
     return be->weight_dtype == BACKEND_WEIGHT_BF16 ? round_bf16(x) : x;
+}
+
+// The elementwise formulas the fp32 ops and their weight-format / LoRA forms share (bit-identical results):
+// h = silu(g) * u;
+static inline float cpu_swiglu(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+// s = sigmoid(g): dsilu/dg = s (1 + g (1 - s)); dgate = dh up dsilu; dup = dh silu(g)
+static inline void cpu_swiglu_grads(float d, float g, float u, float *dgate, float *dup) {
+    float s = 1.0f / (1.0f + expf(-g));
+    *dgate = d * u * (s * (1.0f + g * (1.0f - s)));
+    *dup = d * (g * s);
+}
+// inverted dropout of element i under key: kept (rng_uniform(key, i) >= p) values / keep_scale (= 1 - p)
+static inline float cpu_dropout_value(float v, uint64_t key, uint64_t i, float p, float keep_scale) {
+    return rng_uniform(key, i) >= p ? v / keep_scale : 0.0f;
+}
+
+// the shape check of the bordered-weight ops (backend_weights.c, backend_act_wf.c)
+static inline void cpu_lora_shape_check(const char *op, int M, int out, int in, int r) {
+    check(M >= 0 && out > 0 && in > 0 && r > 0, "%s: bad shape M=%d out=%d in=%d r=%d", op, M, out, in, r);
 }
 
 // x[0..n) rounded to bf16 in place

@@ -25,7 +25,7 @@ static const float *dropped(Backend *be, const void *X, int ldx, int N, int in, 
         for (int c = 0; c < in; c++) {
             size_t i = (size_t)n * in + c;
             float v = x[(size_t)n * ldx + c];
-            d[i] = p == 0.0f ? v : (rng_uniform(key, (uint64_t)i) >= p ? v / keep_scale : 0.0f);
+            d[i] = p == 0.0f ? v : cpu_dropout_value(v, key, (uint64_t)i, p, keep_scale);
         }
     return d;
 }

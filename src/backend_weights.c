@@ -85,14 +85,10 @@ void cpu_bordered_gemm(int trans_w, int M, int n, int k, const float *op, int ld
                 beta, Y, n);
 }
 
-static void lora_shape_check(const char *op, int M, int out, int in, int r) {
-    check(M >= 0 && out > 0 && in > 0 && r > 0, "%s: bad shape M=%d out=%d in=%d r=%d", op, M, out, in, r);
-}
-
 // Y = [X | Xa] op(Wb) + beta Y (backend.h, "LoRA on the frozen GEMM")
 static void cpu_wgemm_lora(Backend *be, int trans_w, int M, int out, int in, int r, const float *X, const float *Xa,
                            const void *Wb, float beta, float *Y) {
-    lora_shape_check("wgemm_lora", M, out, in, r);
+    cpu_lora_shape_check("wgemm_lora", M, out, in, r);
     if (M == 0) return;
     int k0 = trans_w ? in : out, k = k0 + (Xa ? r : 0);
     float *op = cpu_scratch(be, (size_t)M * (size_t)k, "wgemm_lora operand [X | Xa]");
@@ -104,7 +100,7 @@ static void cpu_wgemm_lora(Backend *be, int trans_w, int M, int out, int in, int
 static void cpu_wgemm_lora_multi(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
                                  const void *const *Wb, const int *out, float *const *Y) {
     check(n >= 0, "wgemm_lora_multi: negative count %d", n);
-    for (int i = 0; i < n; i++) lora_shape_check("wgemm_lora_multi", M, out[i], in, r);
+    for (int i = 0; i < n; i++) cpu_lora_shape_check("wgemm_lora_multi", M, out[i], in, r);
     if (M == 0 || n == 0) return;
     int ld = in + r;
     float *op = cpu_scratch(be, (size_t)M * (size_t)ld, "wgemm_lora operand [X | Xa]");
@@ -125,7 +121,7 @@ static void cpu_wgemm_lora_multi(Backend *be, int n, int M, int in, int r, const
 // The border: rows [0, out) columns [in, in + r) = s B, rows [out, out + r) columns [0, in) = A
 static void cpu_weight_set_lora(Backend *be, void *Wb, int out, int in, int r, const float *A, const float *B,
                                 float s) {
-    lora_shape_check("weight_set_lora", 0, out, in, r);
+    cpu_lora_shape_check("weight_set_lora", 0, out, in, r);
     int bf = be->weight_dtype == BACKEND_WEIGHT_BF16;
     float *w = (float *)Wb;
     size_t ld = (size_t)in + (size_t)r;

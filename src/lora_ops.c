@@ -21,12 +21,14 @@ static void any_gemm(Backend *be, int ta, int tb, int M, int N, int K, float alp
                      ldb, B == NULL, beta, C);
 }
 
-// a_out = dropout(X) A^T for an input X [N, in] with row stride ldx, fp32 (x_wf 0) or in the weight format
+// a_out = dropout(X) A^T for an input X [N, in] with row stride ldx (0: in, contiguous), fp32 (x_wf 0) or in
+// the weight format
 static const float *down_any(Backend *be, const LoraSet *ls, int layer, LoraModule module, const void *X, int ldx,
                              int x_wf, float *a_out, int N, int train, uint64_t key) {
     const LoraAdapter *ad = planned_adapter(ls, layer, module, a_out);
     if (!ad) return NULL;
     const float *A = ls->params + ad->a_off;
+    if (ldx <= 0) ldx = ad->in;
     if (train && ls->dropout > 0.0f)
         be->lora_down_dropout(be, a_out, X, ldx, x_wf, A, N, ad->in, ls->r, ls->dropout,
                               lora_ops_key(key, ad->layer, ad->module));
@@ -39,8 +41,7 @@ static const float *down_any(Backend *be, const LoraSet *ls, int layer, LoraModu
 
 const float *lora_ops_down(Backend *be, const LoraSet *ls, int layer, LoraModule module, const float *X,
                            float *a_out, int N, int train, uint64_t key) {
-    int idx = lora_find(ls, layer, module);
-    return down_any(be, ls, layer, module, X, idx < 0 ? 0 : ls->ad[idx].in, 0, a_out, N, train, key);
+    return down_any(be, ls, layer, module, X, 0, 0, a_out, N, train, key);
 }
 
 const float *lora_ops_down_wf(Backend *be, const LoraSet *ls, int layer, LoraModule module, const void *Xw, int ldx,
