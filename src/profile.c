@@ -59,6 +59,15 @@ static void prof_end(Profile *p, double t0, const char *op, double flops, double
         p->inner.op args;                                                    \
         prof_end(p, t0, #op, (double)(flops), (double)(bytes), __VA_ARGS__); \
     }
+// The same for an op that returns a value of type rtype.
+#define WRAP_RET(rtype, op, params, args, flops, bytes, ...)                  \
+    static rtype w_##op params {                                              \
+        Profile *p = prof_of(be);                                             \
+        double t0 = prof_begin(p);                                            \
+        rtype r = p->inner.op args;                                           \
+        prof_end(p, t0, #op, (double)(flops), (double)(bytes), __VA_ARGS__);  \
+        return r;                                                             \
+    }
 #define IN (&p->inner)
 
 // Bytes a wgemm moves at least: in bf16 format the cast of X (fp32 read, bf16 write) and the product
@@ -74,13 +83,7 @@ static double wgemm_bytes(const Profile *p, int M, int N, int K, float beta) {
 
 // ---------------------------------------------------------------------------- memory
 
-static void *w_alloc(Backend *be, size_t bytes, const char *what) {
-    Profile *p = prof_of(be);
-    double t0 = prof_begin(p);
-    void *r = p->inner.alloc(IN, bytes, what);
-    prof_end(p, t0, "alloc", 0, 0, "%s", "");
-    return r;
-}
+WRAP_RET(void *, alloc, (Backend *be, size_t bytes, const char *what), (IN, bytes, what), 0, 0, "%s", "")
 static void w_free(Backend *be, void *ptr) {
     Profile *p = prof_of(be);
     double t0 = prof_begin(p);
@@ -105,18 +108,9 @@ WRAP(gemm,
      N, K)
 WRAP(add, (Backend *be, float *y, const float *x, size_t n), (IN, y, x, n), 0, 12.0 * n, "n=%zu", n)
 WRAP(scale, (Backend *be, float *x, float s, size_t n), (IN, x, s, n), 0, 8.0 * n, "n=%zu", n)
-static double w_sumsq(Backend *be, const float *x, size_t n) {
-    Profile *p = prof_of(be);
-    double t0 = prof_begin(p), r = p->inner.sumsq(IN, x, n);
-    prof_end(p, t0, "sumsq", 0, 4.0 * n, "n=%zu", n);
-    return r;
-}
-static double w_row_norm_sum(Backend *be, const float *x, const int32_t *mask, int N, int C) {
-    Profile *p = prof_of(be);
-    double t0 = prof_begin(p), r = p->inner.row_norm_sum(IN, x, mask, N, C);
-    prof_end(p, t0, "row_norm_sum", 0, 4.0 * N * C, "%dx%d", N, C);
-    return r;
-}
+WRAP_RET(double, sumsq, (Backend *be, const float *x, size_t n), (IN, x, n), 0, 4.0 * n, "n=%zu", n)
+WRAP_RET(double, row_norm_sum, (Backend *be, const float *x, const int32_t *mask, int N, int C),
+         (IN, x, mask, N, C), 0, 4.0 * N * C, "%dx%d", N, C)
 WRAP(embedding_fwd, (Backend *be, float *out, const int32_t *ids, const float *wte, int N, int C),
      (IN, out, ids, wte, N, C), 0, 8.0 * N * C, "%dx%d", N, C)
 WRAP(rmsnorm_fwd, (Backend *be, float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps),
@@ -205,13 +199,7 @@ static int w_set_weight_dtype(Backend *be, int dtype) {
     be->weight_bytes = p->inner.weight_bytes;
     return r;
 }
-static void *w_weight_alloc(Backend *be, size_t n, const char *what) {
-    Profile *p = prof_of(be);
-    double t0 = prof_begin(p);
-    void *r = p->inner.weight_alloc(IN, n, what);
-    prof_end(p, t0, "weight_alloc", 0, 0, "%s", "");
-    return r;
-}
+WRAP_RET(void *, weight_alloc, (Backend *be, size_t n, const char *what), (IN, n, what), 0, 0, "%s", "")
 WRAP(weight_upload, (Backend *be, void *w, const float *src, size_t n), (IN, w, src, n), 0, 0, "%s", "")
 WRAP(weight_randn, (Backend *be, void *w, size_t n, float mean, float std, uint64_t key), (IN, w, n, mean, std, key),
      0, 0, "%s", "")
@@ -348,12 +336,8 @@ WRAP(swiglu_fwd_wf, (Backend *be, void *h, int ldh, const void *gate, const void
 WRAP(swiglu_bwd_wf,
      (Backend *be, void *dgate, void *dup, int ld, const float *dh, const void *gate, const void *up, int M, int C),
      (IN, dgate, dup, ld, dh, gate, up, M, C), 0, (4.0 + 4.0 * p->inner.weight_bytes) * M * C, "%dx%d", M, C)
-static double w_row_norm_sum_wf(Backend *be, const void *x, int ld, const int32_t *mask, int N, int C) {
-    Profile *p = prof_of(be);
-    double t0 = prof_begin(p), r = p->inner.row_norm_sum_wf(IN, x, ld, mask, N, C);
-    prof_end(p, t0, "row_norm_sum_wf", 0, (double)p->inner.weight_bytes * N * C, "%dx%d", N, C);
-    return r;
-}
+WRAP_RET(double, row_norm_sum_wf, (Backend *be, const void *x, int ld, const int32_t *mask, int N, int C),
+         (IN, x, ld, mask, N, C), 0, (double)p->inner.weight_bytes * N * C, "%dx%d", N, C)
 
 // ---------------------------------------------------------------------------- start / stop
 
