@@ -635,7 +635,8 @@ static int death_case(const char *which) {
     return 0;  // survived: the parent reports the failure
 }
 
-// (a re-executed child, not test_fixture.h's forked one: CUDA state does not survive fork)
+// (a re-executed child, not test_fixture.h's forked one: CUDA state does not survive fork; the parent's
+// side is the same, fx_child_output)
 static void expect_exec_death(Ctx *c, const char *which, const char *needle) {
     int fds[2];
     if (pipe(fds) != 0) {
@@ -655,13 +656,7 @@ static void expect_exec_death(Ctx *c, const char *which, const char *needle) {
     }
     close(fds[1]);
     char buf[8192];
-    size_t len = 0;
-    ssize_t r;
-    while (len < sizeof buf - 1 && (r = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)r;
-    buf[len] = 0;
-    close(fds[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
+    int st = fx_child_output(fds[0], pid, buf, sizeof buf);
     T_CHECK(c->tc, WIFEXITED(st) && WEXITSTATUS(st) == 1 && strstr(buf, needle),
             "--die %s: expected exit 1 with '%s', got status %d, output '%s'", which, needle, st, buf);
     printf("  %-52s %s\n", which, strstr(buf, needle) ? "dies with a clear message" : "WRONG");

@@ -496,6 +496,19 @@ static inline void fd_grad_strided(LossFn f, void *ctx, double *x, size_t lo, si
     }
 }
 
+// The parent's side of a death test: reads the child's output from fd until it closes (at most cap - 1
+// bytes into buf, NUL-terminated), closes fd, waits for pid and returns its wait status.
+static inline int fx_child_output(int fd, pid_t pid, char *buf, size_t cap) {
+    size_t len = 0;
+    ssize_t r;
+    while (len < cap - 1 && (r = read(fd, buf + len, cap - 1 - len)) > 0) len += (size_t)r;
+    buf[len] = 0;
+    close(fd);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return st;
+}
+
 // Runs fn(ctx) in a child process and expects it to die (exit 1) with `needle` in stderr.
 static inline void expect_death(TestCounts *tc, void (*fn)(void *), void *ctx, const char *needle, const char *what) {
     int fds[2];
@@ -515,13 +528,7 @@ static inline void expect_death(TestCounts *tc, void (*fn)(void *), void *ctx, c
     }
     close(fds[1]);
     char buf[4096];
-    size_t len = 0;
-    ssize_t r;
-    while (len < sizeof buf - 1 && (r = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)r;
-    buf[len] = 0;
-    close(fds[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
+    int st = fx_child_output(fds[0], pid, buf, sizeof buf);
     T_CHECK(tc, WIFEXITED(st) && WEXITSTATUS(st) == 1 && strstr(buf, needle),
             "%s: expected death with '%s', got status %d, stderr '%s'", what, needle, st, buf);
 }
