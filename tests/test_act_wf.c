@@ -23,6 +23,13 @@
 
 static const char *fmt_name(int bf) { return bf ? "bf16" : "fp32"; }
 
+// a CPU backend (2 threads) in the fp32 format or the bf16 emulation
+static void open_cpu(TestCounts *tc, Backend *be, int bf) {
+    char msg[256];
+    backend_cpu_init(be, 2);
+    T_CHECK(tc, backend_set_dtype(be, fmt_name(bf), msg, sizeof msg) == 0, "%s", msg);
+}
+
 // rows [M, C] of a strided buffer (stride ld) gathered into a contiguous copy
 static float *gather(const float *x, int M, int C, int ld) {
     float *g = malloc((size_t)M * C * sizeof(float));
@@ -44,9 +51,8 @@ static void round_all(float *x, size_t n, int bf) {
 
 static void test_elementwise(TestCounts *tc, int bf) {
     Backend be;
-    backend_cpu_init(&be, 2);
-    char msg[256], what[160];
-    T_CHECK(tc, backend_set_dtype(&be, fmt_name(bf), msg, sizeof msg) == 0, "%s", msg);
+    open_cpu(tc, &be, bf);
+    char what[160];
     Rand r = {bf ? 31u : 29u};
     int M = 37, C = 40, ld = 48;
     size_t n = (size_t)M * C, nl = (size_t)M * ld;
@@ -107,9 +113,8 @@ static void test_elementwise(TestCounts *tc, int bf) {
 
 static void test_products(TestCounts *tc, int bf) {
     Backend be;
-    backend_cpu_init(&be, 2);
-    char msg[256], what[160];
-    T_CHECK(tc, backend_set_dtype(&be, fmt_name(bf), msg, sizeof msg) == 0, "%s", msg);
+    open_cpu(tc, &be, bf);
+    char what[160];
     Rand r = {bf ? 41u : 43u};
     // gemm_wf: the four transpose cases, each operand strided and in either form
     int M = 19, N = 6, K = 45, pad = 5;
@@ -217,9 +222,8 @@ static void test_products(TestCounts *tc, int bf) {
 // rope_fwd_wf and attention in the weight format against the fp32 ops on the same (stored) values
 static void test_attention(TestCounts *tc, int bf) {
     Backend be;
-    backend_cpu_init(&be, 2);
-    char msg[256], what[160];
-    T_CHECK(tc, backend_set_dtype(&be, fmt_name(bf), msg, sizeof msg) == 0, "%s", msg);
+    open_cpu(tc, &be, bf);
+    char what[160];
     Rand r = {bf ? 53u : 59u};
     int B = 3, T = 37, H = 4, KVH = 2, D = 16;
     size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * KVH * D, np = (size_t)B * H * T * T;
