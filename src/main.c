@@ -80,11 +80,10 @@ static void plan_device_memory(const RunConfig *cfg, const ModelConfig *mc, cons
                                int lowest, int n_layers, const int *modules, int n_modules, int B, int T, int quiet,
                                const char *what) {
     MemPlan plan;
+    int act_wf = model_act_wf(mc->arch, be, cfg->model.act_dtype, cfg->lora.fuse, NULL) == 1;  // validated already
     if (mc->arch == ARCH_LLAMA)
         memplan_llama(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
-                      (int)be->weight_bytes,
-                      (cfg->lora.fuse ? MEMPLAN_FUSED : 0) |
-                          (strcmp(cfg->model.act_dtype, "bf16") == 0 ? MEMPLAN_ACT_WF : 0));
+                      (int)be->weight_bytes, (cfg->lora.fuse ? MEMPLAN_FUSED : 0) | (act_wf ? MEMPLAN_ACT_WF : 0));
     else
         memplan_encoder(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
                         (int)be->weight_bytes);

@@ -46,9 +46,9 @@ void model_load(Model *m, Backend *be, const char *dir, const ModelConfig *mc, i
 // initializer_range for the encoders; bias 0). Returns 1 if loaded.
 int model_init_head(Model *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed);
 // model.act_dtype for a model of this architecture on this backend (its weight format set) with lora.fuse =
-// fuse: returns 1 when activations (normed inputs, MLP) go into the weight format ("bf16"), 0 for "fp32",
-// or -1 with a message naming the key to change (an encoder, lora.fuse off, or fp32 weights). Before
-// model_load.
+// fuse: returns 1 when the saved activations go into the weight format ("bf16"), 0 for "fp32", or -1 with a
+// message in err (may be NULL) naming the key to change (an encoder, lora.fuse off, or fp32 weights).
+// Call it before model_load.
 int model_act_wf(ModelArch arch, const Backend *be, const char *act_dtype, int fuse, Error *err);
 // Puts the activations of a model loaded with lora.fuse into the weight format (model_act_wf == 1);
 // before model_alloc_acts.
