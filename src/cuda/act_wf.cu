@@ -39,15 +39,6 @@
 #define ROWS(m, M) for (int m = blockIdx.y; m < (M); m += gridDim.y)
 #define COLS(c, C) for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < (C); c += gridDim.x * blockDim.x)
 
-// The grid of the row kernels for [M, C] (M, C > 0): up to 64 blocks across a row, up to 65535 rows at once.
-static dim3 rows_grid(int M, int C) {
-    unsigned gx = (unsigned)((C + CUDA_THREADS - 1) / CUDA_THREADS), gy = (unsigned)(M < 65535 ? M : 65535);
-    if (gx < 1) gx = 1;
-    if (gx > 64) gx = 64;
-    return dim3(gx, gy);
-}
-
-static int is_bf16(const Backend *be) { return be->weight_dtype == BACKEND_WEIGHT_BF16; }
 
 // ---------------------------------------------------------------------------- kernels
 
@@ -89,10 +80,6 @@ static __global__ void k_swiglu_bwd_wf(T *dgate, T *dup, int ld, const float *dh
 
 // ---------------------------------------------------------------------------- products
 
-static void lora_wf_check(const char *op, int M, int out, int in, int r) {
-    check(M >= 0 && out > 0 && in > 0 && r > 0, "%s: bad shape M=%d out=%d in=%d r=%d", op, M, out, in, r);
-}
-
 // Y_i = [Xw | Xa_i] Wb_i^T in the weight format (backend.h): the operand is the caller's Xw (row stride in + r),
 // read in place; per weight in order, its Xa_i is rounded into Xw's last r columns (the stream orders each
 // rewrite after the product before it) and one product writes Y_i in the format. Column-major:
@@ -102,7 +89,7 @@ static void lora_wf_check(const char *op, int M, int out, int in, int r) {
 static void cu_wgemm_lora_multi_wf(Backend *be, int n, int M, int in, int r, void *Xw, const float *const *Xa,
                                    const void *const *Wb, const int *out, void *const *Y) {
     check(n >= 0, "wgemm_lora_multi_wf: negative count %d", n);
-    for (int i = 0; i < n; i++) lora_wf_check("wgemm_lora_multi_wf", M, out[i], in, r);
+    for (int i = 0; i < n; i++) cuda_lora_shape_check("wgemm_lora_multi_wf", M, out[i], in, r);
     if (M == 0 || n == 0) return;
     int ld = in + r;
     for (int i = 0; i < n; i++) {
@@ -115,7 +102,7 @@ static void cu_wgemm_lora_multi_wf(Backend *be, int n, int M, int in, int r, voi
 static void cu_rmsnorm_fwd_wf(Backend *be, void *out, int ldo, float *rstd, const float *inp, const float *w, int N,
                               int C, float eps) {
     check(N >= 0 && C > 0 && ldo >= C, "rmsnorm_fwd_wf: bad shape N=%d C=%d, row stride %d", N, C, ldo);
-    cuda_rmsnorm_fwd_ld(be, out, is_bf16(be), (size_t)ldo, rstd, inp, w, N, C, eps);
+    cuda_rmsnorm_fwd_ld(be, out, cuda_wf_bf16(be), (size_t)ldo, rstd, inp, w, N, C, eps);
 }
 
 // Y = Xw op(Wb) + beta Y with Xw [M, k0 + r] already in the weight format (backend.h). Xa (when given) is
@@ -126,7 +113,7 @@ static void cu_rmsnorm_fwd_wf(Backend *be, void *out, int ldo, float *rstd, cons
 // (the border is not read). Y is fp32.
 static void cu_wgemm_lora_wf(Backend *be, int trans_w, int M, int out, int in, int r, void *Xw, const float *Xa,
                              const void *Wb, float beta, float *Y) {
-    lora_wf_check("wgemm_lora_wf", M, out, in, r);
+    cuda_lora_shape_check("wgemm_lora_wf", M, out, in, r);
     if (M == 0) return;
     int k0 = trans_w ? in : out, ld = k0 + r;
     if (Xa) cuda_lora_operand(be, Xw, ld, NULL, k0, Xa, r, M);
@@ -135,7 +122,7 @@ static void cu_wgemm_lora_wf(Backend *be, int trans_w, int M, int out, int in, i
 
 // dst (contiguous bf16 [rows, cols]) = bf16(src [rows, cols], row stride lds), on the backend's stream
 static void cast_rows_bf16(Backend *be, __nv_bfloat16 *dst, const float *src, int lds, int rows, int cols) {
-    k_cast_rows_bf16<<<rows_grid(rows, cols), CUDA_THREADS, 0, cuda_ctx(be)->stream>>>(dst, src, lds, rows, cols);
+    k_cast_rows_bf16<<<cuda_rows_grid(rows, cols), CUDA_THREADS, 0, cuda_ctx(be)->stream>>>(dst, src, lds, rows, cols);
     launch_check("gemm_wf (operand to bf16)");
 }
 
@@ -158,7 +145,7 @@ static void cu_gemm_wf(Backend *be, int trans_a, int trans_b, int M, int N, int 
           M, N, K);
     CudaCtx *cx = cuda_ctx(be);
     cublasOperation_t oa = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, ob = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    if (!is_bf16(be)) {  // fp32 format: both operands fp32 whatever a_wf / b_wf say; cu_gemm's call with strides
+    if (!cuda_wf_bf16(be)) {  // fp32 format: both operands fp32 whatever a_wf / b_wf say; cu_gemm's call with strides
         cublas_check(cublasSgemm(cx->blas, ob, oa, N, M, K, &alpha, (const float *)B, ldb, (const float *)A, lda,
                                  &beta, C, N));
         return;
@@ -189,9 +176,9 @@ static void cu_gemm_wf(Backend *be, int trans_a, int trans_b, int M, int N, int 
 static void cu_swiglu_fwd_wf(Backend *be, void *h, int ldh, const void *gate, const void *up, int M, int I) {
     check(M >= 0 && I >= 0 && ldh >= I, "swiglu_fwd_wf: bad shape M=%d I=%d, row stride %d", M, I, ldh);
     if (M == 0 || I == 0) return;
-    dim3 grid = rows_grid(M, I);
+    dim3 grid = cuda_rows_grid(M, I);
     cudaStream_t st = cuda_ctx(be)->stream;
-    if (is_bf16(be))
+    if (cuda_wf_bf16(be))
         k_swiglu_fwd_wf<__nv_bfloat16><<<grid, CUDA_THREADS, 0, st>>>(
             (__nv_bfloat16 *)h, ldh, (const __nv_bfloat16 *)gate, (const __nv_bfloat16 *)up, M, I);
     else
@@ -204,9 +191,9 @@ static void cu_swiglu_bwd_wf(Backend *be, void *dgate, void *dup, int ld, const 
                              const void *up, int M, int I) {
     check(M >= 0 && I >= 0 && ld >= I, "swiglu_bwd_wf: bad shape M=%d I=%d, row stride %d", M, I, ld);
     if (M == 0 || I == 0) return;
-    dim3 grid = rows_grid(M, I);
+    dim3 grid = cuda_rows_grid(M, I);
     cudaStream_t st = cuda_ctx(be)->stream;
-    if (is_bf16(be))
+    if (cuda_wf_bf16(be))
         k_swiglu_bwd_wf<__nv_bfloat16><<<grid, CUDA_THREADS, 0, st>>>((__nv_bfloat16 *)dgate, (__nv_bfloat16 *)dup, ld,
                                                                       dh, (const __nv_bfloat16 *)gate,
                                                                       (const __nv_bfloat16 *)up, M, I);
@@ -219,14 +206,14 @@ static void cu_swiglu_bwd_wf(Backend *be, void *dgate, void *dup, int ld, const 
 // row_norm_sum's kernel and host sum (reduce.cu) over the strided x
 static double cu_row_norm_sum_wf(Backend *be, const void *x, int ld, const int32_t *mask, int N, int C) {
     check(N >= 0 && C >= 0 && ld >= C, "row_norm_sum_wf: bad shape N=%d C=%d, row stride %d", N, C, ld);
-    return cuda_row_norm_sum_ld(be, x, is_bf16(be), (size_t)ld, mask, N, C);
+    return cuda_row_norm_sum_ld(be, x, cuda_wf_bf16(be), (size_t)ld, mask, N, C);
 }
 
 // ---------------------------------------------------------------------------- RoPE and attention
 
 // rope_fwd on x in the weight format: the rope_fwd op in fp32; its kernel on bf16 (fp32 arithmetic, rounded)
 static void cu_rope_fwd_wf(Backend *be, void *x, const float *cos_t, const float *sin_t, int B, int T, int nh, int D) {
-    if (!is_bf16(be)) {
+    if (!cuda_wf_bf16(be)) {
         be->rope_fwd(be, (float *)x, cos_t, sin_t, B, T, nh, D);
         return;
     }
@@ -236,7 +223,7 @@ static void cu_rope_fwd_wf(Backend *be, void *x, const float *cos_t, const float
 // attention_fwd with q, k, v, probs in the weight format: attention_fwd in fp32; attention.cu's bf16 form
 static void cu_attention_fwd_wf(Backend *be, float *out, void *probs, const void *q, const void *k, const void *v,
                                 const int32_t *mask, int B, int T, int H, int KVH, int D) {
-    if (!is_bf16(be)) {
+    if (!cuda_wf_bf16(be)) {
         be->attention_fwd(be, out, (float *)probs, (const float *)q, (const float *)k, (const float *)v, mask, B, T,
                           H, KVH, D);
         return;
@@ -247,7 +234,7 @@ static void cu_attention_fwd_wf(Backend *be, float *out, void *probs, const void
 // attention_bwd with probs, q, k, v in the weight format: attention_bwd in fp32; attention.cu's bf16 form
 static void cu_attention_bwd_wf(Backend *be, float *dq, float *dk, float *dv, const float *dout, const void *probs,
                                 const void *q, const void *k, const void *v, int B, int T, int H, int KVH, int D) {
-    if (!is_bf16(be)) {
+    if (!cuda_wf_bf16(be)) {
         be->attention_bwd(be, dq, dk, dv, dout, (const float *)probs, (const float *)q, (const float *)k,
                           (const float *)v, B, T, H, KVH, D);
         return;

@@ -114,6 +114,21 @@ void cuda_install_lora_dropout(Backend *be);  // lora_dropout.cu: lora_{down,gra
 // its [X | Xa] operands in it too)
 void *cuda_operand_buffer(Backend *be, size_t bytes);
 
+// Whether the backend's weight format is bf16 (else fp32): the storage of weights and of activations in it.
+static inline int cuda_wf_bf16(const Backend *be) { return be->weight_dtype == BACKEND_WEIGHT_BF16; }
+// The shape check of the bordered-weight ops (lora_gemm.cu, act_wf.cu).
+static inline void cuda_lora_shape_check(const char *op, int M, int out, int in, int r) {
+    check(M >= 0 && out > 0 && in > 0 && r > 0, "%s: bad shape M=%d out=%d in=%d r=%d", op, M, out, in, r);
+}
+// The grid of the row kernels over [M, C] (M > 0; blockIdx.y over rows, the threads of blockIdx.x over
+// columns): up to 64 blocks across a row (at least 1), up to 65535 rows at once.
+static inline dim3 cuda_rows_grid(int M, int C) {
+    unsigned gx = (unsigned)((C + CUDA_THREADS - 1) / CUDA_THREADS), gy = (unsigned)(M < 65535 ? M : 65535);
+    if (gx < 1) gx = 1;
+    if (gx > 64) gx = 64;
+    return dim3(gx, gy);
+}
+
 // lora_gemm.cu, shared with act_wf.cu:
 // Rows of a bordered product's operand in the weight format (row stride ld), on the backend's stream:
 // op[m, c] = X[m, c] for c < k0 (when X != NULL; X contiguous [M, k0]), op[m, k0 + j] = Xa[m, j] for j < r

@@ -267,7 +267,7 @@ static __global__ void __launch_bounds__(DROP_THREADS)
 
 // ---------------------------------------------------------------------------- launches
 
-static int x_is_bf16(const Backend *be, int x_wf) { return x_wf && be->weight_dtype == BACKEND_WEIGHT_BF16; }
+static int x_is_bf16(const Backend *be, int x_wf) { return x_wf && cuda_wf_bf16(be); }
 
 static int sm_count(Backend *be) {
     int v = 0;

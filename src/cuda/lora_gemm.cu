@@ -67,18 +67,14 @@ static __global__ void k_randn_2d_bf16(__nv_bfloat16 *w, int rows, int cols, int
     }
 }
 
-static int is_bf16(const Backend *be) { return be->weight_dtype == BACKEND_WEIGHT_BF16; }
-static size_t elem_bytes(const Backend *be) { return is_bf16(be) ? sizeof(__nv_bfloat16) : sizeof(float); }
+static size_t elem_bytes(const Backend *be) { return cuda_wf_bf16(be) ? sizeof(__nv_bfloat16) : sizeof(float); }
 
 // Writes rows of the operand (X and / or Xa parts) on the backend's stream (cuda_internal.cuh).
 void cuda_lora_operand(Backend *be, void *op, int ld, const float *X, int k0, const float *Xa, int r, int M) {
     if (M <= 0 || (!X && !Xa)) return;
     CudaCtx *cx = cuda_ctx(be);
-    unsigned gx = (unsigned)((k0 + CUDA_THREADS - 1) / CUDA_THREADS), gy = (unsigned)(M < 65535 ? M : 65535);
-    if (gx < 1 || !X) gx = 1;
-    if (gx > 64) gx = 64;
-    dim3 grid(gx, gy);
-    if (is_bf16(be))
+    dim3 grid = cuda_rows_grid(M, X ? k0 : 1);  // Xa alone: one block across (its r columns)
+    if (cuda_wf_bf16(be))
         k_operand<__nv_bfloat16><<<grid, CUDA_THREADS, 0, cx->stream>>>((__nv_bfloat16 *)op, ld, X, k0, Xa, r, M);
     else
         k_operand<float><<<grid, CUDA_THREADS, 0, cx->stream>>>((float *)op, ld, X, k0, Xa, r, M);
@@ -93,7 +89,7 @@ void cuda_bordered_gemm(Backend *be, int trans_w, int M, int n, int k, const voi
     CudaCtx *cx = cuda_ctx(be);
     const float alpha = 1.0f;
     cublasOperation_t ow = trans_w ? CUBLAS_OP_T : CUBLAS_OP_N;
-    if (is_bf16(be))
+    if (cuda_wf_bf16(be))
         cublas_check(cublasGemmEx(cx->blas, ow, CUBLAS_OP_N, n, M, k, &alpha, Wb, CUDA_R_16BF, ldw, op, CUDA_R_16BF,
                                   ldo, &beta, Y, y_wf ? CUDA_R_16BF : CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
                                   CUBLAS_GEMM_DEFAULT));
@@ -102,14 +98,10 @@ void cuda_bordered_gemm(Backend *be, int trans_w, int M, int n, int k, const voi
                                  (const float *)op, ldo, &beta, (float *)Y, n));
 }
 
-static void lora_shape_check(const char *op, int M, int out, int in, int r) {
-    check(M >= 0 && out > 0 && in > 0 && r > 0, "%s: bad shape M=%d out=%d in=%d r=%d", op, M, out, in, r);
-}
-
 // Y = [X | Xa] op(Wb) + beta Y (backend.h)
 static void cu_wgemm_lora(Backend *be, int trans_w, int M, int out, int in, int r, const float *X, const float *Xa,
                           const void *Wb, float beta, float *Y) {
-    lora_shape_check("wgemm_lora", M, out, in, r);
+    cuda_lora_shape_check("wgemm_lora", M, out, in, r);
     if (M == 0) return;
     int k0 = trans_w ? in : out, k = k0 + (Xa ? r : 0);
     void *op = cuda_operand_buffer(be, (size_t)M * (size_t)k * elem_bytes(be));
@@ -122,7 +114,7 @@ static void cu_wgemm_lora(Backend *be, int trans_w, int M, int out, int in, int 
 static void cu_wgemm_lora_multi(Backend *be, int n, int M, int in, int r, const float *X, const float *const *Xa,
                                 const void *const *Wb, const int *out, float *const *Y) {
     check(n >= 0, "wgemm_lora_multi: negative count %d", n);
-    for (int i = 0; i < n; i++) lora_shape_check("wgemm_lora_multi", M, out[i], in, r);
+    for (int i = 0; i < n; i++) cuda_lora_shape_check("wgemm_lora_multi", M, out[i], in, r);
     if (M == 0 || n == 0) return;
     int ld = in + r;
     void *op = cuda_operand_buffer(be, (size_t)M * (size_t)ld * elem_bytes(be));
@@ -135,10 +127,10 @@ static void cu_wgemm_lora_multi(Backend *be, int n, int M, int in, int r, const 
 
 static void cu_weight_set_lora(Backend *be, void *Wb, int out, int in, int r, const float *A, const float *B,
                                float s) {
-    lora_shape_check("weight_set_lora", 0, out, in, r);
+    cuda_lora_shape_check("weight_set_lora", 0, out, in, r);
     CudaCtx *cx = cuda_ctx(be);
     size_t total = (size_t)r * ((size_t)out + (size_t)in);
-    if (is_bf16(be))
+    if (cuda_wf_bf16(be))
         k_set_lora<__nv_bfloat16><<<cuda_blocks(total), CUDA_THREADS, 0, cx->stream>>>((__nv_bfloat16 *)Wb, out, in,
                                                                                         r, A, B, s);
     else
@@ -152,7 +144,7 @@ static void cu_weight_randn_2d(Backend *be, void *w, int rows, int cols, int ld,
     size_t n = (size_t)rows * (size_t)cols;
     if (!n) return;
     cudaStream_t st = cuda_ctx(be)->stream;
-    if (is_bf16(be))
+    if (cuda_wf_bf16(be))
         k_randn_2d_bf16<<<cuda_blocks(n), CUDA_THREADS, 0, st>>>((__nv_bfloat16 *)w, rows, cols, ld, mean, std, key);
     else
         k_randn_2d_f32<<<cuda_blocks(n), CUDA_THREADS, 0, st>>>((float *)w, rows, cols, ld, mean, std, key);
