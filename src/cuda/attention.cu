@@ -313,6 +313,26 @@ void cuda_attention_fwd_bf16(Backend *be, float *out, void *probs, const void *q
 
 // ---------------------------------------------------------------------------- backward
 
+// The products of the backward after dS (both forms; prec: their precision): dQ[T,D] = dS[T,T] K[T,D]
+// (column-major: dQ^T[D,T] = (K^T col-major [D,T], ld KVH*D, op_N) . (dS^T col-major [T keys, T queries],
+// ld T, op_N): transa N, transb N, m = D, n = T, k = T, ldc = H*D), then dK[T,D] = sum_hh dS_h^T Q_h and
+// dV[T,D] = sum_hh P_h^T dO_h, step hh batched over (b, g) (entries [hh*nbg, (hh+1)*nbg) of the head
+// arrays; the first nbg of dK/dV's), hh = 0 with beta 0 and then beta 1 in order (the CPU's order;
+// column-major: dK^T[D,T] = (Q_h^T col-major [D,T], ld H*D, op_N) . op_T(dS_h^T col-major [T keys,
+// T queries], ld T) [T queries, T keys]: transa N, transb T, m = D, n = T keys, k = T queries, ldc = KVH*D;
+// dV likewise with dO_h and P_h).
+static void att_bwd_grads(CudaCtx *cx, AttGemm prec, void *const *pds, void *const *pk, void *const *pdq,
+                          void *const *pq, void *const *pp, void *const *pdo, void *const *pdk, void *const *pdv,
+                          int T, int H, int KVH, int D, int nb, int nbg, int rep) {
+    att_bgemm(cx, prec, 0, 0, T, D, T, 1.0f, pds, T, pk, KVH * D, 0.0f, pdq, H * D, nb);
+    for (int hh = 0; hh < rep; hh++) {
+        size_t o = (size_t)hh * nbg;
+        float beta = hh == 0 ? 0.0f : 1.0f;
+        att_bgemm(cx, prec, 1, 0, T, D, T, 1.0f, pds + o, T, pq + o, H * D, beta, pdk, KVH * D, nbg);
+        att_bgemm(cx, prec, 1, 0, T, D, T, 1.0f, pp + o, T, pdo + o, H * D, beta, pdv, KVH * D, nbg);
+    }
+}
+
 static void cu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *probs,
                              const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int D) {
     attn_check(B, T, H, KVH, D);
@@ -347,16 +367,7 @@ static void cu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const
     size_t rows = (size_t)nb * T;
     k_attn_dsoftmax<float, float><<<att_row_blocks(rows), ATT_THREADS, 0, cx->stream>>>(ds, ds, probs, T, rows, scale);
     launch_check("attention_bwd (softmax backward)");
-    // dQ[T,D] = dS[T,T] K[T,D]
-    att_bgemm(cx, prec, 0, 0, T, D, T, 1.0f, pds, T, pk, KVH * D, 0.0f, pdq, H * D, nb);
-    // dK[T,D] = sum_hh dS_h[T,T]^T Q_h[T,D], dV[T,D] = sum_hh P_h[T,T]^T dO_h[T,D]: step hh is
-    // batched over (b, g) (entries [hh*nbg, (hh+1)*nbg) of the head arrays; the first nbg of dK/dV's)
-    for (int hh = 0; hh < rep; hh++) {
-        size_t o = (size_t)hh * nbg;
-        float beta = hh == 0 ? 0.0f : 1.0f;
-        att_bgemm(cx, prec, 1, 0, T, D, T, 1.0f, pds + o, T, pq + o, H * D, beta, pdk, KVH * D, nbg);
-        att_bgemm(cx, prec, 1, 0, T, D, T, 1.0f, pp + o, T, pdo + o, H * D, beta, pdv, KVH * D, nbg);
-    }
+    att_bwd_grads(cx, prec, pds, pk, pdq, pq, pp, pdo, pdk, pdv, T, H, KVH, D, nb, nbg, rep);
 }
 
 // attention_bwd_wf in the bf16 format (backend.h): probs, q, k, v bf16; dout, dq, dk, dv fp32. dO is rounded
@@ -409,20 +420,8 @@ void cuda_attention_bwd_bf16(Backend *be, float *dq, float *dk, float *dv, const
     k_attn_dsoftmax<__nv_bfloat16, __nv_bfloat16><<<att_row_blocks(rows), ATT_THREADS, 0, cx->stream>>>(
         dsb, dpb, (const __nv_bfloat16 *)probs, T, rows, scale);
     launch_check("attention_bwd_wf (softmax backward)");
-    // dQ[T,D] = dS[T,T] K[T,D] (bf16 dS and K, fp32 out). Column-major: dQ^T[D,T] = (K^T col-major [D,T],
-    // ld KVH*D, op_N) . (dS^T col-major [T keys, T queries], ld T, op_N): transa N, transb N, m = D, n = T,
-    // k = T, ldc = H*D
-    att_bgemm(cx, ATT_GEMM_BF16, 0, 0, T, D, T, 1.0f, pds, T, pk, KVH * D, 0.0f, pdq, H * D, nb);
-    // dK[T,D] = sum_hh dS_h[T,T]^T Q_h[T,D], dV[T,D] = sum_hh P_h[T,T]^T dO_h[T,D] (bf16 inputs, fp32 dk/dv),
-    // step hh batched over (b, g) as in cu_attention_bwd. Column-major: dK^T[D,T] = (Q_h^T col-major [D,T],
-    // ld H*D, op_N) . op_T(dS_h^T col-major [T keys, T queries], ld T) [T queries, T keys]: transa N,
-    // transb T, m = D, n = T (keys), k = T (queries), ldc = KVH*D; dV likewise with dO_h (bf16 copy) and P_h
-    for (int hh = 0; hh < rep; hh++) {
-        size_t o = (size_t)hh * nbg;
-        float beta = hh == 0 ? 0.0f : 1.0f;
-        att_bgemm(cx, ATT_GEMM_BF16, 1, 0, T, D, T, 1.0f, pds + o, T, pq + o, H * D, beta, pdk, KVH * D, nbg);
-        att_bgemm(cx, ATT_GEMM_BF16, 1, 0, T, D, T, 1.0f, pp + o, T, pdo + o, H * D, beta, pdv, KVH * D, nbg);
-    }
+    // dQ, dK, dV from the bf16 dS, K, Q, P and dO, fp32 out
+    att_bwd_grads(cx, ATT_GEMM_BF16, pds, pk, pdq, pq, pp, pdo, pdk, pdv, T, H, KVH, D, nb, nbg, rep);
 }
 
 void cuda_install_attention(Backend *be) {
