@@ -22,6 +22,19 @@ python3 -c "import h5py, tokenizers" 2>/dev/null || { echo "SKIP: python3 h5py/t
 MPIEXEC="${MPIEXEC:-mpirun}"
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 run_mpi() { local np=$1; shift; "$MPIEXEC" --allow-run-as-root --oversubscribe -np "$np" "$bin" "$@"; }
+# same_losses A B TOL LABEL: runs A and B logged 12 train losses each, B within TOL (relative) of A's
+same_losses() {
+  python3 - "$work" "$1" "$2" "$3" "$4" <<'PY'
+import json, sys
+work, a, b, tol, label = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5]
+def train(run): return [json.loads(l)["loss"] for l in open(f"{work}/{run}/log.jsonl") if '"type":"train"' in l]
+la, lb = train(a), train(b)
+assert len(la) == len(lb) == 12, (len(la), len(lb))
+worst = max(abs(x - y) / abs(y) for x, y in zip(lb, la))
+assert worst < tol, f"{label}: loss trajectories differ by {worst:.2e} (tol {tol:g})"
+print(f"{label}: loss trajectories within {worst:.1e}")
+PY
+}
 
 python3 "$root/tools/prep_glue.py" --task SST-2 --glue-dir "$shared/data/glue/SST-2" \
   --tokenizer "$shared/data/tokenizers/llama3/tokenizer.json" --max-len 64 --pad-id 128004 \
@@ -70,33 +83,16 @@ grep -q "identical on all ranks" "$work/np2.out" && ok || bad "no statistics-agr
 # fp32 loss trajectory (only summation orders differ) and the plan says the weights are bordered
 run_mpi 2 "${common[@]}" --set train.micro_batch=8 --set train.grad_accum=1 --set calibration.batches=4 \
   --set lora.fuse=true --set run.dir="$work/fused" > "$work/fused.out" 2>&1 || { cat "$work/fused.out"; bad "lora.fuse run failed"; }
-python3 - "$work" <<'PY' && ok || bad "lora.fuse run vs the plain run"
-import json, sys
-work = sys.argv[1]
-def train(run): return [json.loads(l)["loss"] for l in open(f"{work}/{run}/log.jsonl") if '"type":"train"' in l]
-lp, lf = train("np2"), train("fused")
-assert len(lp) == len(lf) == 12, (len(lp), len(lf))
-worst = max(abs(a - b) / abs(b) for a, b in zip(lf, lp))
-assert worst < 2e-5, f"fused and plain loss trajectories differ by {worst:.2e}"
-print(f"lora.fuse vs plain (np=2, fp32): loss trajectories within {worst:.1e}")
-PY
-# model.act_dtype = "bf16" (the MLP activations in the weight format) on the CPU's bf16 emulation: the same
+same_losses np2 fused 2e-5 "lora.fuse vs plain (np=2, fp32)" && ok || bad "lora.fuse run vs the plain run"
+# model.act_dtype = "bf16" (the saved activations in the weight format) on the CPU's bf16 emulation: the same
 # run follows the fp32 fused trajectory within bf16 tolerance (2%) and says so in its lora line; without
 # lora.fuse it is refused before loading, naming the key
 run_mpi 2 "${common[@]}" --set train.micro_batch=8 --set train.grad_accum=1 --set calibration.batches=4 \
   --set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16 --set run.dir="$work/mlpbf" \
   > "$work/mlpbf.out" 2>&1 || { cat "$work/mlpbf.out"; bad "model.act_dtype=bf16 run failed"; }
 grep -q "frozen GEMM (lora.fuse), bf16 activations" "$work/mlpbf.out" && ok || bad "no 'bf16 activations' in the lora line"
-python3 - "$work" <<'PY' && ok || bad "model.act_dtype=bf16 run vs the fp32 fused run"
-import json, sys
-work = sys.argv[1]
-def train(run): return [json.loads(l)["loss"] for l in open(f"{work}/{run}/log.jsonl") if '"type":"train"' in l]
-lf, lb = train("fused"), train("mlpbf")
-assert len(lf) == len(lb) == 12, (len(lf), len(lb))
-worst = max(abs(a - b) / abs(b) for a, b in zip(lb, lf))
-assert worst < 2e-2, f"bf16 MLP activations and the fp32 fused run differ by {worst:.2e}"
-print(f"model.act_dtype=bf16 (bf16 emulation) vs fp32 fused: loss trajectories within {worst:.1e}")
-PY
+same_losses fused mlpbf 2e-2 "model.act_dtype=bf16 (bf16 emulation) vs fp32 fused" && ok ||
+  bad "model.act_dtype=bf16 run vs the fp32 fused run"
 out=$(run_mpi 1 "${common[@]}" --set model.dtype=bf16 --set model.act_dtype=bf16 --set run.dir="$work/nofuse" 2>&1) \
   && bad "act_dtype=bf16 without lora.fuse was accepted" \
   || { echo "$out" | grep -q 'needs lora.fuse = true' && ok || bad "act_dtype without lora.fuse: wrong message: $out"; }
