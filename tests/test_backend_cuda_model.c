@@ -108,16 +108,13 @@ static void model_case(Ctx *c, const char *dir, int K, const int *layers, int nl
     llama_backward(&cs.m, &c->cpu, &cs.ls, &b, key);
     llama_backward(&gs.m, &c->gpu, &gs.ls, &b, key);
     float *g1 = from_gpu(c, gs.ls.grads, gs.ls.numel);
-    for (int i = 0; i <= cs.ls.n; i++)
-        for (int w = 0; w < 2; w++) {
-            if (i == cs.ls.n && w == 1) break;
-            char pname[160], what[200];
-            lora_param_name(&cs.ls, i < cs.ls.n ? i : -1, w, pname, sizeof pname);
-            size_t off, numel;
-            lora_param_lookup(&cs.ls, pname, &off, &numel);
-            snprintf(what, sizeof what, "grad %s", pname);
-            cmp_norm(c, g1 + off, cs.ls.grads + off, numel, 1e-4, what);
-        }
+    char pname[160];
+    size_t off, numel;
+    for (int t = 0; fx_param_tensor(&cs.ls, t, pname, sizeof pname, &off, &numel); t++) {
+        char what[200];
+        snprintf(what, sizeof what, "grad %s", pname);
+        cmp_norm(c, g1 + off, cs.ls.grads + off, numel, 1e-4, what);
+    }
     // the GPU run is deterministic: the same forward/backward again gives the same bits
     c->gpu.zero(&c->gpu, gs.ls.grads, gs.ls.numel * 4);
     double lg2 = llama_forward(&gs.m, &c->gpu, &gs.ls, &b, 1, gs_scale, key, NULL);
@@ -222,25 +219,22 @@ static void test_model_bf16(Ctx *c, const char *root) {
     cmp_double(c, lgb[0], lcb[0], 1e-3, "bf16 step-1 loss vs CPU bf16");
     cmp_norm(c, lggb, lgcb, (size_t)B * K, 2e-2, "bf16 step-1 logits vs CPU bf16");
     double gw16 = 0.0, gw32 = 0.0;
-    for (int i = 0; i <= cs.ls.n; i++)
-        for (int w = 0; w < 2; w++) {
-            if (i == cs.ls.n && w == 1) break;
-            char pname[160], what[200];
-            lora_param_name(&cs.ls, i < cs.ls.n ? i : -1, w, pname, sizeof pname);
-            size_t off, numel;
-            lora_param_lookup(&cs.ls, pname, &off, &numel);
-            double mx = 0, d16 = 0, d32 = 0;
-            for (size_t j = off; j < off + numel; j++) {
-                mx = fmax(mx, fabs((double)gcb[j]));
-                d16 = fmax(d16, fabs((double)ggb[j] - (double)gcb[j]));
-                d32 = fmax(d32, fabs((double)ggb[j] - (double)g32[j]));
-            }
-            double e16 = d16 / (mx > 0 ? mx : 1), e32 = d32 / (mx > 0 ? mx : 1);
-            snprintf(what, sizeof what, "bf16 grad %s vs CPU bf16", pname);
-            T_CHECK(c->tc, e16 <= 3e-2, "%s: norm %.3g > 3e-2", what, e16);
-            gw16 = fmax(gw16, e16);
-            gw32 = fmax(gw32, e32);
+    char pname[160];
+    size_t off, numel;
+    for (int t = 0; fx_param_tensor(&cs.ls, t, pname, sizeof pname, &off, &numel); t++) {
+        char what[200];
+        double mx = 0, d16 = 0, d32 = 0;
+        for (size_t j = off; j < off + numel; j++) {
+            mx = fmax(mx, fabs((double)gcb[j]));
+            d16 = fmax(d16, fabs((double)ggb[j] - (double)gcb[j]));
+            d32 = fmax(d32, fabs((double)ggb[j] - (double)g32[j]));
         }
+        double e16 = d16 / (mx > 0 ? mx : 1), e32 = d32 / (mx > 0 ? mx : 1);
+        snprintf(what, sizeof what, "bf16 grad %s vs CPU bf16", pname);
+        T_CHECK(c->tc, e16 <= 3e-2, "%s: norm %.3g > 3e-2", what, e16);
+        gw16 = fmax(gw16, e16);
+        gw32 = fmax(gw32, e32);
+    }
     printf("  %-52s norm %.2e (tol 3e-02)\n", "bf16 step-1 gradients vs CPU bf16, worst adapter", gw16);
     printf("  %-52s norm %.2e (informative)\n", "bf16 step-1 gradients vs fp32, worst adapter", gw32);
     double wt16 = 0.0, wt32 = 0.0;

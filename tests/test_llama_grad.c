@@ -70,23 +70,19 @@ static void test_dropout_gradcheck(TestCounts *tc, const char *dir) {
     const float eps = 1e-2f;
     double worst = 0.0;
     int checked = 0;
-    for (int i = 0; i <= s.ls.n; i++)
-        for (int w = 0; w < 2; w++) {
-            if (i == s.ls.n && w == 1) break;
-            char name[160];
-            lora_param_name(&s.ls, i < s.ls.n ? i : -1, w, name, sizeof name);
-            size_t off, numel;
-            lora_param_lookup(&s.ls, name, &off, &numel);
-            for (int k = 0; k < 3; k++) {
-                size_t j = off + (rng_u64(11, (uint64_t)(i * 8 + w * 4 + k)) % numel);
-                double fd = fd_param(loss_at, &s, key, &s.ls.params[j], eps), an = s.ls.grads[j];
-                double err = fabs(fd - an) / (fabs(fd) + 2e-3);
-                if (err > worst) worst = err;
-                checked++;
-                T_CHECK(tc, err < 3e-2, "dropout gradcheck %s[%zu]: analytic %.6g vs finite difference %.6g", name,
-                        j - off, an, fd);
-            }
+    char name[160];
+    size_t off, numel;
+    for (int t = 0; fx_param_tensor(&s.ls, t, name, sizeof name, &off, &numel); t++) {
+        for (int k = 0; k < 3; k++) {
+            size_t j = off + (rng_u64(11, (uint64_t)(t / 2 * 8 + t % 2 * 4 + k)) % numel);
+            double fd = fd_param(loss_at, &s, key, &s.ls.params[j], eps), an = s.ls.grads[j];
+            double err = fabs(fd - an) / (fabs(fd) + 2e-3);
+            if (err > worst) worst = err;
+            checked++;
+            T_CHECK(tc, err < 3e-2, "dropout gradcheck %s[%zu]: analytic %.6g vs finite difference %.6g", name,
+                    j - off, an, fd);
         }
+    }
     printf("dropout gradcheck: %d elements, worst relative error %.2e\n", checked, worst);
     // dropout is really on: another key gives another loss, and train=0 disables it
     double l1 = loss_at(&s, key), l2 = loss_at(&s, key + 1);

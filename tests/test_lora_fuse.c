@@ -205,22 +205,18 @@ static void compare_sides(TestCounts *tc, Side *p, Side *f, double tl, double tg
     T_CHECK(tc, dl <= tl * mxl, "%s: logits differ by %.3g > %.0e of the largest logit %.3g", tag, dl, tl, mxl);
     printf("  %s: logits, max |diff| %.2e of the largest (tol %.0e)\n", tag, dl / (mxl > 0 ? mxl : 1), tl);
     double worst = 0.0;
-    for (int i = 0; i <= p->ls.n; i++)
-        for (int w = 0; w < 2; w++) {
-            if (i == p->ls.n && w == 1) break;
-            char name[160];
-            lora_param_name(&p->ls, i < p->ls.n ? i : -1, w, name, sizeof name);
-            size_t off, numel;
-            lora_param_lookup(&p->ls, name, &off, &numel);
-            double mx = 0, d = 0;
-            for (size_t j = off; j < off + numel; j++) {
-                mx = fmax(mx, fabs((double)p->ls.grads[j]));
-                d = fmax(d, fabs((double)f->ls.grads[j] - (double)p->ls.grads[j]));
-            }
-            double e = d / (mx > 0 ? mx : 1);
-            T_CHECK(tc, e <= tg, "%s: gradient %s differs by %.3g of its largest element (tol %.0e)", tag, name, e, tg);
-            worst = fmax(worst, e);
+    char name[160];
+    size_t off, numel;
+    for (int t = 0; fx_param_tensor(&p->ls, t, name, sizeof name, &off, &numel); t++) {
+        double mx = 0, d = 0;
+        for (size_t j = off; j < off + numel; j++) {
+            mx = fmax(mx, fabs((double)p->ls.grads[j]));
+            d = fmax(d, fabs((double)f->ls.grads[j] - (double)p->ls.grads[j]));
         }
+        double e = d / (mx > 0 ? mx : 1);
+        T_CHECK(tc, e <= tg, "%s: gradient %s differs by %.3g of its largest element (tol %.0e)", tag, name, e, tg);
+        worst = fmax(worst, e);
+    }
     printf("  %s: gradients, worst tensor %.2e of its largest element (tol %.0e)\n", tag, worst, tg);
     // AdamW steps: a fused model must see every update (its borders are rewritten by each forward)
     double wl = 0.0;
