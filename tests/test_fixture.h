@@ -43,12 +43,14 @@
 // ------------------------------------------------------------------------------ trainable tensors
 
 // The trainable tensors of ls one at a time: t = 2 i is adapter i's A, t = 2 i + 1 its B, t = 2 n the head.
-// Fills name (its PEFT name), off and numel (in the flat buffers) and returns 1; returns 0 past the head.
+// Fills name (its PEFT name), off and numel (in the flat buffers) and returns 1; returns 0 past the head (and
+// only there: a name the set does not find is a broken fixture, which exits).
 static inline int fx_param_tensor(const LoraSet *ls, int t, char *name, size_t name_n, size_t *off, size_t *numel) {
     if (t < 0 || t > 2 * ls->n) return 0;
     int i = t / 2;
     lora_param_name(ls, i < ls->n ? i : -1, t % 2, name, name_n);
-    return lora_param_lookup(ls, name, off, numel) == 0;
+    if (lora_param_lookup(ls, name, off, numel) != 0) die("test: trainable tensor %d ('%s') not found", t, name);
+    return 1;
 }
 
 // ------------------------------------------------------------------------------ HF fixtures
