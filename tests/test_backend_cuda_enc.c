@@ -22,7 +22,8 @@
 // and a fully padded row (no visible key: zero output and probabilities, checked explicitly).
 // The backward gets the CPU's probabilities on both sides, so it is checked on its own.
 // On a GPU the test also times attention_enc_fwd/bwd at DeBERTa-v3-base shapes (B 8, T 512, H 12, D 64,
-// P 512, both terms; log-bucket and clamped idx) and prints the milliseconds (no threshold).
+// P 512, both terms; log-bucket and clamped idx) and prints the milliseconds (no threshold); not on the CUDA
+// emulator (test_backend_cuda_enc_emu, docs/gpu.md), where time says nothing.
 //
 // ACTLORA_TEST_HARNESS_ON_CPU=1 runs every comparison with the CPU backend on both sides: a check of
 // this test's own code on machines without a GPU.
@@ -577,6 +578,11 @@ static int has_enc_ops(const Backend *be) {
 
 static int run(void) {
     int harness = getenv("ACTLORA_TEST_HARNESS_ON_CPU") != NULL;
+#ifdef ACTLORA_CUDA_EMU
+    const int emulated = 1;  // test_backend_cuda_enc_emu: the kernels run on the CPU, time says nothing
+#else
+    const int emulated = 0;
+#endif
     int n = harness ? 1 : backend_cuda_device_count();
     if (n <= 0) {
         printf("test_backend_cuda_enc: SKIP: no CUDA device is visible\n");
@@ -601,7 +607,8 @@ static int run(void) {
         test_gelu_tanh(&c);
         test_mask_rows(&c);
         test_attention(&c);
-        if (!harness) time_attention(&c);
+        if (emulated) printf("enc-attn-time: not timed on the CUDA emulator\n");
+        else if (!harness) time_attention(&c);
         for (int op = 0; op < NOPS; op++)
             printf("enc-op %s rel %.3e (%d comparisons; GPU run twice: %s)\n", OP_NAMES[op], c.worst[op],
                    c.checks[op], c.nondet[op] ? "DIFFERS" : "bit-identical");

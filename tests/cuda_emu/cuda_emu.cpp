@@ -1,0 +1,500 @@
+// cuda_emu.cpp: the CUDA emulator's launches, barriers and runtime API (cuda_emu.h, cuda_runtime.h).
+//
+// A launch runs its blocks one after another. The threads of a block are fibers on this OS thread, each
+// with its own stack, resumed round-robin by a scheduler until every one of them has finished or waits:
+//   - __syncthreads: a thread waits until every thread of its block that has not exited waits there too;
+//   - warp operations (__syncwarp, shuffles, __match_any_sync): a thread waits until every lane of its mask
+//     waits at a warp operation; a lane of the mask that has exited is an error, as is a block in which some
+//     threads wait at __syncthreads and the others of a warp at a warp operation (a deadlock on the device).
+// Device memory is host memory from mmap with a PROT_NONE page right after each allocation (a read or write
+// past the end stops the test with the kernel's name), filled with 0xff bytes (NaN as floats) until written:
+// a kernel that reads what nobody wrote gets NaNs, as it would get garbage on the device. The runtime calls
+// check that device pointers lie inside allocations. Launch limits are the device's: at most 1024 threads
+// per block, grid y and z at most 65535, 48 KiB of dynamic shared memory.
+#include <map>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "cuda_runtime.h"
+
+uint3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+
+// ------------------------------------------------------------------------------------------- messages
+
+static void emu_die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "cuda_emu: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    fflush(stderr);
+    abort();
+}
+
+// what runs now, for the messages (a kernel, a cuBLAS call or nothing)
+static const char *g_what = "host code";
+static const char *g_file = "";
+static int g_line = 0;
+static int g_in_kernel = 0;
+
+extern "C" void cuda_emu_set_activity(const char *what) {
+    g_what = what;
+    g_file = "";
+    g_line = 0;
+}
+
+static void on_segv(int sig, siginfo_t *si, void *uc) {
+    (void)uc;
+    if (g_in_kernel)
+        fprintf(stderr,
+                "cuda_emu: invalid memory access (%s at %p) in kernel %s launched at %s:%d, block (%u,%u,%u), "
+                "thread (%u,%u,%u)\n",
+                sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", si->si_addr, g_what, g_file, g_line, blockIdx.x, blockIdx.y,
+                blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+    else
+        fprintf(stderr, "cuda_emu: invalid memory access (%s at %p) in %s\n", sig == SIGSEGV ? "SIGSEGV" : "SIGBUS",
+                si->si_addr, g_what);
+    fflush(stderr);
+    signal(SIGABRT, SIG_DFL);
+    abort();
+}
+
+static void install_segv_handler(void) {
+    static int done = 0;
+    if (done) return;
+    done = 1;
+    static char altstack[1 << 16];
+    stack_t ss;
+    ss.ss_sp = altstack;
+    ss.ss_size = sizeof altstack;
+    ss.ss_flags = 0;
+    sigaltstack(&ss, NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigaction(SIGSEGV, &sa, NULL);
+    sigaction(SIGBUS, &sa, NULL);
+}
+
+// ------------------------------------------------------------------------------------------- fibers
+
+#if defined(__x86_64__)
+// emu_switch(save, to): saves the callee-saved registers on this stack, stores the stack pointer in *save and
+// continues on stack `to` (a stack saved by emu_switch or made by fiber_stack_init). The FP control words are
+// not switched: no kernel changes them.
+extern "C" void emu_switch(void **save, void *to);
+__asm__(
+    ".text\n"
+    ".globl emu_switch\n"
+    ".type emu_switch,@function\n"
+    "emu_switch:\n"
+    "    pushq %rbp\n"
+    "    pushq %rbx\n"
+    "    pushq %r12\n"
+    "    pushq %r13\n"
+    "    pushq %r14\n"
+    "    pushq %r15\n"
+    "    movq %rsp, (%rdi)\n"
+    "    movq %rsi, %rsp\n"
+    "    popq %r15\n"
+    "    popq %r14\n"
+    "    popq %r13\n"
+    "    popq %r12\n"
+    "    popq %rbx\n"
+    "    popq %rbp\n"
+    "    ret\n"
+    ".size emu_switch, .-emu_switch\n"
+    ".section .note.GNU-stack,\"\",@progbits\n"
+    ".text\n");
+
+static void *fiber_stack_init(char *top, void (*entry)(void)) {
+    uint64_t *sp = (uint64_t *)((uintptr_t)top & ~(uintptr_t)15);
+    *--sp = 0;                          // entry's "return address": entry never returns
+    *--sp = (uint64_t)(uintptr_t)entry; // emu_switch's ret lands here
+    for (int i = 0; i < 6; i++) *--sp = 0;  // rbp rbx r12 r13 r14 r15
+    return sp;
+}
+#else
+#error "the CUDA emulator's fibers are written for x86-64"
+#endif
+
+enum { F_RUN = 0, F_WAIT_BLOCK, F_WAIT_WARP, F_DONE };
+
+typedef struct {
+    void *sp;
+    int state;
+    unsigned mask;   // warp mask of the warp operation it waits at
+    unsigned wops;   // warp operations it has passed (picks the slot buffer)
+    uint3 tid;
+} Fiber;
+
+// Fiber stacks: small and contiguous in transparent huge pages (a block's stacks in a few TLB entries: every
+// warp operation switches stacks); a canary at the bottom of each is checked after every block.
+#define EMU_STACK_BYTES (64u << 10)
+#define EMU_STACK_CANARY 0x5a17c0de5a17c0deull
+#define EMU_MAX_THREADS 1024
+
+static struct {
+    Fiber f[EMU_MAX_THREADS];
+    // the values of the warp operations, by linear thread id, in two buffers: operation i of a lane writes
+    // buffer i % 2, so a lane that has gone on to operation i + 1 cannot overwrite what a slower lane of the
+    // same warp still reads after operation i (and i + 2 waits for every lane at i + 1): one barrier each
+    uint64_t slot[2][EMU_MAX_THREADS];
+    int n, cur;
+    void *sched_sp;
+    CudaEmuThunk thunk;
+    void *fn;
+    char *stacks;  // EMU_MAX_THREADS stacks, each with a guard page below it
+    void *dyn;
+    size_t dyn_bytes;
+} g;
+
+// Leaves the running fiber (its state already set): straight to the next lane of its warp that can run, if
+// there is one (half the switches of going through the scheduler), else back to the scheduler.
+static void fiber_leave(void) {
+    int t = g.cur, end = (t / 32 + 1) * 32 < g.n ? (t / 32 + 1) * 32 : g.n;
+    for (int u = t + 1; u < end; u++)
+        if (g.f[u].state == F_RUN) {
+            g.cur = u;
+            threadIdx = g.f[u].tid;
+            emu_switch(&g.f[t].sp, g.f[u].sp);
+            return;
+        }
+    emu_switch(&g.f[t].sp, g.sched_sp);
+}
+
+static void fiber_entry(void) {
+    g.thunk(g.fn);
+    g.f[g.cur].state = F_DONE;
+    fiber_leave();
+    emu_die("internal: a finished fiber was resumed");
+}
+
+static void fiber_yield(int state, unsigned mask) {
+    if (!g_in_kernel) emu_die("a barrier or warp operation outside a kernel (in %s)", g_what);
+    g.f[g.cur].state = state;
+    g.f[g.cur].mask = mask;
+    fiber_leave();
+}
+
+static void stacks_init(void) {
+    if (g.stacks) return;
+    size_t bytes = (size_t)EMU_STACK_BYTES * EMU_MAX_THREADS;
+    g.stacks = (char *)mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (g.stacks == MAP_FAILED) emu_die("cannot map the fibers' stacks");
+    madvise(g.stacks, bytes, MADV_HUGEPAGE);
+}
+
+static char *stack_top(int i) { return g.stacks + (size_t)(i + 1) * EMU_STACK_BYTES; }
+static uint64_t *stack_canary(int i) { return (uint64_t *)(g.stacks + (size_t)i * EMU_STACK_BYTES); }
+
+// Releases the lanes of warp w if every lane of the masks its waiting lanes gave has reached a warp operation;
+// returns whether it did.
+static int release_warp(int w0) {
+    int wn = g.n - w0 < 32 ? g.n - w0 : 32;
+    unsigned waiting = 0, want = 0;
+    for (int l = 0; l < wn; l++)
+        if (g.f[w0 + l].state == F_WAIT_WARP) {
+            waiting |= 1u << l;
+            want |= g.f[w0 + l].mask;
+        }
+    if (!waiting) return 0;
+    want &= wn == 32 ? 0xffffffffu : ((1u << wn) - 1u);
+    for (int l = 0; l < wn; l++)
+        if ((want >> l & 1u) && g.f[w0 + l].state == F_DONE)
+            emu_die("kernel %s (%s:%d), block (%u,%u,%u): a warp operation's mask 0x%08x names lane %d of warp %d, "
+                    "which has exited",
+                    g_what, g_file, g_line, blockIdx.x, blockIdx.y, blockIdx.z, want, l, w0 / 32);
+    if ((waiting & want) != want) return 0;  // some lane of the mask is elsewhere (at __syncthreads)
+    for (int l = 0; l < wn; l++)
+        if (want >> l & 1u) g.f[w0 + l].state = F_RUN;
+    return 1;
+}
+
+// Runs one block: each warp in turn until all its lanes wait at __syncthreads or have exited (its warp
+// operations released as its lanes reach them), then the block barrier, until every thread has exited.
+static void run_block(void) {
+    for (int t = 0; t < g.n; t++) {
+        g.f[t].state = F_RUN;
+        g.f[t].wops = 0;
+        g.f[t].sp = fiber_stack_init(stack_top(t), fiber_entry);
+        *stack_canary(t) = EMU_STACK_CANARY;
+        unsigned x = blockDim.x, y = blockDim.y;
+        g.f[t].tid = uint3{(unsigned)t % x, (unsigned)t / x % y, (unsigned)t / (x * y)};
+    }
+    for (;;) {
+        for (int w0 = 0; w0 < g.n; w0 += 32) {
+            int wn = g.n - w0 < 32 ? g.n - w0 : 32;
+            do {
+                for (int t = w0; t < w0 + wn; t++)  // a lane passes on to the next runnable lane (fiber_leave)
+                    if (g.f[t].state == F_RUN) {
+                        g.cur = t;
+                        threadIdx = g.f[t].tid;
+                        emu_switch(&g.sched_sp, g.f[t].sp);
+                        break;
+                    }
+            } while (release_warp(w0));
+        }
+        int done = 0, at_block = 0;
+        for (int t = 0; t < g.n; t++) {
+            done += g.f[t].state == F_DONE;
+            at_block += g.f[t].state == F_WAIT_BLOCK;
+        }
+        if (done == g.n) {
+            for (int t = 0; t < g.n; t++)
+                if (*stack_canary(t) != EMU_STACK_CANARY)
+                    emu_die("kernel %s (%s:%d): thread %d overflowed its %u KiB emulator stack", g_what, g_file, g_line,
+                            t, EMU_STACK_BYTES >> 10);
+            return;
+        }
+        if (at_block == g.n - done) {
+            for (int t = 0; t < g.n; t++)
+                if (g.f[t].state == F_WAIT_BLOCK) g.f[t].state = F_RUN;
+            continue;
+        }
+        emu_die("kernel %s (%s:%d), block (%u,%u,%u): deadlock: %d threads wait at __syncthreads while others wait "
+                "at a warp operation whose lanes are not all there",
+                g_what, g_file, g_line, blockIdx.x, blockIdx.y, blockIdx.z, at_block);
+    }
+}
+
+static cudaError_t g_last_error = cudaSuccess;
+
+void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *fn, const char *kernel,
+                  const char *file, int line) {
+    if (g_in_kernel) emu_die("kernel %s launched from inside kernel %s", kernel, g_what);
+    unsigned long long nt = (unsigned long long)block.x * block.y * block.z;
+    if (nt == 0 || nt > EMU_MAX_THREADS || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+        grid.x > 2147483647u || grid.y > 65535u || grid.z > 65535u || smem > (48u << 10)) {
+        fprintf(stderr, "cuda_emu: bad launch of %s at %s:%d: grid (%u,%u,%u), block (%u,%u,%u), %zu bytes of dynamic "
+                "shared memory\n", kernel, file, line, grid.x, grid.y, grid.z, block.x, block.y, block.z, smem);
+        g_last_error = cudaErrorInvalidValue;
+        return;
+    }
+    install_segv_handler();
+    stacks_init();
+    if (smem > g.dyn_bytes) {
+        free(g.dyn);
+        g.dyn = aligned_alloc(256, (smem + 255) / 256 * 256);
+        g.dyn_bytes = smem;
+    }
+    if (smem) memset(g.dyn, 0xff, smem);
+    const char *pw = g_what, *pf = g_file;
+    int pl = g_line;
+    g_what = kernel;
+    g_file = file;
+    g_line = line;
+    g_in_kernel = 1;
+    g.thunk = thunk;
+    g.fn = fn;
+    g.n = (int)nt;
+    gridDim = grid;
+    blockDim = block;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                blockIdx = uint3{x, y, z};
+                run_block();
+            }
+    g_in_kernel = 0;
+    g_what = pw;
+    g_file = pf;
+    g_line = pl;
+}
+
+void *cuda_emu_dyn_smem(void) { return g.dyn; }
+
+void __syncthreads(void) { fiber_yield(F_WAIT_BLOCK, 0); }
+void __syncwarp(unsigned mask) {
+    g.f[g.cur].wops++;
+    fiber_yield(F_WAIT_WARP, mask);
+}
+
+static unsigned warp_base(void) { return (unsigned)g.cur / 32u * 32u; }
+
+// the slot buffer of this lane's next warp operation (counted as passed)
+static uint64_t *next_slots(void) { return g.slot[g.f[g.cur].wops++ & 1u]; }
+
+uint64_t cuda_emu_shfl(unsigned mask, uint64_t v, int src, int width) {
+    (void)width;
+    uint64_t *slot = next_slots();
+    slot[g.cur] = v;
+    fiber_yield(F_WAIT_WARP, mask);
+    if (src < 0) return v;
+    int s = (int)warp_base() + src;
+    if (s >= g.n || !(mask >> src & 1u))
+        emu_die("kernel %s (%s:%d): thread %d shuffles from lane %d, outside the block or the mask 0x%08x", g_what,
+                g_file, g_line, g.cur, src, mask);
+    return slot[s];
+}
+
+unsigned __match_any_sync(unsigned mask, unsigned v) {
+    uint64_t *slot = next_slots();
+    slot[g.cur] = v;
+    fiber_yield(F_WAIT_WARP, mask);
+    unsigned r = 0, b = warp_base();
+    for (int l = 0; l < 32 && (int)(b + l) < g.n; l++)
+        if ((mask >> l & 1u) && slot[b + l] == v) r |= 1u << l;
+    return r;
+}
+unsigned __match_any_sync(unsigned mask, int v) { return __match_any_sync(mask, (unsigned)v); }
+
+// ------------------------------------------------------------------------------------------- memory
+
+typedef struct {
+    char *map;       // mmap'd region (data pages + guard page)
+    size_t map_len;
+    size_t bytes;    // requested
+} EmuAlloc;
+
+static std::map<uintptr_t, EmuAlloc> g_allocs;  // by user pointer
+static size_t g_allocated = 0;
+
+static size_t emu_total_bytes(void) {
+    const char *s = getenv("ACTLORA_CUDA_EMU_MEM_GIB");
+    double gib = s && *s ? atof(s) : 16.0;
+    return (size_t)(gib * 1073741824.0);
+}
+
+// Whether [p, p + bytes) lies inside one allocation.
+extern "C" int cuda_emu_is_device(const void *p, size_t bytes) {
+    uintptr_t a = (uintptr_t)p;
+    auto it = g_allocs.upper_bound(a);
+    if (it == g_allocs.begin()) return 0;
+    --it;
+    return a >= it->first && a + bytes <= it->first + it->second.bytes;
+}
+
+extern "C" void cuda_emu_check_device(const void *p, size_t bytes, const char *what) {
+    if (bytes && !cuda_emu_is_device(p, bytes))
+        emu_die("%s: %zu bytes at %p are not inside one device allocation", what, bytes, p);
+}
+
+cudaError_t cudaMalloc(void **p, size_t bytes) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), b256 = (bytes + 255) / 256 * 256;
+    if (b256 == 0) b256 = 256;
+    if (g_allocated + b256 > emu_total_bytes()) return cudaErrorMemoryAllocation;
+    size_t data = (b256 + page - 1) / page * page, len = data + page;
+    char *m = (char *)mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return cudaErrorMemoryAllocation;
+    mprotect(m + data, page, PROT_NONE);
+    char *user = m + data - b256;
+    memset(user, 0xff, b256);
+    g_allocs[(uintptr_t)user] = EmuAlloc{m, len, bytes ? bytes : 1};
+    g_allocated += b256;
+    *p = user;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFree(void *p) {
+    if (!p) return cudaSuccess;
+    auto it = g_allocs.find((uintptr_t)p);
+    if (it == g_allocs.end()) emu_die("cudaFree(%p): not a pointer cudaMalloc returned", p);
+    g_allocated -= (it->second.bytes + 255) / 256 * 256;
+    munmap(it->second.map, it->second.map_len);
+    g_allocs.erase(it);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
+    (void)s;
+    if (bytes == 0) return cudaSuccess;
+    if (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice)
+        cuda_emu_check_device(src, bytes, "cudaMemcpy source");
+    if (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice)
+        cuda_emu_check_device(dst, bytes, "cudaMemcpy destination");
+    if (kind == cudaMemcpyHostToDevice && cuda_emu_is_device(src, bytes))
+        emu_die("cudaMemcpy host-to-device from a device pointer %p", src);
+    if (kind == cudaMemcpyDeviceToHost && cuda_emu_is_device(dst, bytes))
+        emu_die("cudaMemcpy device-to-host into a device pointer %p", dst);
+    memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    return cudaMemcpyAsync(dst, src, bytes, kind, 0);
+}
+cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t s) {
+    (void)s;
+    cuda_emu_check_device(p, bytes, "cudaMemset");
+    memset(p, v, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemset(void *p, int v, size_t bytes) { return cudaMemsetAsync(p, v, bytes, 0); }
+
+// ------------------------------------------------------------------------------------------- device, streams
+
+static int g_device = 0;
+
+cudaError_t cudaGetDeviceCount(int *n) {
+    *n = 1;
+    return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+    if (device != 0) return cudaErrorInvalidDevice;
+    g_device = device;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int *device) {
+    *device = g_device;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr attr, int device) {
+    if (device != 0) return cudaErrorInvalidDevice;
+    if (attr != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
+    *v = 132;  // an H100 / H200
+    return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
+    size_t t = emu_total_bytes();
+    *total_bytes = t;
+    *free_bytes = g_allocated < t ? t - g_allocated : 0;
+    return cudaSuccess;
+}
+
+struct CudaEmuStream { int unused; };
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
+    (void)flags;
+    *s = (cudaStream_t)calloc(1, sizeof(CudaEmuStream));
+    return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    free(s);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    (void)s;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaGetLastError(void) {
+    cudaError_t e = g_last_error;
+    g_last_error = cudaSuccess;
+    return e;
+}
+const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory (emulated device)";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    }
+    return "unknown error";
+}
+const char *cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    }
+    return "cudaErrorUnknown";
+}
