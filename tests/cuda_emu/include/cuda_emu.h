@@ -65,8 +65,8 @@ static inline T cuda_emu_shfl_t(unsigned mask, T v, int src, int width) {
 }
 static inline unsigned cuda_emu_lane(void) { return (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32u; }
 template <typename T>
-static inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
-    return cuda_emu_shfl_t(mask, v, (int)(cuda_emu_lane() / width * width) + src % width, width);
+static inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {  // src modulo width, as the hardware
+    return cuda_emu_shfl_t(mask, v, (int)(cuda_emu_lane() / width * width) + ((src % width) + width) % width, width);
 }
 template <typename T>
 static inline T __shfl_down_sync(unsigned mask, T v, unsigned d, int width = 32) {
