@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# test_cuda_emu_program.sh: the program with run.device = "cuda" on the CUDA emulator (actlora-mpi-emu,
+# docs/gpu.md "CUDA kernels on the CPU"): main.c's CUDA wiring, the device-resident training step, the
+# NCCL path (one rank) and device checkpoints, on the tiny Llama, against the CPU backend.
+#   - fp32 weights, layers "auto": calibration on the device selects the CPU run's layers, and the losses of
+#     10 steps follow the CPU run's within 1e-4 (relative)
+#   - bf16 weights (the device default): two runs give identical losses and adapters
+#   - stopped mid accumulation (ACTLORA_FAULT_STOP_AT) and resumed: the adapter is bit-identical
+#   - lora.fuse + bf16 activations + LoRA dropout: finite losses within 2% of the plain bf16 run
+#   - two ranks on the one emulated device: refused, naming the devices
+# Usage (ctest): test_cuda_emu_program.sh SOURCE_ROOT BUILD_DIR ACTLORA_BINARY (the emulator's binary is
+# BUILD_DIR/actlora-mpi-emu)
+set -uo pipefail
+root="$1" build="$2"
+emu="$build/actlora-mpi-emu" cpu="$3"
+[ -x "$emu" ] || { echo "SKIP: $emu not built (configure with -DACTLORA_CUDA_EMU=ON, x86-64)"; exit 77; }
+MPIEXEC="${MPIEXEC:-mpirun}"
+fails=0 passes=0
+ok() { passes=$((passes + 1)); echo "ok: $*"; }
+bad() { fails=$((fails + 1)); echo "FAIL: $*"; }
+work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
+run() { local np=$1 bin=$2; shift 2; "$MPIEXEC" --allow-run-as-root --oversubscribe -np "$np" "$bin" "$@"; }
+losses() { grep -h '"type":"train"' "$1/log.jsonl" 2>/dev/null | sed 's/.*"step":\([0-9]*\),.*"loss":\([^,]*\),.*/\1 \2/'; }
+sha() { sha256sum "$1/adapter/adapter_model.safetensors" 2>/dev/null | cut -d' ' -f1; }
+selected() { sed -n 's/.*"selected":\(\[[^]]*\]\).*/\1/p' "$1/log.jsonl" 2>/dev/null | head -1; }
+worst() {  # the worst relative difference of the losses B against A
+  join <(echo "$1") <(echo "$2") | awk '{ e = ($2 - $3) / ($3 < 0 ? -$3 : $3); if (e < 0) e = -e; if (e > w) w = e; n++ }
+    END { printf "%.3g %d\n", w, n }'
+}
+T=(--config "$root/configs/tiny_cpu.cfg" --set model.path="$root/tests/fixtures/tiny-llama" --set run.log_every=1
+   --set train.max_steps=10 --set train.warmup_steps=2 --set train.micro_batch=8 --set train.grad_accum=2
+   --set lora.dropout=0.1)
+
+# 1. fp32: the emulated device against the CPU backend
+A=(--set lora.layers=auto)
+run 1 "$emu" "${T[@]}" "${A[@]}" --set run.device=cuda --set model.dtype=fp32 --set run.dir="$work/emu32" > "$work/emu32.out" 2>&1; r1=$?
+run 1 "$cpu" "${T[@]}" "${A[@]}" --set run.device=cpu --set model.dtype=fp32 --set run.dir="$work/cpu32" > "$work/cpu32.out" 2>&1; r2=$?
+if [ $r1 -ne 0 ] || [ $r2 -ne 0 ]; then bad "fp32 runs exited $r1 (emulator) / $r2 (cpu)"; tail -5 "$work/emu32.out"
+elif ! grep -q "backend cuda" "$work/emu32.out"; then bad "the emulator's run did not use the CUDA backend"; head -20 "$work/emu32.out"
+else
+  read -r w n < <(worst "$(losses "$work/cpu32")" "$(losses "$work/emu32")")
+  if [ "${n:-0}" -eq 10 ] && awk -v w="$w" 'BEGIN { exit !(w <= 1e-4) }'; then ok "fp32 losses: emulated device vs cpu, worst rel diff $w over $n steps"
+  else bad "fp32 losses: emulated device vs cpu, worst rel diff $w over ${n:-0} steps (tol 1e-4)"; fi
+  se=$(selected "$work/emu32") sc=$(selected "$work/cpu32")
+  [ -n "$se" ] && [ "$se" = "$sc" ] && ok "calibration on the device selects the CPU's layers: $se" ||
+    bad "calibration selected ${se:-nothing} on the device, ${sc:-nothing} on the CPU"
+fi
+
+# 2. bf16 (the device default): deterministic
+for x in a b; do
+  run 1 "$emu" "${T[@]}" --set run.device=cuda --set run.dir="$work/bf_$x" > "$work/bf_$x.out" 2>&1 || bad "bf16 run $x failed"
+done
+la=$(losses "$work/bf_a")
+if grep -q "weights bf16" "$work/bf_a.out" && [ -n "$la" ] && [ "$la" = "$(losses "$work/bf_b")" ] &&
+   [ -n "$(sha "$work/bf_a")" ] && [ "$(sha "$work/bf_a")" = "$(sha "$work/bf_b")" ]; then
+  ok "bf16 weights: two runs, identical losses and adapters"
+else bad "bf16 runs differ (or did not use bf16 weights)"; fi
+
+# 3. stopped mid accumulation and resumed: bit-identical to the uninterrupted run (bf_a)
+ACTLORA_FAULT_STOP_AT=4.1 run 1 "$emu" "${T[@]}" --set run.device=cuda --set run.dir="$work/res" > "$work/stop.out" 2>&1; rs=$?
+run 1 "$emu" "${T[@]}" --set run.device=cuda --set run.dir="$work/res" > "$work/again.out" 2>&1; ra=$?
+if [ $rs -ne 85 ]; then bad "the stopped run exited $rs, expected 85"; tail -5 "$work/stop.out"
+elif [ $ra -ne 0 ] || ! grep -q "^resume  from" "$work/again.out"; then bad "the resumed run exited $ra or did not resume"
+elif [ "$(sha "$work/res")" = "$(sha "$work/bf_a")" ]; then ok "stop at 4.1 + resume: adapter bit-identical"
+else bad "stop at 4.1 + resume: adapter differs from the uninterrupted run"; fi
+
+# 4. the production switches: lora.fuse, bf16 activations, LoRA dropout drawn inside the products
+run 1 "$emu" "${T[@]}" --set run.device=cuda --set lora.fuse=true --set model.act_dtype=bf16 --set run.dir="$work/prod" \
+  > "$work/prod.out" 2>&1 || bad "lora.fuse + bf16 activations run failed"
+read -r w n < <(worst "$la" "$(losses "$work/prod")")
+if [ "${n:-0}" -eq 10 ] && awk -v w="$w" 'BEGIN { exit !(w <= 0.02) }'; then ok "lora.fuse + bf16 activations: worst rel diff $w vs the plain bf16 run"
+else bad "lora.fuse + bf16 activations: worst rel diff $w over ${n:-0} steps (tol 0.02)"; fi
+
+# 5. two ranks, one (emulated) device: a clear refusal
+run 2 "$emu" "${T[@]}" --set run.device=cuda --set run.dir="$work/two" > "$work/two.out" 2>&1; r=$?
+if [ $r -ne 0 ] && grep -qi "device" "$work/two.out" && grep -q "rank" "$work/two.out"; then
+  ok "two ranks on one device refused: $(grep -m1 -i "device" "$work/two.out" | cut -c1-150)"
+else bad "two ranks on one device: exit $r"; tail -5 "$work/two.out"; fi
+
+echo "test_cuda_emu_program: $passes passed, $fails failed"
+[ $fails -eq 0 ]
