@@ -11,7 +11,9 @@
 // past the end stops the test with the kernel's name), filled with 0xff bytes (NaN as floats) until written:
 // a kernel that reads what nobody wrote gets NaNs, as it would get garbage on the device. The runtime calls
 // check that device pointers lie inside allocations. Launch limits are the device's: at most 1024 threads
-// per block, grid y and z at most 65535, 48 KiB of dynamic shared memory.
+// per block, grid y and z at most 65535, 48 KiB of dynamic shared memory. ACTLORA_CUDA_EMU_ORDER=reverse runs
+// blocks, warps and lanes last to first: a kernel whose result depends on the order (a missing barrier, a
+// block that assumes another ran first) gives another result; ctest runs the CUDA tests in both orders.
 #include <map>
 #include <signal.h>
 #include <stdarg.h>
@@ -154,13 +156,14 @@ static struct {
     char *stacks;  // EMU_MAX_THREADS stacks, each with a guard page below it
     void *dyn;
     size_t dyn_bytes;
+    int rev;  // ACTLORA_CUDA_EMU_ORDER=reverse: blocks, warps and lanes run last to first
 } g;
 
 // Leaves the running fiber (its state already set): straight to the next lane of its warp that can run, if
 // there is one (half the switches of going through the scheduler), else back to the scheduler.
 static void fiber_leave(void) {
-    int t = g.cur, end = (t / 32 + 1) * 32 < g.n ? (t / 32 + 1) * 32 : g.n;
-    for (int u = t + 1; u < end; u++)
+    int t = g.cur, w0 = t / 32 * 32, end = w0 + 32 < g.n ? w0 + 32 : g.n;
+    for (int u = g.rev ? t - 1 : t + 1; g.rev ? u >= w0 : u < end; u += g.rev ? -1 : 1)
         if (g.f[u].state == F_RUN) {
             g.cur = u;
             threadIdx = g.f[u].tid;
@@ -241,16 +244,19 @@ static void run_block(void) {
         g.f[t].tid = uint3{(unsigned)t % x, (unsigned)t / x % y, (unsigned)t / (x * y)};
     }
     for (;;) {
-        for (int w0 = 0; w0 < g.n; w0 += 32) {
-            int wn = g.n - w0 < 32 ? g.n - w0 : 32;
+        int nw = (g.n + 31) / 32;
+        for (int wi = 0; wi < nw; wi++) {
+            int w0 = 32 * (g.rev ? nw - 1 - wi : wi), wn = g.n - w0 < 32 ? g.n - w0 : 32;
             do {
-                for (int t = w0; t < w0 + wn; t++)  // a lane passes on to the next runnable lane (fiber_leave)
+                for (int i = 0; i < wn; i++) {  // a lane passes on to the next runnable lane (fiber_leave)
+                    int t = w0 + (g.rev ? wn - 1 - i : i);
                     if (g.f[t].state == F_RUN) {
                         g.cur = t;
                         threadIdx = g.f[t].tid;
                         emu_switch(&g.sched_sp, g.f[t].sp);
                         break;
                     }
+                }
             } while (release_warp(w0));
         }
         int done = 0, at_block = 0;
@@ -308,10 +314,18 @@ void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *
     g.n = (int)nt;
     gridDim = grid;
     blockDim = block;
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                blockIdx = uint3{x, y, z};
+    static int order_read = 0;
+    if (!order_read) {
+        const char *order = getenv("ACTLORA_CUDA_EMU_ORDER");
+        g.rev = order && !strcmp(order, "reverse");
+        if (order && *order && !g.rev && strcmp(order, "forward"))
+            emu_die("ACTLORA_CUDA_EMU_ORDER=%s: expected \"forward\" or \"reverse\"", order);
+        order_read = 1;
+    }
+    for (unsigned zi = 0; zi < grid.z; zi++)
+        for (unsigned yi = 0; yi < grid.y; yi++)
+            for (unsigned xi = 0; xi < grid.x; xi++) {
+                blockIdx = g.rev ? uint3{grid.x - 1 - xi, grid.y - 1 - yi, grid.z - 1 - zi} : uint3{xi, yi, zi};
                 run_block();
             }
     g_in_kernel = 0;
