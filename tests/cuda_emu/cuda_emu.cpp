@@ -8,7 +8,7 @@
 //     block in which some threads wait at __syncthreads and the others of a warp at a warp operation (a
 //     deadlock on the device).
 // Device memory is host memory from mmap with a PROT_NONE page right after each allocation (a read or write
-// past the end stops the test with the kernel's name), filled with 0xff bytes (NaN as floats) until written:
+// more than 16 bytes past the end stops the test with the kernel's name), filled with 0xff bytes (NaN as floats) until written:
 // a kernel that reads what nobody wrote gets NaNs, as it would get garbage on the device. The runtime calls
 // check that device pointers lie inside allocations. Launch limits are the device's: at most 1024 threads
 // per block, grid y and z at most 65535, 48 KiB of dynamic shared memory. ACTLORA_CUDA_EMU_ORDER=reverse runs
@@ -369,6 +369,7 @@ typedef struct {
     char *map;       // mmap'd region (data pages + guard page)
     size_t map_len;
     size_t bytes;    // requested
+    size_t charged;  // rounded (counted against the emulated device's memory)
 } EmuAlloc;
 
 static std::map<uintptr_t, EmuAlloc> g_allocs;  // by user pointer
@@ -394,18 +395,23 @@ extern "C" void cuda_emu_check_device(const void *p, size_t bytes, const char *w
         emu_die("%s: %zu bytes at %p are not inside one device allocation", what, bytes, p);
 }
 
+// The user pointer is 16-byte aligned (the widest vector access of the kernels; cudaMalloc gives 256) and the
+// allocation's 16-byte-rounded end touches the guard page: a kernel that runs past the end by more than the
+// rounding faults at once.
+#define EMU_ALLOC_ALIGN 16
+
 cudaError_t cudaMalloc(void **p, size_t bytes) {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE), b256 = (bytes + 255) / 256 * 256;
-    if (b256 == 0) b256 = 256;
-    if (g_allocated + b256 > emu_total_bytes()) return cudaErrorMemoryAllocation;
-    size_t data = (b256 + page - 1) / page * page, len = data + page;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), rb = (bytes + EMU_ALLOC_ALIGN - 1) / EMU_ALLOC_ALIGN * EMU_ALLOC_ALIGN;
+    if (rb == 0) rb = EMU_ALLOC_ALIGN;
+    if (g_allocated + rb > emu_total_bytes()) return cudaErrorMemoryAllocation;
+    size_t data = (rb + page - 1) / page * page, len = data + page;
     char *m = (char *)mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return cudaErrorMemoryAllocation;
     mprotect(m + data, page, PROT_NONE);
-    char *user = m + data - b256;
-    memset(user, 0xff, b256);
-    g_allocs[(uintptr_t)user] = EmuAlloc{m, len, bytes ? bytes : 1};
-    g_allocated += b256;
+    char *user = m + data - rb;
+    memset(user, 0xff, rb);
+    g_allocs[(uintptr_t)user] = EmuAlloc{m, len, bytes ? bytes : 1, rb};
+    g_allocated += rb;
     *p = user;
     return cudaSuccess;
 }
@@ -414,7 +420,7 @@ cudaError_t cudaFree(void *p) {
     if (!p) return cudaSuccess;
     auto it = g_allocs.find((uintptr_t)p);
     if (it == g_allocs.end()) emu_die("cudaFree(%p): not a pointer cudaMalloc returned", p);
-    g_allocated -= (it->second.bytes + 255) / 256 * 256;
+    g_allocated -= it->second.charged;
     munmap(it->second.map, it->second.map_len);
     g_allocs.erase(it);
     return cudaSuccess;
