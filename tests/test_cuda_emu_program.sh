@@ -7,7 +7,8 @@
 #   - bf16 weights (the device default): two runs give identical losses and adapters
 #   - stopped mid accumulation (ACTLORA_FAULT_STOP_AT) and resumed: the adapter is bit-identical
 #   - lora.fuse + bf16 activations + LoRA dropout: finite losses within 2% of the plain bf16 run
-#   - two ranks on the one emulated device: refused, naming the devices
+#   - two ranks on two emulated devices (NCCL over MPI), fp32: losses within 1e-4 of two CPU ranks, the same
+#     layers; two ranks on one device: refused, naming the devices
 # Usage (ctest): test_cuda_emu_program.sh SOURCE_ROOT BUILD_DIR ACTLORA_BINARY (the emulator's binary is
 # BUILD_DIR/actlora-mpi-emu)
 set -uo pipefail
@@ -71,7 +72,21 @@ read -r w n < <(worst "$la" "$(losses "$work/prod")")
 if [ "${n:-0}" -eq 10 ] && awk -v w="$w" 'BEGIN { exit !(w <= 0.02) }'; then ok "lora.fuse + bf16 activations: worst rel diff $w vs the plain bf16 run"
 else bad "lora.fuse + bf16 activations: worst rel diff $w over ${n:-0} steps (tol 0.02)"; fi
 
-# 5. two ranks, one (emulated) device: a clear refusal
+# 5. two ranks on two emulated devices: the NCCL all-reduce of the flat gradient (MPI underneath) against two
+#    CPU ranks (MPI), fp32
+ACTLORA_CUDA_EMU_DEVICES=2 run 2 "$emu" "${T[@]}" "${A[@]}" --set run.device=cuda --set model.dtype=fp32 \
+  --set run.dir="$work/emu2" > "$work/emu2.out" 2>&1; r1=$?
+run 2 "$cpu" "${T[@]}" "${A[@]}" --set run.device=cpu --set model.dtype=fp32 --set run.dir="$work/cpu2" > "$work/cpu2.out" 2>&1; r2=$?
+if [ $r1 -ne 0 ] || [ $r2 -ne 0 ]; then bad "two-rank fp32 runs exited $r1 (emulator) / $r2 (cpu)"; tail -5 "$work/emu2.out"
+else
+  read -r w n < <(worst "$(losses "$work/cpu2")" "$(losses "$work/emu2")")
+  se=$(selected "$work/emu2") sc=$(selected "$work/cpu2")
+  if [ "${n:-0}" -eq 10 ] && awk -v w="$w" 'BEGIN { exit !(w <= 1e-4) }' && [ -n "$se" ] && [ "$se" = "$sc" ]; then
+    ok "two ranks, two emulated devices (NCCL): worst rel diff $w vs two CPU ranks over $n steps, layers $se"
+  else bad "two ranks, two emulated devices: worst rel diff $w over ${n:-0} steps (tol 1e-4), layers ${se:-none} vs ${sc:-none}"; fi
+fi
+
+# 6. two ranks, one (emulated) device: a clear refusal
 run 2 "$emu" "${T[@]}" --set run.device=cuda --set run.dir="$work/two" > "$work/two.out" 2>&1; r=$?
 if [ $r -ne 0 ] && grep -qi "device" "$work/two.out" && grep -q "rank" "$work/two.out"; then
   ok "two ranks on one device refused: $(grep -m1 -i "device" "$work/two.out" | cut -c1-150)"

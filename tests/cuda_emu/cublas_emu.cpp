@@ -1,4 +1,4 @@
-// cublas_emu.cpp: the CUDA emulator's cuBLAS and NCCL (cublas_v2.h, nccl.h).
+// cublas_emu.cpp: the CUDA emulator's cuBLAS (cublas_v2.h).
 // GEMMs are column-major, as cuBLAS: C = alpha op(A) op(B) + beta C with C m x n, op(A) m x k, op(B) k x n.
 // Each output element is an fp32 sum over l in order; inputs widened exactly from bf16, rounded to TF32 (10-bit
 // mantissa, nearest even) with CUBLAS_COMPUTE_32F_FAST_TF32 or the TF32 math mode; a bf16 C is rounded from the
@@ -10,7 +10,6 @@
 
 #include "cublas_v2.h"
 #include "cuda_bf16.h"
-#include "nccl.h"
 
 extern "C" void cuda_emu_check_device(const void *p, size_t bytes, const char *what);
 extern "C" void cuda_emu_set_activity(const char *what);
@@ -223,42 +222,3 @@ cublasStatus_t cublasGemmBatchedEx(cublasHandle_t h, cublasOperation_t ta, cubla
     cuda_emu_check_device(C, pb, "cublasGemmBatchedEx's C pointer array");
     return gemm("cublasGemmBatchedEx", h, &s, alpha, A, B, beta, C, batch, compute);
 }
-
-// ------------------------------------------------------------------------------------------- NCCL, one rank
-
-struct CudaEmuNcclComm { int nranks; };
-
-ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
-    memset(id, 0, sizeof *id);
-    return ncclSuccess;
-}
-ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank) {
-    (void)id;
-    if (nranks != 1 || rank != 0) {
-        fprintf(stderr, "cuda_emu: ncclCommInitRank: the emulator has one device, so one rank (got %d of %d)\n", rank,
-                nranks);
-        return ncclInvalidArgument;
-    }
-    *comm = (ncclComm_t)calloc(1, sizeof(CudaEmuNcclComm));
-    (*comm)->nranks = 1;
-    return ncclSuccess;
-}
-ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
-                           ncclComm_t comm, cudaStream_t stream) {
-    (void)stream;
-    if (!comm || type != ncclFloat32 || (op != ncclSum && op != ncclAvg)) return ncclInvalidArgument;
-    cuda_emu_check_device(send, count * 4, "ncclAllReduce send buffer");
-    cuda_emu_check_device(recv, count * 4, "ncclAllReduce receive buffer");
-    if (send != recv) memmove(recv, send, count * 4);
-    return ncclSuccess;
-}
-ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *err) {
-    (void)comm;
-    *err = ncclSuccess;
-    return ncclSuccess;
-}
-ncclResult_t ncclCommDestroy(ncclComm_t comm) {
-    free(comm);
-    return ncclSuccess;
-}
-const char *ncclGetErrorString(ncclResult_t r) { return r == ncclSuccess ? "no error" : "invalid argument"; }

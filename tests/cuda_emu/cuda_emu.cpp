@@ -455,12 +455,20 @@ cudaError_t cudaMemset(void *p, int v, size_t bytes) { return cudaMemsetAsync(p,
 
 static int g_device = 0;
 
+// ACTLORA_CUDA_EMU_DEVICES: how many devices this process sees (default 1; every process emulates its own)
+static int emu_devices(void) {
+    const char *s = getenv("ACTLORA_CUDA_EMU_DEVICES");
+    int n = s && *s ? atoi(s) : 1;
+    if (n < 0 || n > 64) emu_die("ACTLORA_CUDA_EMU_DEVICES=%s: expected 0..64", s);
+    return n;
+}
+
 cudaError_t cudaGetDeviceCount(int *n) {
-    *n = 1;
-    return cudaSuccess;
+    *n = emu_devices();
+    return *n ? cudaSuccess : cudaErrorNoDevice;
 }
 cudaError_t cudaSetDevice(int device) {
-    if (device != 0) return cudaErrorInvalidDevice;
+    if (device < 0 || device >= emu_devices()) return cudaErrorInvalidDevice;
     g_device = device;
     return cudaSuccess;
 }
@@ -469,7 +477,7 @@ cudaError_t cudaGetDevice(int *device) {
     return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr attr, int device) {
-    if (device != 0) return cudaErrorInvalidDevice;
+    if (device < 0 || device >= emu_devices()) return cudaErrorInvalidDevice;
     if (attr != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
     *v = 132;  // an H100 / H200
     return cudaSuccess;

@@ -1,4 +1,4 @@
-// nccl.h (CUDA emulator): one rank's NCCL (an all-reduce over one rank is the identity, the average too).
+// nccl.h (CUDA emulator): NCCL over MPI, one process per rank and emulated device (nccl_emu.cpp).
 #ifndef ACTLORA_CUDA_EMU_NCCL_H
 #define ACTLORA_CUDA_EMU_NCCL_H
 
