@@ -8,12 +8,13 @@
 //     block in which some threads wait at __syncthreads and the others of a warp at a warp operation (a
 //     deadlock on the device).
 // Device memory is host memory from mmap with a PROT_NONE page right after each allocation (a read or write
-// more than 16 bytes past the end stops the test with the kernel's name), filled with 0xff bytes (NaN as floats) until written:
-// a kernel that reads what nobody wrote gets NaNs, as it would get garbage on the device. The runtime calls
+// more than 16 bytes past the end stops the test with the kernel's name), filled with 0xff bytes (NaN as
+// floats) until written: a kernel that reads what nobody wrote gets NaNs, as it would get garbage on the
+// device. The runtime calls
 // check that device pointers lie inside allocations. Launch limits are the device's: at most 1024 threads
 // per block, grid y and z at most 65535, 48 KiB of dynamic shared memory. ACTLORA_CUDA_EMU_ORDER=reverse runs
 // blocks, warps and lanes last to first: a kernel whose result depends on the order (a missing barrier, a
-// block that assumes another ran first) gives another result; ctest runs the CUDA tests in both orders.
+// block that assumes another ran first) gives another result; ctest runs the CUDA op tests in both orders.
 #include <map>
 #include <signal.h>
 #include <stdarg.h>
@@ -153,7 +154,7 @@ static struct {
     void *sched_sp;
     CudaEmuThunk thunk;
     void *fn;
-    char *stacks;  // EMU_MAX_THREADS stacks, each with a guard page below it
+    char *stacks;  // EMU_MAX_THREADS stacks, a canary at the bottom of each
     void *dyn;
     size_t dyn_bytes;
     int rev;  // ACTLORA_CUDA_EMU_ORDER=reverse: blocks, warps and lanes run last to first
