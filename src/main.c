@@ -75,10 +75,11 @@ static void print_summary(const Trainer *t, const Ledger *total, const EvalResul
 #ifdef ACTLORA_HAVE_CUDA
 // The device-memory plan of adapters on n_layers layers from `lowest` (n_modules targets, none: head
 // only) at micro-batch B x T tokens; dies before the memory is allocated when it cannot fit (`what`: the
-// phase, for the message). Rank 0 prints the plan (with `quiet`, only when it does not fit).
+// phase, for the message). Rank 0 prints the plan (with `quiet`, only when it does not fit) and, with a log,
+// writes it as a "memory_plan" record (bytes; docs/outputs.md).
 static void plan_device_memory(const RunConfig *cfg, const ModelConfig *mc, const Backend *be, int device, int rank,
                                int lowest, int n_layers, const int *modules, int n_modules, int B, int T, int quiet,
-                               const char *what) {
+                               const char *what, Log *lg) {
     MemPlan plan;
     int act_wf = model_act_wf(mc->arch, be, cfg->model.act_dtype, cfg->lora.fuse, NULL) == 1;  // validated already
     if (mc->arch == ARCH_LLAMA)
@@ -92,6 +93,24 @@ static void plan_device_memory(const RunConfig *cfg, const ModelConfig *mc, cons
     char report[4096];
     int fits = memplan_fit(&plan, total_b, report, sizeof report);
     if (rank == 0 && (!fits || !quiet)) printf("%s\n", report);
+    if (rank == 0 && lg) {
+        cJSON *rec = cJSON_CreateObject();
+        cJSON_AddStringToObject(rec, "type", "memory_plan");
+        cJSON_AddStringToObject(rec, "phase", what);
+        cJSON_AddNumberToObject(rec, "micro_batch", B);
+        cJSON_AddNumberToObject(rec, "seq_len", T);
+        const struct { const char *key; size_t v; } f[] = {
+            {"weights", plan.weights}, {"rope", plan.rope},   {"acts", plan.acts},
+            {"batch", plan.batch},     {"scratch", plan.scratch}, {"trainable", plan.trainable},
+            {"workspace", plan.workspace}, {"total_bytes", plan.total}, {"margin_bytes", memplan_margin(total_b)},
+            {"device_bytes", total_b}};
+        for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) cJSON_AddNumberToObject(rec, f[i].key, (double)f[i].v);
+        cJSON_AddBoolToObject(rec, "fits", fits);
+        char *text = cJSON_PrintUnformatted(rec);
+        log_record(lg, text);
+        free(text);
+        cJSON_Delete(rec);
+    }
     check(fits, "%s does not fit in the %.1f GiB of device %d (plan above)", what, (double)total_b / 1073741824.0,
           device);
 }
@@ -167,7 +186,7 @@ int main(int argc, char **argv) {
 #ifdef ACTLORA_HAVE_CUDA
     if (use_cuda)  // the frozen weights alone (head only, one token): refused before loading when they cannot fit
         plan_device_memory(&cfg, &mc, &be, device, d.rank, mc.num_hidden_layers, 0, NULL, 0, 1, 1, 1,
-                           "the model's frozen weights");
+                           "the model's frozen weights", NULL);
 #endif
     Model model;
     model_load(&model, &be, cfg.model.path, &mc, cfg.model.num_labels, random_init, seed,
@@ -235,7 +254,7 @@ int main(int argc, char **argv) {
             plan_device_memory(&cfg, &mc, &be, device, d.rank, 0, mc.num_hidden_layers, modules,
                                cfg.lora.n_targets, cfg.train.micro_batch, src.max_T, 0,
                                "gradient calibration (adapters on every layer; calibration.method = \"activation\" "
-                               "needs no backward)");
+                               "needs no backward)", &lg);
 #endif
         double tc = time_now();
         select_calibrate(&sel, &cfg, &d, &be, &model, &src, &batch, modules, cfg.lora.n_targets, &lg);
@@ -265,7 +284,7 @@ int main(int argc, char **argv) {
 #ifdef ACTLORA_HAVE_CUDA
     if (use_cuda)  // the device-memory plan and an early refusal if it cannot fit
         plan_device_memory(&cfg, &mc, &be, device, d.rank, ls.lowest_layer, sel.n_selected, modules,
-                           cfg.lora.n_targets, cfg.train.micro_batch, src.max_T, 0, "the run");
+                           cfg.lora.n_targets, cfg.train.micro_batch, src.max_T, 0, "the run", &lg);
 #endif
     int head_loaded = model_init_head(&model, &be, cfg.model.path, random_init, &ls, seed);
     lora_init_weights(&ls, &be, seed);

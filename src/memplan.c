@@ -150,6 +150,9 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     size_t widest_in = I > C ? I : C;
     if (qd > widest_in) widest_in = qd;
     size_t drop_scratch = trains_layers ? (size_t)BACKEND_CUDA_LORA_DROP_CHUNKS * R * widest_in * F32 : 0;
+    // every attention op also keeps its pointer arrays (B*H device pointers each) in the scratch, after its
+    // regions (at most three, each 256-byte aligned): the forward needs them even when nothing trains
+    att_scratch += B * H * BACKEND_CUDA_ATT_MAX_ARRAYS * sizeof(void *) + 3 * (size_t)BACKEND_CUDA_ATT_ALIGN;
     p->scratch = (att_scratch > drop_scratch ? att_scratch : drop_scratch) + partials * sizeof(double);
     // bf16 weights: wgemm's bf16 copy of its activation operand (src/cuda/weights.cu), at most
     // N x max(C, I, H*D) (the backward's dgate / dup, N x I, when layers are trained; h in the forward)

@@ -9,6 +9,9 @@
 #   - lora.fuse + bf16 activations + LoRA dropout: finite losses within 2% of the plain bf16 run
 #   - two ranks on two emulated devices (NCCL over MPI), fp32: losses within 1e-4 of two CPU ranks, the same
 #     layers; two ranks on one device: refused, naming the devices
+#   - the memory plan (log.jsonl "memory_plan") against the peak of what the emulated device handed out
+#     (ACTLORA_CUDA_EMU_PEAK_FILE), Llama in four configurations and a DeBERTa: the plan is never below the
+#     peak and above it by at most 10% of the bytes besides the cuBLAS workspace, + 64 KiB
 # Usage (ctest): test_cuda_emu_program.sh SOURCE_ROOT BUILD_DIR ACTLORA_BINARY (the emulator's binary is
 # BUILD_DIR/actlora-mpi-emu)
 set -uo pipefail
@@ -91,6 +94,28 @@ run 2 "$emu" "${T[@]}" --set run.device=cuda --set run.dir="$work/two" > "$work/
 if [ $r -ne 0 ] && grep -qi "device" "$work/two.out" && grep -q "rank" "$work/two.out"; then
   ok "two ranks on one device refused: $(grep -m1 -i "device" "$work/two.out" | cut -c1-150)"
 else bad "two ranks on one device: exit $r"; tail -5 "$work/two.out"; fi
+
+# 7. the memory plan against the emulated device's peak allocation (2 steps each)
+plan_vs_peak() {  # NAME ARGS...
+  local name=$1 d="$work/mem_$1"; shift
+  ACTLORA_CUDA_EMU_PEAK_FILE="$d.peak" run 1 "$emu" "$@" --set run.device=cuda --set train.max_steps=2 \
+    --set train.warmup_steps=0 --set run.dir="$d" > "$d.out" 2>&1 || { bad "memory plan, $name: the run failed"; return; }
+  local peak plan ws
+  peak=$(awk '{ print $2 }' "$d.peak" 2>/dev/null)
+  plan=$(grep -h '"type":"memory_plan"' "$d/log.jsonl" | grep '"phase":"the run"' | sed -n 's/.*"total_bytes":\([0-9]*\).*/\1/p')
+  ws=$(grep -h '"type":"memory_plan"' "$d/log.jsonl" | sed -n 's/.*"workspace":\([0-9]*\).*/\1/p' | head -1)
+  if [ -z "$peak" ] || [ -z "$plan" ] || [ -z "$ws" ]; then bad "memory plan, $name: no peak (${peak:-?}) or plan (${plan:-?})"; return; fi
+  if awk -v pk="$peak" -v pl="$plan" -v ws="$ws" 'BEGIN { exit !(pl >= pk && pl - pk <= 0.1 * (pk - ws) + 65536) }'; then
+    ok "memory plan, $name: plan $plan bytes, peak $peak (+$((plan - peak)))"
+  else bad "memory plan, $name: plan $plan bytes against a peak of $peak (tolerance: never below, at most 10% of $((peak - ws)) + 64 KiB above)"; fi
+}
+plan_vs_peak llama_bf16 "${T[@]}"
+plan_vs_peak llama_fp32_all "${T[@]}" --set model.dtype=fp32 --set lora.layers=all --set train.micro_batch=4
+plan_vs_peak llama_fused_bf16_acts "${T[@]}" --set lora.fuse=true --set model.act_dtype=bf16 --set 'lora.layers=[3]' \
+  --set train.micro_batch=64
+plan_vs_peak llama_fused_all "${T[@]}" --set lora.fuse=true --set lora.layers=all
+plan_vs_peak deberta_rel "${T[@]}" --set model.path="$root/tests/fixtures/tiny-deberta-rel" --set model.init=pretrained \
+  --set model.num_labels=2 --set 'lora.target_modules=["query_proj","value_proj"]' --set lora.layers=all
 
 echo "test_cuda_emu_program: $passes passed, $fails failed"
 [ $fails -eq 0 ]

@@ -39,6 +39,11 @@ void backend_cuda_init(Backend *be, int device);
 // lora_grad_a_dropout sums dA over row chunks: partial sums [chunks, r, in] in the backend's scratch (fp32,
 // at most this many chunks), then the chunks in a fixed order (deterministic; memplan counts the partials).
 #define BACKEND_CUDA_LORA_DROP_CHUNKS 64
+// The attention ops' scratch (src/cuda/attention.cu): up to BACKEND_CUDA_ATT_MAX_ARRAYS pointer arrays of B*H
+// device pointers after the [B,H,T,T] regions, every region starting BACKEND_CUDA_ATT_ALIGN-byte aligned (the
+// memory planner counts both).
+#define BACKEND_CUDA_ATT_MAX_ARRAYS 10
+#define BACKEND_CUDA_ATT_ALIGN 256
 
 #ifdef __cplusplus
 }

@@ -63,8 +63,8 @@
 
 #define ATT_THREADS 128                 // 4 warps = 4 query rows per block of the row kernels
 #define ATT_ROWS_PER_BLOCK (ATT_THREADS / 32)
-#define ATT_MAX_ARRAYS 10               // pointer arrays of one op (bf16 backward: 10)
-#define ATT_ALIGN 256                   // bytes: every scratch region starts 256-byte aligned
+#define ATT_MAX_ARRAYS BACKEND_CUDA_ATT_MAX_ARRAYS  // pointer arrays of one op (bf16 backward: 10)
+#define ATT_ALIGN BACKEND_CUDA_ATT_ALIGN            // bytes: every scratch region starts 256-byte aligned
 
 static void attn_check(int B, int T, int H, int KVH, int D) {
     check(B >= 0 && T >= 0 && D > 0 && H > 0 && KVH > 0 && H % KVH == 0,

@@ -369,12 +369,26 @@ unsigned __match_any_sync(unsigned mask, int v) { return __match_any_sync(mask, 
 typedef struct {
     char *map;       // mmap'd region (data pages + guard page)
     size_t map_len;
-    size_t bytes;    // requested
-    size_t charged;  // rounded (counted against the emulated device's memory)
+    size_t bytes;      // the range device pointers may address (the request, at least 1)
+    size_t requested;  // as asked for (0 allowed)
+    size_t charged;    // rounded (counted against the emulated device's memory)
 } EmuAlloc;
 
 static std::map<uintptr_t, EmuAlloc> g_allocs;  // by user pointer
-static size_t g_allocated = 0;
+static size_t g_allocated = 0;            // charged (rounded) bytes, against the emulated device's memory
+static size_t g_live = 0, g_peak = 0;       // requested bytes live now, and their peak
+static size_t g_n_allocs = 0;
+
+// ACTLORA_CUDA_EMU_PEAK_FILE=path: at exit, the peak of the bytes cudaMalloc handed out (as requested) goes
+// there as "peak_bytes N allocations M" (what the memory plan of a run is checked against; docs/gpu.md).
+static void write_peak(void) {
+    const char *path = getenv("ACTLORA_CUDA_EMU_PEAK_FILE");
+    if (!path || !*path) return;
+    FILE *f = fopen(path, "w");
+    if (!f) return;
+    fprintf(f, "peak_bytes %zu allocations %zu\n", g_peak, g_n_allocs);
+    fclose(f);
+}
 
 static size_t emu_total_bytes(void) {
     const char *s = getenv("ACTLORA_CUDA_EMU_MEM_GIB");
@@ -411,8 +425,11 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
     mprotect(m + data, page, PROT_NONE);
     char *user = m + data - rb;
     memset(user, 0xff, rb);
-    g_allocs[(uintptr_t)user] = EmuAlloc{m, len, bytes ? bytes : 1, rb};
+    g_allocs[(uintptr_t)user] = EmuAlloc{m, len, bytes ? bytes : 1, bytes, rb};
     g_allocated += rb;
+    if (g_n_allocs++ == 0) atexit(write_peak);
+    g_live += bytes;
+    if (g_live > g_peak) g_peak = g_live;
     *p = user;
     return cudaSuccess;
 }
@@ -422,6 +439,7 @@ cudaError_t cudaFree(void *p) {
     auto it = g_allocs.find((uintptr_t)p);
     if (it == g_allocs.end()) emu_die("cudaFree(%p): not a pointer cudaMalloc returned", p);
     g_allocated -= it->second.charged;
+    g_live -= it->second.requested;
     munmap(it->second.map, it->second.map_len);
     g_allocs.erase(it);
     return cudaSuccess;
