@@ -429,7 +429,7 @@ int config_set(RunConfig *c, const char *assignment, Error *err) {
 // ---------------------------------------------------------------- command line
 
 static const char *const FLAGS[] = {"--config", "--set", "--print-config", "--calibrate-only", "--resume", "--force",
-                                    "--help", "-h", "--version", NULL};
+                                    "--plan-memory", "--help", "-h", "--version", NULL};
 
 // argv[*i] is `flag VALUE` or `flag=VALUE`: returns 1 and points *val at the value (NULL if it
 // is missing), consuming the next argument in the first form; 0 if argv[*i] is another flag.
@@ -480,6 +480,13 @@ int config_parse_args(RunConfig *c, CliArgs *args, int argc, char **argv, Error 
             if (!val || !*val) return error_set(err, "--resume needs a value: auto, no, or a checkpoint path");
             if (strlen(val) >= sizeof args->resume) return error_set(err, "--resume path is too long");
             strcpy(args->resume, val);
+        } else if (flag_value("--plan-memory", argc, argv, &i, &val)) {
+            char *end = NULL;
+            double g = val ? strtod(val, &end) : 0.0;
+            if (!val || !*val || end == val || *end || !(g > 0.0 && g <= 1048576.0))
+                return error_set(err, "--plan-memory needs the GPU's memory in GiB, e.g. --plan-memory 80 (got '%s')",
+                                 val ? val : "");
+            args->plan_memory_gib = g;
         } else if (strcmp(a, "--force") == 0) {
             args->force = 1;
         } else if (strcmp(a, "--print-config") == 0) {
@@ -516,6 +523,8 @@ void config_usage(FILE *f) {
             "  --resume auto|no|PATH  auto (default): continue from the newest valid checkpoint in\n"
             "                         <run.dir>/checkpoints if there is one; no: start fresh; PATH: that one\n"
             "  --force                resume even though keys that change the run differ from the checkpoint's\n"
+            "  --plan-memory GIB      print the run's device-memory plan for a GPU of GIB GiB and exit (no GPU\n"
+            "                         needed, no weights loaded; exit 1 when it does not fit)\n"
             "  --help, -h             print this help and exit\n"
             "  --version              print the version and exit\n"
             "\n"

@@ -3,6 +3,7 @@
 //   all-reduce, AdamW) <-> checkpoint, with periodic evaluation -> final evaluation -> summary
 // docs/method.md describes the method; docs/config.md every key.
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include <sys/resource.h>
 
 #include "actlora/backend.h"
+#include "actlora/calib.h"
 #ifdef ACTLORA_HAVE_CUDA
 #include "actlora/backend_cuda.h"
 #endif
@@ -72,6 +74,76 @@ static void print_summary(const Trainer *t, const Ledger *total, const EvalResul
     log_record(lg, rec);
 }
 
+// The device-memory plan (memplan.h) of adapters on n_layers layers from `lowest` (n_modules targets, none:
+// head only) at micro-batch B x T tokens, frozen weights of weight_bytes each.
+static void make_plan(MemPlan *plan, const RunConfig *cfg, const ModelConfig *mc, int weight_bytes, int act_wf,
+                      int lowest, int n_layers, const int *modules, int n_modules, int B, int T) {
+    if (mc->arch == ARCH_LLAMA)
+        memplan_llama(plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
+                      weight_bytes, (cfg->lora.fuse ? MEMPLAN_FUSED : 0) | (act_wf ? MEMPLAN_ACT_WF : 0));
+    else
+        memplan_encoder(plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
+                        weight_bytes);
+}
+
+// --plan-memory GIB: the device-memory plan of the configured run on a GPU of GIB, without a GPU and without
+// loading weights (config.json and the data file's sequence length only); rank 0 prints it. The weight format
+// is the device's (bf16 unless model.dtype = "fp32"). lora.layers = "auto" is planned for the worst case of
+// its rule: the rule's layer count (all layers for "cumulative") down to layer 0, since which layers
+// calibration selects is not known before it runs. Returns the exit code: 0 fits, 1 does not.
+static int plan_memory_only(const RunConfig *cfg, int rank, double gib) {
+    char path[CONFIG_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/config.json", cfg->model.path);
+    ModelConfig mc;
+    Error err = {{0}};
+    if (hfconfig_load(&mc, path, &err) != 0) die("%s (model.path must be a Hugging Face model directory)", err.msg);
+    Backend dev;  // only the weight format, for model_act_wf's checks
+    memset(&dev, 0, sizeof dev);
+    int bf16 = strcmp(cfg->model.dtype, "fp32") != 0;
+    dev.weight_dtype = bf16 ? BACKEND_WEIGHT_BF16 : BACKEND_WEIGHT_FP32;
+    dev.weight_bytes = bf16 ? 2 : 4;
+    int act_wf = model_act_wf(mc.arch, &dev, cfg->model.act_dtype, cfg->lora.fuse, &err);
+    if (act_wf < 0) die("%s", err.msg);
+    int modules[LORA_NUM_MODULES];
+    if (model_parse_targets(mc.arch, cfg->lora.targets, cfg->lora.n_targets, modules, &err) != 0)
+        die("%s (model %s)", err.msg, path);
+    Source src;
+    source_open(&src, cfg, &mc);
+    int T = src.max_T, L = mc.num_hidden_layers, lowest = 0, n = L;
+    source_close(&src);
+    const char *layers = "all layers";
+    char what[96];
+    if (cfg->lora.auto_layers) {
+        int rule = calib_rule_parse(cfg->calibration.rule);
+        n = rule == RULE_TOP_K ? cfg->calibration.k : rule == RULE_FRACTION ? (int)lround(cfg->calibration.fraction * L) : L;
+        n = n < 1 ? 1 : n > L ? L : n;
+        snprintf(what, sizeof what, "\"auto\": rule %s, %d layer(s), the lowest planned as layer 0 (the worst case)",
+                 cfg->calibration.rule, n);
+        layers = what;
+    } else if (!cfg->lora.all_layers) {
+        lowest = cfg->lora.layers[0];  // sorted
+        n = cfg->lora.n_layers;
+        check(cfg->lora.layers[n - 1] < L, "lora.layers names layer %d but the model has %d layers (0..%d)",
+              cfg->lora.layers[n - 1], L, L - 1);
+        snprintf(what, sizeof what, "%d layer(s) from layer %d", n, lowest);
+        layers = what;
+    }
+    MemPlan plan;
+    make_plan(&plan, cfg, &mc, (int)dev.weight_bytes, act_wf, lowest, n, modules, cfg->lora.n_targets,
+              cfg->train.micro_batch, T);
+    size_t device_bytes = (size_t)(gib * 1073741824.0);
+    char report[4096];
+    int fits = memplan_fit(&plan, device_bytes, report, sizeof report);
+    if (rank == 0) {
+        printf("--plan-memory %g: the run's device memory on a %g GiB GPU (lora.layers %s; nothing loaded)\n%s\n"
+               "plan    %zu bytes in total, %zu bytes of margin, %zu bytes on the device: %s\n",
+               gib, gib, layers, report, plan.total, memplan_margin(device_bytes), device_bytes,
+               fits ? "fits" : "does not fit");
+        fflush(stdout);
+    }
+    return fits ? 0 : 1;
+}
+
 #ifdef ACTLORA_HAVE_CUDA
 // The device-memory plan of adapters on n_layers layers from `lowest` (n_modules targets, none: head
 // only) at micro-batch B x T tokens; dies before the memory is allocated when it cannot fit (`what`: the
@@ -82,12 +154,7 @@ static void plan_device_memory(const RunConfig *cfg, const ModelConfig *mc, cons
                                const char *what, Log *lg) {
     MemPlan plan;
     int act_wf = model_act_wf(mc->arch, be, cfg->model.act_dtype, cfg->lora.fuse, NULL) == 1;  // validated already
-    if (mc->arch == ARCH_LLAMA)
-        memplan_llama(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
-                      (int)be->weight_bytes, (cfg->lora.fuse ? MEMPLAN_FUSED : 0) | (act_wf ? MEMPLAN_ACT_WF : 0));
-    else
-        memplan_encoder(&plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
-                        (int)be->weight_bytes);
+    make_plan(&plan, cfg, mc, (int)be->weight_bytes, act_wf, lowest, n_layers, modules, n_modules, B, T);
     size_t free_b = 0, total_b = 0;
     backend_cuda_device_memory(device, &free_b, &total_b);
     char report[4096];
@@ -141,6 +208,11 @@ int main(int argc, char **argv) {
         }
         MPI_Finalize();
         return 0;
+    }
+    if (args.plan_memory_gib > 0) {  // no device, no weights: the plan of the run, then exit
+        int rc = plan_memory_only(&cfg, d.rank, args.plan_memory_gib);
+        MPI_Finalize();
+        return rc;
     }
     uint64_t cfg_hash = config_hash(&cfg);
     dist_check_agree(&d, &cfg_hash, sizeof cfg_hash, "the configuration (give every rank the same --config and --set)");

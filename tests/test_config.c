@@ -481,6 +481,27 @@ static void test_args(TestCounts *tc) {
                     c.train.warmup_steps == 500 && strcmp(c.data.path, "d.h5") == 0,
             "glue with data.path, max_steps 0: warmup is not checked against max_steps: [%s]", err.msg);
 
+    // --plan-memory GIB: the GPU's memory, as `--plan-memory 80` or `--plan-memory=74.5`; anything else refused
+    char *pm1[] = {"prog", "--config", g_cfg, "--plan-memory", "80", NULL};
+    rc = config_parse_args(&c, &a, 5, pm1, &err);
+    T_CHECK(tc, rc == 0 && a.plan_memory_gib == 80.0, "--plan-memory 80: rc %d, %g", rc, a.plan_memory_gib);
+    char *pm2[] = {"prog", "--plan-memory=74.5", "--config", g_cfg, NULL};
+    rc = config_parse_args(&c, &a, 4, pm2, &err);
+    T_CHECK(tc, rc == 0 && a.plan_memory_gib == 74.5, "--plan-memory=74.5: rc %d, %g", rc, a.plan_memory_gib);
+    const char *pm_bad[] = {"0", "-4", "80GB", "", "nan"};
+    for (int i = 0; i < 5; i++) {
+        char *pm3[] = {"prog", "--config", g_cfg, "--plan-memory", (char *)pm_bad[i], NULL};
+        rc = config_parse_args(&c, &a, 5, pm3, &err);
+        T_CHECK(tc, rc != 0 && strstr(err.msg, "--plan-memory needs the GPU's memory in GiB"),
+                "--plan-memory '%s' accepted (rc %d, '%s')", pm_bad[i], rc, err.msg);
+    }
+    char *pm4[] = {"prog", "--config", g_cfg, "--plan-memory", NULL};
+    rc = config_parse_args(&c, &a, 4, pm4, &err);
+    T_CHECK(tc, rc != 0 && strstr(err.msg, "--plan-memory needs"), "--plan-memory without a value accepted");
+    char *pm5[] = {"prog", "--config", g_cfg, NULL};
+    rc = config_parse_args(&c, &a, 3, pm5, &err);
+    T_CHECK(tc, rc == 0 && a.plan_memory_gib == 0.0, "no --plan-memory: %g", a.plan_memory_gib);
+
     // --calibrate-only: a plain flag, anywhere on the line; the config still loads and validates.
     char *cal[] = {"prog", "--calibrate-only", "--config", g_cfg, "--set", "lora.layers=auto", NULL};
     rc = config_parse_args(&c, &a, 6, cal, &err);

@@ -11,7 +11,8 @@
 #     layers; two ranks on one device: refused, naming the devices
 #   - the memory plan (log.jsonl "memory_plan") against the peak of what the emulated device handed out
 #     (ACTLORA_CUDA_EMU_PEAK_FILE), Llama in four configurations and a DeBERTa: the plan is never below the
-#     peak and above it by at most 10% of the bytes besides the cuBLAS workspace, + 64 KiB
+#     peak and above it by at most 10% of the bytes besides the cuBLAS workspace, + 64 KiB; --plan-memory
+#     (no device, nothing loaded) plans the same bytes as the run
 # Usage (ctest): test_cuda_emu_program.sh SOURCE_ROOT BUILD_DIR ACTLORA_BINARY (the emulator's binary is
 # BUILD_DIR/actlora-mpi-emu)
 set -uo pipefail
@@ -108,6 +109,12 @@ plan_vs_peak() {  # NAME ARGS...
   if awk -v pk="$peak" -v pl="$plan" -v ws="$ws" 'BEGIN { exit !(pl >= pk && pl - pk <= 0.1 * (pk - ws) + 65536) }'; then
     ok "memory plan, $name: plan $plan bytes, peak $peak (+$((plan - peak)))"
   else bad "memory plan, $name: plan $plan bytes against a peak of $peak (tolerance: never below, at most 10% of $((peak - ws)) + 64 KiB above)"; fi
+  # --plan-memory (no device, nothing loaded) plans the same bytes as the run did
+  local po
+  po=$(run 1 "$cpu" "$@" --set train.max_steps=2 --set train.warmup_steps=0 --plan-memory 16 2>&1 |
+       sed -n 's/^plan    \([0-9]*\) bytes in total.*/\1/p')
+  [ "$po" = "$plan" ] && ok "--plan-memory, $name: the run's $plan bytes" ||
+    bad "--plan-memory, $name: ${po:-nothing} bytes, the run planned $plan"
 }
 plan_vs_peak llama_bf16 "${T[@]}"
 plan_vs_peak llama_fp32_all "${T[@]}" --set model.dtype=fp32 --set lora.layers=all --set train.micro_batch=4

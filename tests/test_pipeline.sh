@@ -7,7 +7,8 @@
 # train/eval/summary records; lora.fuse (adapters on the frozen GEMMs) follows the plain run's losses, and
 # with model.act_dtype = "bf16" (bf16 emulation) the fused run's within 2%;
 # run.profile prints its table over the steps after the first and logs profile records;
-# a wrong task or a file tokenized for another vocabulary is refused.
+# a wrong task or a file tokenized for another vocabulary is refused; --plan-memory plans an 8B run without a
+# GPU (the largest micro-batch it names fits, one more does not).
 # Usage (ctest): test_pipeline.sh SOURCE_ROOT BUILD_DIR ACTLORA_BINARY
 set -uo pipefail
 root="$1" build="$2" bin="$3"
@@ -163,6 +164,36 @@ else:
     assert np.all((0 <= s) & (s < 1)) and len(set(s.tolist())) == len(s)
 PY
 done
+
+# --plan-memory GIB: the device-memory plan of a run without a GPU and without weights (Llama-3.1-8B shapes
+# from a config.json alone, the production config): the micro-batch it names as the largest that fits does
+# fit (exit 0), one more does not (exit 1, naming the limit), and lora.layers = "auto" is planned for the
+# worst case of its rule
+mkdir -p "$work/m8"
+python3 - "$work/m8/config.json" <<'PY'
+import json, sys
+json.dump({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
+           "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+           "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                            "original_max_position_embeddings": 8192}, "tie_word_embeddings": False, "num_labels": 2},
+          open(sys.argv[1], "w"))
+PY
+P8=(--config "$root/configs/llama8b_glue.cfg" --set model.path="$work/m8" --set data.source=synthetic
+    --set data.seq_len=256 --set train.max_steps=100 --set lora.layers=all)
+out=$(run_mpi 1 "${P8[@]}" --set train.micro_batch=1 --plan-memory 80 2>&1); r=$?
+mb=$(sed -n 's/.*largest micro-batch that fits: \([0-9]*\).*/\1/p' <<<"$out")
+if [ $r -eq 0 ] && [ -n "$mb" ] && [ "$mb" -ge 8 ] && grep -q "nothing loaded" <<<"$out"; then ok; else bad "--plan-memory 80, micro-batch 1: exit $r, largest ${mb:-?}: $out"; fi
+if [ -n "$mb" ]; then
+  run_mpi 1 "${P8[@]}" --set train.micro_batch="$mb" --plan-memory 80 > "$work/plan_a.out" 2>&1 && ok ||
+    bad "--plan-memory: micro-batch $mb, named as the largest that fits, does not fit"
+  out=$(run_mpi 1 "${P8[@]}" --set train.micro_batch=$((mb + 1)) --plan-memory 80 2>&1); r=$?
+  [ $r -eq 1 ] && grep -q "set train.micro_batch <= $mb" <<<"$out" && ok ||
+    bad "--plan-memory: micro-batch $((mb + 1)) gives exit $r (expected 1 naming <= $mb): $out"
+fi
+out=$(run_mpi 1 "${P8[@]}" --set lora.layers=auto --set train.micro_batch=1 --plan-memory 80 2>&1)
+grep -q 'rule fraction, 16 layer(s), the lowest planned as layer 0' <<<"$out" && grep -q "32 layer set(s)" <<<"$out" && ok ||
+  bad "--plan-memory with lora.layers auto: $out"
 
 echo "test_pipeline: $passes passed, $fails failed"
 [ $fails -eq 0 ]

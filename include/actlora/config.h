@@ -89,6 +89,8 @@ typedef struct {
     int calibrate_only;                 // --calibrate-only: stop after calibration and selection
     char resume[CONFIG_PATH_MAX];       // --resume auto (default) | no | PATH
     int force;                          // --force: resume although keys that change the run differ
+    double plan_memory_gib;             // --plan-memory GIB: print the run's device-memory plan for a GPU of
+                                        // GIB and exit (0: off)
 } CliArgs;
 
 // Fills every key with its documented default.
