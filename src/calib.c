@@ -81,18 +81,19 @@ void calib_rank(const double *scores, int L, int *order, int *rank_of) {
 
 static int cmp_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
 
+int calib_select_max(int L, SelectRule rule, int k, double fraction) {
+    int n = rule == RULE_TOP_K ? k : rule == RULE_FRACTION ? (int)lround(fraction * L) : L;
+    return n < 1 ? 1 : n > L ? L : n;
+}
+
 int calib_select(const double *scores, int L, SelectRule rule, int k, double fraction, double threshold,
                  int *layers) {
     int *order = xmalloc(sizeof(int) * (size_t)L, "ranking"), *rank_of = xmalloc(sizeof(int) * (size_t)L, "ranks");
     calib_rank(scores, L, order, rank_of);
-    int n = 0;
-    switch (rule) {
-    case RULE_TOP_K: n = k; break;
-    case RULE_FRACTION: n = (int)lround(fraction * L); break;
-    case RULE_CUMULATIVE: {
+    int n = calib_select_max(L, rule, k, fraction);  // top_k and fraction: exactly this many
+    if (rule == RULE_CUMULATIVE) {  // the fewest top-ranked layers whose share reaches threshold (at most L)
         double total = 0.0, acc = 0.0;
         for (int l = 0; l < L; l++) total += scores[l] > 0 ? scores[l] : 0.0;
-        n = L;
         for (int i = 0; i < L; i++) {
             acc += scores[order[i]] > 0 ? scores[order[i]] : 0.0;
             if (total > 0 && acc / total >= threshold) {
@@ -100,11 +101,7 @@ int calib_select(const double *scores, int L, SelectRule rule, int k, double fra
                 break;
             }
         }
-        break;
     }
-    }
-    if (n < 1) n = 1;
-    if (n > L) n = L;
     for (int i = 0; i < n; i++) layers[i] = order[i];
     qsort(layers, (size_t)n, sizeof(int), cmp_int);
     free(order);

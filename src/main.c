@@ -3,7 +3,6 @@
 //   all-reduce, AdamW) <-> checkpoint, with periodic evaluation -> final evaluation -> summary
 // docs/method.md describes the method; docs/config.md every key.
 #include <cjson/cJSON.h>
-#include <math.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,9 +96,10 @@ static int plan_memory_only(const RunConfig *cfg, int rank, double gib) {
     ModelConfig mc;
     Error err = {{0}};
     if (hfconfig_load(&mc, path, &err) != 0) die("%s (model.path must be a Hugging Face model directory)", err.msg);
-    Backend dev;  // only the weight format, for model_act_wf's checks
+    Backend dev;  // the device's weight format and name, all model_act_wf reads
     memset(&dev, 0, sizeof dev);
     int bf16 = strcmp(cfg->model.dtype, "fp32") != 0;
+    dev.name = "cuda";
     dev.weight_dtype = bf16 ? BACKEND_WEIGHT_BF16 : BACKEND_WEIGHT_FP32;
     dev.weight_bytes = bf16 ? 2 : 4;
     int act_wf = model_act_wf(mc.arch, &dev, cfg->model.act_dtype, cfg->lora.fuse, &err);
@@ -109,24 +109,20 @@ static int plan_memory_only(const RunConfig *cfg, int rank, double gib) {
         die("%s (model %s)", err.msg, path);
     Source src;
     source_open(&src, cfg, &mc);
-    int T = src.max_T, L = mc.num_hidden_layers, lowest = 0, n = L;
+    int T = src.max_T, L = mc.num_hidden_layers, lowest = 0, n;
     source_close(&src);
-    const char *layers = "all layers";
-    char what[96];
+    char layers[128];
     if (cfg->lora.auto_layers) {
-        int rule = calib_rule_parse(cfg->calibration.rule);
-        n = rule == RULE_TOP_K ? cfg->calibration.k : rule == RULE_FRACTION ? (int)lround(cfg->calibration.fraction * L) : L;
-        n = n < 1 ? 1 : n > L ? L : n;
-        snprintf(what, sizeof what, "\"auto\": rule %s, %d layer(s), the lowest planned as layer 0 (the worst case)",
+        n = calib_select_max(L, calib_rule_parse(cfg->calibration.rule), cfg->calibration.k, cfg->calibration.fraction);
+        snprintf(layers, sizeof layers, "\"auto\": rule %s, %d layer(s), the lowest planned as layer 0 (the worst case)",
                  cfg->calibration.rule, n);
-        layers = what;
-    } else if (!cfg->lora.all_layers) {
-        lowest = cfg->lora.layers[0];  // sorted
-        n = cfg->lora.n_layers;
-        check(cfg->lora.layers[n - 1] < L, "lora.layers names layer %d but the model has %d layers (0..%d)",
-              cfg->lora.layers[n - 1], L, L - 1);
-        snprintf(what, sizeof what, "%d layer(s) from layer %d", n, lowest);
-        layers = what;
+    } else {  // "all" or a list: the layers the run will adapt (checked against the model as the run does)
+        Selection sel;
+        select_explicit(&sel, cfg, L);
+        lowest = sel.selected[0];
+        n = sel.n_selected;
+        select_free(&sel);
+        snprintf(layers, sizeof layers, "%d layer(s) from layer %d", n, lowest);
     }
     MemPlan plan;
     make_plan(&plan, cfg, &mc, (int)dev.weight_bytes, act_wf, lowest, n, modules, cfg->lora.n_targets,

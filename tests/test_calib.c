@@ -35,6 +35,16 @@ int main(int argc, char **argv) {
     T_CHECK(&tc, n == 4, "cumulative 0.85 -> %d (top-4 reach 0.947)", n);
     n = calib_select(s, 5, RULE_CUMULATIVE, 0, 0, 1.0, layers);
     T_CHECK(&tc, n == 5, "cumulative 1.0 keeps every layer (got %d)", n);
+    // calib_select_max: top_k and fraction choose exactly that many, cumulative never more
+    const struct { SelectRule rule; int k; double f, t; } mx[] = {
+        {RULE_TOP_K, 2, 0, 0}, {RULE_TOP_K, 9, 0, 0}, {RULE_TOP_K, 0, 0, 0}, {RULE_FRACTION, 0, 0.6, 0},
+        {RULE_FRACTION, 0, 0.01, 0}, {RULE_FRACTION, 0, 1.0, 0}, {RULE_CUMULATIVE, 0, 0, 0.5}, {RULE_CUMULATIVE, 0, 0, 1.0}};
+    for (int i = 0; i < 8; i++) {
+        int m = calib_select_max(5, mx[i].rule, mx[i].k, mx[i].f), got = calib_select(s, 5, mx[i].rule, mx[i].k, mx[i].f, mx[i].t, layers);
+        T_CHECK(&tc, mx[i].rule == RULE_CUMULATIVE ? m == 5 && got <= m : got == m,
+                "calib_select_max case %d: %d, calib_select chose %d", i, m, got);
+    }
+    n = calib_select(s, 5, RULE_CUMULATIVE, 0, 0, 1.0, layers);
     int sorted = 1;
     for (int i = 1; i < n; i++) sorted &= layers[i] > layers[i - 1];
     T_CHECK(&tc, sorted, "selection is returned sorted ascending");

@@ -194,6 +194,14 @@ fi
 out=$(run_mpi 1 "${P8[@]}" --set lora.layers=auto --set train.micro_batch=1 --plan-memory 80 2>&1)
 grep -q 'rule fraction, 16 layer(s), the lowest planned as layer 0' <<<"$out" && grep -q "32 layer set(s)" <<<"$out" && ok ||
   bad "--plan-memory with lora.layers auto: $out"
+# and it refuses what the run would refuse, with the run's messages: a layer the model lacks, bf16 activations on
+# fp32 weights (the device's backend named)
+out=$(run_mpi 1 "${P8[@]}" --set 'lora.layers=[3,40]' --plan-memory 80 2>&1) && bad "--plan-memory: layer 40 of 32 accepted" ||
+  { grep -q "lora.layers names layer 40 but the model has 32 layers" <<<"$out" && ok || bad "--plan-memory, layer 40: $out"; }
+out=$(run_mpi 1 "${P8[@]}" --set model.dtype=fp32 --set lora.fuse=true --set model.act_dtype=bf16 --plan-memory 80 2>&1) &&
+  bad "--plan-memory: bf16 activations on fp32 weights accepted" ||
+  { grep -q "needs bf16 weights, but model.dtype gives fp32 weights on the cuda backend" <<<"$out" && ok ||
+    bad "--plan-memory, act_dtype bf16 on fp32 weights: $out"; }
 
 echo "test_pipeline: $passes passed, $fails failed"
 [ $fails -eq 0 ]

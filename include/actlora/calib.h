@@ -49,5 +49,8 @@ void calib_rank(const double *scores, int L, int *order, int *rank_of);
 // layers sorted ascending into `layers` and returns how many.
 int calib_select(const double *scores, int L, SelectRule rule, int k, double fraction, double threshold,
                  int *layers);
+// The most layers calib_select can choose by the rule, known before any score: top_k and fraction choose exactly
+// this many (k, round(fraction * L), clamped to 1..L); cumulative at most L. (--plan-memory plans "auto" with it.)
+int calib_select_max(int L, SelectRule rule, int k, double fraction);
 
 #endif
