@@ -2,8 +2,9 @@
 // grid and block coordinates; __syncthreads over static and dynamic shared memory, full and partial warps; the warp
 // shuffles (int, float, double; widths 32 and 8; long back-to-back runs) and __match_any_sync; cuBLAS (Sgemm in all
 // four transposes, GemmEx and GemmBatchedEx with bf16, the leading-dimension check); bf16 rounding; launch limits;
-// and, emulator only, fresh memory reading as NaN and the emulator's deaths (out-of-bounds access, a __syncthreads /
-// __syncwarp deadlock, bad cudaMemcpy pointers, a shuffle from a lane outside the block), each in a fork()ed child.
+// and, emulator only, the thread order (ACTLORA_CUDA_EMU_ORDER), fresh memory reading as NaN and the emulator's
+// deaths (out-of-bounds access, a __syncthreads / __syncwarp deadlock, bad cudaMemcpy pointers, a shuffle from a
+// lane outside the block), each in a fork()ed child.
 // Every expected value is computed on the host in plain loops. Built against the emulator:
 //   python3 tests/cuda_emu/cu2cpp.py tests/cuda_emu/test_cuda_emu.cu test_cuda_emu.cpp
 //   g++ -std=c++17 -O2 -ffp-contract=off -Itests/cuda_emu/include test_cuda_emu.cpp tests/cuda_emu/cuda_emu.cpp
@@ -679,7 +680,34 @@ static void expect_death(const char *what, void (*fn)(void), const char *text1, 
            died ? "died" : "did not die", st, text1, text2 ? " and " : "", text2 ? text2 : "", buf);
 }
 
+// seq[g] = the position at which thread g (global linear id) ran, counted by one shared counter
+static __global__ void k_order(int *seq, int *counter) {
+    int g = blockIdx.x * blockDim.x + threadIdx.x;
+    seq[g] = atomicAdd(counter, 1);
+}
+
+// ACTLORA_CUDA_EMU_ORDER: unset or "forward" runs blocks, warps and lanes first to last, "reverse" last to first
+// (ctest runs this test both ways: test_cuda_emu and test_cuda_emu_reverse)
+static void test_order(void) {
+    enum { NB = 3, NT = 70, N = NB * NT };
+    int *seq, *counter, got[N], want[N];
+    CK(cudaMalloc(&seq, sizeof got));
+    CK(cudaMalloc(&counter, sizeof(int)));
+    CK(cudaMemset(counter, 0, sizeof(int)));
+    k_order<<<NB, NT>>>(seq, counter);
+    SYNC();
+    to_host(got, seq, sizeof got);
+    const char *o = getenv("ACTLORA_CUDA_EMU_ORDER");
+    int rev = o && strcmp(o, "reverse") == 0;
+    for (int g = 0; g < N; g++) want[g] = rev ? N - 1 - g : g;
+    check_ints(rev ? "ACTLORA_CUDA_EMU_ORDER=reverse: blocks, warps and lanes run last to first"
+                   : "default order: blocks, warps and lanes run first to last",
+               got, want, N);
+    CK(cudaFree(seq)), CK(cudaFree(counter));
+}
+
 static void test_emulator_only(void) {
+    test_order();
     float *d = dev_floats(64), h[64];  // 10. fresh device memory is 0xff bytes: NaN as floats
     int nan_all = 1;
     to_host(h, d, sizeof h);
