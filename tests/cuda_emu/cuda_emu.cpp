@@ -285,6 +285,18 @@ static void run_block(void) {
 
 static cudaError_t g_last_error = cudaSuccess;
 
+// ACTLORA_CUDA_EMU_ORDER, read once: 1 for "reverse", 0 for "forward" or unset; anything else dies
+static int order_reverse(void) {
+    static int rev = -1;
+    if (rev < 0) {
+        const char *order = getenv("ACTLORA_CUDA_EMU_ORDER");
+        rev = order && !strcmp(order, "reverse");
+        if (order && *order && !rev && strcmp(order, "forward"))
+            emu_die("ACTLORA_CUDA_EMU_ORDER=%s: expected \"forward\" or \"reverse\"", order);
+    }
+    return rev;
+}
+
 void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *fn, const char *kernel,
                   const char *file, int line) {
     if (g_in_kernel) emu_die("kernel %s launched from inside kernel %s", kernel, g_what);
@@ -304,8 +316,6 @@ void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *
         g.dyn_bytes = smem;
     }
     if (smem) memset(g.dyn, 0xff, smem);
-    const char *pw = g_what, *pf = g_file;
-    int pl = g_line;
     g_what = kernel;
     g_file = file;
     g_line = line;
@@ -315,14 +325,7 @@ void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *
     g.n = (int)nt;
     gridDim = grid;
     blockDim = block;
-    static int order_read = 0;
-    if (!order_read) {
-        const char *order = getenv("ACTLORA_CUDA_EMU_ORDER");
-        g.rev = order && !strcmp(order, "reverse");
-        if (order && *order && !g.rev && strcmp(order, "forward"))
-            emu_die("ACTLORA_CUDA_EMU_ORDER=%s: expected \"forward\" or \"reverse\"", order);
-        order_read = 1;
-    }
+    g.rev = order_reverse();
     for (unsigned zi = 0; zi < grid.z; zi++)
         for (unsigned yi = 0; yi < grid.y; yi++)
             for (unsigned xi = 0; xi < grid.x; xi++) {
@@ -330,9 +333,7 @@ void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *
                 run_block();
             }
     g_in_kernel = 0;
-    g_what = pw;
-    g_file = pf;
-    g_line = pl;
+    cuda_emu_set_activity("host code");  // launches come from host code only (a nested one dies above)
 }
 
 void *cuda_emu_dyn_smem(void) { return g.dyn; }
