@@ -25,13 +25,8 @@ ok() { passes=$((passes + 1)); echo "ok: $*"; }
 bad() { fails=$((fails + 1)); echo "FAIL: $*"; }
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 run() { local np=$1 bin=$2; shift 2; "$MPIEXEC" --allow-run-as-root --oversubscribe -np "$np" "$bin" "$@"; }
-losses() { grep -h '"type":"train"' "$1/log.jsonl" 2>/dev/null | sed 's/.*"step":\([0-9]*\),.*"loss":\([^,]*\),.*/\1 \2/'; }
-sha() { sha256sum "$1/adapter/adapter_model.safetensors" 2>/dev/null | cut -d' ' -f1; }
+. "$root/tests/lib/run_lib.sh"  # losses, sha, loss_diff
 selected() { sed -n 's/.*"selected":\(\[[^]]*\]\).*/\1/p' "$1/log.jsonl" 2>/dev/null | head -1; }
-worst() {  # the worst relative difference of the losses B against A
-  join <(echo "$1") <(echo "$2") | awk '{ e = ($2 - $3) / ($3 < 0 ? -$3 : $3); if (e < 0) e = -e; if (e > w) w = e; n++ }
-    END { printf "%.3g %d\n", w, n }'
-}
 T=(--config "$root/configs/tiny_cpu.cfg" --set model.path="$root/tests/fixtures/tiny-llama" --set run.log_every=1
    --set train.max_steps=10 --set train.warmup_steps=2 --set train.micro_batch=8 --set train.grad_accum=2
    --set lora.dropout=0.1)
@@ -43,7 +38,7 @@ run 1 "$cpu" "${T[@]}" "${A[@]}" --set run.device=cpu --set model.dtype=fp32 --s
 if [ $r1 -ne 0 ] || [ $r2 -ne 0 ]; then bad "fp32 runs exited $r1 (emulator) / $r2 (cpu)"; tail -5 "$work/emu32.out"
 elif ! grep -q "backend cuda" "$work/emu32.out"; then bad "the emulator's run did not use the CUDA backend"; head -20 "$work/emu32.out"
 else
-  read -r w n < <(worst "$(losses "$work/cpu32")" "$(losses "$work/emu32")")
+  read -r _ w n < <(loss_diff "$(losses "$work/cpu32")" "$(losses "$work/emu32")")
   if [ "${n:-0}" -eq 10 ] && awk -v w="$w" 'BEGIN { exit !(w <= 1e-4) }'; then ok "fp32 losses: emulated device vs cpu, worst rel diff $w over $n steps"
   else bad "fp32 losses: emulated device vs cpu, worst rel diff $w over ${n:-0} steps (tol 1e-4)"; fi
   se=$(selected "$work/emu32") sc=$(selected "$work/cpu32")
@@ -72,7 +67,7 @@ else bad "stop at 4.1 + resume: adapter differs from the uninterrupted run"; fi
 # 4. the production switches: lora.fuse, bf16 activations, LoRA dropout drawn inside the products
 run 1 "$emu" "${T[@]}" --set run.device=cuda --set lora.fuse=true --set model.act_dtype=bf16 --set run.dir="$work/prod" \
   > "$work/prod.out" 2>&1 || bad "lora.fuse + bf16 activations run failed"
-read -r w n < <(worst "$la" "$(losses "$work/prod")")
+read -r _ w n < <(loss_diff "$la" "$(losses "$work/prod")")
 if [ "${n:-0}" -eq 10 ] && awk -v w="$w" 'BEGIN { exit !(w <= 0.02) }'; then ok "lora.fuse + bf16 activations: worst rel diff $w vs the plain bf16 run"
 else bad "lora.fuse + bf16 activations: worst rel diff $w over ${n:-0} steps (tol 0.02)"; fi
 
@@ -83,7 +78,7 @@ ACTLORA_CUDA_EMU_DEVICES=2 run 2 "$emu" "${T[@]}" "${A[@]}" --set run.device=cud
 run 2 "$cpu" "${T[@]}" "${A[@]}" --set run.device=cpu --set model.dtype=fp32 --set run.dir="$work/cpu2" > "$work/cpu2.out" 2>&1; r2=$?
 if [ $r1 -ne 0 ] || [ $r2 -ne 0 ]; then bad "two-rank fp32 runs exited $r1 (emulator) / $r2 (cpu)"; tail -5 "$work/emu2.out"
 else
-  read -r w n < <(worst "$(losses "$work/cpu2")" "$(losses "$work/emu2")")
+  read -r _ w n < <(loss_diff "$(losses "$work/cpu2")" "$(losses "$work/emu2")")
   se=$(selected "$work/emu2") sc=$(selected "$work/cpu2")
   if [ "${n:-0}" -eq 10 ] && awk -v w="$w" 'BEGIN { exit !(w <= 1e-4) }' && [ -n "$se" ] && [ "$se" = "$sc" ]; then
     ok "two ranks, two emulated devices (NCCL): worst rel diff $w vs two CPU ranks over $n steps, layers $se"

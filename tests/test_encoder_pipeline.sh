@@ -28,7 +28,7 @@ python3 -c "import h5py, tokenizers, safetensors, numpy" 2>/dev/null \
 MPIEXEC="${MPIEXEC:-mpirun}"
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 run_mpi() { local np=$1; shift; "$MPIEXEC" --allow-run-as-root --oversubscribe -np "$np" "$bin" "$@"; }
-sha() { sha256sum "$1/adapter/adapter_model.safetensors" 2>/dev/null | cut -d' ' -f1; }
+. "$root/tests/lib/run_lib.sh"  # sha
 t_begin=$SECONDS
 
 # ------------------------------------------------------------------ (a) real all-MiniLM-L6-v2 on real MRPC

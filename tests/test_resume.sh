@@ -22,7 +22,7 @@ python3 -c "import h5py, tokenizers" 2>/dev/null || { echo "SKIP: python3 h5py/t
 MPIEXEC="${MPIEXEC:-mpirun}"
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 run_mpi() { local np=$1; shift; "$MPIEXEC" --allow-run-as-root --oversubscribe -np "$np" "$bin" "$@"; }
-sha() { sha256sum "$1/adapter/adapter_model.safetensors" 2>/dev/null | cut -d' ' -f1; }
+. "$root/tests/lib/run_lib.sh"  # sha
 
 python3 "$root/tools/prep_glue.py" --task SST-2 --glue-dir "$shared/data/glue/SST-2" \
   --tokenizer "$shared/data/tokenizers/llama3/tokenizer.json" --max-len 64 --pad-id 128004 \

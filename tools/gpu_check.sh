@@ -324,14 +324,7 @@ prog() {  # LOG ARGS...: one run of the program; returns its exit code
   local log=$1; shift
   "${MPIRUN[@]}" "$BUILD/actlora-mpi$XP" "$@" > "$log" 2>&1
 }
-losses() { grep -h '"type":"train"' "$1/log.jsonl" 2>/dev/null | sed 's/.*"step":\([0-9]*\),.*"loss":\([^,]*\),.*/\1 \2/'; }
-sha() { sha256sum "$1/adapter/adapter_model.safetensors" 2>/dev/null | cut -d' ' -f1; }
-# "w10 wall n": the worst relative difference of the losses B against A (lines "step loss") over the
-# first 10 common steps, over all of them, and how many there are
-loss_diff() {
-  join <(echo "$1") <(echo "$2") | awk '{ e = ($2 - $3) / ($3 < 0 ? -$3 : $3); if (e < 0) e = -e;
-    if (NR <= 10 && e > w10) w10 = e; if (e > wall) wall = e; n++ } END { printf "%.3g %.3g %d\n", w10, wall, n }'
-}
+. "$root/tests/lib/run_lib.sh"  # losses, sha, loss_diff
 TINY=(--config "$root/configs/tiny_cpu.cfg" --set model.path="$root/tests/fixtures/tiny-llama" --set run.device="$DEV"
       --set run.log_every=1 --set lora.dropout=0.1 --set train.grad_accum=2 --set train.micro_batch=8)
 gpu_path=0 why=""
