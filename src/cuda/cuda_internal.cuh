@@ -214,9 +214,10 @@ static __device__ __forceinline__ void cuda_set_error(int *err, int code, int a,
     }
 }
 
-// out[n, :] = float(table[ids[n], :]) for a [V, C] table of fp32 or bf16 (embedding_fwd, wembedding_fwd);
-// a negative id sets the device error flag (first error wins) and writes zeros. total = N * C.
-template <typename T>
+// out[n, :] = float(table[ids[n], :]) for a [V, C] table of fp32 or bf16 (embedding_fwd, wembedding_fwd), or with
+// ADD out[n, :] += table[ids[n], :] (the encoders' embedding_add); a negative id sets the device error flag (first
+// error wins) and writes zeros (ADD: leaves the row). total = N * C.
+template <typename T, int ADD = 0>
 static __global__ void k_embedding_rows(float *__restrict__ out, const int32_t *__restrict__ ids,
                                         const T *__restrict__ table, int C, size_t total, int *err) {
     GRID_STRIDE(i, total) {
@@ -224,9 +225,10 @@ static __global__ void k_embedding_rows(float *__restrict__ out, const int32_t *
         int id = ids[n];
         if (id < 0) {
             if (c == 0) cuda_set_error(err, CUDA_ERR_TOKEN_ID, (int)n, id, 0);
-            out[i] = 0.0f;
+            if (!ADD) out[i] = 0.0f;
         } else {
-            out[i] = cuda_to_float(table[(size_t)id * C + c]);
+            float v = cuda_to_float(table[(size_t)id * C + c]);
+            out[i] = ADD ? __fadd_rn(out[i], v) : v;
         }
     }
 }

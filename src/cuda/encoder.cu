@@ -40,27 +40,15 @@
 
 // ---------------------------------------------------------------------------- embedding_add
 
-// out[n, :] += table[ids[n], :]; a negative id sets the error flag and leaves the row
-static __global__ void k_embedding_add(float *__restrict__ out, const int32_t *__restrict__ ids,
-                                       const float *__restrict__ table, int C, size_t total, int *err) {
-    GRID_STRIDE(i, total) {
-        size_t n = i / (size_t)C, c = i % (size_t)C;
-        int id = ids[n];
-        if (id < 0) {
-            if (c == 0) cuda_set_error(err, CUDA_ERR_TOKEN_ID, (int)n, id, 0);
-        } else {
-            out[i] = __fadd_rn(out[i], table[(size_t)id * C + c]);
-        }
-    }
-}
-
 static void cu_embedding_add(Backend *be, float *out, const int32_t *ids, const float *table, int N, int C) {
     check(N >= 0 && C >= 0, "embedding_add: bad shape N=%d C=%d", N, C);
     size_t total = (size_t)N * (size_t)C;
     if (!total) return;
     CudaCtx *cx = cuda_ctx(be);
     cx->err_op = "embedding_add";
-    k_embedding_add<<<cuda_blocks(total), CUDA_THREADS, 0, cx->stream>>>(out, ids, table, C, total, cx->d_err);
+    // out[n, :] += table[ids[n], :] (cuda_internal.cuh); a negative id sets the error flag and leaves the row
+    k_embedding_rows<float, 1><<<cuda_blocks(total), CUDA_THREADS, 0, cx->stream>>>(out, ids, table, C, total,
+                                                                                     cx->d_err);
     launch_check("embedding_add");
 }
 
