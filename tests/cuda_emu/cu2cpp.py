@@ -4,7 +4,8 @@
 Two CUDA constructs are not C++ and are rewritten; everything else compiles as is against the emulator's headers:
   kernel<<<grid, block[, smem[, stream]]>>>(args)
       -> cuda_emu_launch(dim3(grid), dim3(block), (size_t)(smem), stream, "kernel", "IN.cu", line,
-                         [=]() { kernel(args); })
+                         [=, cuda_emu_args = std::make_tuple(args)]() { std::apply(<kernel(a...)>, cuda_emu_args); })
+         (the arguments are evaluated once, at the launch, as on the device)
   extern __shared__ [__align__(n)] T name[];
       -> T *name = (T *)cuda_emu_dyn_smem();
 Line numbers are kept (the replacement carries the newlines of what it replaces, and a #line directive names
@@ -87,9 +88,12 @@ def rewrite(src, name):
         stream = cfg[3].strip() if len(cfg) > 3 else "(cudaStream_t)0"
         line = src.count("\n", 0, k0) + 1
         replaced = src[k0:q + 1]
-        call = 'cuda_emu_launch(dim3(%s), dim3(%s), (size_t)(%s), %s, "%s", "%s", %d, [=]() { %s(%s); })' % (
+        # the arguments are evaluated once, at the launch (into the closure's tuple), as CUDA does
+        call = ('cuda_emu_launch(dim3(%s), dim3(%s), (size_t)(%s), %s, "%s", "%s", %d, '
+                '[=, cuda_emu_args = std::make_tuple(%s)]() { '
+                'std::apply([](auto const &...a) { %s(a...); }, cuda_emu_args); })') % (
             " ".join(grid.split()), " ".join(block.split()), " ".join(smem.split()), " ".join(stream.split()),
-            " ".join(kernel.split()), name, line, kernel, src[p + 1:q])
+            " ".join(kernel.split()), name, line, src[p + 1:q], kernel)
         # keep the line count: the args keep their own newlines; those of the config and name go after
         extra = replaced.count("\n") - call.count("\n")
         out.append(src[pos:k0])

@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <tuple>  // a launch's arguments (cu2cpp.py)
+
 // ------------------------------------------------------------------ qualifiers
 #define __global__
 #define __device__
