@@ -15,6 +15,8 @@
 // per block, grid y and z at most 65535, 48 KiB of dynamic shared memory. ACTLORA_CUDA_EMU_ORDER=reverse runs
 // blocks, warps and lanes last to first: a kernel whose result depends on the order (a missing barrier, a
 // block that assumes another ran first) gives another result; ctest runs the CUDA op tests in both orders.
+// For the race checker (race.cpp, linked into the instrumented build only) the scheduler keeps cuda_emu_sched
+// (emu_sched.h): the running launch, block and thread, and the barriers each thread has passed.
 #include <map>
 #include <signal.h>
 #include <stdarg.h>
@@ -24,6 +26,7 @@
 #include <unistd.h>
 
 #include "cuda_runtime.h"
+#include "emu_sched.h"
 
 uint3 threadIdx, blockIdx;
 dim3 blockDim, gridDim;
@@ -45,7 +48,13 @@ static void emu_die(const char *fmt, ...) {
 static const char *g_what = "host code";
 static const char *g_file = "";
 static int g_line = 0;
-static int g_in_kernel = 0;
+
+EmuSched cuda_emu_sched;
+static EmuSched &S = cuda_emu_sched;
+static uint32_t g_serial = 0;  // launch and block serials (EmuSched)
+
+// the race checker's report at the end of a launch: nothing unless race.cpp is linked
+extern "C" __attribute__((weak)) void cuda_emu_race_launch_end(void) {}
 
 extern "C" void cuda_emu_set_activity(const char *what) {
     g_what = what;
@@ -55,7 +64,7 @@ extern "C" void cuda_emu_set_activity(const char *what) {
 
 static void on_segv(int sig, siginfo_t *si, void *uc) {
     (void)uc;
-    if (g_in_kernel)
+    if (S.in_kernel)
         fprintf(stderr,
                 "cuda_emu: invalid memory access (%s at %p) in kernel %s launched at %s:%d, block (%u,%u,%u), "
                 "thread (%u,%u,%u)\n",
@@ -135,6 +144,7 @@ typedef struct {
     void *sp;
     int state;
     unsigned mask;   // warp mask of the warp operation it waits at
+    int sync;        // that operation is __syncwarp (orders memory; shuffles and matches do not)
     uint3 tid;
 } Fiber;
 
@@ -142,7 +152,6 @@ typedef struct {
 // warp operation switches stacks); a canary at the bottom of each is checked after every block.
 #define EMU_STACK_BYTES (64u << 10)
 #define EMU_STACK_CANARY 0x5a17c0de5a17c0deull
-#define EMU_MAX_THREADS 1024
 
 static struct {
     Fiber f[EMU_MAX_THREADS];
@@ -150,7 +159,7 @@ static struct {
     // release of its group copies the group's values into `snap`, which the lanes read when they resume
     // (before any lane of the warp can reach another release)
     uint64_t pending[EMU_MAX_THREADS], snap[EMU_MAX_THREADS];
-    int n, cur;
+    int n;  // threads per block (the running one: cuda_emu_sched.cur)
     void *sched_sp;
     CudaEmuThunk thunk;
     void *fn;
@@ -163,10 +172,10 @@ static struct {
 // Leaves the running fiber (its state already set): straight to the next lane of its warp that can run, if
 // there is one (half the switches of going through the scheduler), else back to the scheduler.
 static void fiber_leave(void) {
-    int t = g.cur, w0 = t / 32 * 32, end = w0 + 32 < g.n ? w0 + 32 : g.n;
+    int t = S.cur, w0 = t / 32 * 32, end = w0 + 32 < g.n ? w0 + 32 : g.n;
     for (int u = g.rev ? t - 1 : t + 1; g.rev ? u >= w0 : u < end; u += g.rev ? -1 : 1)
         if (g.f[u].state == F_RUN) {
-            g.cur = u;
+            S.cur = u;
             threadIdx = g.f[u].tid;
             emu_switch(&g.f[t].sp, g.f[u].sp);
             return;
@@ -176,15 +185,16 @@ static void fiber_leave(void) {
 
 static void fiber_entry(void) {
     g.thunk(g.fn);
-    g.f[g.cur].state = F_DONE;
+    g.f[S.cur].state = F_DONE;
     fiber_leave();
     emu_die("internal: a finished fiber was resumed");
 }
 
-static void fiber_yield(int state, unsigned mask) {
-    if (!g_in_kernel) emu_die("a barrier or warp operation outside a kernel (in %s)", g_what);
-    g.f[g.cur].state = state;
-    g.f[g.cur].mask = mask;
+static void fiber_yield(int state, unsigned mask, int sync) {
+    if (!S.in_kernel) emu_die("a barrier or warp operation outside a kernel (in %s)", g_what);
+    g.f[S.cur].state = state;
+    g.f[S.cur].mask = mask;
+    g.f[S.cur].sync = sync;
     fiber_leave();
 }
 
@@ -198,6 +208,12 @@ static void stacks_init(void) {
 
 static char *stack_top(int i) { return g.stacks + (size_t)(i + 1) * EMU_STACK_BYTES; }
 static uint64_t *stack_canary(int i) { return (uint64_t *)(g.stacks + (size_t)i * EMU_STACK_BYTES); }
+
+// A barrier release: the clock's next value (emu_sched.h)
+static uint32_t clock_tick(void) {
+    if (++S.clock == 0) emu_die("the race checker's barrier clock wrapped around (2^32 barriers)");
+    return S.clock;
+}
 
 // Releases the groups of warp w0 whose warp operation is complete: a waiting lane's group is the lanes of its
 // mask (those the block has), and it is complete when every one of them waits at a warp operation with the
@@ -224,10 +240,12 @@ static int release_warp(int w0) {
             ok = f->state == F_WAIT_WARP && f->mask == m;
         }
         if (!ok) continue;  // a lane of the group is elsewhere (another warp operation, __syncthreads)
+        uint32_t c = g.f[w0 + l].sync ? clock_tick() : 0;
         for (int k = 0; k < wn; k++)
             if (grp >> k & 1u) {
                 g.snap[w0 + k] = g.pending[w0 + k];
                 g.f[w0 + k].state = F_RUN;
+                if (c) S.warp_epoch[w0 + k] = c;
             }
         released++;
     }
@@ -237,6 +255,10 @@ static int release_warp(int w0) {
 // Runs one block: each warp in turn until all its lanes wait at __syncthreads or have exited (its warp
 // operations released as its lanes reach them), then the block barrier, until every thread has exited.
 static void run_block(void) {
+    S.block_tok = ++g_serial;
+    S.block_lin = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    memset(S.block_epoch, 0, sizeof(uint32_t) * (size_t)g.n);
+    memset(S.warp_epoch, 0, sizeof(uint32_t) * (size_t)g.n);
     for (int t = 0; t < g.n; t++) {
         g.f[t].state = F_RUN;
         g.f[t].sp = fiber_stack_init(stack_top(t), fiber_entry);
@@ -252,7 +274,7 @@ static void run_block(void) {
                 for (int i = 0; i < wn; i++) {  // a lane passes on to the next runnable lane (fiber_leave)
                     int t = w0 + (g.rev ? wn - 1 - i : i);
                     if (g.f[t].state == F_RUN) {
-                        g.cur = t;
+                        S.cur = t;
                         threadIdx = g.f[t].tid;
                         emu_switch(&g.sched_sp, g.f[t].sp);
                         break;
@@ -273,8 +295,12 @@ static void run_block(void) {
             return;
         }
         if (at_block == g.n - done) {
+            uint32_t c = clock_tick();
             for (int t = 0; t < g.n; t++)
-                if (g.f[t].state == F_WAIT_BLOCK) g.f[t].state = F_RUN;
+                if (g.f[t].state == F_WAIT_BLOCK) {
+                    g.f[t].state = F_RUN;
+                    S.block_epoch[t] = S.warp_epoch[t] = c;
+                }
             continue;
         }
         emu_die("kernel %s (%s:%d), block (%u,%u,%u): deadlock: %d threads wait at __syncthreads while others wait "
@@ -299,7 +325,7 @@ static int order_reverse(void) {
 
 void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *fn, const char *kernel,
                   const char *file, int line) {
-    if (g_in_kernel) emu_die("kernel %s launched from inside kernel %s", kernel, g_what);
+    if (S.in_kernel) emu_die("kernel %s launched from inside kernel %s", kernel, g_what);
     unsigned long long nt = (unsigned long long)block.x * block.y * block.z;
     if (nt == 0 || nt > EMU_MAX_THREADS || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
         grid.x > 2147483647u || grid.y > 65535u || grid.z > 65535u || smem > (48u << 10)) {
@@ -319,7 +345,15 @@ void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *
     g_what = kernel;
     g_file = file;
     g_line = line;
-    g_in_kernel = 1;
+    S.kernel = kernel;
+    S.file = file;
+    S.line = line;
+    S.launch_tok = ++g_serial;
+    S.stacks = g.stacks;
+    S.stacks_bytes = (size_t)EMU_STACK_BYTES * EMU_MAX_THREADS;
+    S.dyn = (const char *)g.dyn;
+    S.dyn_bytes = smem;
+    S.in_kernel = 1;
     g.thunk = thunk;
     g.fn = fn;
     g.n = (int)nt;
@@ -332,32 +366,33 @@ void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *
                 blockIdx = g.rev ? uint3{grid.x - 1 - xi, grid.y - 1 - yi, grid.z - 1 - zi} : uint3{xi, yi, zi};
                 run_block();
             }
-    g_in_kernel = 0;
+    S.in_kernel = 0;
+    cuda_emu_race_launch_end();
     cuda_emu_set_activity("host code");  // launches come from host code only (a nested one dies above)
 }
 
 void *cuda_emu_dyn_smem(void) { return g.dyn; }
 
-void __syncthreads(void) { fiber_yield(F_WAIT_BLOCK, 0); }
-void __syncwarp(unsigned mask) { fiber_yield(F_WAIT_WARP, mask); }
+void __syncthreads(void) { fiber_yield(F_WAIT_BLOCK, 0, 0); }
+void __syncwarp(unsigned mask) { fiber_yield(F_WAIT_WARP, mask, 1); }
 
-static unsigned warp_base(void) { return (unsigned)g.cur / 32u * 32u; }
+static unsigned warp_base(void) { return (unsigned)S.cur / 32u * 32u; }
 
 uint64_t cuda_emu_shfl(unsigned mask, uint64_t v, int src, int width) {
     (void)width;
-    g.pending[g.cur] = v;
-    fiber_yield(F_WAIT_WARP, mask);
+    g.pending[S.cur] = v;
+    fiber_yield(F_WAIT_WARP, mask, 0);
     if (src < 0) return v;
     int s = (int)warp_base() + src;
     if (s >= g.n || !(mask >> src & 1u))
         emu_die("kernel %s (%s:%d): thread %d shuffles from lane %d, outside the block or the mask 0x%08x", g_what,
-                g_file, g_line, g.cur, src, mask);
+                g_file, g_line, S.cur, src, mask);
     return g.snap[s];
 }
 
 unsigned __match_any_sync(unsigned mask, unsigned v) {
-    g.pending[g.cur] = v;
-    fiber_yield(F_WAIT_WARP, mask);
+    g.pending[S.cur] = v;
+    fiber_yield(F_WAIT_WARP, mask, 0);
     unsigned r = 0, b = warp_base();
     for (int l = 0; l < 32 && (int)(b + l) < g.n; l++)
         if ((mask >> l & 1u) && g.snap[b + l] == (uint64_t)v) r |= 1u << l;
@@ -406,6 +441,21 @@ extern "C" int cuda_emu_is_device(const void *p, size_t bytes) {
     return a >= it->first && a + bytes <= it->first + it->second.bytes;
 }
 
+extern "C" int cuda_emu_device_range(const void *p, uintptr_t *user, size_t *bytes, uintptr_t *map_lo,
+                                     uintptr_t *map_hi) {
+    uintptr_t a = (uintptr_t)p;
+    auto it = g_allocs.upper_bound(a);
+    if (it == g_allocs.begin()) return 0;
+    --it;
+    const EmuAlloc &e = it->second;
+    if (a < (uintptr_t)e.map || a >= (uintptr_t)e.map + e.map_len) return 0;
+    *user = it->first;
+    *bytes = e.bytes;
+    *map_lo = (uintptr_t)e.map;
+    *map_hi = (uintptr_t)e.map + e.map_len;
+    return 1;
+}
+
 extern "C" void cuda_emu_check_device(const void *p, size_t bytes, const char *what) {
     if (bytes && !cuda_emu_is_device(p, bytes))
         emu_die("%s: %zu bytes at %p are not inside one device allocation", what, bytes, p);
@@ -428,6 +478,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
     memset(user, 0xff, rb);
     g_allocs[(uintptr_t)user] = EmuAlloc{m, len, bytes ? bytes : 1, bytes, rb};
     g_allocated += rb;
+    S.alloc_gen++;
     if (g_n_allocs++ == 0) atexit(write_peak);
     g_live += bytes;
     if (g_live > g_peak) g_peak = g_live;
@@ -443,6 +494,7 @@ cudaError_t cudaFree(void *p) {
     g_live -= it->second.requested;
     munmap(it->second.map, it->second.map_len);
     g_allocs.erase(it);
+    S.alloc_gen++;
     return cudaSuccess;
 }
 

@@ -86,13 +86,31 @@ static inline T __shfl_xor_sync(unsigned mask, T v, int m, int width = 32) {
     return cuda_emu_shfl_t(mask, v, src < base + width ? src : -1, width);
 }
 
-// ------------------------------------------------------------------ atomics (one OS thread: plain code)
-static inline int atomicCAS(int *p, int cmp, int v) { int o = *p; if (o == cmp) *p = v; return o; }
-static inline unsigned atomicCAS(unsigned *p, unsigned cmp, unsigned v) { unsigned o = *p; if (o == cmp) *p = v; return o; }
-static inline int atomicAdd(int *p, int v) { int o = *p; *p = o + v; return o; }
-static inline unsigned atomicAdd(unsigned *p, unsigned v) { unsigned o = *p; *p = o + v; return o; }
-static inline float atomicAdd(float *p, float v) { float o = *p; *p = o + v; return o; }
-static inline int atomicExch(int *p, int v) { int o = *p; *p = v; return o; }
+// ------------------------------------------------------------------ atomics
+// One OS thread runs every CUDA thread, so plain code would do; the __atomic builtins tell the race checker's
+// instrumented build (race.cpp) that these accesses are atomic.
+#define CUDA_EMU_RELAXED __ATOMIC_RELAXED
+template <typename T>
+static inline T cuda_emu_cas(T *p, T cmp, T v) {
+    __atomic_compare_exchange_n(p, &cmp, v, false, CUDA_EMU_RELAXED, CUDA_EMU_RELAXED);
+    return cmp;  // the old value
+}
+static inline int atomicCAS(int *p, int cmp, int v) { return cuda_emu_cas(p, cmp, v); }
+static inline unsigned atomicCAS(unsigned *p, unsigned cmp, unsigned v) { return cuda_emu_cas(p, cmp, v); }
+static inline int atomicAdd(int *p, int v) { return __atomic_fetch_add(p, v, CUDA_EMU_RELAXED); }
+static inline unsigned atomicAdd(unsigned *p, unsigned v) { return __atomic_fetch_add(p, v, CUDA_EMU_RELAXED); }
+static inline float atomicAdd(float *p, float v) {
+    unsigned *u = (unsigned *)p, o = __atomic_load_n(u, CUDA_EMU_RELAXED), n;
+    float f;
+    do {
+        memcpy(&f, &o, 4);
+        f += v;
+        memcpy(&n, &f, 4);
+    } while (!__atomic_compare_exchange_n(u, &o, n, false, CUDA_EMU_RELAXED, CUDA_EMU_RELAXED));
+    memcpy(&f, &o, 4);
+    return f;
+}
+static inline int atomicExch(int *p, int v) { return __atomic_exchange_n(p, v, CUDA_EMU_RELAXED); }
 
 // ------------------------------------------------------------------ integer and float intrinsics
 static inline int __popc(unsigned v) { return __builtin_popcount(v); }
