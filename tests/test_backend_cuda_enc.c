@@ -507,6 +507,8 @@ static void test_attention(Ctx *c) {
     attention_case(c, 2, 128, 8, 32, REL_P2C, 32, 0, 0);
     attention_case(c, 2, 128, 4, 64, 0, 0, 0, 1);                    // BERT: no relative terms
     attention_case(c, 2, 128, 12, 64, REL_C2P | REL_P2C, 256, 1, 0); // P = 2 * span > T
+    // T = 300: the backward's column pass stages dS / P / idx in chunks of 256 rows (ENC_CHUNK): two chunks
+    attention_case(c, 1, 300, 2, 32, REL_C2P | REL_P2C, 64, 1, 0);
 }
 
 static double now_s(void) {
