@@ -53,8 +53,9 @@ EmuSched cuda_emu_sched;
 static EmuSched &S = cuda_emu_sched;
 static uint32_t g_serial = 0;  // launch and block serials (EmuSched)
 
-// the race checker's report at the end of a launch: nothing unless race.cpp is linked
+// the race checker's reports at the end of a launch and at a crash: nothing unless race.cpp is linked
 extern "C" __attribute__((weak)) void cuda_emu_race_launch_end(void) {}
+extern "C" __attribute__((weak)) void cuda_emu_race_on_crash(void) {}
 
 extern "C" void cuda_emu_set_activity(const char *what) {
     g_what = what;
@@ -64,6 +65,7 @@ extern "C" void cuda_emu_set_activity(const char *what) {
 
 static void on_segv(int sig, siginfo_t *si, void *uc) {
     (void)uc;
+    cuda_emu_race_on_crash();
     if (S.in_kernel)
         fprintf(stderr,
                 "cuda_emu: invalid memory access (%s at %p) in kernel %s launched at %s:%d, block (%u,%u,%u), "

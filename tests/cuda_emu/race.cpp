@@ -247,8 +247,9 @@ static void describe_addr(const Race *r, char *buf, size_t n) {
         snprintf(buf, n, "device memory at %p", (void *)r->addr);
 }
 
-extern "C" void cuda_emu_race_launch_end(void) {
-    if (!g_n_conflicts) return;
+// Prints the races of the running launch found so far; returns how many conflicting accesses there were.
+static long print_races(void) {
+    if (!g_n_conflicts) return 0;
     const EmuSched &S = cuda_emu_sched;
     fprintf(stderr, "cuda_emu: data race in kernel %s launched at %s:%d (%ld conflicting accesses, %d distinct):\n",
             S.kernel, S.file, S.line, g_n_conflicts, g_n_races);
@@ -283,7 +284,20 @@ extern "C" void cuda_emu_race_launch_end(void) {
         }
     }
     fflush(stderr);
-    abort();
+    return g_n_conflicts;
+}
+
+extern "C" void cuda_emu_race_launch_end(void) {
+    if (print_races()) abort();
+}
+
+// A kernel crashed (emu_sched.h): a race it had run into is the likely cause (an index read before another
+// thread wrote it), so the races found so far go out before the crash's message.
+extern "C" void cuda_emu_race_on_crash(void) {
+    if (cuda_emu_sched.in_kernel && g_n_conflicts) {
+        fprintf(stderr, "cuda_emu: the kernel below crashed after these races:\n");
+        print_races();
+    }
 }
 
 // ------------------------------------------------------------------------------------------- the hooks

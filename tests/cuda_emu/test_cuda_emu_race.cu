@@ -97,6 +97,17 @@ static __global__ void k_reduce_missing_barrier(const float *x, float *out) {
     if (threadIdx.x == 0) out[0] = sh[0];
 }
 
+// thread 0 overwrites an index in shared memory that thread 32 uses with no barrier between: run first to last,
+// thread 32 reads the new index (far past the buffer) and faults, and the race comes out before the fault
+enum { L_CRASH = __LINE__ + 6 };
+static __global__ void k_race_then_crash(float *buf) {
+    __shared__ int at[1];
+    if (threadIdx.x == 0) at[0] = 0;
+    __syncthreads();
+    if (threadIdx.x == 0) at[0] = 1 << 28;
+    if (threadIdx.x == 32) buf[at[0]] = 1.0f;
+}
+
 static int *dev_ints(int n) {
     int *d;
     CK(cudaMalloc(&d, n * sizeof(int)));
@@ -110,6 +121,7 @@ static void die_blocks_raw(void) { k_blocks_raw<<<2, 32>>>(dev_ints(32), dev_int
 static void die_smem_uninit(void) { k_smem_uninit<<<1, 64>>>(dev_ints(64)); }
 static void die_smem_stale(void) { k_smem_stale<<<2, 64>>>(dev_ints(128)); }
 static void die_dyn_raw(void) { k_dyn_raw<<<1, 96, 64>>>(dev_ints(1)); }
+static void die_crash(void) { k_race_then_crash<<<1, 64>>>((float *)dev_ints(64)); }
 static void die_reduce(void) {
     float h[128];
     for (int i = 0; i < 128; i++) h[i] = (float)i;
@@ -133,6 +145,8 @@ static void test_races(void) {
                  "no thread of its block wrote");
     expect_death("dynamic shared memory written and read without __syncthreads", die_dyn_raw,
                  "data race in kernel k_dyn_raw", AT(L_DYN_RAW));
+    expect_death("a race that makes the kernel fault is reported (before the fault in the forward order)", die_crash,
+                 "data race in kernel k_race_then_crash", AT(L_CRASH));
     expect_death("a block reduction without barriers in its last warp", die_reduce,
                  "data race in kernel k_reduce_missing_barrier", AT(L_REDUCE));
 }
