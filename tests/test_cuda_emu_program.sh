@@ -7,6 +7,8 @@
 #   - bf16 weights (the device default): two runs give identical losses and adapters
 #   - stopped mid accumulation (ACTLORA_FAULT_STOP_AT) and resumed: the adapter is bit-identical
 #   - lora.fuse + bf16 activations + LoRA dropout: finite losses within 2% of the plain bf16 run
+#   - with the race checker (actlora-mpi-emu-race, docs/gpu.md "Races"): the fp32 "auto" run and the lora.fuse
+#     + bf16 activations + dropout run find no race and give the same losses as without it, bit for bit
 #   - two ranks on two emulated devices (NCCL over MPI), fp32: losses within 1e-4 of two CPU ranks, the same
 #     layers; two ranks on one device: refused, naming the devices
 #   - the memory plan (log.jsonl "memory_plan") against the peak of what the emulated device handed out
@@ -70,6 +72,23 @@ run 1 "$emu" "${T[@]}" --set run.device=cuda --set lora.fuse=true --set model.ac
 read -r _ w n < <(loss_diff "$la" "$(losses "$work/prod")")
 if [ "${n:-0}" -eq 10 ] && awk -v w="$w" 'BEGIN { exit !(w <= 0.02) }'; then ok "lora.fuse + bf16 activations: worst rel diff $w vs the plain bf16 run"
 else bad "lora.fuse + bf16 activations: worst rel diff $w over ${n:-0} steps (tol 0.02)"; fi
+
+# 4b. the same kernels under the race checker: no race, and the very same losses
+race="$build/actlora-mpi-emu-race"
+if [ ! -x "$race" ]; then echo "note: $race not built (the race checker needs GCC): 4b skipped"
+else
+  for c in emu32 prod; do
+    case $c in
+      emu32) args=("${A[@]}" --set model.dtype=fp32) ;;
+      prod) args=(--set lora.fuse=true --set model.act_dtype=bf16) ;;
+    esac
+    run 1 "$race" "${T[@]}" "${args[@]}" --set run.device=cuda --set run.dir="$work/race_$c" > "$work/race_$c.out" 2>&1; r=$?
+    lr=$(losses "$work/race_$c")
+    if [ $r -eq 0 ] && ! grep -q "data race" "$work/race_$c.out" && [ -n "$lr" ] && [ "$lr" = "$(losses "$work/$c")" ]; then
+      ok "race checker, $c run: no race, the same losses bit for bit"
+    else bad "race checker, $c run: exit $r, losses ${lr:-none}"; grep -A4 -m1 "data race" "$work/race_$c.out"; tail -3 "$work/race_$c.out"; fi
+  done
+fi
 
 # 5. two ranks on two emulated devices: the NCCL all-reduce of the flat gradient (MPI underneath) against two
 #    CPU ranks (MPI), fp32
