@@ -83,13 +83,20 @@ typedef struct {
 
 static inline CudaCtx *cuda_ctx(Backend *be) { return (CudaCtx *)be->ctx; }
 
+// The most blocks a grid-stride loop's grid gets in one dimension. The CUDA emulator's race-checked build
+// lowers it (docs/gpu.md "Races"), so that the tests run every grid-stride loop, and the barriers inside one,
+// more than once per block.
+#ifndef CUDA_GRID_STRIDE_CAP
+#define CUDA_GRID_STRIDE_CAP ((size_t)1 << 20)
+#endif
+
 // Threads per block of the elementwise kernels, and a grid that covers n elements with a
 // grid-stride loop (capped so huge n still launches).
 #define CUDA_THREADS 256
 static inline unsigned cuda_blocks(size_t n) {
     size_t b = (n + CUDA_THREADS - 1) / CUDA_THREADS;
     if (b < 1) b = 1;
-    if (b > ((size_t)1 << 20)) b = (size_t)1 << 20;
+    if (b > CUDA_GRID_STRIDE_CAP) b = CUDA_GRID_STRIDE_CAP;
     return (unsigned)b;
 }
 

@@ -275,7 +275,10 @@ static int sm_count(Backend *be) {
     return v > 0 ? v : 1;
 }
 
-static unsigned cap_grid(size_t n, size_t cap) { return (unsigned)(n < 1 ? 1 : n > cap ? cap : n); }
+static unsigned cap_grid(size_t n, size_t cap) {  // blocks of a grid-stride dimension
+    if (cap > CUDA_GRID_STRIDE_CAP) cap = CUDA_GRID_STRIDE_CAP;
+    return (unsigned)(n < 1 ? 1 : n > cap ? cap : n);
+}
 
 template <typename T, int RC, int RR>
 static void down_launch(Backend *be, float *a, const T *X, int ldx, const float *A, int N, int in, int r, float p,
