@@ -10,8 +10,8 @@
 // Device memory is host memory from mmap with a PROT_NONE page right after each allocation (a read or write
 // more than 16 bytes past the end stops the test with the kernel's name), filled with 0xff bytes (NaN as
 // floats) until written: a kernel that reads what nobody wrote gets NaNs, as it would get garbage on the
-// device. The runtime calls
-// check that device pointers lie inside allocations. Launch limits are the device's: at most 1024 threads
+// device. Dynamic shared memory ends at a PROT_NONE page too. The runtime calls check that device pointers lie
+// inside allocations. Launch limits are the device's: at most 1024 threads
 // per block, grid y and z at most 65535, 48 KiB of dynamic shared memory. ACTLORA_CUDA_EMU_ORDER=reverse runs
 // blocks, warps and lanes last to first: a kernel whose result depends on the order (a missing barrier, a
 // block that assumes another ran first) gives another result; ctest runs the CUDA op tests in both orders.
@@ -166,8 +166,7 @@ static struct {
     CudaEmuThunk thunk;
     void *fn;
     char *stacks;  // EMU_MAX_THREADS stacks, a canary at the bottom of each
-    void *dyn;
-    size_t dyn_bytes;
+    char *dyn;  // the running launch's dynamic shared memory
     int rev;  // ACTLORA_CUDA_EMU_ORDER=reverse: blocks, warps and lanes run last to first
 } g;
 
@@ -311,6 +310,21 @@ static void run_block(void) {
     }
 }
 
+// Dynamic shared memory: room for the most a launch may ask for (48 KiB), ending at a PROT_NONE page; a launch's
+// bytes (rounded to 16) are placed against it, so a kernel that runs past its dynamic shared memory faults, as
+// one that runs past a device buffer does.
+static char *dyn_smem_end(void) {
+    static char *end = NULL;
+    if (!end) {
+        size_t page = (size_t)sysconf(_SC_PAGESIZE), data = ((48u << 10) + page - 1) / page * page;
+        char *m = (char *)mmap(NULL, data + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) emu_die("cannot map the dynamic shared memory");
+        mprotect(m + data, page, PROT_NONE);
+        end = m + data;
+    }
+    return end;
+}
+
 static cudaError_t g_last_error = cudaSuccess;
 
 // ACTLORA_CUDA_EMU_ORDER, read once: 1 for "reverse", 0 for "forward" or unset; anything else dies
@@ -338,12 +352,9 @@ void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *
     }
     install_segv_handler();
     stacks_init();
-    if (smem > g.dyn_bytes) {
-        free(g.dyn);
-        g.dyn = aligned_alloc(256, (smem + 255) / 256 * 256);
-        g.dyn_bytes = smem;
-    }
-    if (smem) memset(g.dyn, 0xff, smem);
+    size_t smem16 = (smem + 15) / 16 * 16;
+    g.dyn = dyn_smem_end() - smem16;
+    memset(g.dyn, 0xff, smem16);
     g_what = kernel;
     g_file = file;
     g_line = line;
