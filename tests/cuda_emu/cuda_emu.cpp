@@ -11,8 +11,8 @@
 // more than 16 bytes past the end stops the test with the kernel's name), filled with 0xff bytes (NaN as
 // floats) until written: a kernel that reads what nobody wrote gets NaNs, as it would get garbage on the
 // device. Dynamic shared memory ends at a PROT_NONE page too. The runtime calls check that device pointers lie
-// inside allocations. Launch limits are the device's: at most 1024 threads
-// per block, grid y and z at most 65535, 48 KiB of dynamic shared memory. ACTLORA_CUDA_EMU_ORDER=reverse runs
+// inside allocations. Launch limits are the device's: at most 1024 threads per block, grid y and z at most
+// 65535, 48 KiB of dynamic shared memory. ACTLORA_CUDA_EMU_ORDER=reverse runs
 // blocks, warps and lanes last to first: a kernel whose result depends on the order (a missing barrier, a
 // block that assumes another ran first) gives another result; ctest runs the CUDA op tests in both orders.
 // For the race checker (race.cpp, linked into the instrumented build only) the scheduler keeps cuda_emu_sched
