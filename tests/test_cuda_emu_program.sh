@@ -84,9 +84,9 @@ else
     esac
     run 1 "$race" "${T[@]}" "${args[@]}" --set run.device=cuda --set run.dir="$work/race_$c" > "$work/race_$c.out" 2>&1; r=$?
     lr=$(losses "$work/race_$c")
-    if [ $r -eq 0 ] && ! grep -q "data race" "$work/race_$c.out" && [ -n "$lr" ] && [ "$lr" = "$(losses "$work/$c")" ]; then
+    if [ $r -eq 0 ] && ! grep -q "cuda_emu: " "$work/race_$c.out" && [ -n "$lr" ] && [ "$lr" = "$(losses "$work/$c")" ]; then
       ok "race checker, $c run: no race, the same losses bit for bit"
-    else bad "race checker, $c run: exit $r, losses ${lr:-none}"; grep -A4 -m1 "data race" "$work/race_$c.out"; tail -3 "$work/race_$c.out"; fi
+    else bad "race checker, $c run: exit $r, losses ${lr:-none}"; grep -A4 -m1 "cuda_emu: " "$work/race_$c.out"; tail -3 "$work/race_$c.out"; fi
   done
 fi
 

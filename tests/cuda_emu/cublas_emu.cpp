@@ -12,6 +12,7 @@
 #include "cuda_bf16.h"
 
 extern "C" void cuda_emu_check_device(const void *p, size_t bytes, const char *what);
+extern "C" void cuda_emu_race_host_write(const void *p, size_t bytes);  // emu_sched.h
 extern "C" void cuda_emu_set_activity(const char *what);
 
 struct CudaEmuBlas {
@@ -104,6 +105,7 @@ static void gemm_one(const char *call, const GemmShape *s, float alpha, const vo
     char what[96];
     snprintf(what, sizeof what, "%s matrix C", call);
     cuda_emu_check_device(C, span(s->m, s->n, s->ldc, type_bytes(s->ct)), what);
+    cuda_emu_race_host_write(C, span(s->m, s->n, s->ldc, type_bytes(s->ct)));  // C is written below
     if (s->k > 0 && alpha != 0.0f) {
         snprintf(what, sizeof what, "%s matrix A", call);
         cuda_emu_check_device(A, span(rows_a, cols_a, s->lda, type_bytes(s->at)), what);

@@ -56,6 +56,8 @@ static uint32_t g_serial = 0;  // launch and block serials (EmuSched)
 // the race checker's reports at the end of a launch and at a crash: nothing unless race.cpp is linked
 extern "C" __attribute__((weak)) void cuda_emu_race_launch_end(void) {}
 extern "C" __attribute__((weak)) void cuda_emu_race_on_crash(void) {}
+extern "C" __attribute__((weak)) void cuda_emu_race_host_write(const void *, size_t) {}
+extern "C" __attribute__((weak)) void cuda_emu_race_alloc(const void *, size_t) {}
 
 extern "C" void cuda_emu_set_activity(const char *what) {
     g_what = what;
@@ -490,6 +492,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
     char *user = m + data - rb;
     memset(user, 0xff, rb);
     g_allocs[(uintptr_t)user] = EmuAlloc{m, len, bytes ? bytes : 1, bytes, rb};
+    cuda_emu_race_alloc(user, rb);
     g_allocated += rb;
     S.alloc_gen++;
     if (g_n_allocs++ == 0) atexit(write_peak);
@@ -523,6 +526,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
     if (kind == cudaMemcpyDeviceToHost && cuda_emu_is_device(dst, bytes))
         emu_die("cudaMemcpy device-to-host into a device pointer %p", dst);
     memmove(dst, src, bytes);
+    if (cuda_emu_is_device(dst, bytes)) cuda_emu_race_host_write(dst, bytes);
     return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
@@ -532,6 +536,7 @@ cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t s) {
     (void)s;
     cuda_emu_check_device(p, bytes, "cudaMemset");
     memset(p, v, bytes);
+    cuda_emu_race_host_write(p, bytes);
     return cudaSuccess;
 }
 cudaError_t cudaMemset(void *p, int v, size_t bytes) { return cudaMemsetAsync(p, v, bytes, 0); }

@@ -41,6 +41,11 @@ extern "C" int cuda_emu_device_range(const void *p, uintptr_t *user, size_t *byt
 // Called by the scheduler when a launch has finished: reports what the race checker found and stops the
 // program if it found anything. A no-op unless race.cpp is linked (the instrumented build).
 extern "C" void cuda_emu_race_launch_end(void);
+// Called by the host-side calls that write device memory (cudaMemcpy, cudaMemset, cuBLAS, NCCL) and by
+// cudaMalloc: what a kernel may read as written. No-ops unless race.cpp is linked.
+extern "C" void cuda_emu_race_host_write(const void *p, size_t bytes);
+extern "C" void cuda_emu_race_alloc(const void *p, size_t bytes);
+
 // Called when a kernel crashes (a fault): prints the races found so far in its launch. A no-op unless race.cpp
 // is linked.
 extern "C" void cuda_emu_race_on_crash(void);

@@ -14,6 +14,7 @@
 #include "nccl.h"
 
 extern "C" void cuda_emu_check_device(const void *p, size_t bytes, const char *what);
+extern "C" void cuda_emu_race_host_write(const void *p, size_t bytes);  // emu_sched.h
 
 struct CudaEmuNcclComm {
     int nranks, rank;
@@ -64,6 +65,7 @@ ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataT
     if (!comm || type != ncclFloat32 || (op != ncclSum && op != ncclAvg) || count > 0x7fffffff) return ncclInvalidArgument;
     cuda_emu_check_device(send, count * 4, "ncclAllReduce send buffer");
     cuda_emu_check_device(recv, count * 4, "ncclAllReduce receive buffer");
+    cuda_emu_race_host_write(recv, count * 4);  // the race checker: written (emu_sched.h)
     if (comm->nranks == 1) {
         if (send != recv) memmove(recv, send, count * 4);
         return ncclSuccess;

@@ -15,6 +15,7 @@
 // on first use. Atomics are performed and not checked. The fibers' stacks (locals) and host memory (the
 // launch's captured arguments, the emulator's own state) are not checked.
 #include <dlfcn.h>
+#include <map>
 #include <elf.h>
 #include <link.h>
 #include <stdio.h>
@@ -32,10 +33,12 @@ typedef struct {
     uint32_t r_tok, r_blk;         // reads since: serial, block of the readers (or MULTI)
     uint32_t r_clk, r_oclk;        // clock of the latest reader's latest read; latest read of the others
     uint16_t w_t, r_t;             // writer; latest reader
-    uint16_t r_warp, r_other;      // warp of the readers (or MULTI); whether others than r_t read
+    uint16_t r_warp, flags;        // warp of the readers (or MULTI); F_OTHER, F_INIT
     int32_t w_pc, r_pc, r_opc;     // code addresses (from the anchor) of the write, r_t's read, another's read
 } Rec;
 
+#define F_OTHER 1u  // others than r_t read since the last write
+#define F_INIT 2u   // written since cudaMalloc (by a kernel; host writes are in g_host, below)
 #define MULTI32 0xffffffffu
 #define MULTI16 0xffffu
 #define GRAN_SHIFT 1
@@ -100,7 +103,7 @@ static int is_device(uintptr_t a) {
 
 // ------------------------------------------------------------------------------------------- reports
 
-enum { RAW = 0, WAR, WAW, UNINIT };
+enum { RAW = 0, WAR, WAW, UNINIT, UNINIT_DEV };
 
 typedef struct {
     int kind, shared;
@@ -130,6 +133,72 @@ static void record(int kind, int shared, void *pc, int32_t prev_pc, uint32_t pre
                                 (uint16_t)cuda_emu_sched.cur, prev_t, a, n};
 }
 
+// ------------------------------------------------------------------------------------------- host writes
+
+// What host-side calls wrote since each cudaMalloc (cudaMemcpy, cudaMemset, cuBLAS's C, NCCL's buffer), as
+// disjoint [start, end) ranges; a kernel's first read of a granule looks here (and marks the record F_INIT)
+static std::map<uintptr_t, uintptr_t> g_host;
+
+static int host_written(uintptr_t a) {
+    auto it = g_host.upper_bound(a);
+    if (it == g_host.begin()) return 0;
+    --it;
+    return a < it->second;
+}
+
+static void host_forget(uintptr_t lo, uintptr_t hi) {  // [lo, hi) is no longer written
+    auto it = g_host.upper_bound(lo);
+    if (it != g_host.begin() && std::prev(it)->second > lo) --it;
+    while (it != g_host.end() && it->first < hi) {
+        uintptr_t s = it->first, e = it->second;
+        it = g_host.erase(it);
+        if (s < lo) g_host[s] = lo;
+        if (e > hi) g_host[hi] = e;
+    }
+}
+
+extern "C" void cuda_emu_race_host_write(const void *p, size_t bytes) {
+    uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
+    if (!bytes) return;
+    host_forget(lo, hi);
+    auto next = g_host.lower_bound(hi);  // merge with touching neighbours
+    if (next != g_host.end() && next->first == hi) {
+        hi = next->second;
+        g_host.erase(next);
+    }
+    auto it = g_host.lower_bound(lo);
+    if (it != g_host.begin() && std::prev(it)->second == lo) {
+        --it;
+        it->second = hi;
+        return;
+    }
+    g_host[lo] = hi;
+}
+
+// A fresh allocation: nothing in it is written, and nothing of what was there before counts.
+extern "C" void cuda_emu_race_alloc(const void *p, size_t bytes) {
+    uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
+    host_forget(lo, hi);
+    if (!g_l1) return;
+    const size_t page = 4096;
+    for (uintptr_t a = lo >> GRAN_SHIFT << GRAN_SHIFT; a < hi;) {  // one chunk at a time
+        size_t i = a >> CHUNK_SHIFT;
+        uintptr_t chunk_end = (uintptr_t)(i + 1) << CHUNK_SHIFT, e = hi < chunk_end ? hi : chunk_end;
+        if (i < L1_ENTRIES && g_l1[i]) {
+            char *r0 = (char *)(g_l1[i] + ((a >> GRAN_SHIFT) & (CHUNK_RECS - 1)));
+            char *r1 = (char *)(g_l1[i] + (((e - 1) >> GRAN_SHIFT) & (CHUNK_RECS - 1)) + 1);
+            char *p0 = (char *)(((uintptr_t)r0 + page - 1) / page * page), *p1 = (char *)((uintptr_t)r1 / page * page);
+            if (p0 < p1) {  // whole pages go back to the kernel (zero on the next touch), the edges are cleared
+                memset(r0, 0, (size_t)(p0 - r0));
+                madvise(p0, (size_t)(p1 - p0), MADV_DONTNEED);
+                memset(p1, 0, (size_t)(r1 - p1));
+            } else
+                memset(r0, 0, (size_t)(r1 - r0));
+        }
+        a = e;
+    }
+}
+
 // ------------------------------------------------------------------------------------------- the check
 
 static inline void check(uintptr_t a, unsigned n, int write, uint32_t tok, int shared, void *pc) {
@@ -147,19 +216,23 @@ static inline void check(uintptr_t a, unsigned n, int write, uint32_t tok, int s
                 record(RAW, shared, pc, r->w_pc, r->w_blk, r->w_t, a, n);
             else if (shared && !w_live)
                 record(UNINIT, shared, pc, 0, 0, 0, a, n);
-            uint32_t last = r->r_other && r->r_oclk > r->r_clk ? r->r_oclk : r->r_clk;
+            else if (!shared && !(r->flags & F_INIT)) {
+                if (host_written(g << GRAN_SHIFT)) r->flags |= F_INIT;
+                else record(UNINIT_DEV, shared, pc, 0, 0, 0, a, n);
+            }
+            uint32_t last = (r->flags & F_OTHER) && r->r_oclk > r->r_clk ? r->r_oclk : r->r_clk;
             if (r->r_tok != tok || (r->r_blk == blk && be > last)) {  // none yet, or all before a barrier
                 r->r_tok = tok;
                 r->r_blk = blk;
                 r->r_warp = w;
-                r->r_other = 0;
+                r->flags &= (uint16_t)~F_OTHER;
             } else {
                 if (r->r_blk != blk) r->r_blk = MULTI32;
                 if (r->r_warp != w) r->r_warp = MULTI16;
                 if (r->r_t != t) {  // the latest reader becomes one of the others
-                    r->r_oclk = r->r_other && r->r_oclk > r->r_clk ? r->r_oclk : r->r_clk;
+                    r->r_oclk = (r->flags & F_OTHER) && r->r_oclk > r->r_clk ? r->r_oclk : r->r_clk;
                     r->r_opc = r->r_pc;
-                    r->r_other = 1;
+                    r->flags |= F_OTHER;
                 }
             }
             r->r_t = t;
@@ -169,12 +242,12 @@ static inline void check(uintptr_t a, unsigned n, int write, uint32_t tok, int s
             if (r->r_tok == tok) {  // every read since the last write, by another thread, must be ordered before
                 int latest_ok = r->r_blk == blk && (r->r_t == t || be > r->r_clk ||
                                                     ((r->r_t >> 5) == w && we > r->r_clk));
-                int others_ok = !r->r_other || (r->r_blk == blk && (be > r->r_oclk ||
+                int others_ok = !(r->flags & F_OTHER) || (r->r_blk == blk && (be > r->r_oclk ||
                                                                     (r->r_warp == w && we > r->r_oclk)));
                 if (!latest_ok && r->r_blk != MULTI32)
                     record(WAR, shared, pc, r->r_pc, r->r_blk, r->r_t, a, n);
                 else if (!latest_ok || !others_ok)
-                    record(WAR, shared, pc, r->r_other ? r->r_opc : r->r_pc, r->r_blk, MULTI16, a, n);
+                    record(WAR, shared, pc, (r->flags & F_OTHER) ? r->r_opc : r->r_pc, r->r_blk, MULTI16, a, n);
             }
             if (!w_ordered) record(WAW, shared, pc, r->w_pc, r->w_blk, r->w_t, a, n);
             r->w_tok = tok;
@@ -182,6 +255,7 @@ static inline void check(uintptr_t a, unsigned n, int write, uint32_t tok, int s
             r->w_clk = C;
             r->w_t = t;
             r->w_pc = pc_off(pc);
+            r->flags |= F_INIT;
             r->r_tok = 0;
         }
     }
@@ -251,10 +325,12 @@ static void describe_addr(const Race *r, char *buf, size_t n) {
 static long print_races(void) {
     if (!g_n_conflicts) return 0;
     const EmuSched &S = cuda_emu_sched;
-    fprintf(stderr, "cuda_emu: data race in kernel %s launched at %s:%d (%ld conflicting accesses, %d distinct):\n",
-            S.kernel, S.file, S.line, g_n_conflicts, g_n_races);
-    static const char *verb[] = {"reads", "writes", "writes", "reads"};
-    static const char *prev[] = {"wrote", "read", "wrote", ""};
+    int races = 0;
+    for (int i = 0; i < g_n_races; i++) races += g_races[i].kind != UNINIT && g_races[i].kind != UNINIT_DEV;
+    fprintf(stderr, "cuda_emu: %s in kernel %s launched at %s:%d (%ld conflicting accesses, %d distinct):\n",
+            races ? "data race" : "read of unwritten memory", S.kernel, S.file, S.line, g_n_conflicts, g_n_races);
+    static const char *verb[] = {"reads", "writes", "writes", "reads", "reads"};
+    static const char *prev[] = {"wrote", "read", "wrote", "", ""};
     for (int i = 0; i < g_n_races; i++) {
         const Race *r = &g_races[i];
         char who[96], whom[96], at[1200], prev_at[1200], addr[128];
@@ -264,6 +340,11 @@ static long print_races(void) {
         fprintf(stderr, "  %s %s %u bytes (%s) at %s\n", who, verb[r->kind], r->bytes, addr, at);
         if (r->kind == UNINIT) {
             fprintf(stderr, "    which no thread of its block wrote: shared memory starts undefined in every block\n");
+            continue;
+        }
+        if (r->kind == UNINIT_DEV) {
+            fprintf(stderr, "    which nothing has written since cudaMalloc (no kernel, cudaMemcpy, cudaMemset, cuBLAS or NCCL "
+                            "call)\n");
             continue;
         }
         describe_pc(r->prev_pc, prev_at, sizeof prev_at);

@@ -3,7 +3,8 @@
 // naming the kernel, the kind of race and the source line of the racing access; each correctly synchronised
 // kernel must run and give the host's result: shared memory exchanged across __syncthreads, a warp's across
 // __syncwarp, tree reductions, atomics from every block, bf16 neighbours written by different threads, one
-// buffer written by two launches, reads of one value by every thread of every block.
+// buffer written by two launches, reads of one value by every thread of every block, device memory read after
+// cudaMemset or a kernel wrote it. Device memory read that nothing wrote since cudaMalloc is reported too.
 #include <cuda_bf16.h>
 
 #include "emu_check.h"
@@ -108,6 +109,12 @@ static __global__ void k_race_then_crash(float *buf) {
     if (threadIdx.x == 32) buf[at[0]] = 1.0f;
 }
 
+// reads n floats of x: the launch below gives it 64 of which cudaMemcpy filled only the first 32
+enum { L_DEV_UNINIT = __LINE__ + 2 };
+static __global__ void k_read_dev(const float *x, float *out) {
+    out[threadIdx.x] = x[threadIdx.x] * 2.0f;
+}
+
 static int *dev_ints(int n) {
     int *d;
     CK(cudaMalloc(&d, n * sizeof(int)));
@@ -121,6 +128,12 @@ static void die_blocks_raw(void) { k_blocks_raw<<<2, 32>>>(dev_ints(32), dev_int
 static void die_smem_uninit(void) { k_smem_uninit<<<1, 64>>>(dev_ints(64)); }
 static void die_smem_stale(void) { k_smem_stale<<<2, 64>>>(dev_ints(128)); }
 static void die_dyn_raw(void) { k_dyn_raw<<<1, 96, 64>>>(dev_ints(1)); }
+static void die_dev_uninit(void) {
+    float h[32] = {0}, *x;
+    CK(cudaMalloc(&x, 64 * sizeof(float)));
+    CK(cudaMemcpy(x, h, sizeof h, cudaMemcpyHostToDevice));
+    k_read_dev<<<1, 64>>>(x, (float *)dev_ints(64));
+}
 static void die_crash(void) { k_race_then_crash<<<1, 64>>>((float *)dev_ints(64)); }
 static void die_reduce(void) {
     float h[128];
@@ -145,6 +158,9 @@ static void test_races(void) {
                  "no thread of its block wrote");
     expect_death("dynamic shared memory written and read without __syncthreads", die_dyn_raw,
                  "data race in kernel k_dyn_raw", AT(L_DYN_RAW));
+    expect_death("device memory read that nothing wrote since cudaMalloc (half of it filled by cudaMemcpy)",
+                 die_dev_uninit, cat("bytes of a 256-byte device allocation) at ", AT(L_DEV_UNINIT)),
+                 "nothing has written since cudaMalloc");
     expect_death("a race that makes the kernel fault is reported (before the fault in the forward order)", die_crash,
                  "data race in kernel k_race_then_crash", AT(L_CRASH));
     expect_death("a block reduction without barriers in its last warp", die_reduce,
@@ -213,6 +229,17 @@ static void test_clean(void) {
     SYNC();
     to_host(got, dout, 64 * sizeof(int));
     check_ints("a warp's exchange through shared memory ordered by __syncwarp: no race", got, wx, 64);
+
+    float *zeros, zgot[64], zwant[64] = {0};  // cudaMemset, then a kernel, count as writes for the next kernel
+    CK(cudaMalloc(&zeros, 64 * sizeof(float)));
+    CK(cudaMemset(zeros, 0, 64 * sizeof(float)));
+    float *twice = (float *)dev_ints(64);
+    k_read_dev<<<1, 64>>>(zeros, twice);
+    k_read_dev<<<1, 64>>>(twice, zeros);
+    SYNC();
+    to_host(zgot, zeros, sizeof zgot);
+    report(memcmp(zgot, zwant, sizeof zgot) == 0, "device memory written by cudaMemset, then by a kernel, read by the next: no report",
+           "wrong values");
 
     int *cnt = dev_ints(1), one = 0;
     CK(cudaMemset(cnt, 0, sizeof(int)));
