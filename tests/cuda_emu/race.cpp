@@ -7,21 +7,23 @@
 // it, under the CUDA happens-before of emu_sched.h. An access that is not ordered against a conflicting one
 // (one of them a write) is a data race: two threads of one block with no __syncthreads between them, two lanes
 // with no __syncwarp (a shuffle does not order memory), or two blocks of one launch. A read of shared memory
-// that no thread of the block wrote is reported too (shared memory starts undefined in every block). At the
-// end of the launch the emulator prints each distinct race — both accesses with their source lines — and
-// stops the program.
+// that no thread of the block wrote is reported too (shared memory starts undefined in every block), and so
+// is a read of device memory that nothing wrote since cudaMalloc (kernels mark what they write; the host-side
+// calls report theirs through cuda_emu_race_host_write). At the end of the launch the emulator prints each
+// distinct race — both accesses with their source lines — and stops the program.
 //
 // Shadow memory: one record per 2 bytes (the narrowest store of the kernels is a bf16), in 4 MiB chunks mapped
 // on first use. Atomics are performed and not checked. The fibers' stacks (locals) and host memory (the
 // launch's captured arguments, the emulator's own state) are not checked.
 #include <dlfcn.h>
-#include <map>
 #include <elf.h>
 #include <link.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+
+#include <map>
 
 #include "cuda_runtime.h"
 #include "emu_sched.h"
