@@ -45,9 +45,7 @@ static void emu_die(const char *fmt, ...) {
 }
 
 // what runs now, for the messages (a kernel, a cuBLAS call or nothing)
-static const char *g_what = "host code";
-static const char *g_file = "";
-static int g_line = 0;
+static const char *g_what = "host code";  // host code or a cuBLAS call (a kernel: cuda_emu_sched.kernel)
 
 EmuSched cuda_emu_sched;
 static EmuSched &S = cuda_emu_sched;
@@ -61,8 +59,6 @@ extern "C" __attribute__((weak)) void cuda_emu_race_alloc(const void *, size_t) 
 
 extern "C" void cuda_emu_set_activity(const char *what) {
     g_what = what;
-    g_file = "";
-    g_line = 0;
 }
 
 static void on_segv(int sig, siginfo_t *si, void *uc) {
@@ -72,7 +68,7 @@ static void on_segv(int sig, siginfo_t *si, void *uc) {
         fprintf(stderr,
                 "cuda_emu: invalid memory access (%s at %p) in kernel %s launched at %s:%d, block (%u,%u,%u), "
                 "thread (%u,%u,%u)\n",
-                sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", si->si_addr, g_what, g_file, g_line, blockIdx.x, blockIdx.y,
+                sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", si->si_addr, S.kernel, S.file, S.line, blockIdx.x, blockIdx.y,
                 blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
     else
         fprintf(stderr, "cuda_emu: invalid memory access (%s at %p) in %s\n", sig == SIGSEGV ? "SIGSEGV" : "SIGBUS",
@@ -167,8 +163,6 @@ static struct {
     void *sched_sp;
     CudaEmuThunk thunk;
     void *fn;
-    char *stacks;  // EMU_MAX_THREADS stacks, a canary at the bottom of each
-    char *dyn;  // the running launch's dynamic shared memory
     int rev;  // ACTLORA_CUDA_EMU_ORDER=reverse: blocks, warps and lanes run last to first
 } g;
 
@@ -202,15 +196,17 @@ static void fiber_yield(int state, unsigned mask, int sync) {
 }
 
 static void stacks_init(void) {
-    if (g.stacks) return;
+    if (S.stacks) return;
     size_t bytes = (size_t)EMU_STACK_BYTES * EMU_MAX_THREADS;
-    g.stacks = (char *)mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (g.stacks == MAP_FAILED) emu_die("cannot map the fibers' stacks");
-    madvise(g.stacks, bytes, MADV_HUGEPAGE);
+    char *m = (char *)mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) emu_die("cannot map the fibers' stacks");
+    madvise(m, bytes, MADV_HUGEPAGE);
+    S.stacks = m;
+    S.stacks_bytes = bytes;
 }
 
-static char *stack_top(int i) { return g.stacks + (size_t)(i + 1) * EMU_STACK_BYTES; }
-static uint64_t *stack_canary(int i) { return (uint64_t *)(g.stacks + (size_t)i * EMU_STACK_BYTES); }
+static char *stack_top(int i) { return S.stacks + (size_t)(i + 1) * EMU_STACK_BYTES; }
+static uint64_t *stack_canary(int i) { return (uint64_t *)(S.stacks + (size_t)i * EMU_STACK_BYTES); }
 
 // A barrier release: the clock's next value (emu_sched.h)
 static uint32_t clock_tick(void) {
@@ -232,14 +228,14 @@ static int release_warp(int w0) {
         if (!ok)
             emu_die("kernel %s (%s:%d), block (%u,%u,%u): lane %d of warp %d runs a warp operation with mask 0x%08x, "
                     "which does not name it",
-                    g_what, g_file, g_line, blockIdx.x, blockIdx.y, blockIdx.z, l, w0 / 32, m);
+                    S.kernel, S.file, S.line, blockIdx.x, blockIdx.y, blockIdx.z, l, w0 / 32, m);
         for (int k = 0; k < wn && ok; k++) {
             if (!(grp >> k & 1u)) continue;
             const Fiber *f = &g.f[w0 + k];
             if (f->state == F_DONE)
                 emu_die("kernel %s (%s:%d), block (%u,%u,%u): a warp operation's mask 0x%08x names lane %d of warp %d, "
                         "which has exited",
-                        g_what, g_file, g_line, blockIdx.x, blockIdx.y, blockIdx.z, m, k, w0 / 32);
+                        S.kernel, S.file, S.line, blockIdx.x, blockIdx.y, blockIdx.z, m, k, w0 / 32);
             ok = f->state == F_WAIT_WARP && f->mask == m;
         }
         if (!ok) continue;  // a lane of the group is elsewhere (another warp operation, __syncthreads)
@@ -293,7 +289,7 @@ static void run_block(void) {
         if (done == g.n) {
             for (int t = 0; t < g.n; t++)
                 if (*stack_canary(t) != EMU_STACK_CANARY)
-                    emu_die("kernel %s (%s:%d): thread %d overflowed its %u KiB emulator stack", g_what, g_file, g_line,
+                    emu_die("kernel %s (%s:%d): thread %d overflowed its %u KiB emulator stack", S.kernel, S.file, S.line,
                             t, EMU_STACK_BYTES >> 10);
             return;
         }
@@ -308,7 +304,7 @@ static void run_block(void) {
         }
         emu_die("kernel %s (%s:%d), block (%u,%u,%u): deadlock: %d threads wait at __syncthreads while others wait "
                 "at a warp operation whose lanes are not all there",
-                g_what, g_file, g_line, blockIdx.x, blockIdx.y, blockIdx.z, at_block);
+                S.kernel, S.file, S.line, blockIdx.x, blockIdx.y, blockIdx.z, at_block);
     }
 }
 
@@ -343,7 +339,7 @@ static int order_reverse(void) {
 
 void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *fn, const char *kernel,
                   const char *file, int line) {
-    if (S.in_kernel) emu_die("kernel %s launched from inside kernel %s", kernel, g_what);
+    if (S.in_kernel) emu_die("kernel %s launched from inside kernel %s", kernel, S.kernel);
     unsigned long long nt = (unsigned long long)block.x * block.y * block.z;
     if (nt == 0 || nt > EMU_MAX_THREADS || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
         grid.x > 2147483647u || grid.y > 65535u || grid.z > 65535u || smem > (48u << 10)) {
@@ -355,19 +351,13 @@ void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *
     install_segv_handler();
     stacks_init();
     size_t smem16 = (smem + 15) / 16 * 16;
-    g.dyn = dyn_smem_end() - smem16;
-    memset(g.dyn, 0xff, smem16);
-    g_what = kernel;
-    g_file = file;
-    g_line = line;
+    S.dyn = dyn_smem_end() - smem16;
+    S.dyn_bytes = smem;
+    memset(S.dyn, 0xff, smem16);
     S.kernel = kernel;
     S.file = file;
     S.line = line;
     S.launch_tok = ++g_serial;
-    S.stacks = g.stacks;
-    S.stacks_bytes = (size_t)EMU_STACK_BYTES * EMU_MAX_THREADS;
-    S.dyn = (const char *)g.dyn;
-    S.dyn_bytes = smem;
     S.in_kernel = 1;
     g.thunk = thunk;
     g.fn = fn;
@@ -383,10 +373,9 @@ void cuda_emu_run(dim3 grid, dim3 block, size_t smem, CudaEmuThunk thunk, void *
             }
     S.in_kernel = 0;
     cuda_emu_race_launch_end();
-    cuda_emu_set_activity("host code");  // launches come from host code only (a nested one dies above)
 }
 
-void *cuda_emu_dyn_smem(void) { return g.dyn; }
+void *cuda_emu_dyn_smem(void) { return S.dyn; }
 
 void __syncthreads(void) { fiber_yield(F_WAIT_BLOCK, 0, 0); }
 void __syncwarp(unsigned mask) { fiber_yield(F_WAIT_WARP, mask, 1); }
@@ -400,8 +389,8 @@ uint64_t cuda_emu_shfl(unsigned mask, uint64_t v, int src, int width) {
     if (src < 0) return v;
     int s = (int)warp_base() + src;
     if (s >= g.n || !(mask >> src & 1u))
-        emu_die("kernel %s (%s:%d): thread %d shuffles from lane %d, outside the block or the mask 0x%08x", g_what,
-                g_file, g_line, S.cur, src, mask);
+        emu_die("kernel %s (%s:%d): thread %d shuffles from lane %d, outside the block or the mask 0x%08x", S.kernel,
+                S.file, S.line, S.cur, src, mask);
     return g.snap[s];
 }
 
@@ -447,27 +436,27 @@ static size_t emu_total_bytes(void) {
     return (size_t)(gib * 1073741824.0);
 }
 
+// The allocation whose mapping (its pages and guard page) holds address a, or NULL.
+static const std::pair<const uintptr_t, EmuAlloc> *find_alloc(uintptr_t a) {
+    auto it = g_allocs.upper_bound(a);
+    if (it == g_allocs.begin()) return NULL;
+    --it;
+    const EmuAlloc &e = it->second;
+    return a >= (uintptr_t)e.map && a < (uintptr_t)e.map + e.map_len ? &*it : NULL;
+}
+
 // Whether [p, p + bytes) lies inside one allocation.
 extern "C" int cuda_emu_is_device(const void *p, size_t bytes) {
     uintptr_t a = (uintptr_t)p;
-    auto it = g_allocs.upper_bound(a);
-    if (it == g_allocs.begin()) return 0;
-    --it;
-    return a >= it->first && a + bytes <= it->first + it->second.bytes;
+    auto *f = find_alloc(a);
+    return f && a >= f->first && a + bytes <= f->first + f->second.bytes;
 }
 
-extern "C" int cuda_emu_device_range(const void *p, uintptr_t *user, size_t *bytes, uintptr_t *map_lo,
-                                     uintptr_t *map_hi) {
-    uintptr_t a = (uintptr_t)p;
-    auto it = g_allocs.upper_bound(a);
-    if (it == g_allocs.begin()) return 0;
-    --it;
-    const EmuAlloc &e = it->second;
-    if (a < (uintptr_t)e.map || a >= (uintptr_t)e.map + e.map_len) return 0;
-    *user = it->first;
-    *bytes = e.bytes;
-    *map_lo = (uintptr_t)e.map;
-    *map_hi = (uintptr_t)e.map + e.map_len;
+extern "C" int cuda_emu_device_range(const void *p, uintptr_t *user, size_t *bytes) {
+    auto *f = find_alloc((uintptr_t)p);
+    if (!f) return 0;
+    *user = f->first;
+    *bytes = f->second.bytes;
     return 1;
 }
 

@@ -23,9 +23,9 @@ typedef struct {
     uint32_t clock;                         // barrier releases so far
     uint32_t block_epoch[EMU_MAX_THREADS];  // clock of the thread's last __syncthreads in this block (0: none)
     uint32_t warp_epoch[EMU_MAX_THREADS];   // clock of its last __syncwarp or __syncthreads (0: none)
-    const char *stacks;                     // the fibers' stacks: private to each thread, not checked
+    char *stacks;                           // the fibers' stacks: private to each thread, not checked
     size_t stacks_bytes;
-    const char *dyn;                        // the launch's dynamic shared memory
+    char *dyn;                              // the launch's dynamic shared memory
     size_t dyn_bytes;
     uint32_t alloc_gen;                     // changes at every cudaMalloc / cudaFree
     const char *kernel, *file;              // the running launch (for messages)
@@ -34,9 +34,8 @@ typedef struct {
 
 extern EmuSched cuda_emu_sched;
 
-// The device allocation holding p: 1 and its first byte and the pages it maps, or 0 when p is host memory.
-extern "C" int cuda_emu_device_range(const void *p, uintptr_t *user, size_t *bytes, uintptr_t *map_lo,
-                                     uintptr_t *map_hi);
+// Whether p lies in the pages of a device allocation (1: its first byte and its size; 0: host memory).
+extern "C" int cuda_emu_device_range(const void *p, uintptr_t *user, size_t *bytes);
 
 // Called by the scheduler when a launch has finished: reports what the race checker found and stops the
 // program if it found anything. A no-op unless race.cpp is linked (the instrumented build).
