@@ -134,6 +134,19 @@ static void die_dev_uninit(void) {
     CK(cudaMemcpy(x, h, sizeof h, cudaMemcpyHostToDevice));
     k_read_dev<<<1, 64>>>(x, (float *)dev_ints(64));
 }
+static __global__ void k_write_dev(float *x) { x[threadIdx.x] = 1.0f; }
+// a kernel writes a buffer, which is freed; the next allocation of the size gets the same pages (said on stderr,
+// which the check wants to see), and a kernel reads it: what the first kernel wrote does not count
+static void die_dev_reused(void) {
+    float *x, *y;
+    CK(cudaMalloc(&x, 64 * sizeof(float)));
+    k_write_dev<<<1, 64>>>(x);
+    SYNC();
+    CK(cudaFree(x));
+    CK(cudaMalloc(&y, 64 * sizeof(float)));
+    fprintf(stderr, "%s\n", x == y ? "the same pages" : "other pages");
+    k_read_dev<<<1, 64>>>(y, (float *)dev_ints(64));
+}
 static void die_crash(void) { k_race_then_crash<<<1, 64>>>((float *)dev_ints(64)); }
 static void die_reduce(void) {
     float h[128];
@@ -161,6 +174,8 @@ static void test_races(void) {
     expect_death("device memory read that nothing wrote since cudaMalloc (half of it filled by cudaMemcpy)",
                  die_dev_uninit, cat("bytes of a 256-byte device allocation) at ", AT(L_DEV_UNINIT)),
                  "nothing has written since cudaMalloc");
+    expect_death("device memory a kernel wrote, freed and allocated again (the same pages), then read: reported",
+                 die_dev_reused, "the same pages", "nothing has written since cudaMalloc");
     expect_death("a race that makes the kernel fault is reported (before the fault in the forward order)", die_crash,
                  "data race in kernel k_race_then_crash", AT(L_CRASH));
     expect_death("a block reduction without barriers in its last warp", die_reduce,
