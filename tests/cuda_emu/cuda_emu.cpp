@@ -6,7 +6,8 @@
 //   - warp operations (__syncwarp, shuffles, __match_any_sync): a thread waits until every lane of its mask
 //     waits at a warp operation with the same mask; a lane of the mask that has exited is an error, as is a
 //     block in which some threads wait at __syncthreads and the others of a warp at a warp operation (a
-//     deadlock on the device).
+//     deadlock on the device). The warp-wide WMMA calls of mma.h wait so too, with a full mask, after checking
+//     their pointer and leading dimension (cuda_emu_wmma_enter).
 // Device memory is host memory from mmap with a PROT_NONE page right after each allocation (a read or write
 // more than 16 bytes past the end stops the test with the kernel's name), filled with 0xff bytes (NaN as
 // floats) until written: a kernel that reads what nobody wrote gets NaNs, as it would get garbage on the
@@ -403,6 +404,69 @@ unsigned __match_any_sync(unsigned mask, unsigned v) {
     return r;
 }
 unsigned __match_any_sync(unsigned mask, int v) { return __match_any_sync(mask, (unsigned)v); }
+
+// ------------------------------------------------------------------------------------------- WMMA (mma.h)
+
+// The arguments of the WMMA call a thread waits at; valid while wmma_waiting is set and the thread waits (once
+// released, a lane that runs on may reach its next call before the others have left this one).
+static struct {
+    const char *fn;
+    const void *p;
+    unsigned ldm;
+    int layout;
+} g_wmma[EMU_MAX_THREADS];
+static unsigned char g_wmma_waiting[EMU_MAX_THREADS];
+
+// The checks of nvcuda::wmma's warp-wide calls (cuda_emu.h). Alignment: CUDA requires a 256-bit aligned tile
+// pointer. The emulator's cudaMalloc aligns to 16 bytes only and its dynamic shared memory to 16, where the
+// device's start at 256 (and at the kernel's declared alignment): inside those two a pointer's offset from the
+// start is checked, elsewhere (static __shared__ arrays, locals) its address.
+void cuda_emu_wmma_enter(const char *fn, const void *p, unsigned ldm, unsigned elem_bytes, int layout) {
+    if (!S.in_kernel)
+        emu_die("nvcuda::wmma::%s(pointer %p, ldm %u) called outside a kernel (in %s)", fn, p, ldm, g_what);
+    char at[256];
+    snprintf(at, sizeof at, "kernel %s (%s:%d), block (%u,%u,%u), thread (%u,%u,%u)", S.kernel, S.file, S.line,
+             blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+    int w0 = S.cur / 32 * 32, wn = g.n - w0 < 32 ? g.n - w0 : 32;
+    if (wn < 32)
+        emu_die("%s: nvcuda::wmma::%s in warp %d, which has %d threads (a block of %d): every WMMA call is made by "
+                "all 32 lanes of a warp", at, fn, w0 / 32, wn, g.n);
+    if (p) {
+        uintptr_t a = (uintptr_t)p, base = 0, user;
+        size_t bytes;
+        const char *in = "its address";
+        if (cuda_emu_device_range(p, &user, &bytes) && a >= user) {
+            base = user;
+            in = "its offset in its device allocation";
+        } else if (a - (uintptr_t)S.dyn < S.dyn_bytes) {
+            base = (uintptr_t)S.dyn;
+            in = "its offset in the dynamic shared memory";
+        }
+        if ((a - base) % 32)
+            emu_die("%s: nvcuda::wmma::%s: the pointer is not 32-byte (256-bit) aligned (pointer %p, ldm %u; %s is "
+                    "%zu mod 32)", at, fn, p, ldm, in, (size_t)((a - base) % 32));
+        unsigned mult = 16 / elem_bytes;
+        if (ldm % mult)
+            emu_die("%s: nvcuda::wmma::%s: ldm %u is not a multiple of %u (16 bytes of %u-byte elements; pointer %p)",
+                    at, fn, ldm, mult, elem_bytes, p);
+    }
+    for (int u = w0; u < w0 + 32; u++) {  // those already waiting passed the same comparison: one will do
+        if (u == S.cur || !g_wmma_waiting[u] || g.f[u].state != F_WAIT_WARP) continue;
+        if (strcmp(g_wmma[u].fn, fn) || g_wmma[u].p != p || g_wmma[u].ldm != ldm || g_wmma[u].layout != layout)
+            emu_die("%s: lane %d calls nvcuda::wmma::%s(pointer %p, ldm %u, layout %d) while lane %d of its warp waits "
+                    "in %s(pointer %p, ldm %u, layout %d): the lanes of a warp make the same WMMA call with the same "
+                    "arguments", at, S.cur - w0, fn, p, ldm, layout, u - w0, g_wmma[u].fn, g_wmma[u].p,
+                    g_wmma[u].ldm, g_wmma[u].layout);
+        break;
+    }
+    g_wmma[S.cur].fn = fn;
+    g_wmma[S.cur].p = p;
+    g_wmma[S.cur].ldm = ldm;
+    g_wmma[S.cur].layout = layout;
+    g_wmma_waiting[S.cur] = 1;
+    fiber_yield(F_WAIT_WARP, 0xffffffffu, 0);
+    g_wmma_waiting[S.cur] = 0;
+}
 
 // ------------------------------------------------------------------------------------------- memory
 

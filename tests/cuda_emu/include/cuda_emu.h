@@ -1,6 +1,6 @@
 // cuda_emu.h: the CUDA C the backend's kernels use, on the CPU. tests/cuda_emu/cu2cpp.py rewrites each
 // src/cuda/*.cu into C++ (launches become cuda_emu_launch calls, dynamic shared memory a pointer), and the
-// fake cuda_runtime.h / cuda_bf16.h / cublas_v2.h / nccl.h next to this header stand in for the real ones.
+// fake cuda_runtime.h / cuda_bf16.h / mma.h / cublas_v2.h / nccl.h next to this header stand in for the real ones.
 // Every CUDA thread of a block runs as a fiber on one OS thread (cuda_emu.cpp): __syncthreads, warp
 // shuffles and __match_any_sync are real barriers between them, blocks run one after another, and device
 // memory is host memory with a guard page after every allocation. The emulator runs the kernels' indexing,
@@ -141,6 +141,13 @@ CUDA_EMU_MINMAX(unsigned long long)
 CUDA_EMU_MINMAX(float)
 CUDA_EMU_MINMAX(double)
 #undef CUDA_EMU_MINMAX
+
+// ------------------------------------------------------------------ WMMA (mma.h; cuda_emu.cpp)
+// The checks of a warp-wide WMMA call (fn: load_matrix_sync, store_matrix_sync, mma_sync) by the running
+// thread: it must run in a kernel, in a warp of 32 threads, with p (NULL: no pointer) 32-byte aligned and ldm a
+// multiple of 16 / elem_bytes; then it waits until every lane of its warp makes a WMMA call with the same fn,
+// p, ldm and layout (a convergence that orders no memory, as a shuffle). Any failure stops the program.
+void cuda_emu_wmma_enter(const char *fn, const void *p, unsigned ldm, unsigned elem_bytes, int layout);
 
 // ------------------------------------------------------------------ launches
 typedef struct CudaEmuStream *cudaStream_t;  // streams run their work at once: an opaque token
