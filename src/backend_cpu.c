@@ -406,6 +406,7 @@ void backend_cpu_init(Backend *be, int threads) {
     backend_cpu_weights_init(be);  // weight_alloc, weight_upload, weight_randn, wgemm, ... (backend_weights.c)
     backend_cpu_act_wf_init(be);   // activations in the weight format (backend_act_wf.c)
     backend_cpu_lora_init(be);     // LoRA dropout (backend_cpu_lora.c)
+    backend_cpu_attn_fused_init(be);  // fused attention (backend_cpu_attn_fused.c)
     backend_cpu_enc_init(be);
     // every op filled: a missing one would be a NULL call much later
 #define NEED(op) check(be->op != NULL, "internal: the CPU backend leaves op '%s' unset", #op);

@@ -38,6 +38,7 @@ typedef struct {
 static const char *const ARCH_VALUES[] = {"auto", "llama", "bert", "deberta-v2", NULL};
 static const char *const DTYPE_VALUES[] = {"auto", "fp32", "bf16", NULL};
 static const char *const ACT_DTYPE_VALUES[] = {"fp32", "bf16", NULL};
+static const char *const ATTENTION_VALUES[] = {"gemm", "fused", NULL};
 static const char *const INIT_VALUES[] = {"pretrained", "random", NULL};
 static const char *const SCHEDULE_VALUES[] = {"constant", "linear", "cosine", NULL};
 static const char *const SOURCE_VALUES[] = {"glue", "synthetic", NULL};
@@ -73,6 +74,10 @@ static const ConfigKey KEYS[] = {
     KEY_ENUM("model.act_dtype", model.act_dtype, ACT_DTYPE_VALUES, "fp32",
              "Llama: bf16 = the activations saved for backward (normed inputs, q, k, v, attention "
              "probabilities, the MLP's) in bf16; needs lora.fuse and bf16 weights (docs/gpu.md \"bf16 activations\")"),
+    KEY_ENUM("model.attention", model.attention, ATTENTION_VALUES, "gemm",
+             "Llama: gemm = batched GEMMs + softmax, saving the [B,H,T,T] probabilities; fused = one kernel that "
+             "keeps a log-sum-exp per row and recomputes the probabilities in backward; needs model.act_dtype = "
+             "\"bf16\" (docs/gpu.md \"Fused attention\")"),
     KEY_ENUM("model.init", model.init, INIT_VALUES, "pretrained",
              "pretrained = load the safetensors; random = weights from config.json shapes alone"),
     KEY_INT("model.num_labels", model.num_labels, 1, 1000, 2, "classification classes; 1 = regression"),

@@ -170,6 +170,12 @@ void llama_set_act_wf(Llama *m, int on) {
     m->act_wf = on != 0;
 }
 
+void llama_set_att_fused(Llama *m, int on) {
+    check(!on || m->act_wf, "internal: the fused attention needs the activations in the weight format");
+    check(!m->acts, "internal: llama_set_att_fused after the activations were allocated");
+    m->att_fused = on != 0;
+}
+
 int llama_init_head(Llama *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed) {
     size_t n = (size_t)m->num_labels * (size_t)m->cfg.hidden_size;
     float *host = xmalloc(n * sizeof(float), "score head");
@@ -228,7 +234,8 @@ void llama_alloc_acts(Llama *m, Backend *be, const LoraSet *ls, int B, int T) {
         ACT_BYTES(a->q, N * qd * xn_el);
         ACT_BYTES(a->k, N * kvd * xn_el);
         ACT_BYTES(a->v, N * kvd * xn_el);
-        ACT_BYTES(a->probs, (size_t)B * H * T * T * xn_el);
+        if (m->att_fused) ACT(a->lse, (size_t)B * H * T);
+        else ACT_BYTES(a->probs, (size_t)B * H * T * T * xn_el);
         ACT(a->att, N * qd);
         ACT(a->x_mid, N * C);
         ACT(a->rstd2, N);
@@ -277,9 +284,10 @@ void llama_free_acts(Llama *m, Backend *be) {
     int n_sets = (L - m->saved_from) + (m->saved_from > 0 ? 1 : 0);
     for (int s = 0; s < n_sets; s++) {
         LlamaActs *a = &m->acts[s];
-        float *p[] = {a->x_in, a->rstd1, a->xn1, a->q, a->k, a->v, a->probs, a->att,
+        float *p[] = {a->x_in, a->rstd1, a->xn1, a->q, a->k, a->v, a->probs, a->lse, a->att,
                       a->x_mid, a->rstd2, a->xn2, a->gate, a->up, a->h};
-        for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) be->free(be, p[i]);
+        for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+            if (p[i]) be->free(be, p[i]);
         for (int mod = 0; mod < LORA_NUM_MODULES; mod++)
             if (a->lora_a[mod]) be->free(be, a->lora_a[mod]);
     }
@@ -453,7 +461,8 @@ static void block_forward(Llama *m, Backend *be, const LoraSet *ls, int l, Llama
     if (m->act_wf) {  // q, k, v and the probabilities in the weight format
         be->rope_fwd_wf(be, a->q, m->rope_cos, m->rope_sin, B, T, H, D);
         be->rope_fwd_wf(be, a->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
-        be->attention_fwd_wf(be, a->att, a->probs, a->q, a->k, a->v, m->d_mask, B, T, H, KVH, D);
+        if (m->att_fused) be->attention_fused_fwd(be, a->att, a->lse, a->q, a->k, a->v, m->d_mask, B, T, H, KVH, D);
+        else be->attention_fwd_wf(be, a->att, a->probs, a->q, a->k, a->v, m->d_mask, B, T, H, KVH, D);
     } else {
         be->rope_fwd(be, a->q, m->rope_cos, m->rope_sin, B, T, H, D);
         be->rope_fwd(be, a->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
@@ -597,7 +606,10 @@ void llama_backward(Llama *m, Backend *be, LoraSet *ls, const Batch *b, uint64_t
         proj_backward(m, be, ls, l, LORA_O, a->att, 0, m->dres, a->lora_a[LORA_O], qd, C, 0.0f,
                       need_qkv ? m->datt : NULL, N, key);
         if (!need_qkv) break;
-        if (m->act_wf)
+        if (m->att_fused)
+            be->attention_fused_bwd(be, m->dq, m->dk, m->dv, m->datt, a->att, a->lse, a->q, a->k, a->v, m->d_mask, B,
+                                    T, H, KVH, D);
+        else if (m->act_wf)
             be->attention_bwd_wf(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);
         else
             be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->probs, a->q, a->k, a->v, B, T, H, KVH, D);

@@ -76,10 +76,11 @@ static void print_summary(const Trainer *t, const Ledger *total, const EvalResul
 // The device-memory plan (memplan.h) of adapters on n_layers layers from `lowest` (n_modules targets, none:
 // head only) at micro-batch B x T tokens, frozen weights of weight_bytes each.
 static void make_plan(MemPlan *plan, const RunConfig *cfg, const ModelConfig *mc, int weight_bytes, int act_wf,
-                      int lowest, int n_layers, const int *modules, int n_modules, int B, int T) {
+                      int att_fused, int lowest, int n_layers, const int *modules, int n_modules, int B, int T) {
     if (mc->arch == ARCH_LLAMA)
         memplan_llama(plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
-                      weight_bytes, (cfg->lora.fuse ? MEMPLAN_FUSED : 0) | (act_wf ? MEMPLAN_ACT_WF : 0));
+                      weight_bytes, (cfg->lora.fuse ? MEMPLAN_FUSED : 0) | (act_wf ? MEMPLAN_ACT_WF : 0) |
+                                        (att_fused ? MEMPLAN_ATT_FUSED : 0));
     else
         memplan_encoder(plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
                         weight_bytes);
@@ -104,6 +105,8 @@ static int plan_memory_only(const RunConfig *cfg, int rank, double gib) {
     dev.weight_bytes = bf16 ? 2 : 4;
     int act_wf = model_act_wf(mc.arch, &dev, cfg->model.act_dtype, cfg->lora.fuse, &err);
     if (act_wf < 0) die("%s", err.msg);
+    int att_fused = model_att_fused(mc.arch, act_wf, cfg->model.attention, &err);
+    if (att_fused < 0) die("%s", err.msg);
     int modules[LORA_NUM_MODULES];
     if (model_parse_targets(mc.arch, cfg->lora.targets, cfg->lora.n_targets, modules, &err) != 0)
         die("%s (model %s)", err.msg, path);
@@ -125,7 +128,7 @@ static int plan_memory_only(const RunConfig *cfg, int rank, double gib) {
         snprintf(layers, sizeof layers, "%d layer(s) from layer %d", n, lowest);
     }
     MemPlan plan;
-    make_plan(&plan, cfg, &mc, (int)dev.weight_bytes, act_wf, lowest, n, modules, cfg->lora.n_targets,
+    make_plan(&plan, cfg, &mc, (int)dev.weight_bytes, act_wf, att_fused, lowest, n, modules, cfg->lora.n_targets,
               cfg->train.micro_batch, T);
     size_t device_bytes = (size_t)(gib * 1073741824.0);
     char report[4096];
@@ -150,7 +153,8 @@ static void plan_device_memory(const RunConfig *cfg, const ModelConfig *mc, cons
                                const char *what, Log *lg) {
     MemPlan plan;
     int act_wf = model_act_wf(mc->arch, be, cfg->model.act_dtype, cfg->lora.fuse, NULL) == 1;  // validated already
-    make_plan(&plan, cfg, mc, (int)be->weight_bytes, act_wf, lowest, n_layers, modules, n_modules, B, T);
+    int att_fused = model_att_fused(mc->arch, act_wf, cfg->model.attention, NULL) == 1;
+    make_plan(&plan, cfg, mc, (int)be->weight_bytes, act_wf, att_fused, lowest, n_layers, modules, n_modules, B, T);
     size_t free_b = 0, total_b = 0;
     backend_cuda_device_memory(device, &free_b, &total_b);
     char report[4096];
@@ -251,6 +255,8 @@ int main(int argc, char **argv) {
     uint64_t seed = (uint64_t)cfg.train.seed;
     int act_wf = model_act_wf(mc.arch, &be, cfg.model.act_dtype, cfg.lora.fuse, &err);  // before minutes of loading
     if (act_wf < 0) die("%s", err.msg);
+    int att_fused = model_att_fused(mc.arch, act_wf, cfg.model.attention, &err);
+    if (att_fused < 0) die("%s", err.msg);
 #ifdef ACTLORA_HAVE_CUDA
     if (use_cuda)  // the frozen weights alone (head only, one token): refused before loading when they cannot fit
         plan_device_memory(&cfg, &mc, &be, device, d.rank, mc.num_hidden_layers, 0, NULL, 0, 1, 1, 1,
@@ -260,6 +266,7 @@ int main(int argc, char **argv) {
     model_load(&model, &be, cfg.model.path, &mc, cfg.model.num_labels, random_init, seed,
                cfg.lora.fuse ? cfg.lora.r : 0);
     model_set_act_wf(&model, act_wf);
+    model_set_att_fused(&model, att_fused);
 
     // ---- data: this rank's view of the GLUE file (or the synthetic task)
     Source src;
@@ -366,10 +373,9 @@ int main(int argc, char **argv) {
     if (d.rank == 0) {
         printf("lora    r=%d alpha=%g (scale %g) on %d adapter(s) in layers [", ls.r, cfg.lora.alpha, ls.scaling, ls.n);
         for (int i = 0; i < sel.n_selected; i++) printf("%s%d", i ? ", " : "", sel.selected[i]);
-        printf("], backward stops at layer %d; head %s%s\n", ls.lowest_layer, head_loaded ? "loaded" : "new",
-               cfg.lora.fuse ? (act_wf ? "; each adapter on its frozen GEMM (lora.fuse), bf16 activations"
-                                       : "; each adapter on its frozen GEMM (lora.fuse)")
-                             : "");
+        printf("], backward stops at layer %d; head %s%s%s%s\n", ls.lowest_layer, head_loaded ? "loaded" : "new",
+               cfg.lora.fuse ? "; each adapter on its frozen GEMM (lora.fuse)" : "", act_wf ? ", bf16 activations" : "",
+               att_fused ? ", fused attention" : "");
         printf("params  %zu trainable (%zu in adapters, %zu in head); gradient all-reduce of %zu bytes per step\n",
                ls.numel, ls.head_off, ls.numel - ls.head_off, ls.numel * sizeof(float));
         double pad = source_pad_fraction(&src, tr.epoch, tr.G, cfg.train.micro_batch, d.world);

@@ -72,7 +72,9 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     n_adapted_layers = p->n_adapted_layers;
     p->fused = (flags & MEMPLAN_FUSED) != 0;
     p->act_wf = (flags & MEMPLAN_ACT_WF) != 0;
+    p->att_fused = (flags & MEMPLAN_ATT_FUSED) != 0;
     check(!p->act_wf || p->fused, "internal: memplan: activations in the weight format without lora.fuse");
+    check(!p->att_fused || p->act_wf, "internal: memplan: fused attention without activations in the weight format");
 
     size_t B = (size_t)micro_batch, T = (size_t)seq_len, N = B * T, C = (size_t)mc->hidden_size,
            I = (size_t)mc->intermediate_size, H = (size_t)mc->num_attention_heads, V = (size_t)mc->vocab_size,
@@ -106,7 +108,10 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     // [N, C + r] and h [N, I + r] (act_wf)
     size_t mlp_el = p->act_wf ? (size_t)weight_bytes : F32, mlp_ld = p->act_wf ? I + R : I,
            xn_ld = p->act_wf ? C + R : C;
-    size_t set_mlp = (2 * N * xn_ld + N * qd + 2 * N * kvd + B * H * T * T + 2 * N * I + N * mlp_ld) * mlp_el;
+    // (att_fused: lse [B, H, T] fp32 instead of the probabilities [B, H, T, T])
+    size_t set_mlp = (2 * N * xn_ld + N * qd + 2 * N * kvd + (p->att_fused ? 0 : B * H * T * T) + 2 * N * I +
+                      N * mlp_ld) * mlp_el;
+    if (p->att_fused) set += B * H * T;  // lse
     p->acts_layers = (size_t)p->act_sets * (set * F32 + set_mlp) + (size_t)p->n_adapters * N * R * F32;  // + lora_a
     p->logits = 2 * B * K * F32;                                                           // logits, dlogits
     p->acts_head = (N * C          // x_final
@@ -146,13 +151,16 @@ void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest
     if (p->act_wf && (size_t)weight_bytes != F32)  // attention_*_wf in bf16 (src/cuda/attention*.cu): the fp32
         // scores in the forward; in the backward dP (fp32), dS and a copy of dout in the weight format
         att_scratch = attn_bwd ? tt * (F32 + (size_t)weight_bytes) + N * qd * (size_t)weight_bytes : tt * F32;
+    if (p->att_fused)  // attention_fused_bwd (src/cuda/attention_fused.cu): dout in bf16 and delta [B,H,T] fp32
+        att_scratch = attn_bwd ? N * qd * (size_t)weight_bytes + 256 + B * H * T * F32 : 0;
     // LoRA dropout (lora_grad_a_dropout): [chunks, r, in] fp32 partial sums, in the same grow-only scratch
     size_t widest_in = I > C ? I : C;
     if (qd > widest_in) widest_in = qd;
     size_t drop_scratch = trains_layers ? (size_t)BACKEND_CUDA_LORA_DROP_CHUNKS * R * widest_in * F32 : 0;
     // every attention op also keeps its pointer arrays (B*H device pointers each) in the scratch, after its
     // regions (at most three, each 256-byte aligned): the forward needs them even when nothing trains
-    att_scratch += B * H * BACKEND_CUDA_ATT_MAX_ARRAYS * sizeof(void *) + 3 * (size_t)BACKEND_CUDA_ATT_ALIGN;
+    if (!p->att_fused)  // (the fused kernels have none)
+        att_scratch += B * H * BACKEND_CUDA_ATT_MAX_ARRAYS * sizeof(void *) + 3 * (size_t)BACKEND_CUDA_ATT_ALIGN;
     p->scratch = (att_scratch > drop_scratch ? att_scratch : drop_scratch) + partials * sizeof(double);
     // bf16 weights: wgemm's bf16 copy of its activation operand (src/cuda/weights.cu), at most
     // N x max(C, I, H*D) (the backward's dgate / dup, N x I, when layers are trained; h in the forward)
@@ -318,7 +326,8 @@ static void replan(MemPlan *q, const MemPlan *p, int B) {
     if (p->mc.arch == ARCH_LLAMA)
         memplan_llama(q, &p->mc, p->num_labels, p->lowest_layer, p->n_adapted_layers, p->modules, p->n_modules,
                       p->r, B, p->seq_len, p->weight_bytes,
-                      (p->fused ? MEMPLAN_FUSED : 0) | (p->act_wf ? MEMPLAN_ACT_WF : 0));
+                      (p->fused ? MEMPLAN_FUSED : 0) | (p->act_wf ? MEMPLAN_ACT_WF : 0) |
+                          (p->att_fused ? MEMPLAN_ATT_FUSED : 0));
     else
         memplan_encoder(q, &p->mc, p->num_labels, p->lowest_layer, p->n_adapted_layers, p->modules, p->n_modules,
                         p->r, B, p->seq_len, p->weight_bytes);
@@ -375,7 +384,7 @@ int memplan_fit(const MemPlan *p, size_t device_bytes, char *report, size_t n) {
     ROW(llama ? "frozen weights" : "frozen weights (+ biases, norms)", p->weights);
     if (llama) ROW("RoPE tables (fp32)", p->rope);
     char what[64];
-    snprintf(what, sizeof what, "activations, %d layer set(s) (%s)", p->act_sets, p->act_wf ? "most in bf16" : "fp32");
+    snprintf(what, sizeof what, "activations, %d layer set(s) (%s)", p->act_sets, p->act_wf ? (p->att_fused ? "most in bf16, fused attention" : "most in bf16") : "fp32");
     ROW(what, p->acts_layers);
     ROW("head buffers (incl. logits)", p->acts_head);
     ROW("  of which logits + dlogits", p->logits);

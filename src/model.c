@@ -81,6 +81,25 @@ int model_act_wf(ModelArch arch, const Backend *be, const char *act_dtype, int f
     return 1;
 }
 
+int model_att_fused(ModelArch arch, int act_wf, const char *attention, Error *err) {
+    if (!attention || strcmp(attention, "gemm") == 0) return 0;
+    if (strcmp(attention, "fused") != 0)
+        return error_set(err, "model.attention = \"%s\": expected \"gemm\" or \"fused\"", attention);
+    if (is_encoder(arch))
+        return error_set(err, "model.attention = \"fused\" is implemented for Llama models only, and this is a %s "
+                         "model: set model.attention = \"gemm\"", model_arch_name(arch));
+    if (act_wf != 1)
+        return error_set(err, "model.attention = \"fused\" needs model.act_dtype = \"bf16\" (its kernels read q, k, v "
+                         "in bf16): set model.act_dtype = \"bf16\" (with lora.fuse and bf16 weights), or "
+                         "model.attention = \"gemm\"");
+    return 1;
+}
+
+void model_set_att_fused(Model *m, int on) {
+    check(!on || m->arch == ARCH_LLAMA, "internal: fused attention on a %s model", model_arch_name(m->arch));
+    if (m->arch == ARCH_LLAMA) llama_set_att_fused(&m->llama, on);
+}
+
 void model_set_act_wf(Model *m, int on) {
     check(!on || m->arch == ARCH_LLAMA, "internal: activations in the weight format on a %s model",
           model_arch_name(m->arch));

@@ -310,6 +310,21 @@ WRAP(attention_bwd_wf,
      p->inner.weight_bytes * (3.0 * B * T * H * D + 2.0 * B * T * KVH * D + 5.0 * B * H * T * T) +
          4.0 * (2.0 * B * T * H * D + 2.0 * B * T * KVH * D + 2.0 * B * H * T * T),
      "B%d T%d H%d/%d D%d", B, T, H, KVH, D)
+// fused attention: q, k, v read in the format, out (and dout) fp32, no [B,H,T,T] tensor; the forward reads its
+// products' operands twice (row statistics, then P v), the backward recomputes the scores in both of its passes
+WRAP(attention_fused_fwd,
+     (Backend *be, float *out, float *lse, const void *q, const void *k, const void *v, const int32_t *mask, int B,
+      int T, int H, int KVH, int D),
+     (IN, out, lse, q, k, v, mask, B, T, H, KVH, D), 6.0 * B * H * T * T * D,
+     p->inner.weight_bytes * (B * T * H * D + 3.0 * B * T * KVH * D) + 4.0 * (B * T * H * D + B * H * T),
+     "B%d T%d H%d/%d D%d", B, T, H, KVH, D)
+WRAP(attention_fused_bwd,
+     (Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+      const void *q, const void *k, const void *v, const int32_t *mask, int B, int T, int H, int KVH, int D),
+     (IN, dq, dk, dv, dout, out, lse, q, k, v, mask, B, T, H, KVH, D), 14.0 * B * H * T * T * D,
+     p->inner.weight_bytes * (3.0 * B * T * H * D + 2.0 * B * T * KVH * D) +
+         4.0 * (3.0 * B * T * H * D + 2.0 * B * T * KVH * D + 2.0 * B * H * T),
+     "B%d T%d H%d/%d D%d", B, T, H, KVH, D)
 WRAP(rmsnorm_fwd_wf,
      (Backend *be, void *out, int ldo, float *rstd, const float *inp, const float *w, int N, int C, float eps),
      (IN, out, ldo, rstd, inp, w, N, C, eps), 0, (4.0 + p->inner.weight_bytes) * N * C, "%dx%d", N, C)

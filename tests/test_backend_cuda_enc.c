@@ -23,7 +23,7 @@
 // The backward gets the CPU's probabilities on both sides, so it is checked on its own.
 // On a GPU the test also times attention_enc_fwd/bwd at DeBERTa-v3-base shapes (B 8, T 512, H 12, D 64,
 // P 512, both terms; log-bucket and clamped idx) and prints the milliseconds (no threshold); not on the CUDA
-// emulator (test_backend_cuda_enc_emu, docs/gpu.md), where time says nothing.
+// emulator (test_backend_cuda_enc_emu, docs/emulator.md), where time says nothing.
 //
 // ACTLORA_TEST_HARNESS_ON_CPU=1 runs every comparison with the CPU backend on both sides: a check of
 // this test's own code on machines without a GPU.

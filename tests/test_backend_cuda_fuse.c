@@ -23,7 +23,8 @@
 //       dropout 0.1 so the unfolded path runs too, and 0): GPU vs CPU loss 1e-5 relative, gradients 1e-4
 //       of each tensor's largest element in fp32; in bf16 loss 1e-3, gradients 3e-2 (test_backend_cuda_model's
 //       bf16 tolerances); and the bf16 fused GPU run vs the plain bf16 GPU run (informative). The same again
-//       with the activations in the weight format (llama_set_act_wf; model.act_dtype "bf16").
+//       with the activations in the weight format (llama_set_act_wf; model.act_dtype "bf16"), and in bf16 with
+//       the fused attention on top (llama_set_att_fused; model.attention "fused"), the same tolerances.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -414,8 +415,9 @@ typedef struct {
     Batch b;
 } Side;
 
-// One forward + backward of the tiny Llama on be (fuse_r 0 = plain; act_wf: the activations in the weight
-// format, model.act_dtype "bf16"): the mean loss; host copies of the grads.
+// One forward + backward of the tiny Llama on be (fuse_r 0 = plain; act_wf: 1 the activations in the weight
+// format, model.act_dtype "bf16"; 2 and the fused attention, model.attention "fused"): the mean loss; host
+// copies of the grads.
 static double model_step(Backend *be, const char *dir, int fuse_r, int act_wf, double dropout, float **grads,
                          size_t *numel) {
     Error err;
@@ -425,7 +427,8 @@ static double model_step(Backend *be, const char *dir, int fuse_r, int act_wf, d
     if (hfconfig_load(&mc, path, &err) != 0) die("%s", err.msg);
     Side s;
     llama_load_fused(&s.m, be, dir, &mc, 3, 0, 0, fuse_r);
-    llama_set_act_wf(&s.m, act_wf);
+    llama_set_act_wf(&s.m, act_wf != 0);
+    llama_set_att_fused(&s.m, act_wf == 2);
     LoraShapes shapes;
     llama_lora_shapes(&mc, &shapes);
     int layers[] = {1, 3}, mods[] = {LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN};
@@ -458,7 +461,9 @@ static double worst_grad(const float *got, const float *want, size_t n) {
 }
 
 static void test_model(FmtCtx *c, const char *dir, int f, int act_wf, double dropout) {
-    const char *fn = f ? "bf16" : "fp32", *what = act_wf ? "fused + activations in the weight format" : "fused";
+    const char *fn = f ? "bf16" : "fp32";
+    const char *what = act_wf == 2 ? "fused + activations in the weight format + fused attention"
+                                   : act_wf ? "fused + activations in the weight format" : "fused";
     float *gc, *gg, *gp;
     size_t nc, ng, np;
     double lc = model_step(&c->cpu[f], dir, 8, act_wf, dropout, &gc, &nc);
@@ -486,7 +491,7 @@ static int run(const char *root) {
     for (int f = 0; f < 2; f++) {
         test_ops(&c, f);
         test_wf(&c, f);
-        for (int wf = 0; wf <= 1; wf++) {
+        for (int wf = 0; wf <= (f ? 2 : 1); wf++) {  // the fused attention needs bf16
             test_model(&c, dir, f, wf, 0.1);
             test_model(&c, dir, f, wf, 0.0);
         }

@@ -69,20 +69,6 @@ static void test_rope(FmtCtx *c, int f) {
 
 // ------------------------------------------------------------------------------ attention
 
-// mask [B, T]: sequence 0 right-padded, 1 left- and right-padded (its first queries see no key), 2 all padding
-static int32_t *make_mask(int B, int T) {
-    int32_t *m = xmalloc((size_t)B * T * sizeof(int32_t), "mask");
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            int v = 1;
-            if (b == 0) v = t < T - (T / 6 > 0 ? T / 6 : 1);
-            else if (b == 1) v = t >= (T / 4 > 0 ? T / 4 : 1) && t < T - 2;
-            else if (b == 2) v = 0;
-            m[(size_t)b * T + t] = v;
-        }
-    return m;
-}
-
 typedef struct {
     int B, T, H, KVH, D;
 } Shape;
@@ -117,7 +103,7 @@ static void attention_case(FmtCtx *c, int f, const Shape *s) {
     snprintf(shape, sizeof shape, "B%d T%d H%d/%d D%d", B, T, H, KVH, D);
     float *Q = hrand(c, nq, -2, 2), *K = hrand(c, nk, -2, 2), *V = hrand(c, nk, -1, 1), *DO = hrand(c, nq, -1, 1);
     float *G = hrand(c, nq, -5, 5);  // garbage: dq, dk, dv are overwritten
-    int32_t *mask = make_mask(B, T);
+    int32_t *mask = fx_attention_mask(B, T);
     void *cq = wf_on(cb, Q, nq), *ck = wf_on(cb, K, nk), *cv = wf_on(cb, V, nk);
     void *gq = wf_on(gb, Q, nq), *gk = wf_on(gb, K, nk), *gv = wf_on(gb, V, nk);
     int32_t *cm = cb->alloc(cb, (size_t)B * T * sizeof(int32_t), "mask");

@@ -67,7 +67,7 @@ static void test_defaults(TestCounts *tc) {
     T_CHECK(tc, config_validate(&c, &err) == 0, "defaults + model.path + data.path validate: [%s]", err.msg);
 
     int n = config_num_keys();
-    T_CHECK(tc, n == 47, "config_num_keys() = %d, want 47", n);
+    T_CHECK(tc, n == 48, "config_num_keys() = %d, want 48", n);
     T_CHECK(tc, config_key_name(-1) == NULL && config_key_name(n) == NULL, "config_key_name out of range is NULL");
     for (int i = 0; i < n; i++) {
         const char *k = config_key_name(i);
@@ -277,7 +277,7 @@ static void test_round_trip(TestCounts *tc) {
     free(text);
 
     // Every key set away from its default, the new ones included.
-    const char *sets[] = {"model.path=/models/tiny", "model.arch=llama", "model.dtype=fp32", "model.act_dtype=bf16", "model.init=random",
+    const char *sets[] = {"model.path=/models/tiny", "model.arch=llama", "model.dtype=fp32", "model.act_dtype=bf16", "model.attention=fused", "model.init=random",
                           "model.num_labels=5", "lora.r=4", "lora.alpha=7.5", "lora.dropout=0.1", "lora.rslora=true",
                           "lora.fuse=true",
                           "lora.target_modules=[down_proj,q_proj,up_proj]", "lora.layers=[9,0,4]",

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # test_cuda_emu_program.sh: the program with run.device = "cuda" on the CUDA emulator (actlora-mpi-emu,
-# docs/gpu.md "CUDA kernels on the CPU"): main.c's CUDA wiring, the device-resident training step, the
+# docs/emulator.md): main.c's CUDA wiring, the device-resident training step, the
 # NCCL path (one rank) and device checkpoints, on the tiny Llama, against the CPU backend.
 #   - fp32 weights, layers "auto": calibration on the device selects the CPU run's layers, and the losses of
 #     10 steps follow the CPU run's within 1e-4 (relative)
 #   - bf16 weights (the device default): two runs give identical losses and adapters
 #   - stopped mid accumulation (ACTLORA_FAULT_STOP_AT) and resumed: the adapter is bit-identical
-#   - lora.fuse + bf16 activations + LoRA dropout: finite losses within 2% of the plain bf16 run
-#   - with the race checker (actlora-mpi-emu-race, docs/gpu.md "Races"): the fp32 "auto" run and the lora.fuse
-#     + bf16 activations + dropout run find no race and give the same losses as without it, bit for bit
+#   - lora.fuse + bf16 activations + LoRA dropout: finite losses within 2% of the plain bf16 run; with the
+#     fused attention on top (model.attention = "fused"): within 1% of that run
+#   - with the race checker (actlora-mpi-emu-race, docs/emulator.md "Races"): the fp32 "auto" run and the lora.fuse
+#     + bf16 activations + dropout runs (gemm and fused attention) find no race and give the same losses as
+#     without it, bit for bit
 #   - two ranks on two emulated devices (NCCL over MPI), fp32: losses within 1e-4 of two CPU ranks, the same
 #     layers; two ranks on one device: refused, naming the devices
 #   - the memory plan (log.jsonl "memory_plan") against the peak of what the emulated device handed out
-#     (ACTLORA_CUDA_EMU_PEAK_FILE), Llama in four configurations and a DeBERTa: the plan is never below the
+#     (ACTLORA_CUDA_EMU_PEAK_FILE), Llama in five configurations and a DeBERTa: the plan is never below the
 #     peak and above it by at most 10% of the bytes besides the cuBLAS workspace, + 64 KiB; --plan-memory
 #     (no device, nothing loaded) plans the same bytes as the run
 # Usage (ctest): test_cuda_emu_program.sh SOURCE_ROOT BUILD_DIR ACTLORA_BINARY (the emulator's binary is
@@ -73,14 +75,23 @@ read -r _ w n < <(loss_diff "$la" "$(losses "$work/prod")")
 if [ "${n:-0}" -eq 10 ] && awk -v w="$w" 'BEGIN { exit !(w <= 0.02) }'; then ok "lora.fuse + bf16 activations: worst rel diff $w vs the plain bf16 run"
 else bad "lora.fuse + bf16 activations: worst rel diff $w over ${n:-0} steps (tol 0.02)"; fi
 
+# 4a. the fused attention (model.attention = "fused", WMMA kernels): within 1% of the gemm attention's run
+run 1 "$emu" "${T[@]}" --set run.device=cuda --set lora.fuse=true --set model.act_dtype=bf16 --set model.attention=fused \
+  --set run.dir="$work/prodfa" > "$work/prodfa.out" 2>&1 || bad "fused attention run failed"
+read -r _ w n < <(loss_diff "$(losses "$work/prod")" "$(losses "$work/prodfa")")
+if [ "${n:-0}" -eq 10 ] && awk -v w="$w" 'BEGIN { exit !(w <= 0.01) }' && grep -q "fused attention" "$work/prodfa.out"; then
+  ok "fused attention: worst rel diff $w vs the gemm attention's run"
+else bad "fused attention: worst rel diff $w over ${n:-0} steps (tol 0.01), or the run did not say it"; fi
+
 # 4b. the same kernels under the race checker: no race, and the very same losses
 race="$build/actlora-mpi-emu-race"
 if [ ! -x "$race" ]; then echo "note: $race not built (the race checker needs GCC): 4b skipped"
 else
-  for c in emu32 prod; do
+  for c in emu32 prod prodfa; do
     case $c in
       emu32) args=("${A[@]}" --set model.dtype=fp32) ;;
       prod) args=(--set lora.fuse=true --set model.act_dtype=bf16) ;;
+      prodfa) args=(--set lora.fuse=true --set model.act_dtype=bf16 --set model.attention=fused) ;;
     esac
     run 1 "$race" "${T[@]}" "${args[@]}" --set run.device=cuda --set run.dir="$work/race_$c" > "$work/race_$c.out" 2>&1; r=$?
     lr=$(losses "$work/race_$c")
@@ -135,6 +146,8 @@ plan_vs_peak llama_fp32_all "${T[@]}" --set model.dtype=fp32 --set lora.layers=a
 plan_vs_peak llama_fused_bf16_acts "${T[@]}" --set lora.fuse=true --set model.act_dtype=bf16 --set 'lora.layers=[3]' \
   --set train.micro_batch=64
 plan_vs_peak llama_fused_all "${T[@]}" --set lora.fuse=true --set lora.layers=all
+plan_vs_peak llama_att_fused "${T[@]}" --set lora.fuse=true --set model.act_dtype=bf16 --set model.attention=fused \
+  --set lora.layers=all --set train.micro_batch=16
 plan_vs_peak deberta_rel "${T[@]}" --set model.path="$root/tests/fixtures/tiny-deberta-rel" --set model.init=pretrained \
   --set model.num_labels=2 --set 'lora.target_modules=["query_proj","value_proj"]' --set lora.layers=all
 

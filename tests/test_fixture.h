@@ -12,7 +12,7 @@
 //   - finite differences of the model loss with respect to one float parameter: fd_param();
 //   - op tests against naive double references: Rand / rnd() / fill(), falloc() / dalloc() / to_d() /
 //     fill_nan(), bf16_ref() (nearest bf16 in double arithmetic), check_close_ref(), check_exact(),
-//     fd_grad_strided() (FD_EPS), expect_death().
+//     fd_grad_strided() (FD_EPS), expect_death(), fx_attention_mask() (the padding cases of the attention tests).
 // Every check keeps the tolerance its caller passes or states; none of these helpers picks one.
 #ifndef ACTLORA_TEST_FIXTURE_H
 #define ACTLORA_TEST_FIXTURE_H
@@ -444,6 +444,21 @@ static inline double *to_d(const float *x, size_t n) {
 
 static inline void fill_nan(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = NAN;
+}
+
+// The key-padding mask [B, T] of the attention tests (1 = real): sequence 0 right-padded, 1 left- and
+// right-padded (its first queries see no key), 2 all padding, the others unpadded. Free with free().
+static inline int32_t *fx_attention_mask(int B, int T) {
+    int32_t *m = (int32_t *)xmalloc((size_t)B * T * sizeof(int32_t), "mask");
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int v = 1;
+            if (b == 0) v = t < T - (T / 6 > 0 ? T / 6 : 1);
+            else if (b == 1) v = t >= (T / 4 > 0 ? T / 4 : 1) && t < T - 2;
+            else if (b == 2) v = 0;
+            m[(size_t)b * T + t] = v;
+        }
+    return m;
 }
 
 // Nearest bf16 (8 significant bits) to x, ties to the even significand, in double arithmetic.

@@ -13,6 +13,9 @@
 //     Activations in the weight format (llama_set_act_wf; model.act_dtype "bf16": xn1, xn2, the MLP's) against the
 //     fused model: fp32 bit for bit (loss, logits, gradients, 6 AdamW steps; dropout 0 and 0.1); bf16
 //     emulation within bf16 tolerances (logits 2e-2, gradients 5e-2, losses 1e-2).
+//     The fused attention (llama_set_att_fused; model.attention "fused") against those activations with the
+//     gemm attention, LoRA dropout 0.1: fp32 within 1e-5 (loss, logits, gradients, 6 AdamW steps), bf16
+//     emulation within the same bf16 tolerances.
 //  3. A model loaded for rank 8 refuses a LoraSet of rank 4; model_load refuses lora.fuse for an encoder.
 #include <math.h>
 #include <stdio.h>
@@ -144,6 +147,7 @@ typedef struct {
     float *adam_m, *adam_v;
 } Side;
 
+// act_wf: 0 fp32 activations, 1 in the weight format, 2 in the weight format with the fused attention
 static void side_init(Side *s, const char *dir, int bf, int fuse_r, int act_wf, double dropout) {
     Error err;
     char path[4200];
@@ -153,7 +157,8 @@ static void side_init(Side *s, const char *dir, int bf, int fuse_r, int act_wf, 
     char msg[256];
     if (backend_set_dtype(&s->be, fmt_name(bf), msg, sizeof msg) != 0) die("%s", msg);
     llama_load_fused(&s->m, &s->be, dir, &s->mc, 3, 0, 0, fuse_r);
-    llama_set_act_wf(&s->m, act_wf);
+    llama_set_act_wf(&s->m, act_wf != 0);
+    llama_set_att_fused(&s->m, act_wf == 2);  // 2: and the fused attention (model.attention = "fused")
     LoraShapes shapes;
     llama_lora_shapes(&s->mc, &shapes);
     int layers[] = {1, 3}, mods[] = {LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN};
@@ -260,6 +265,14 @@ static void test_act_wf(TestCounts *tc, const char *dir, int bf, double dropout)
               "activations in the weight format vs fused");
 }
 
+// The fused attention (model.attention "fused": lse instead of the probabilities, which backward recomputes)
+// against the activations in the weight format with the batched-GEMM attention: fp32 within 1e-5 (another
+// order of the same sums), bf16 emulation within bf16 tolerances (P, dout and dS rounded at other points).
+static void test_att_fused(TestCounts *tc, const char *dir, int bf, double dropout) {
+    test_pair(tc, dir, bf, dropout, 8, 1, 8, 2, bf ? 2e-2 : 1e-5, bf ? 5e-2 : 1e-5, bf ? 1e-2 : 1e-5,
+              "fused attention vs gemm attention");
+}
+
 // Random weights (model.init = "random"): the bordered model holds the plain model's draw, so the two
 // compute the same (fp32: the first loss within 1e-6, no adapters involved beyond their zero B).
 static void test_random_init(TestCounts *tc, const char *dir) {
@@ -334,6 +347,7 @@ int main(int argc, char **argv) {
         test_model(&tc, dir, bf, 0.1);
         test_act_wf(&tc, dir, bf, 0.0);
         test_act_wf(&tc, dir, bf, 0.1);
+        test_att_fused(&tc, dir, bf, 0.1);
     }
     test_random_init(&tc, dir);
     expect_death(&tc, rank_mismatch, NULL, "was loaded for fused adapters of rank 4", "LoRA rank != the fused rank");

@@ -170,6 +170,26 @@ static void test_llama8b(TestCounts *tc) {
     T_CHECK(tc, wf_best > fused_best && wf_141 > fused_141,
             "bf16 activations must allow a larger micro-batch (%d vs %d on 80 GB, %d vs %d on 141 GB)", wf_best,
             fused_best, wf_141, fused_141);
+    // the fused attention (model.attention "fused"): lse [B,H,T] instead of the [B,H,T,T] probabilities, and
+    // no [B,H,T,T] scratch in the backward
+    memplan_llama(&p, &mc, 2, 0, 32, ALL_MODS, 7, 8, 1, 256, 2, MEMPLAN_FUSED | MEMPLAN_ACT_WF | MEMPLAN_ATT_FUSED);
+    int fa_best = memplan_max_micro_batch(&p, gb80), fa_141 = memplan_max_micro_batch(&p, (size_t)141e9);
+    MemPlan pw;
+    memplan_llama(&pw, &mc, 2, 0, 32, ALL_MODS, 7, 8, 8, 256, 2, MEMPLAN_FUSED | MEMPLAN_ACT_WF);
+    memplan_llama(&p, &mc, 2, 0, 32, ALL_MODS, 7, 8, 8, 256, 2, MEMPLAN_FUSED | MEMPLAN_ACT_WF | MEMPLAN_ATT_FUSED);
+    // per layer set at B 8: the probabilities (8 x 32 x 256 x 256 bf16) less the lse (8 x 32 x 256 fp32)
+    size_t probs = (size_t)8 * 32 * 256 * 256 * 2, lse = (size_t)8 * 32 * 256 * 4;
+    printf("  8B seq 256, bf16 activations + fused attention: largest micro-batch %d (80 GB), %d (141 GB); "
+           "activations at B 8 %.2f GiB (gemm attention %.2f GiB)\n", fa_best, fa_141, p.acts_layers / 1073741824.0,
+           pw.acts_layers / 1073741824.0);
+    T_CHECK(tc, pw.acts_layers - p.acts_layers == (size_t)32 * (probs - lse),
+            "fused attention: the layer sets must shrink by 32 x (probs - lse) = %zu bytes, not %zu",
+            (size_t)32 * (probs - lse), pw.acts_layers - p.acts_layers);
+    T_CHECK(tc, p.scratch < pw.scratch, "fused attention: the backend scratch must shrink (%zu vs %zu)", p.scratch,
+            pw.scratch);
+    T_CHECK(tc, fa_best > wf_best && fa_141 > wf_141,
+            "the fused attention must allow a larger micro-batch (%d vs %d on 80 GB, %d vs %d on 141 GB)", fa_best,
+            wf_best, fa_141, wf_141);
     memplan_llama(&p, &mc, 2, 16, 16, ALL_MODS, 7, 8, 1, 256, 2, 0);
     int top16 = memplan_max_micro_batch(&p, gb80);
     memplan_llama(&p, &mc, 2, 0, 32, ALL_MODS, 7, 8, 1, 256, 2, 0);

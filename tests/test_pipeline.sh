@@ -5,7 +5,8 @@
 # Checks: np=1 and np=2 with the same global batch select the same layers and follow the same loss
 # trajectory (fp32 tolerance); --calibrate-only writes calibration.h5 and stops; the JSONL log has
 # train/eval/summary records; lora.fuse (adapters on the frozen GEMMs) follows the plain run's losses, and
-# with model.act_dtype = "bf16" (bf16 emulation) the fused run's within 2%;
+# with model.act_dtype = "bf16" (bf16 emulation) the fused run's within 2%, and with model.attention = "fused" on
+# top the bf16 run's within 1% (both refused without what they need);
 # run.profile prints its table over the steps after the first and logs profile records;
 # a wrong task or a file tokenized for another vocabulary is refused; --plan-memory plans an 8B run without a
 # GPU (the largest micro-batch it names fits, one more does not).
@@ -94,6 +95,17 @@ run_mpi 2 "${common[@]}" --set train.micro_batch=8 --set train.grad_accum=1 --se
 grep -q "frozen GEMM (lora.fuse), bf16 activations" "$work/mlpbf.out" && ok || bad "no 'bf16 activations' in the lora line"
 same_losses fused mlpbf 2e-2 "model.act_dtype=bf16 (bf16 emulation) vs fp32 fused" && ok ||
   bad "model.act_dtype=bf16 run vs the fp32 fused run"
+# model.attention = "fused" on top (lse instead of the probabilities, recomputed in backward): within 1% of
+# the gemm attention's bf16 run, said in the lora line; without bf16 activations it is refused, naming the key
+run_mpi 2 "${common[@]}" --set train.micro_batch=8 --set train.grad_accum=1 --set calibration.batches=4 \
+  --set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16 --set model.attention=fused \
+  --set run.dir="$work/attfused" > "$work/attfused.out" 2>&1 || { cat "$work/attfused.out"; bad "model.attention=fused run failed"; }
+grep -q "bf16 activations, fused attention" "$work/attfused.out" && ok || bad "no 'fused attention' in the lora line"
+same_losses mlpbf attfused 1e-2 "model.attention=fused vs gemm (bf16 emulation)" && ok ||
+  bad "model.attention=fused run vs the gemm attention's run"
+out=$(run_mpi 1 "${common[@]}" --set model.attention=fused --set run.dir="$work/nofa" 2>&1) \
+  && bad "model.attention=fused without bf16 activations was accepted" \
+  || { echo "$out" | grep -q 'needs model.act_dtype = "bf16"' && ok || bad "attention=fused without act_dtype: wrong message: $out"; }
 out=$(run_mpi 1 "${common[@]}" --set model.dtype=bf16 --set model.act_dtype=bf16 --set run.dir="$work/nofuse" 2>&1) \
   && bad "act_dtype=bf16 without lora.fuse was accepted" \
   || { echo "$out" | grep -q 'needs lora.fuse = true' && ok || bad "act_dtype without lora.fuse: wrong message: $out"; }

@@ -282,6 +282,22 @@ struct Backend {
     // dk = dS^T q); fp32 accumulation. In the fp32 format exactly attention_bwd.
     void (*attention_bwd_wf)(Backend *be, float *dq, float *dk, float *dv, const float *dout, const void *probs,
                              const void *q, const void *k, const void *v, int B, int T, int H, int KVH, int D);
+
+    // ---- fused attention (model.attention = "fused"; docs/gpu.md "Fused attention") ----
+    // attention_fwd_wf without the [B,H,T,T] probabilities. q, k, v in the weight format (layouts as
+    // attention_fwd); out [B,T,H,D] fp32; lse [B,H,T] fp32: each query row's log-sum-exp of its scaled
+    // visible scores, m + log(sum exp(s - m)), or -INFINITY for a row with no visible key (its out is 0).
+    // P = exp(s - m) / l is rounded to the format, out = P v accumulated in fp32. The CUDA backend runs it
+    // on the tensor cores and needs the bf16 format and D a multiple of 16, at most 128.
+    void (*attention_fused_fwd)(Backend *be, float *out, float *lse, const void *q, const void *k, const void *v,
+                                const int32_t *mask, int B, int T, int H, int KVH, int D);
+    // Its backward from what the forward kept (out, lse; q, k, v as in the forward): P = exp(s - lse) on the
+    // visible keys (0 elsewhere), rounded to the format; delta_i = sum_d dout_id out_id (fp32);
+    // dS = P (dout v^T - delta) / sqrt(D), rounded; dq = dS k, dk = sum over the group's heads of dS^T q,
+    // dv = the same of P^T dout with dout rounded to the format; fp32 accumulation. dq, dk, dv overwritten.
+    void (*attention_fused_bwd)(Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                const float *lse, const void *q, const void *k, const void *v, const int32_t *mask,
+                                int B, int T, int H, int KVH, int D);
 };
 
 // Every op of the table, X(name) for each function pointer of struct Backend, for the code that must
@@ -297,7 +313,7 @@ struct Backend {
     X(wgemm_lora_multi) X(weight_set_lora) X(weight_randn_2d) X(wembedding_fwd) X(wgemm_lora_multi_wf)        \
     X(wgemm_lora_wf) X(gemm_wf) X(swiglu_fwd_wf) X(swiglu_bwd_wf) X(row_norm_sum_wf)                            \
     X(rmsnorm_fwd_wf) X(rope_fwd_wf) X(attention_fwd_wf) X(attention_bwd_wf) X(lora_down_dropout)               \
-    X(lora_grad_a_dropout) X(lora_dx_dropout)
+    X(lora_grad_a_dropout) X(lora_dx_dropout) X(attention_fused_fwd) X(attention_fused_bwd)
 
 // Weight formats (Backend.weight_dtype).
 enum { BACKEND_WEIGHT_FP32 = 0, BACKEND_WEIGHT_BF16 = 1 };
@@ -313,6 +329,8 @@ const char *backend_weight_dtype_name(const Backend *be);
 void backend_cpu_weights_init(Backend *be);
 // Installs the CPU backend's ops on activations in the weight format (backend_act_wf.c; backend_cpu_init).
 void backend_cpu_act_wf_init(Backend *be);
+// Installs the CPU backend's fused attention (backend_cpu_attn_fused.c; backend_cpu_init).
+void backend_cpu_attn_fused_init(Backend *be);
 // Installs the CPU backend's LoRA dropout ops (backend_cpu_lora.c; backend_cpu_init).
 void backend_cpu_lora_init(Backend *be);
 

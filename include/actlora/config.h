@@ -20,6 +20,7 @@ typedef struct {
         char arch[16];               // "auto" (from config.json model_type) | "llama"
         char dtype[16];              // compute dtype: "auto" | "fp32" | "bf16" (CPU computes fp32)
         char act_dtype[16];          // Llama saved activations: "fp32" | "bf16" (lora.fuse, bf16 weights)
+        char attention[16];          // Llama attention: "gemm" | "fused" (needs act_dtype "bf16")
         char init[16];               // "pretrained" | "random" (weights from config.json shapes alone)
         int num_labels;              // classification classes; 1 = regression
     } model;

@@ -25,7 +25,8 @@ typedef struct {
     float *x_in;                          // [N, C] residual stream entering the layer
     float *rstd1, *xn1;                   // [N], [N, C] (act_wf: [N, C + r] in the weight format)
     float *q, *k, *v;                     // [N, H*D], [N, KVH*D], [N, KVH*D]; q, k after RoPE (act_wf: weight format)
-    float *probs;                         // [B, H, T, T] (act_wf: in the weight format)
+    float *probs;                         // [B, H, T, T] (act_wf: in the weight format); NULL with att_fused
+    float *lse;                           // att_fused: [B, H, T] each query row's log-sum-exp (else NULL)
     float *att;                           // [N, H*D] attention output (o_proj input)
     float *x_mid;                         // [N, C] residual after attention
     float *rstd2, *xn2;                   // [N], [N, C] (act_wf: [N, C + r] in the weight format)
@@ -52,6 +53,9 @@ typedef struct {
     // activations"); xn1, xn2 (row stride C + fuse_r) and h, dgate, dup (I + fuse_r) are the bordered
     // products' operands in place
     int act_wf;
+    // model.attention = "fused" (needs act_wf): attention_fused_fwd/bwd, which keep lse [B,H,T] instead of the
+    // [B,H,T,T] probabilities (backend.h "fused attention")
+    int att_fused;
     // activation memory for batches up to [cap_B, cap_T]
     int cap_B, cap_T, saved_from;  // layers >= saved_from keep their activations
     LlamaActs *acts;               // [L - saved_from] saved sets, then 1 scratch set if saved_from > 0
@@ -81,6 +85,8 @@ void llama_load_fused(Llama *m, Backend *be, const char *dir, const ModelConfig 
 // Activations in the backend's weight format (act_wf) on (1) or off (0), for a model loaded with fuse_r > 0;
 // before llama_alloc_acts (which sizes them). With fp32 weights the results are bit-identical either way.
 void llama_set_act_wf(Llama *m, int on);
+// model.attention = "fused": before llama_alloc_acts, after llama_set_act_wf (needs act_wf).
+void llama_set_att_fused(Llama *m, int on);
 // Fills the head in ls: `score.weight` from the directory when present with shape
 // [num_labels, hidden], else N(0, 0.02) drawn from `seed` (as transformers initialises a new head).
 // Returns 1 if loaded, 0 if initialised.

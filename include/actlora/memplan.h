@@ -36,6 +36,7 @@ typedef struct {
     int weight_bytes;        // bytes per frozen weight element: 2 (bf16) or 4 (fp32)
     int fused;               // lora.fuse: bordered projections [out + r, in + r] (llama.h; 0 for encoders)
     int act_wf;              // model.act_dtype "bf16": xn1, xn2 and the MLP activations in the weight format (llama.h)
+    int att_fused;           // model.attention "fused": lse [B,H,T] fp32 instead of the probabilities (needs act_wf)
     // ---- derived counts
     int saved_from;          // layers >= saved_from keep their activations (llama.h)
     int act_sets;            // activation sets: L - saved_from saved, + 1 scratch set if saved_from > 0
@@ -61,10 +62,11 @@ typedef struct {
 } MemPlan;
 
 // memplan_llama's flags
-enum { MEMPLAN_FUSED = 1, MEMPLAN_ACT_WF = 2 };  // lora.fuse; model.act_dtype "bf16" (needs MEMPLAN_FUSED)
+// lora.fuse; model.act_dtype "bf16" (needs MEMPLAN_FUSED); model.attention "fused" (needs MEMPLAN_ACT_WF)
+enum { MEMPLAN_FUSED = 1, MEMPLAN_ACT_WF = 2, MEMPLAN_ATT_FUSED = 4 };
 
 // Fills the plan. modules are LoraModule ids (lora.h); n_adapted_layers = 0 plans a head-only run
-// (lowest_layer is then taken as L); flags: MEMPLAN_FUSED | MEMPLAN_ACT_WF. Dies on inconsistent
+// (lowest_layer is then taken as L); flags: MEMPLAN_FUSED | MEMPLAN_ACT_WF | MEMPLAN_ATT_FUSED. Dies on inconsistent
 // arguments (an internal error).
 void memplan_llama(MemPlan *p, const ModelConfig *mc, int num_labels, int lowest_layer, int n_adapted_layers,
                    const int *modules, int n_modules, int r, int micro_batch, int seq_len, int weight_bytes,

@@ -53,6 +53,12 @@ int model_act_wf(ModelArch arch, const Backend *be, const char *act_dtype, int f
 // Puts the activations of a model loaded with lora.fuse into the weight format (model_act_wf == 1);
 // before model_alloc_acts.
 void model_set_act_wf(Model *m, int on);
+// model.attention for a model of this architecture whose activations are (act_wf = 1) or are not in the
+// weight format: 1 = "fused", 0 = "gemm", or -1 with a message in err (may be NULL) naming the key to change.
+int model_att_fused(ModelArch arch, int act_wf, const char *attention, Error *err);
+// The fused attention on a model whose activations are in the weight format (model_att_fused == 1); after
+// model_set_act_wf, before model_alloc_acts.
+void model_set_att_fused(Model *m, int on);
 void model_alloc_acts(Model *m, Backend *be, const LoraSet *ls, int B, int T);
 void model_free_acts(Model *m, Backend *be);
 void model_free(Model *m, Backend *be);

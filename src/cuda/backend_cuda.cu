@@ -256,6 +256,7 @@ extern "C" void backend_cuda_init(Backend *be, int device) {
     cuda_install_weights(be);      // weight formats (bf16 by default), weight_*, wgemm, wembedding_fwd
     cuda_install_lora_gemm(be);    // wgemm_lora, wgemm_lora_multi, weight_set_lora (lora.fuse)
     cuda_install_act_wf(be);       // activations in the weight format: *_wf (model.act_dtype = "bf16")
+    cuda_install_attention_fused(be);  // attention_fused_fwd/bwd (model.attention = "fused")
     cuda_install_lora_dropout(be); // LoRA dropout drawn inside the products: lora_*_dropout (lora.dropout > 0)
 
     // every op filled: a missing one would be a NULL call much later

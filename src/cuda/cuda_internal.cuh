@@ -84,7 +84,7 @@ typedef struct {
 static inline CudaCtx *cuda_ctx(Backend *be) { return (CudaCtx *)be->ctx; }
 
 // The most blocks a grid-stride loop's grid gets in one dimension. The CUDA emulator's race-checked build
-// lowers it (docs/gpu.md "Races"), so that the tests run every grid-stride loop, and the barriers inside one,
+// lowers it (docs/emulator.md "Races"), so that the tests run every grid-stride loop, and the barriers inside one,
 // more than once per block.
 #ifndef CUDA_GRID_STRIDE_CAP
 #define CUDA_GRID_STRIDE_CAP ((size_t)1 << 20)
@@ -115,6 +115,7 @@ void cuda_install_encoder(Backend *be);  // encoder.cu: the encoder ops (BERT / 
 void cuda_install_weights(Backend *be);  // weights.cu: weight formats (bf16 default), wgemm, wembedding_fwd
 void cuda_install_lora_gemm(Backend *be);  // lora_gemm.cu: wgemm_lora, wgemm_lora_multi, weight_set_lora
 void cuda_install_act_wf(Backend *be);     // act_wf.cu: the ops on activations in the weight format
+void cuda_install_attention_fused(Backend *be);  // attention_fused.cu: attention_fused_fwd/bwd (WMMA)
 void cuda_install_lora_dropout(Backend *be);  // lora_dropout.cu: lora_{down,grad_a,dx}_dropout (mask drawn inside)
 
 // weights.cu: the grow-only buffer of wgemm's activation operand (contents undefined; lora_gemm.cu builds
