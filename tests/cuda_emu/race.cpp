@@ -1,4 +1,4 @@
-// race.cpp: the CUDA emulator's race checker (docs/gpu.md "Races").
+// race.cpp: the CUDA emulator's race checker (docs/emulator.md "Races").
 //
 // In the instrumented build (CMake: actlora_cuda_emu_race) the kernels' C++ is compiled with GCC's
 // -fsanitize=thread, which calls __tsan_readN / __tsan_writeN before every memory access the code makes. This
