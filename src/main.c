@@ -105,7 +105,7 @@ static int plan_memory_only(const RunConfig *cfg, int rank, double gib) {
     dev.weight_bytes = bf16 ? 2 : 4;
     int act_wf = model_act_wf(mc.arch, &dev, cfg->model.act_dtype, cfg->lora.fuse, &err);
     if (act_wf < 0) die("%s", err.msg);
-    int att_fused = model_att_fused(mc.arch, act_wf, cfg->model.attention, &err);
+    int att_fused = model_att_fused(mc.arch, &dev, act_wf, mc.head_dim, cfg->model.attention, &err);
     if (att_fused < 0) die("%s", err.msg);
     int modules[LORA_NUM_MODULES];
     if (model_parse_targets(mc.arch, cfg->lora.targets, cfg->lora.n_targets, modules, &err) != 0)
@@ -153,7 +153,7 @@ static void plan_device_memory(const RunConfig *cfg, const ModelConfig *mc, cons
                                const char *what, Log *lg) {
     MemPlan plan;
     int act_wf = model_act_wf(mc->arch, be, cfg->model.act_dtype, cfg->lora.fuse, NULL) == 1;  // validated already
-    int att_fused = model_att_fused(mc->arch, act_wf, cfg->model.attention, NULL) == 1;
+    int att_fused = model_att_fused(mc->arch, be, act_wf, mc->head_dim, cfg->model.attention, NULL) == 1;
     make_plan(&plan, cfg, mc, (int)be->weight_bytes, act_wf, att_fused, lowest, n_layers, modules, n_modules, B, T);
     size_t free_b = 0, total_b = 0;
     backend_cuda_device_memory(device, &free_b, &total_b);
@@ -255,7 +255,7 @@ int main(int argc, char **argv) {
     uint64_t seed = (uint64_t)cfg.train.seed;
     int act_wf = model_act_wf(mc.arch, &be, cfg.model.act_dtype, cfg.lora.fuse, &err);  // before minutes of loading
     if (act_wf < 0) die("%s", err.msg);
-    int att_fused = model_att_fused(mc.arch, act_wf, cfg.model.attention, &err);
+    int att_fused = model_att_fused(mc.arch, &be, act_wf, mc.head_dim, cfg.model.attention, &err);
     if (att_fused < 0) die("%s", err.msg);
 #ifdef ACTLORA_HAVE_CUDA
     if (use_cuda)  // the frozen weights alone (head only, one token): refused before loading when they cannot fit

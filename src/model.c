@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "actlora/backend_cuda.h"  // BACKEND_CUDA_ATT_FUSED_HEAD_DIM_OK (a header of constants; any build)
 #include "actlora/common.h"
 
 static int is_encoder(ModelArch a) { return a == ARCH_BERT || a == ARCH_DEBERTA_V2; }
@@ -81,7 +82,7 @@ int model_act_wf(ModelArch arch, const Backend *be, const char *act_dtype, int f
     return 1;
 }
 
-int model_att_fused(ModelArch arch, int act_wf, const char *attention, Error *err) {
+int model_att_fused(ModelArch arch, const Backend *be, int act_wf, int head_dim, const char *attention, Error *err) {
     if (!attention || strcmp(attention, "gemm") == 0) return 0;
     if (strcmp(attention, "fused") != 0)
         return error_set(err, "model.attention = \"%s\": expected \"gemm\" or \"fused\"", attention);
@@ -92,6 +93,9 @@ int model_att_fused(ModelArch arch, int act_wf, const char *attention, Error *er
         return error_set(err, "model.attention = \"fused\" needs model.act_dtype = \"bf16\" (its kernels read q, k, v "
                          "in bf16): set model.act_dtype = \"bf16\" (with lora.fuse and bf16 weights), or "
                          "model.attention = \"gemm\"");
+    if (strcmp(be->name, "cuda") == 0 && !BACKEND_CUDA_ATT_FUSED_HEAD_DIM_OK(head_dim))
+        return error_set(err, "model.attention = \"fused\": the CUDA kernels exist for head dimensions 16, 32, 64 and "
+                         "128, and this model's is %d: set model.attention = \"gemm\"", head_dim);
     return 1;
 }
 

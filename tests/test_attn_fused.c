@@ -8,7 +8,8 @@
 //  2. bf16 emulation against attention_fwd_wf / attention_bwd_wf on the same bf16 inputs (both round P, dout
 //     and dS to bf16, at different points): out, dq, dk, dv norm 2e-2; the same exact zeros and -inf.
 //  3. model_att_fused: "gemm" is off, "fused" on with activations in the weight format; refused for an
-//     encoder, without model.act_dtype = "bf16", and for an unknown name (messages name the keys).
+//     encoder, without model.act_dtype = "bf16", on CUDA for a head dimension its kernels lack (96; the CPU
+//     takes it), and for an unknown name (messages name the keys).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,15 +140,25 @@ static void run_case(TestCounts *tc, int bf, const Shape *s, unsigned seed) {
 
 static void test_switch(TestCounts *tc) {
     Error err;
-    T_CHECK(tc, model_att_fused(ARCH_LLAMA, 1, "gemm", &err) == 0, "model.attention gemm must be off");
-    T_CHECK(tc, model_att_fused(ARCH_LLAMA, 1, "fused", &err) == 1, "model.attention fused with bf16 activations: on");
-    T_CHECK(tc, model_att_fused(ARCH_LLAMA, 0, "fused", &err) < 0 && strstr(err.msg, "model.act_dtype = \"bf16\""),
+    Backend cpu, cuda;  // only the name is read: the CUDA kernels exist for some head dimensions only
+    memset(&cpu, 0, sizeof cpu), memset(&cuda, 0, sizeof cuda);
+    cpu.name = "cpu", cuda.name = "cuda";
+    T_CHECK(tc, model_att_fused(ARCH_LLAMA, &cuda, 1, 128, "gemm", &err) == 0, "model.attention gemm must be off");
+    T_CHECK(tc, model_att_fused(ARCH_LLAMA, &cuda, 1, 128, "fused", &err) == 1, "fused, bf16 activations, D 128: on");
+    T_CHECK(tc, model_att_fused(ARCH_LLAMA, &cpu, 1, 96, "fused", &err) == 1, "fused on the CPU, D 96: on");
+    T_CHECK(tc, model_att_fused(ARCH_LLAMA, &cuda, 1, 96, "fused", &err) < 0 && strstr(err.msg, "96") &&
+                strstr(err.msg, "model.attention = \"gemm\""),
+            "fused on CUDA with head dimension 96 must be refused at start, naming it (got: %s)", err.msg);
+    T_CHECK(tc, model_att_fused(ARCH_LLAMA, &cuda, 0, 128, "fused", &err) < 0 &&
+                strstr(err.msg, "model.act_dtype = \"bf16\""),
             "fused without bf16 activations must be refused naming model.act_dtype (got: %s)", err.msg);
-    T_CHECK(tc, model_att_fused(ARCH_BERT, 1, "fused", &err) < 0 && strstr(err.msg, "Llama models only"),
+    T_CHECK(tc, model_att_fused(ARCH_BERT, &cuda, 1, 64, "fused", &err) < 0 && strstr(err.msg, "Llama models only"),
             "fused on an encoder must be refused (got: %s)", err.msg);
-    T_CHECK(tc, model_att_fused(ARCH_LLAMA, 1, "flash", &err) < 0 && strstr(err.msg, "\"gemm\" or \"fused\""),
+    T_CHECK(tc, model_att_fused(ARCH_LLAMA, &cuda, 1, 128, "flash", &err) < 0 &&
+                strstr(err.msg, "\"gemm\" or \"fused\""),
             "an unknown model.attention must be refused (got: %s)", err.msg);
-    printf("  model_att_fused: gemm off, fused on; refusals name model.act_dtype, the architecture, the values\n");
+    printf("  model_att_fused: gemm off, fused on; refusals name model.act_dtype, the CUDA head dimension, the "
+           "architecture, the values\n");
 }
 
 int main(void) {

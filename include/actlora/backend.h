@@ -288,7 +288,7 @@ struct Backend {
     // attention_fwd); out [B,T,H,D] fp32; lse [B,H,T] fp32: each query row's log-sum-exp of its scaled
     // visible scores, m + log(sum exp(s - m)), or -INFINITY for a row with no visible key (its out is 0).
     // P = exp(s - m) / l is rounded to the format, out = P v accumulated in fp32. The CUDA backend runs it
-    // on the tensor cores and needs the bf16 format and D a multiple of 16, at most 128.
+    // on the tensor cores and needs the bf16 format and D of 16, 32, 64 or 128 (BACKEND_CUDA_ATT_FUSED_HEAD_DIM_OK).
     void (*attention_fused_fwd)(Backend *be, float *out, float *lse, const void *q, const void *k, const void *v,
                                 const int32_t *mask, int B, int T, int H, int KVH, int D);
     // Its backward from what the forward kept (out, lse; q, k, v as in the forward): P = exp(s - lse) on the

@@ -44,6 +44,9 @@ void backend_cuda_init(Backend *be, int device);
 // memory planner counts both).
 #define BACKEND_CUDA_ATT_MAX_ARRAYS 10
 #define BACKEND_CUDA_ATT_ALIGN 256
+// The head dimensions the fused attention's kernels exist for (src/cuda/attention_fused.cu; model.c refuses the
+// others at start, before any weight is loaded).
+#define BACKEND_CUDA_ATT_FUSED_HEAD_DIM_OK(D) ((D) == 16 || (D) == 32 || (D) == 64 || (D) == 128)
 
 #ifdef __cplusplus
 }

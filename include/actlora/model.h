@@ -53,9 +53,10 @@ int model_act_wf(ModelArch arch, const Backend *be, const char *act_dtype, int f
 // Puts the activations of a model loaded with lora.fuse into the weight format (model_act_wf == 1);
 // before model_alloc_acts.
 void model_set_act_wf(Model *m, int on);
-// model.attention for a model of this architecture whose activations are (act_wf = 1) or are not in the
-// weight format: 1 = "fused", 0 = "gemm", or -1 with a message in err (may be NULL) naming the key to change.
-int model_att_fused(ModelArch arch, int act_wf, const char *attention, Error *err);
+// model.attention for a model of this architecture and head dimension on this backend (its name: the CUDA
+// kernels exist for some head dimensions only), whose activations are (act_wf = 1) or are not in the weight
+// format: 1 = "fused", 0 = "gemm", or -1 with a message in err (may be NULL) naming the key to change.
+int model_att_fused(ModelArch arch, const Backend *be, int act_wf, int head_dim, const char *attention, Error *err);
 // The fused attention on a model whose activations are in the weight format (model_att_fused == 1); after
 // model_set_act_wf, before model_alloc_acts.
 void model_set_att_fused(Model *m, int on);

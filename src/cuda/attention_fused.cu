@@ -364,7 +364,7 @@ static void fa_check(Backend *be, const char *op, int B, int T, int H, int KVH, 
           "%s: bad shape B=%d T=%d H=%d KVH=%d D=%d (H must be a multiple of KVH)", op, B, T, H, KVH, D);
     check(cuda_wf_bf16(be), "%s: the CUDA fused attention runs on bf16 tensor cores and needs the bf16 weight format "
           "(model.dtype = \"bf16\"); this backend holds fp32 weights", op);
-    check(D == 16 || D == 32 || D == 64 || D == 128,
+    check(BACKEND_CUDA_ATT_FUSED_HEAD_DIM_OK(D),
           "%s: head dimension %d is not supported by the fused kernels (16, 32, 64 or 128); use model.attention = "
           "\"gemm\"", op, D);
     check(B <= 65535 && H <= 65535, "%s: B=%d or H=%d is over the grid's 65535", op, B, H);
