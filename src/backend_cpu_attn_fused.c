@@ -90,8 +90,8 @@ static void cpu_attention_fused_fwd(Backend *be, float *out, float *lse, const v
     }
 }
 
-// What the backward needs of query row i (head h) against key j: P_ij and dS_ij (both 0 when j is not
-// visible). dob: the row's dout, rounded when bf; delta: its delta_i.
+// What the backward needs of visible query row i (head h) against key j: P_ij and dS_ij. dob: the row's dout,
+// rounded when bf; delta: its delta_i.
 static void fused_p_ds(float *p, float *ds, const float *qi, const float *kj, const float *vj, const float *dob,
                        float lse_i, float delta, int D, int bf) {
     float scale = 1.0f / sqrtf((float)D);
@@ -102,14 +102,6 @@ static void fused_p_ds(float *p, float *ds, const float *qi, const float *kj, co
     *ds = bf ? round_bf16(dsv) : dsv;
 }
 
-// The rounded dout of row (b, i, h) into dob [D]; returns delta_i.
-static float fused_dout_row(float *dob, const float *dout, const float *out, int b, int i, int h, int T, int H, int D,
-                            int bf) {
-    const float *doi = dout + (((size_t)b * T + i) * H + h) * D, *oi = out + (((size_t)b * T + i) * H + h) * D;
-    for (int d = 0; d < D; d++) dob[d] = bf ? round_bf16(doi[d]) : doi[d];
-    return dot(doi, oi, D);
-}
-
 static int visible(const int32_t *mb, const float *lse_row, int i, int j) {
     return j <= i && mb[j] == 1 && lse_row[i] != -INFINITY;
 }
@@ -118,29 +110,39 @@ static void cpu_attention_fused_bwd(Backend *be, float *dq, float *dk, float *dv
                                     const float *lse, const void *qv, const void *kv, const void *vv,
                                     const int32_t *mask, int B, int T, int H, int KVH, int D) {
     fused_check("attention_fused_bwd", B, T, H, KVH, D);
+    if (B == 0 || T == 0) return;
     int bf = is_bf16(be), rep = H / KVH;
     const float *q = qv, *k = kv, *v = vv;
+    // once for both passes: dout in the format (the products' operand, [B,T,H,D]) and delta [B,H,T]
+    long rows = (long)B * T * H;
+    float *dob = cpu_scratch(be, (size_t)rows * D + (size_t)rows, "fused attention backward: rounded dout, delta");
+    float *delta = dob + (size_t)rows * D;
+    #pragma omp parallel for num_threads(be->threads)
+    for (long row = 0; row < rows; row++) {  // row = (b*T + i)*H + h
+        const float *dr = dout + (size_t)row * D;
+        for (int d = 0; d < D; d++) dob[(size_t)row * D + d] = bf ? round_bf16(dr[d]) : dr[d];
+        long bi = row / H;
+        int h = (int)(row % H), i = (int)(bi % T), b = (int)(bi / T);
+        delta[((size_t)b * H + h) * T + i] = dot(dr, out + (size_t)row * D, D);
+    }
     #pragma omp parallel num_threads(be->threads)
     {
-        float *dob = malloc((size_t)D * sizeof(float));
-        check(dob != NULL, "attention_fused_bwd: out of memory for a row of %d", D);
         // dq: per (b, h), each query row over its visible keys in order
         #pragma omp for collapse(2) schedule(dynamic)
         for (int b = 0; b < B; b++)
             for (int h = 0; h < H; h++) {
                 int g = h / rep;
                 const int32_t *mb = mask + (size_t)b * T;
-                const float *lr = lse + ((size_t)b * H + h) * T;
+                const float *lr = lse + ((size_t)b * H + h) * T, *dr = delta + ((size_t)b * H + h) * T;
                 for (int i = 0; i < T; i++) {
-                    float delta = fused_dout_row(dob, dout, out, b, i, h, T, H, D, bf);
-                    const float *qi = q + (((size_t)b * T + i) * H + h) * D;
-                    float *dqi = dq + (((size_t)b * T + i) * H + h) * D;
+                    size_t qo = (((size_t)b * T + i) * H + h) * D;
+                    float *dqi = dq + qo;
                     memset(dqi, 0, (size_t)D * sizeof(float));
                     for (int j = 0; j <= i; j++) {
                         if (!visible(mb, lr, i, j)) continue;
                         size_t kvo = (((size_t)b * T + j) * KVH + g) * D;
                         float p, ds;
-                        fused_p_ds(&p, &ds, qi, k + kvo, v + kvo, dob, lr[i], delta, D, bf);
+                        fused_p_ds(&p, &ds, q + qo, k + kvo, v + kvo, dob + qo, lr[i], dr[i], D, bf);
                         for (int d = 0; d < D; d++) dqi[d] += ds * k[kvo + d];
                     }
                 }
@@ -156,22 +158,20 @@ static void cpu_attention_fused_bwd(Backend *be, float *dq, float *dk, float *dv
                     memset(dv + kvo, 0, (size_t)D * sizeof(float));
                     for (int hh = 0; hh < rep; hh++) {
                         int h = g * rep + hh;
-                        const float *lr = lse + ((size_t)b * H + h) * T;
+                        const float *lr = lse + ((size_t)b * H + h) * T, *dr = delta + ((size_t)b * H + h) * T;
                         for (int i = j; i < T; i++) {
                             if (!visible(mb, lr, i, j)) continue;
-                            float delta = fused_dout_row(dob, dout, out, b, i, h, T, H, D, bf);
-                            const float *qi = q + (((size_t)b * T + i) * H + h) * D;
+                            size_t qo = (((size_t)b * T + i) * H + h) * D;
                             float p, ds;
-                            fused_p_ds(&p, &ds, qi, k + kvo, v + kvo, dob, lr[i], delta, D, bf);
+                            fused_p_ds(&p, &ds, q + qo, k + kvo, v + kvo, dob + qo, lr[i], dr[i], D, bf);
                             for (int d = 0; d < D; d++) {
-                                dk[kvo + d] += ds * qi[d];
-                                dv[kvo + d] += p * dob[d];
+                                dk[kvo + d] += ds * q[qo + d];
+                                dv[kvo + d] += p * dob[qo + d];
                             }
                         }
                     }
                 }
             }
-        free(dob);
     }
 }
 

@@ -3,7 +3,8 @@
 //  1. fp32 format, against attention_fwd / attention_bwd (the attention test_llama_parity checks against HF):
 //     out rel 1e-5 of the largest, dq, dk, dv norm 1e-5; lse against a double-precision log-sum-exp of the
 //     scaled visible scores (abs 1e-5); exactly -inf and out exactly 0 for queries with no visible key; dk, dv
-//     exactly 0 for padded keys; dq, dk, dv overwritten (they start as garbage); a second run the same bits.
+//     exactly 0 for padded keys; dq, dk, dv overwritten (they start as garbage); a second run on one thread
+//     instead of two gives the same bits (out, lse, dq, dk, dv).
 //     Shapes: B3 T37 H4/2 D16 (right, left and full padding), B2 T70 H2/1 D32, B1 T9 H3/3 D6.
 //  2. bf16 emulation against attention_fwd_wf / attention_bwd_wf on the same bf16 inputs (both round P, dout
 //     and dS to bf16, at different points): out, dq, dk, dv norm 2e-2; the same exact zeros and -inf.
@@ -121,17 +122,25 @@ static void run_case(TestCounts *tc, int bf, const Shape *s, unsigned seed) {
     T_CHECK(tc, bad_kv == 0, "%s: %zu dk / dv entries of padded keys are not 0", shape, bad_kv);
     snprintf(what, sizeof what, "%s zeros and -inf", shape);
     printf("  %-70s exact (%zu queries see no key)\n", what, no_key);
-    // a second run: the same bits
+    // a second run on one thread instead of two: the same bits (fixed summation orders)
+    Backend be1;
+    backend_cpu_init(&be1, 1);
+    if (backend_set_dtype(&be1, bf ? "bf16" : "fp32", msg, sizeof msg) != 0) die("%s", msg);
     float *o2 = xmalloc(nq * 4, "out"), *l2 = xmalloc(nl * 4, "lse"), *dq2 = xmalloc(nq * 4, "dq");
     float *dk2 = xmalloc(nk * 4, "dk"), *dv2 = xmalloc(nk * 4, "dv");
-    be.attention_fused_fwd(&be, o2, l2, q, k, v, mask, B, T, H, KVH, D);
-    be.attention_fused_bwd(&be, dq2, dk2, dv2, dout, o2, l2, q, k, v, mask, B, T, H, KVH, D);
-    snprintf(what, sizeof what, "%s fused, second run: out", shape);
+    be1.attention_fused_fwd(&be1, o2, l2, q, k, v, mask, B, T, H, KVH, D);
+    be1.attention_fused_bwd(&be1, dq2, dk2, dv2, dout, o2, l2, q, k, v, mask, B, T, H, KVH, D);
+    backend_free(&be1);
+    snprintf(what, sizeof what, "%s fused, 1 thread vs 2: out", shape);
     check_exact(tc, o2, o, nq, what);
-    snprintf(what, sizeof what, "%s fused, second run: dq", shape);
+    snprintf(what, sizeof what, "%s fused, 1 thread vs 2: dq", shape);
     check_exact(tc, dq2, dq, nq, what);
-    snprintf(what, sizeof what, "%s fused, second run: dk", shape);
+    snprintf(what, sizeof what, "%s fused, 1 thread vs 2: dk", shape);
     check_exact(tc, dk2, dk, nk, what);
+    snprintf(what, sizeof what, "%s fused, 1 thread vs 2: dv", shape);
+    check_exact(tc, dv2, dv, nk, what);
+    snprintf(what, sizeof what, "%s fused, 1 thread vs 2: lse", shape);
+    check_exact(tc, l2, lse, nl, what);
     free(o2), free(l2), free(dq2), free(dk2), free(dv2);
     free(q), free(k), free(v), free(dout), free(mask), free(o_ref), free(p_ref), free(o), free(lse);
     free(dq_ref), free(dk_ref), free(dv_ref), free(dq), free(dk), free(dv);
