@@ -384,7 +384,8 @@ int memplan_fit(const MemPlan *p, size_t device_bytes, char *report, size_t n) {
     ROW(llama ? "frozen weights" : "frozen weights (+ biases, norms)", p->weights);
     if (llama) ROW("RoPE tables (fp32)", p->rope);
     char what[64];
-    snprintf(what, sizeof what, "activations, %d layer set(s) (%s)", p->act_sets, p->act_wf ? (p->att_fused ? "most in bf16, fused attention" : "most in bf16") : "fp32");
+    snprintf(what, sizeof what, "activations, %d layer set(s) (%s%s)", p->act_sets, p->act_wf ? "most in bf16" : "fp32",
+             p->att_fused ? ", fused attention" : "");
     ROW(what, p->acts_layers);
     ROW("head buffers (incl. logits)", p->acts_head);
     ROW("  of which logits + dlogits", p->logits);

@@ -164,15 +164,15 @@ __global__ void __launch_bounds__(128) k_fa_fwd(float *out, float *lse, const bf
                 wmma::store_matrix_sync(Sw + n * 16, acc, FA_LS, wmma::mem_row_major);
             }
             __syncwarp();
-            float s[16];
-            float mt = -INFINITY;
+            float s[16];  // the lane's 16 scaled scores, -inf where the key is not visible
             for (int c = 0; c < 16; c++) {
                 int cc = half * 16 + c, j = k0 + cc;
                 int vis = i < T && j <= i && kvis[cc];
                 s[c] = vis ? Sw[r * FA_LS + cc] * scale : -INFINITY;
-                mt = fmaxf(mt, s[c]);
             }
             if (pass == 0) {
+                float mt = -INFINITY;
+                for (int c = 0; c < 16; c++) mt = fmaxf(mt, s[c]);
                 mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
                 float mn = fmaxf(m, mt), part = 0.0f;
                 for (int c = 0; c < 16; c++) part += s[c] == -INFINITY ? 0.0f : expf(s[c] - mn);
