@@ -14,6 +14,14 @@ void dist_init(Dist *d, MPI_Comm comm) {
     MPI_Comm_free(&node);
 }
 
+void dist_node_allgather(const Dist *d, const void *mine, size_t bytes, void *all) {
+    check(bytes <= (size_t)INT32_MAX, "dist_node_allgather: %zu bytes per rank is too many", bytes);
+    MPI_Comm node;
+    MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node);
+    MPI_Allgather(mine, (int)bytes, MPI_BYTE, all, (int)bytes, MPI_BYTE, node);
+    MPI_Comm_free(&node);
+}
+
 void dist_check_agree(const Dist *d, const void *data, size_t bytes, const char *what) {
     unsigned long long h = fnv1a64(FNV64_INIT, data, bytes), lo = 0, hi = 0;
     MPI_Allreduce(&h, &lo, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, d->comm);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "actlora/backend.h"
 #include "actlora/calib.h"
@@ -183,6 +184,30 @@ static void plan_device_memory(const RunConfig *cfg, const ModelConfig *mc, cons
 }
 #endif
 
+// run.device -> the CPU backend (0) or CUDA device *device (1): every rank of a node gathers what the others
+// see (devbind.h), so all agree on who drives which GPU. A refusal on any rank ends the run on all; rank 0
+// prints the choice, every rank's when GPUs are used (which GPU each drives, by uuid).
+static int bind_device(const Dist *d, const char *setting, int *device) {
+    DevbindView mine, *node = xmalloc((size_t)d->local_world * sizeof *node, "the node's device views");
+    devbind_view_local(&mine);
+    dist_node_allgather(d, &mine, sizeof mine, node);
+    Error err;
+    int use_cuda = devbind_choose(d->local_rank, d->local_world, node, setting, devbind_built_with_cuda(), device, &err);
+    free(node);
+    check(!dist_any(d, use_cuda < 0), "%s",
+          use_cuda < 0 ? err.msg : "another rank cannot use the requested device (see its message)");
+    dist_check_agree(d, &use_cuda, sizeof use_cuda, "the backend (cuda on some ranks, cpu on others)");
+    char line[320] = {0}, host[64] = {0}, *all = d->rank == 0 ? xmalloc((size_t)d->world * sizeof line, "notes") : NULL;
+    gethostname(host, sizeof host - 1);
+    snprintf(line, sizeof line, "rank %d on %.60s: %.240s", d->rank, host, err.msg);
+    MPI_Gather(line, (int)sizeof line, MPI_CHAR, all, (int)sizeof line, MPI_CHAR, 0, d->comm);
+    for (int r = 0; d->rank == 0 && r < (use_cuda && d->world > 1 ? d->world : 1); r++)
+        printf("device  %s\n", d->world > 1 && use_cuda ? all + (size_t)r * sizeof line : err.msg);
+    if (d->rank == 0) fflush(stdout);
+    free(all);
+    return use_cuda;
+}
+
 int main(int argc, char **argv) {
     signals_install();  // before MPI_Init (a signal during a slow start must not kill a rank) ...
     MPI_Init(&argc, &argv);
@@ -217,14 +242,8 @@ int main(int argc, char **argv) {
     uint64_t cfg_hash = config_hash(&cfg);
     dist_check_agree(&d, &cfg_hash, sizeof cfg_hash, "the configuration (give every rank the same --config and --set)");
 
-    // ---- device: one GPU per rank (node-local rank k -> visible device k), or the CPU backend
-    int device = -1;
-    int use_cuda = devbind_choose(d.local_rank, d.local_world, devbind_visible_devices(), cfg.run.device,
-                                  devbind_built_with_cuda(), &device, &err);
-    check(!dist_any(&d, use_cuda < 0), "%s",
-          use_cuda < 0 ? err.msg : "another rank cannot use the requested device (see its message)");
-    dist_check_agree(&d, &use_cuda, sizeof use_cuda, "the backend (cuda on some ranks, cpu on others)");
-    if (d.rank == 0 && err.msg[0]) printf("device  %s\n", err.msg), fflush(stdout);
+    // ---- device: one GPU per rank (the node's ranks compare the GPUs they see), or the CPU backend
+    int device = -1, use_cuda = bind_device(&d, cfg.run.device, &device);
     Backend be;
     Comm comm;
     comm_init(&comm, MPI_COMM_WORLD);

@@ -13,6 +13,8 @@
 #     without it, bit for bit
 #   - two ranks on two emulated devices (NCCL over MPI), fp32: losses within 1e-4 of two CPU ranks, the same
 #     layers; two ranks on one device: refused, naming the devices
+#   - per-task GPUs (each rank sees only its own: ACTLORA_CUDA_EMU_VISIBLE per rank): the same losses bit for
+#     bit, each rank on a different GPU (by uuid); two tasks given the same GPU: refused before the run starts
 #   - the memory plan (log.jsonl "memory_plan") against the peak of what the emulated device handed out
 #     (ACTLORA_CUDA_EMU_PEAK_FILE), Llama in five configurations and a DeBERTa: the plan is never below the
 #     peak and above it by at most 10% of the bytes besides the cuBLAS workspace, + 64 KiB; --plan-memory
@@ -120,6 +122,29 @@ run 2 "$emu" "${T[@]}" --set run.device=cuda --set run.dir="$work/two" > "$work/
 if [ $r -ne 0 ] && grep -qi "device" "$work/two.out" && grep -q "rank" "$work/two.out"; then
   ok "two ranks on one device refused: $(grep -m1 -i "device" "$work/two.out" | cut -c1-150)"
 else bad "two ranks on one device: exit $r"; tail -5 "$work/two.out"; fi
+
+# 6b. per-task GPU binding (srun --gpus-per-task=1: each rank sees only its own GPU, as device 0): the same run
+#     as 5, each rank on its device 0, distinct GPUs; two tasks given the same GPU: refused on every rank
+{ echo '#!/bin/sh'
+  echo '# node-local rank k sees the physical device given by the k-th character of ACTLORA_CUDA_EMU_PERTASK'
+  echo 'ACTLORA_CUDA_EMU_VISIBLE=$(echo "$ACTLORA_CUDA_EMU_PERTASK" | cut -c$((OMPI_COMM_WORLD_LOCAL_RANK + 1)))'
+  echo 'export ACTLORA_CUDA_EMU_VISIBLE'
+  echo "exec \"$emu\" \"\$@\""; } > "$work/pertask.sh"
+chmod +x "$work/pertask.sh"
+ACTLORA_CUDA_EMU_DEVICES=2 ACTLORA_CUDA_EMU_PERTASK=10 run 2 "$work/pertask.sh" "${T[@]}" "${A[@]}" --set run.device=cuda \
+  --set model.dtype=fp32 --set run.dir="$work/pertask" > "$work/pertask.out" 2>&1; r=$?
+lp=$(losses "$work/pertask")
+if [ $r -eq 0 ] && grep -q "rank 0 .*uses CUDA device 0 of 1 visible (uuid e37a0001)" "$work/pertask.out" &&
+   grep -q "rank 1 .*uses CUDA device 0 of 1 visible (uuid e37a0000)" "$work/pertask.out" && [ -n "$lp" ] &&
+   [ "$lp" = "$(losses "$work/emu2")" ]; then
+  ok "per-task GPUs: each rank on its only visible device, distinct GPUs, losses bit-identical to 5's run"
+else bad "per-task GPUs: exit $r, losses ${lp:-none}"; grep "^device" "$work/pertask.out"; tail -3 "$work/pertask.out"; fi
+ACTLORA_CUDA_EMU_DEVICES=2 ACTLORA_CUDA_EMU_PERTASK=11 run 2 "$work/pertask.sh" "${T[@]}" --set run.device=cuda \
+  --set run.dir="$work/pertask1" > "$work/pertask1.out" 2>&1; r=$?
+if [ $r -ne 0 ] && grep -q "node has 2 ranks but 1 visible GPU" "$work/pertask1.out" &&
+   grep -q -- "--gpus-per-task=1" "$work/pertask1.out" && [ ! -e "$work/pertask1/log.jsonl" ]; then
+  ok "two tasks given the same GPU: refused before the run starts: $(grep -m1 -o "node has.*visible GPU" "$work/pertask1.out")"
+else bad "two tasks given the same GPU: exit $r"; tail -3 "$work/pertask1.out"; fi
 
 # 7. the memory plan against the emulated device's peak allocation (2 steps each)
 plan_vs_peak() {  # NAME ARGS...

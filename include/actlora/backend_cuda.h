@@ -24,6 +24,10 @@ extern "C" {
 // Number of CUDA devices this process can see (after CUDA_VISIBLE_DEVICES); 0 when there is no
 // driver, no device or any other CUDA error. Never dies.
 int backend_cuda_device_count(void);
+// The UUIDs of the visible devices (cudaDeviceProp.uuid, CUDA's order; at most `max`); returns how many,
+// 0 on any CUDA error (as backend_cuda_device_count). Never dies. Device binding compares them across the
+// node's ranks (devbind.h).
+int backend_cuda_device_uuids(unsigned char (*uuid)[16], int max);
 // 1 when at least one device is visible (backend_cuda_device_count() > 0), else 0. Never dies.
 int backend_cuda_available(void);
 // Total and free memory of device `device` in bytes; returns 0, or -1 (and leaves the outputs 0)

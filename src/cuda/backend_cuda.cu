@@ -31,6 +31,20 @@ extern "C" int backend_cuda_device_count(void) {
     return n > 0 ? n : 0;
 }
 
+extern "C" int backend_cuda_device_uuids(unsigned char (*uuid)[16], int max) {
+    int n = backend_cuda_device_count();
+    if (n > max) n = max;
+    for (int i = 0; i < n; i++) {
+        cudaDeviceProp p;
+        if (cudaGetDeviceProperties(&p, i) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return 0;
+        }
+        memcpy(uuid[i], p.uuid.bytes, 16);
+    }
+    return n;
+}
+
 extern "C" int backend_cuda_available(void) { return backend_cuda_device_count() > 0; }
 
 extern "C" int backend_cuda_device_memory(int device, size_t *free_bytes, size_t *total_bytes) {

@@ -598,12 +598,38 @@ cudaError_t cudaMemset(void *p, int v, size_t bytes) { return cudaMemsetAsync(p,
 
 static int g_device = 0;
 
-// ACTLORA_CUDA_EMU_DEVICES: how many devices this process sees (default 1; every process emulates its own)
-static int emu_devices(void) {
+// ACTLORA_CUDA_EMU_DEVICES: how many devices the node has (default 1; every process emulates its own).
+// ACTLORA_CUDA_EMU_VISIBLE: the comma-separated physical devices this process sees, in order (as
+// CUDA_VISIBLE_DEVICES with indices; default all of them): per-rank views, as srun --gpus-per-task gives.
+static int emu_node_devices(void) {
     const char *s = getenv("ACTLORA_CUDA_EMU_DEVICES");
     int n = s && *s ? atoi(s) : 1;
     if (n < 0 || n > 64) emu_die("ACTLORA_CUDA_EMU_DEVICES=%s: expected 0..64", s);
     return n;
+}
+
+// visible device i -> physical device (*phys)[i]; returns how many are visible
+static int emu_visible(int phys[64]) {
+    int node = emu_node_devices(), n = 0;
+    const char *s = getenv("ACTLORA_CUDA_EMU_VISIBLE");
+    if (!s) {
+        for (int i = 0; i < node; i++) phys[n++] = i;
+        return n;
+    }
+    for (const char *p = s; *p && n < 64;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v >= node || (*end && *end != ','))
+            emu_die("ACTLORA_CUDA_EMU_VISIBLE=%s: expected comma-separated devices in 0..%d", s, node - 1);
+        phys[n++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    return n;
+}
+
+static int emu_devices(void) {
+    int phys[64];
+    return emu_visible(phys);
 }
 
 cudaError_t cudaGetDeviceCount(int *n) {
@@ -613,6 +639,17 @@ cudaError_t cudaGetDeviceCount(int *n) {
 cudaError_t cudaSetDevice(int device) {
     if (device < 0 || device >= emu_devices()) return cudaErrorInvalidDevice;
     g_device = device;
+    return cudaSuccess;
+}
+// The UUID of visible device `device`: e3 7a 00 <physical index> "actlora-emu" (uuid e37a00NN in the program's notes)
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device) {
+    int phys[64], n = emu_visible(phys);
+    if (device < 0 || device >= n) return cudaErrorInvalidDevice;
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "actlora CUDA emulator, device %d", phys[device]);
+    const unsigned char u[16] = {0xe3, 0x7a, 0x00, (unsigned char)phys[device], 'a', 'c', 't', 'l', 'o', 'r', 'a', '-', 'e', 'm', 'u', 0};
+    memcpy(p->uuid.bytes, u, 16);
+    p->multiProcessorCount = 132;
     return cudaSuccess;
 }
 cudaError_t cudaGetDevice(int *device) {

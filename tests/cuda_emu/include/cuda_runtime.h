@@ -21,10 +21,17 @@ typedef enum {
 } cudaMemcpyKind;
 typedef enum { cudaDevAttrMultiProcessorCount = 16 } cudaDeviceAttr;
 #define cudaStreamNonBlocking 0x01
+typedef struct { char bytes[16]; } cudaUUID_t;
+typedef struct {  // the fields the backend reads
+    char name[256];
+    cudaUUID_t uuid;
+    int multiProcessorCount;
+} cudaDeviceProp;
 
 cudaError_t cudaGetDeviceCount(int *n);
 cudaError_t cudaSetDevice(int device);
 cudaError_t cudaGetDevice(int *device);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device);
 cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr attr, int device);
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 cudaError_t cudaMalloc(void **p, size_t bytes);
