@@ -74,17 +74,28 @@ static void print_summary(const Trainer *t, const Ledger *total, const EvalResul
     log_record(lg, rec);
 }
 
-// The device-memory plan (memplan.h) of adapters on n_layers layers from `lowest` (n_modules targets, none:
-// head only) at micro-batch B x T tokens, frozen weights of weight_bytes each.
-static void make_plan(MemPlan *plan, const RunConfig *cfg, const ModelConfig *mc, int weight_bytes, int act_wf,
-                      int att_fused, int lowest, int n_layers, const int *modules, int n_modules, int B, int T) {
+// The model's switches on backend be (lora.fuse, model.act_dtype, model.attention): *act_wf, *att_fused and the
+// memory planner's flags for them. Dies naming the key when the model or the backend refuses one.
+static int model_switches(const RunConfig *cfg, const ModelConfig *mc, const Backend *be, int *act_wf, int *att_fused) {
+    Error err = {{0}};
+    *act_wf = model_act_wf(mc->arch, be, cfg->model.act_dtype, cfg->lora.fuse, &err);
+    if (*act_wf < 0) die("%s", err.msg);
+    *att_fused = model_att_fused(mc->arch, be, *act_wf, mc->head_dim, cfg->model.attention, &err);
+    if (*att_fused < 0) die("%s", err.msg);
+    return (cfg->lora.fuse ? MEMPLAN_FUSED : 0) | (*act_wf ? MEMPLAN_ACT_WF : 0) | (*att_fused ? MEMPLAN_ATT_FUSED : 0);
+}
+
+// The device-memory plan (memplan.h) on backend be (its weight format and switches) of adapters on n_layers
+// layers from `lowest` (n_modules targets, none: head only) at micro-batch B x T tokens.
+static void make_plan(MemPlan *plan, const RunConfig *cfg, const ModelConfig *mc, const Backend *be, int lowest,
+                      int n_layers, const int *modules, int n_modules, int B, int T) {
+    int act_wf, att_fused, flags = model_switches(cfg, mc, be, &act_wf, &att_fused);
     if (mc->arch == ARCH_LLAMA)
         memplan_llama(plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
-                      weight_bytes, (cfg->lora.fuse ? MEMPLAN_FUSED : 0) | (act_wf ? MEMPLAN_ACT_WF : 0) |
-                                        (att_fused ? MEMPLAN_ATT_FUSED : 0));
+                      (int)be->weight_bytes, flags);
     else
         memplan_encoder(plan, mc, cfg->model.num_labels, lowest, n_layers, modules, n_modules, cfg->lora.r, B, T,
-                        weight_bytes);
+                        (int)be->weight_bytes);
 }
 
 // --plan-memory GIB: the device-memory plan of the configured run on a GPU of GIB, without a GPU and without
@@ -98,16 +109,14 @@ static int plan_memory_only(const RunConfig *cfg, int rank, double gib) {
     ModelConfig mc;
     Error err = {{0}};
     if (hfconfig_load(&mc, path, &err) != 0) die("%s (model.path must be a Hugging Face model directory)", err.msg);
-    Backend dev;  // the device's weight format and name, all model_act_wf reads
+    Backend dev;  // the device's weight format and name, all the model's switches and the planner read
     memset(&dev, 0, sizeof dev);
     int bf16 = strcmp(cfg->model.dtype, "fp32") != 0;
     dev.name = "cuda";
     dev.weight_dtype = bf16 ? BACKEND_WEIGHT_BF16 : BACKEND_WEIGHT_FP32;
     dev.weight_bytes = bf16 ? 2 : 4;
-    int act_wf = model_act_wf(mc.arch, &dev, cfg->model.act_dtype, cfg->lora.fuse, &err);
-    if (act_wf < 0) die("%s", err.msg);
-    int att_fused = model_att_fused(mc.arch, &dev, act_wf, mc.head_dim, cfg->model.attention, &err);
-    if (att_fused < 0) die("%s", err.msg);
+    int act_wf, att_fused;
+    model_switches(cfg, &mc, &dev, &act_wf, &att_fused);  // a refusal before the plan
     int modules[LORA_NUM_MODULES];
     if (model_parse_targets(mc.arch, cfg->lora.targets, cfg->lora.n_targets, modules, &err) != 0)
         die("%s (model %s)", err.msg, path);
@@ -129,8 +138,7 @@ static int plan_memory_only(const RunConfig *cfg, int rank, double gib) {
         snprintf(layers, sizeof layers, "%d layer(s) from layer %d", n, lowest);
     }
     MemPlan plan;
-    make_plan(&plan, cfg, &mc, (int)dev.weight_bytes, act_wf, att_fused, lowest, n, modules, cfg->lora.n_targets,
-              cfg->train.micro_batch, T);
+    make_plan(&plan, cfg, &mc, &dev, lowest, n, modules, cfg->lora.n_targets, cfg->train.micro_batch, T);
     size_t device_bytes = (size_t)(gib * 1073741824.0);
     char report[4096];
     int fits = memplan_fit(&plan, device_bytes, report, sizeof report);
@@ -153,9 +161,7 @@ static void plan_device_memory(const RunConfig *cfg, const ModelConfig *mc, cons
                                int lowest, int n_layers, const int *modules, int n_modules, int B, int T, int quiet,
                                const char *what, Log *lg) {
     MemPlan plan;
-    int act_wf = model_act_wf(mc->arch, be, cfg->model.act_dtype, cfg->lora.fuse, NULL) == 1;  // validated already
-    int att_fused = model_att_fused(mc->arch, be, act_wf, mc->head_dim, cfg->model.attention, NULL) == 1;
-    make_plan(&plan, cfg, mc, (int)be->weight_bytes, act_wf, att_fused, lowest, n_layers, modules, n_modules, B, T);
+    make_plan(&plan, cfg, mc, be, lowest, n_layers, modules, n_modules, B, T);
     size_t free_b = 0, total_b = 0;
     backend_cuda_device_memory(device, &free_b, &total_b);
     char report[4096];
@@ -272,10 +278,8 @@ int main(int argc, char **argv) {
           "model.arch = \"%s\" but %s says model_type \"%s\"", cfg.model.arch, cfg_path, mc.model_type);
     int random_init = strcmp(cfg.model.init, "random") == 0;
     uint64_t seed = (uint64_t)cfg.train.seed;
-    int act_wf = model_act_wf(mc.arch, &be, cfg.model.act_dtype, cfg.lora.fuse, &err);  // before minutes of loading
-    if (act_wf < 0) die("%s", err.msg);
-    int att_fused = model_att_fused(mc.arch, &be, act_wf, mc.head_dim, cfg.model.attention, &err);
-    if (att_fused < 0) die("%s", err.msg);
+    int act_wf, att_fused;
+    model_switches(&cfg, &mc, &be, &act_wf, &att_fused);  // a refusal before minutes of loading
 #ifdef ACTLORA_HAVE_CUDA
     if (use_cuda)  // the frozen weights alone (head only, one token): refused before loading when they cannot fit
         plan_device_memory(&cfg, &mc, &be, device, d.rank, mc.num_hidden_layers, 0, NULL, 0, 1, 1, 1,
