@@ -187,7 +187,7 @@ static float *project_own(Backend *be, Loader *ld, const EncImpl *e, int l, cons
 }
 
 void encoder_load(Encoder *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
-                  uint64_t seed) {
+                  uint64_t seed, Progress *progress) {
     memset(m, 0, sizeof *m);
     check(mc->arch == ARCH_BERT || mc->arch == ARCH_DEBERTA_V2, "%s: model_type '%s' is not a BERT or DeBERTa-v2 model",
           dir, mc->model_type);
@@ -284,6 +284,7 @@ void encoder_load(Encoder *m, Backend *be, const char *dir, const ModelConfig *m
         T_(bout, "output.dense.bias", C, 0, INIT_ZEROS);
         T_(ln2_w, "output.LayerNorm.weight", C, 0, INIT_ONES);
         T_(ln2_b, "output.LayerNorm.bias", C, 0, INIT_ZEROS);
+        progress_step(progress, l + 1, L, "layer");
         if (!e->rel_on) continue;
         // positional projections of rel without LoRA (frozen: computed once)
         if (e->share_att_key) {

@@ -109,11 +109,11 @@ static void rope_tables(const ModelConfig *mc, int T, float *cos_t, float *sin_t
 
 void llama_load(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
                 uint64_t seed) {
-    llama_load_fused(m, be, dir, mc, num_labels, random_init, seed, 0);
+    llama_load_fused(m, be, dir, mc, num_labels, random_init, seed, 0, NULL);
 }
 
 void llama_load_fused(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
-                      uint64_t seed, int fuse_r) {
+                      uint64_t seed, int fuse_r, Progress *progress) {
     memset(m, 0, sizeof *m);
     check(mc->arch == ARCH_LLAMA, "%s: model_type '%s' is not a Llama model", dir, mc->model_type);
     check(fuse_r >= 0, "internal: fuse rank %d", fuse_r);
@@ -148,6 +148,7 @@ void llama_load_fused(Llama *m, Backend *be, const char *dir, const ModelConfig 
         LAYER_WEIGHT(wg, "mlp.gate_proj.weight", I, C);
         LAYER_WEIGHT(wu, "mlp.up_proj.weight", I, C);
         LAYER_WEIGHT(wd, "mlp.down_proj.weight", C, I);
+        progress_step(progress, l + 1, L, "layer");
     }
 #undef LAYER_NORM
 #undef LAYER_WEIGHT

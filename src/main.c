@@ -27,6 +27,7 @@
 #include "actlora/model.h"
 #include "actlora/log.h"
 #include "actlora/profile.h"
+#include "actlora/progress.h"
 #include "actlora/lora.h"
 #include "actlora/memplan.h"
 #include "actlora/resume.h"
@@ -286,8 +287,10 @@ int main(int argc, char **argv) {
                            "the model's frozen weights", NULL);
 #endif
     Model model;
+    Progress lp;  // a line every 10 s while an 8B model's 16 GB are read
+    progress_init(&lp, d.rank == 0 ? stdout : NULL, "load", random_init ? "random weights" : "weights", PROGRESS_EVERY_S);
     model_load(&model, &be, cfg.model.path, &mc, cfg.model.num_labels, random_init, seed,
-               cfg.lora.fuse ? cfg.lora.r : 0);
+               cfg.lora.fuse ? cfg.lora.r : 0, &lp);
     model_set_act_wf(&model, act_wf);
     model_set_att_fused(&model, att_fused);
 

@@ -54,15 +54,15 @@ int model_head_hidden(const ModelConfig *mc) {
 }
 
 void model_load(Model *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
-                uint64_t seed, int fuse_r) {
+                uint64_t seed, int fuse_r, Progress *progress) {
     memset(m, 0, sizeof *m);
     m->arch = mc->arch;
     m->cfg = *mc;
     m->num_labels = num_labels;
     check(fuse_r == 0 || !is_encoder(mc->arch), "lora.fuse = true is implemented for Llama models only, and %s is "
           "a %s model: set lora.fuse = false", dir, model_arch_name(mc->arch));
-    if (is_encoder(mc->arch)) encoder_load(&m->enc, be, dir, mc, num_labels, random_init, seed);
-    else llama_load_fused(&m->llama, be, dir, mc, num_labels, random_init, seed, fuse_r);
+    if (is_encoder(mc->arch)) encoder_load(&m->enc, be, dir, mc, num_labels, random_init, seed, progress);
+    else llama_load_fused(&m->llama, be, dir, mc, num_labels, random_init, seed, fuse_r, progress);
 }
 
 int model_act_wf(ModelArch arch, const Backend *be, const char *act_dtype, int fuse, Error *err) {

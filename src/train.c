@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "actlora/common.h"
+#include "actlora/progress.h"
 #include "actlora/rng.h"
 #include "actlora/sampler.h"
 
@@ -171,7 +172,12 @@ static void evaluate_split(Trainer *t, DatasetSplit *split, EvalResult *res) {
     int64_t *rows = xmalloc(sizeof(int64_t) * (size_t)mb, "eval rows");
     double loss_sum = 0.0;
     Error err;
+    Progress pg;  // rank 0's shard stands for all: the shards differ by at most one row
+    char what[96];
+    snprintf(what, sizeof what, "%.40s split, rank 0's shard", split->name);
+    progress_init(&pg, d->rank == 0 ? stdout : NULL, "eval", what, PROGRESS_EVERY_S);
     for (int64_t r0 = begin; r0 < end; r0 += mb) {
+        progress_step(&pg, (long)(r0 - begin), (long)n, "row");
         int nb = (int)(end - r0 < mb ? end - r0 : mb);
         for (int j = 0; j < nb; j++) rows[j] = r0 + j;
         if (dataset_split_read(split, rows, nb, t->batch, &err) != 0) die("%s", err.msg);

@@ -426,7 +426,7 @@ static double model_step(Backend *be, const char *dir, int fuse_r, int act_wf, d
     ModelConfig mc;
     if (hfconfig_load(&mc, path, &err) != 0) die("%s", err.msg);
     Side s;
-    llama_load_fused(&s.m, be, dir, &mc, 3, 0, 0, fuse_r);
+    llama_load_fused(&s.m, be, dir, &mc, 3, 0, 0, fuse_r, NULL);
     llama_set_act_wf(&s.m, act_wf != 0);
     llama_set_att_fused(&s.m, act_wf == 2);
     LoraShapes shapes;

@@ -49,7 +49,7 @@ static void setup(Setup *s, const char *dir, int K, const int *layers, int nl, c
                   double dropout, int B, int T) {
     load_config(&s->mc, dir);
     backend_cpu_init(&s->be, 0);
-    encoder_load(&s->model, &s->be, dir, &s->mc, K, 0, 0);
+    encoder_load(&s->model, &s->be, dir, &s->mc, K, 0, 0, NULL);
     LoraShapes shapes;
     encoder_lora_shapes(&s->mc, &shapes);
     lora_init(&s->ls, &s->be, naming_of(&s->mc), &shapes, s->mc.num_hidden_layers, layers, nl, mods, nm, 4, 8.0, 0,
@@ -186,9 +186,9 @@ static void random_init(TestCounts *tc, const char *dir, const char *what) {
     Backend be;
     backend_cpu_init(&be, 0);
     Encoder a, b, c;
-    encoder_load(&a, &be, "/nonexistent", &mc, 2, 1, 42);  // random init never opens the directory
-    encoder_load(&b, &be, "/nonexistent", &mc, 2, 1, 42);
-    encoder_load(&c, &be, "/nonexistent", &mc, 2, 1, 43);
+    encoder_load(&a, &be, "/nonexistent", &mc, 2, 1, 42, NULL);  // random init never opens the directory
+    encoder_load(&b, &be, "/nonexistent", &mc, 2, 1, 42, NULL);
+    encoder_load(&c, &be, "/nonexistent", &mc, 2, 1, 43, NULL);
     EncImpl *ea = a.impl, *eb = b.impl, *ec = c.impl;
     size_t n = (size_t)mc.hidden_size * mc.intermediate_size, wb = be.weight_bytes;
     T_CHECK(tc, memcmp(ea->layers[1].wi, eb->layers[1].wi, n * wb) == 0, "%s: same seed, different weights", what);
@@ -278,8 +278,8 @@ static void loading(TestCounts *tc, const char *dir, const char *build) {
     Backend be;
     backend_cpu_init(&be, 0);
     Encoder ref, m;
-    encoder_load(&ref, &be, dir, &mc, K, 0, 0);
-    encoder_load(&m, &be, out, &mc, K, 0, 11);  // no prefix, no pooler: prints one line
+    encoder_load(&ref, &be, dir, &mc, K, 0, 0, NULL);
+    encoder_load(&m, &be, out, &mc, K, 0, 11, NULL);  // no prefix, no pooler: prints one line
     EncImpl *er = ref.impl, *em = m.impl;
     size_t cc = (size_t)C * C;
     double ss = be.weight_dtype == BACKEND_WEIGHT_FP32 ? be.sumsq(&be, em->pool_w, cc) : 0.0;
@@ -317,7 +317,7 @@ static void loading(TestCounts *tc, const char *dir, const char *build) {
     // a classifier of another shape is not loaded
     Encoder m2;
     LoraSet l3;
-    encoder_load(&m2, &be, out, &mc, 2, 0, 11);
+    encoder_load(&m2, &be, out, &mc, 2, 0, 11, NULL);
     lora_init(&l3, &be, naming_of(&mc), &shapes, mc.num_hidden_layers, NULL, 0, NULL, 0, 2, 4.0, 0, 0.0, 2, C);
     T_CHECK(tc, encoder_init_head(&m2, &be, out, 0, &l3, 5) == 0, "a [3, C] classifier was loaded for 2 labels");
     batch_free(&b);

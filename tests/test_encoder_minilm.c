@@ -114,7 +114,7 @@ static void run_pass(TestCounts *tc, const char *root, const char *dir, const Mo
     Backend be;
     open_backend(&be, md, dtype);
     Model model;
-    model_load(&model, &be, dir, &mc, K, 0, 0, 0);
+    model_load(&model, &be, dir, &mc, K, 0, 0, 0, NULL);
 
     // adapters exactly as PEFT was configured
     const LoraNaming *naming = model_lora_naming(mc.arch);

@@ -90,7 +90,7 @@ static void run_case(TestCounts *tc, const char *root, const char *fixture, cons
     Backend be;
     open_backend(&be, md, dtype);
     Encoder model;
-    encoder_load(&model, &be, dir, &mc, K, 0, 0);
+    encoder_load(&model, &be, dir, &mc, K, 0, 0, NULL);
 
     // adapters exactly as PEFT was configured
     LoraShapes shapes;

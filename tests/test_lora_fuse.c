@@ -156,7 +156,7 @@ static void side_init(Side *s, const char *dir, int bf, int fuse_r, int act_wf, 
     backend_cpu_init(&s->be, 1);
     char msg[256];
     if (backend_set_dtype(&s->be, fmt_name(bf), msg, sizeof msg) != 0) die("%s", msg);
-    llama_load_fused(&s->m, &s->be, dir, &s->mc, 3, 0, 0, fuse_r);
+    llama_load_fused(&s->m, &s->be, dir, &s->mc, 3, 0, 0, fuse_r, NULL);
     llama_set_act_wf(&s->m, act_wf != 0);
     llama_set_att_fused(&s->m, act_wf == 2);  // 2: and the fused attention (model.attention = "fused")
     LoraShapes shapes;
@@ -286,7 +286,7 @@ static void test_random_init(TestCounts *tc, const char *dir) {
         Backend be;
         backend_cpu_init(&be, 1);
         Llama m;
-        llama_load_fused(&m, &be, "/nonexistent", &mc, 3, 1, 42, fused ? 8 : 0);  // random: no directory read
+        llama_load_fused(&m, &be, "/nonexistent", &mc, 3, 1, 42, fused ? 8 : 0, NULL);  // random: no directory read
         LoraShapes shapes;
         llama_lora_shapes(&mc, &shapes);
         int layers[] = {2}, mods[] = {LORA_Q, LORA_DOWN};
@@ -331,7 +331,7 @@ static void fuse_encoder(void *ctx) {
     Backend be;
     backend_cpu_init(&be, 1);
     Model m;
-    model_load(&m, &be, g_enc_dir, &mc, 2, 0, 0, 8);
+    model_load(&m, &be, g_enc_dir, &mc, 2, 0, 0, 8, NULL);
 }
 
 int main(int argc, char **argv) {

@@ -41,7 +41,7 @@ static void check_acts(TestCounts *tc, const char *dir, const int *layers, int n
     Backend be;
     backend_cpu_init(&be, 1);
     Llama m;
-    llama_load_fused(&m, &be, dir, &mc, 3, 0, 0, flags & MEMPLAN_FUSED ? 4 : 0);
+    llama_load_fused(&m, &be, dir, &mc, 3, 0, 0, flags & MEMPLAN_FUSED ? 4 : 0, NULL);
     llama_set_act_wf(&m, (flags & MEMPLAN_ACT_WF) != 0);
     LoraShapes shapes;
     llama_lora_shapes(&mc, &shapes);
@@ -241,7 +241,7 @@ static void test_weights_match(TestCounts *tc, const char *dir) {
         be.weight_alloc = counting_weight_alloc;
         weight_elems = 0;
         Llama m;
-        llama_load_fused(&m, &be, dir, &mc, 3, 0, 0, fused ? 8 : 0);
+        llama_load_fused(&m, &be, dir, &mc, 3, 0, 0, fused ? 8 : 0, NULL);
         MemPlan p;
         memplan_llama(&p, &mc, 3, 2, 2, ALL_MODS, 7, 8, 4, 32, 4, fused);
         size_t loaded = weight_elems * 4 + (C + L * 2 * C) * 4;
@@ -328,7 +328,7 @@ static void check_enc(TestCounts *tc, const char *dir, const char *fixture, void
     enc_count_reset();
     enc_counting = 1;
     Encoder m;
-    encoder_load(&m, &be, dir, &mc, K, 0, 0);
+    encoder_load(&m, &be, dir, &mc, K, 0, 0, NULL);
     enc_counting = 0;
     size_t w_elems = enc_w_elems, f_bytes = enc_f_bytes, w_total = enc_w_total, f_total = enc_f_total;
     LoraShapes shapes;

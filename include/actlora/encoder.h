@@ -42,6 +42,7 @@
 #include "actlora/data.h"
 #include "actlora/hfmodel.h"
 #include "actlora/lora.h"
+#include "actlora/progress.h"
 
 extern const LoraNaming LORA_NAMING_BERT;
 extern const LoraNaming LORA_NAMING_DEBERTA;
@@ -55,8 +56,9 @@ typedef struct {
 } Encoder;
 
 void encoder_lora_shapes(const ModelConfig *mc, LoraShapes *s);
+// progress (may be NULL): a line every few seconds while the layers load (progress.h).
 void encoder_load(Encoder *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
-                  uint64_t seed);
+                  uint64_t seed, Progress *progress);
 int encoder_init_head(Encoder *m, Backend *be, const char *dir, int random_init, LoraSet *ls, uint64_t seed);
 void encoder_alloc_acts(Encoder *m, Backend *be, const LoraSet *ls, int B, int T);
 void encoder_free_acts(Encoder *m, Backend *be);

@@ -16,6 +16,7 @@
 #include "actlora/data.h"
 #include "actlora/hfmodel.h"
 #include "actlora/lora.h"
+#include "actlora/progress.h"
 
 typedef struct {
     float *ln1, *wq, *wk, *wv, *wo, *ln2, *wg, *wu, *wd;
@@ -80,8 +81,9 @@ void llama_load(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, i
 // (lora.fuse); forward and backward then run each adapter on its frozen GEMM (llama_forward writes the
 // borders from the LoraSet it is given, whose rank must be fuse_r). With random_init, W holds the same
 // values as in the plain layout.
+// progress (may be NULL): a line every few seconds while the layers load (progress.h).
 void llama_load_fused(Llama *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
-                      uint64_t seed, int fuse_r);
+                      uint64_t seed, int fuse_r, Progress *progress);
 // Activations in the backend's weight format (act_wf) on (1) or off (0), for a model loaded with fuse_r > 0;
 // before llama_alloc_acts (which sizes them). With fp32 weights the results are bit-identical either way.
 void llama_set_act_wf(Llama *m, int on);

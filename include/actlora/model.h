@@ -18,6 +18,7 @@
 #include "actlora/hfmodel.h"
 #include "actlora/llama.h"
 #include "actlora/lora.h"
+#include "actlora/progress.h"
 
 typedef struct {
     ModelArch arch;
@@ -39,8 +40,9 @@ int model_parse_targets(ModelArch arch, const char (*names)[32], int n, int *mod
 int model_head_hidden(const ModelConfig *mc);
 // Loads the frozen model. fuse_r > 0 (lora.fuse): the projections as bordered weights for adapters of
 // rank fuse_r riding on the frozen GEMMs (Llama only: an encoder dies with a message saying so).
+// progress (may be NULL): a line every few seconds while the layers load (progress.h).
 void model_load(Model *m, Backend *be, const char *dir, const ModelConfig *mc, int num_labels, int random_init,
-                uint64_t seed, int fuse_r);
+                uint64_t seed, int fuse_r, Progress *progress);
 // Fills the head in ls from the directory when it holds one of the right shape, else initialises it
 // as transformers does (weights N(0, initializer_range) drawn from seed: 0.02 for Llama, config.json's
 // initializer_range for the encoders; bias 0). Returns 1 if loaded.
