@@ -1,5 +1,6 @@
 # launch.sh: the body every job script shares: srun the program once, forward a stop signal to
-# it, and requeue the job when the program checkpointed on that signal (exit 85). Sourced by the
+# it, and requeue the job when the program checkpointed on that signal (exit 85) or its watchdog
+# ended a rank that made no progress (exit 86, a bounded number of times). Sourced by the
 # jobs/*.slurm scripts, which set `bin` and `config` first; jobs/README.md explains the contract.
 # Jobs are submitted from the repository root (the job runs there), so `source jobs/launch.sh`
 # finds this file.
@@ -59,5 +60,20 @@ case $rc in
       fi
       echo "=== checkpointed, job is $state (scancel, time limit or a requeue by Slurm): not requeueing"
       exit 85 ;;
+  86) # The watchdog ended a rank that made no progress for run.watchdog_minutes: a hung
+      # collective, NCCL or network failure, GPU or filesystem stall (the ranks' messages above
+      # say what each was doing). Requeue: the run resumes from its newest checkpoint, maybe on
+      # other nodes. At most ACTLORA_HUNG_REQUEUES (3) times in all - SLURM_RESTART_COUNT counts
+      # every requeue of the job, preemptions too - so that a node that hangs every time does not
+      # keep the job cycling.
+      limit=${ACTLORA_HUNG_REQUEUES:-3}
+      if (( ${SLURM_RESTART_COUNT:-0} < limit )); then
+        echo "=== no progress (watchdog): scontrol requeue $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0} of at most $limit)"
+        scontrol requeue "$SLURM_JOB_ID" || echo "=== scontrol requeue failed (rc $?)"
+        exit 0
+      fi
+      echo "=== no progress (watchdog), and the job was requeued ${SLURM_RESTART_COUNT:-0} times already" \
+           "(ACTLORA_HUNG_REQUEUES=$limit): not requeueing; check the nodes, then resubmit (it resumes)"
+      exit 86 ;;
   *)  echo "=== failed: not requeued"; exit "$rc" ;;
 esac

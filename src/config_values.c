@@ -52,8 +52,12 @@ static void allowed_text(const char *const *vals, char *buf, size_t n) {
 }
 
 // Shortest decimal text that reads back as exactly v, always with a '.' or an exponent so
-// libconfig parses it as a float again (1.0, not 1).
+// libconfig parses it as a float again (1.0, not 1); whole numbers in plain digits (30.0, not 3e+01).
 static void format_double(char *buf, size_t n, double v) {
+    if (v == floor(v) && fabs(v) < 1e15) {
+        snprintf(buf, n, "%.1f", v);
+        return;
+    }
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(buf, n, "%.*g", prec, v);
         if (strtod(buf, NULL) == v) break;
@@ -273,7 +277,7 @@ uint64_t config_hash(const RunConfig *c) {
 // Keys that do not change what a run computes: they may differ between a checkpoint and its resume.
 static int key_is_bookkeeping(const char *name) {
     static const char *const free_keys[] = {"run.dir", "run.threads", "run.log_every", "run.device", "run.profile",
-                                            "train.eval_every", "train.max_steps", "train.epochs", NULL};
+                                            "run.watchdog_minutes", "train.eval_every", "train.max_steps", "train.epochs", NULL};
     if (strncmp(name, "checkpoint.", 11) == 0) return 1;
     for (int i = 0; free_keys[i]; i++)
         if (strcmp(name, free_keys[i]) == 0) return 1;

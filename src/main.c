@@ -35,6 +35,7 @@
 #include "actlora/signals.h"
 #include "actlora/source.h"
 #include "actlora/train.h"
+#include "actlora/watchdog.h"
 
 #define MAX_EVAL 4
 
@@ -334,6 +335,12 @@ int main(int argc, char **argv) {
     check(src.num_labels == cfg.model.num_labels, "model.num_labels = %d but the data has %d labels",
           cfg.model.num_labels, src.num_labels);
 
+    // ---- from here every phase beats the watchdog: a rank without progress for run.watchdog_minutes (a hung
+    //      collective, GPU or filesystem) exits with ACTLORA_EXIT_HUNG instead of holding the job until its limit
+    Watchdog wd;
+    watchdog_start(&wd, 60.0 * cfg.run.watchdog_minutes, d.rank);
+    watchdog_beat(&wd, "resuming and calibrating");
+
     // ---- resume? the newest valid checkpoint of run.dir (--resume auto), a given one, or none
     uint64_t fingerprint = 0;
     if (hfmodel_fingerprint(cfg.model.path, !random_init, &fingerprint, &err) != 0) die("%s", err.msg);
@@ -365,6 +372,7 @@ int main(int argc, char **argv) {
     }
     if (args.calibrate_only) {
         if (d.rank == 0) printf("--calibrate-only: stopping after selection (%s/calibration.h5)\n", cfg.run.dir);
+        watchdog_stop(&wd);
         select_free(&sel);
         source_close(&src);
         batch_free(&batch);
@@ -434,18 +442,23 @@ int main(int argc, char **argv) {
         }
         while (tr.micro < cfg.train.grad_accum) {
             if (tr.step == stop_step && tr.micro == stop_micro) raise(SIGUSR1);
+            watchdog_beat(&wd, "step %lld, micro-step %d", (long long)tr.step + 1, tr.micro);
             if (dist_any(&d, actlora_stop_signal != 0)) {
                 if (d.rank == 0) printf("signal  received: writing a checkpoint before exiting\n");
+                watchdog_beat(&wd, "the stop-signal checkpoint at step %lld", (long long)tr.step);
                 if (resume_save(&res, &tr, &sel, "stop signal", &err) != 0)
                     die("the stop-signal checkpoint failed: %s (earlier checkpoints are intact)", err.msg);
+                watchdog_stop(&wd);
                 log_close(&lg);
                 MPI_Finalize();
                 return CKPT_EXIT_REQUEUE;
             }
             trainer_micro_step(&tr);
         }
+        watchdog_beat(&wd, "the gradient all-reduce and optimizer step %lld", (long long)tr.step + 1);
         double grad_norm, lr, loss = trainer_finish_step(&tr, &grad_norm, &lr);
         trainer_report(&tr, loss, grad_norm, lr);
+        watchdog_beat(&wd, "the evaluation and checkpoint after step %lld", (long long)tr.step);
         if (cfg.train.eval_every > 0 && tr.step % cfg.train.eval_every == 0 && tr.step < tr.total_steps)
             trainer_evaluate(&tr, ev, MAX_EVAL);
         // periodic checkpoints: by steps, or by wall time on rank 0's clock (agreed by all-reduce)
@@ -461,6 +474,7 @@ int main(int argc, char **argv) {
         profile_log(&prof, &lg, steps);
         profile_free(&prof);
     }
+    watchdog_beat(&wd, "the final evaluation, checkpoint and export");
     n_ev = trainer_evaluate(&tr, ev, MAX_EVAL);
     trainer_check_agree(&tr, "at the end of training");
     if ((cfg.checkpoint.every_steps > 0 || every_s > 0) && resume_save(&res, &tr, &sel, "final", &err) != 0 &&
@@ -480,6 +494,7 @@ int main(int argc, char **argv) {
     ledger_reduce(&led, &total, &d);
     for (int p = 0; p < PHASE_COUNT; p++) total.seconds[p] += res.ledger_prior[p];
     print_summary(&tr, &total, ev, n_ev, &d, &lg, res.wall_prior + time_now() - t_start);
+    watchdog_stop(&wd);
 
     trainer_free(&tr);
     select_free(&sel);

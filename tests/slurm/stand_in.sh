@@ -5,6 +5,8 @@
 #     ("checkpointed, requeue me");
 #   - on start it resumes from <run.dir>/state when there is one (printing the program's
 #     "resume  from <path> (step N, micro 0)" / "resume  none: starting fresh" line);
+#   - stand_in.hang_at=K: on the job's first run (SLURM_RESTART_COUNT unset or 0) it exits 86 at
+#     step K without a checkpoint, as the program's watchdog ends a rank that made no progress;
 #   - it counts one step per tick and exits 0 at stand_in.steps, printing
 #     "done counter=N sum=S" (S = 1+2+...+N, accumulated across restarts via the checkpoint,
 #     so a lost or repeated step would change it).
@@ -13,6 +15,7 @@
 #               [--set stand_in.save_s=SEC]   (how long writing the checkpoint takes)
 #               [--set stand_in.every=K]      (also checkpoint every K steps, like the program's
 #                                              checkpoint.every_minutes; 0 = only on a signal)
+#               [--set stand_in.hang_at=K]    (exit 86 at step K on the first run; 0 = never)
 # The rank is SLURM_PROCID (0 without Slurm). Ranks other than 0 only count and exit.
 set -euo pipefail
 
@@ -20,7 +23,7 @@ got=""
 trap 'got=USR1' USR1     # first thing: an early signal must not kill us with the default action
 trap 'got=TERM' TERM
 
-dir=runs/stand_in steps=40 tick=0.5 save_s=0 every=0 config=""
+dir=runs/stand_in steps=40 tick=0.5 save_s=0 every=0 hang_at=0 config=""
 while (($#)); do
   case $1 in
     --config) config=$2; shift 2 ;;
@@ -31,6 +34,7 @@ while (($#)); do
         stand_in.tick=*) tick=${2#*=} ;;
         stand_in.save_s=*) save_s=${2#*=} ;;
         stand_in.every=*) every=${2#*=} ;;
+        stand_in.hang_at=*) hang_at=${2#*=} ;;
         *) ;;                          # other program settings are accepted and ignored
       esac
       shift 2 ;;
@@ -70,6 +74,10 @@ while ((counter < steps)); do
     save
     echo "stand_in: rank $rank checkpoint written at step $counter, exit 85"
     exit 85
+  fi
+  if ((hang_at > 0 && counter == hang_at && ${SLURM_RESTART_COUNT:-0} == 0)); then
+    echo "stand_in: rank $rank: no progress at step $counter (the watchdog), exit 86"
+    exit 86
   fi
   counter=$((counter + 1)) sum=$((sum + counter))
   if ((every > 0 && counter % every == 0)); then save; fi

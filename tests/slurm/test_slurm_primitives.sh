@@ -12,6 +12,8 @@
 #   s_steps      scancel --signal=USR1: to the ranks directly
 #   s_full       scancel --signal=USR1 --full: to the batch shell, srun and the ranks
 #   d_scancel    plain scancel: the job must stop for good (CANCELLED, never requeued)
+#   h_hung       the watchdog ends the run (exit 86) on the first run: requeued, resumes from the
+#                last periodic checkpoint; with ACTLORA_HUNG_REQUEUES=0 it is not requeued
 #
 # Usage: tests/slurm/test_slurm_primitives.sh      (as root; about 2 minutes)
 # Exit: 0 pass, 1 fail, 77 skip (no slurm-wlm/munge, or not root). SL_KEEP=1 keeps the
@@ -38,10 +40,11 @@ fail() { echo "FAIL: $*"; fails=$((fails + 1)); SL_KEEP=1; }
 show() { sed 's/^/   | /' "$SL_OUT/$1.out" 2>/dev/null || true; }
 
 # submit NAME TICK [SBATCH_OPTION...]: sets $job and starts the scenario's clock.
+HANG=0        # stand_in.hang_at: exit 86 at that step of the first run (0: never)
 submit() {
   local name=$1 tick=$2; shift 2
   t_start[$name]=$SECONDS
-  job=$(ACTLORA_ARGS="--set run.dir=$SL_OUT/runs/$name --set stand_in.steps=$STEPS --set stand_in.tick=$tick --set stand_in.every=$EVERY" \
+  job=$(ACTLORA_ARGS="--set run.dir=$SL_OUT/runs/$name --set stand_in.steps=$STEPS --set stand_in.tick=$tick --set stand_in.every=$EVERY --set stand_in.hang_at=$HANG" \
         sl_submit_tiny "$name" "$@")
 }
 # started NAME: the job runs (it may queue behind a_timelimit on a 2-CPU cluster), the stand-in
@@ -105,6 +108,19 @@ if sl_wait_state "$job" CANCELLED 60 && t=$((SECONDS - t_start[d_scancel])) && s
   pass "d_scancel: CANCELLED and stays so ($(grep -oE 'srun exited with [0-9]+' "$SL_OUT/d_scancel.out")); ${t}s"
 else
   fail "d_scancel: job $job is $(sl_state "$job") with $(sl_restarts "$job") restarts"; show d_scancel
+fi
+
+# ---------------------------------------------------------------- (h) the watchdog's exit 86
+# The first run ends with 86 at step 10 (periodic checkpoints every 4): requeued, resumes at 8.
+EVERY=4 HANG=10 submit h_hung 0.05
+check_resumed h_hung "$job" 120
+# Without requeues left (ACTLORA_HUNG_REQUEUES=0): FAILED with 86, never requeued.
+ACTLORA_HUNG_REQUEUES=0 EVERY=4 HANG=10 submit h_hung_limit 0.05
+if sl_wait_state "$job" FAILED 60 && sleep 3 && [[ $(sl_state "$job") == FAILED && $(sl_restarts "$job") == 0 ]] &&
+   grep -q "not requeueing" "$SL_OUT/h_hung_limit.out"; then
+  pass "h_hung_limit: FAILED ($(sl_field "$job" ExitCode)), not requeued; $((SECONDS - t_start[h_hung_limit]))s"
+else
+  fail "h_hung_limit: job $job is $(sl_state "$job") with $(sl_restarts "$job") restarts"; show h_hung_limit
 fi
 
 # ---------------------------------------------------------------- (a) result
