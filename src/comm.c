@@ -7,7 +7,6 @@ void comm_init(Comm *c, MPI_Comm comm) {
     c->comm = comm;
     MPI_Comm_rank(comm, &c->rank);
     MPI_Comm_size(comm, &c->world);
-    c->seconds = 0.0;
     c->bytes_per_call = 0;
     c->nccl = NULL;
 }
@@ -15,12 +14,10 @@ void comm_init(Comm *c, MPI_Comm comm) {
 void comm_allreduce_mean(Comm *c, Backend *be, float *grads, size_t n) {
     c->bytes_per_call = n * sizeof(float);
     if (c->world == 1) return;
-    double t0 = time_now();
 #ifdef ACTLORA_HAVE_CUDA
     if (c->nccl) {  // the CUDA backend: one ncclAllReduce(ncclAvg) of the device buffer
         (void)be;
         comm_nccl_allreduce_mean(c, grads, n);
-        c->seconds += time_now() - t0;
         return;
     }
 #endif
@@ -32,5 +29,4 @@ void comm_allreduce_mean(Comm *c, Backend *be, float *grads, size_t n) {
         off += (size_t)cnt;
     }
     be->scale(be, grads, 1.0f / (float)c->world, n);
-    c->seconds += time_now() - t0;
 }

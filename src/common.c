@@ -19,12 +19,10 @@ int error_set(Error *e, const char *fmt, ...) {
     return -1;
 }
 
-void die(const char *fmt, ...) {
+static void vdie(int status, const char *fmt, va_list ap) __attribute__((noreturn));
+static void vdie(int status, const char *fmt, va_list ap) {
     char buf[2048];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
     int inited = 0, finalized = 0;
     MPI_Initialized(&inited);
     MPI_Finalized(&finalized);
@@ -36,8 +34,20 @@ void die(const char *fmt, ...) {
     if (world > 1) fprintf(stderr, "actlora-mpi: error (rank %d): %s\n", rank, buf);
     else fprintf(stderr, "actlora-mpi: error: %s\n", buf);
     fflush(stderr);
-    if (inited && !finalized && world > 1) MPI_Abort(MPI_COMM_WORLD, 1);
-    exit(1);
+    if (inited && !finalized && world > 1) MPI_Abort(MPI_COMM_WORLD, status);
+    exit(status);
+}
+
+void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vdie(1, fmt, ap);
+}
+
+void die_status(int status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vdie(status, fmt, ap);
 }
 
 void *xmalloc(size_t n, const char *what) {

@@ -13,6 +13,8 @@
 #     without it, bit for bit
 #   - two ranks on two emulated devices (NCCL over MPI), fp32: losses within 1e-4 of two CPU ranks, the same
 #     layers; two ranks on one device: refused, naming the devices
+#   - an NCCL failure in the 5th all-reduce (ACTLORA_CUDA_EMU_NCCL_ERROR_AT): exit 86 with NCCL's error on
+#     both ranks instead of a wait forever; resubmitted, it resumes and ends bit-identical to the two-rank run
 #   - per-task GPUs (each rank sees only its own: ACTLORA_CUDA_EMU_VISIBLE per rank): the same losses bit for
 #     bit, each rank on a different GPU (by uuid); two tasks given the same GPU: refused before the run starts
 #   - the memory plan (log.jsonl "memory_plan") against the peak of what the emulated device handed out
@@ -116,6 +118,19 @@ else
     ok "two ranks, two emulated devices (NCCL): worst rel diff $w vs two CPU ranks over $n steps, layers $se"
   else bad "two ranks, two emulated devices: worst rel diff $w over ${n:-0} steps (tol 1e-4), layers ${se:-none} vs ${sc:-none}"; fi
 fi
+
+# 5b. an NCCL failure mid-run (ACTLORA_CUDA_EMU_NCCL_ERROR_AT: the 5th all-reduce never completes and the
+#     communicator reports ncclRemoteError): both ranks end with 86 and NCCL's message, instead of waiting
+#     forever; the resubmitted run resumes from the step-3 checkpoint and ends bit-identical to 5's run
+ACTLORA_CUDA_EMU_DEVICES=2 ACTLORA_CUDA_EMU_NCCL_ERROR_AT=5 run 2 "$emu" "${T[@]}" "${A[@]}" --set run.device=cuda \
+  --set model.dtype=fp32 --set checkpoint.every_steps=3 --set run.dir="$work/ncclerr" > "$work/ncclerr.out" 2>&1; r1=$?
+ACTLORA_CUDA_EMU_DEVICES=2 run 2 "$emu" "${T[@]}" "${A[@]}" --set run.device=cuda --set model.dtype=fp32 \
+  --set checkpoint.every_steps=3 --set run.dir="$work/ncclerr" > "$work/ncclerr2.out" 2>&1; r2=$?
+if [ $r1 -eq 86 ] && grep -q 'NCCL reported "remote process exited or there was a network error"' "$work/ncclerr.out" &&
+   [ $r2 -eq 0 ] && grep -q "^resume  from .*(step 3," "$work/ncclerr2.out" && [ -n "$(sha "$work/emu2")" ] &&
+   [ "$(sha "$work/ncclerr")" = "$(sha "$work/emu2")" ]; then
+  ok "NCCL failure at the 5th all-reduce: exit 86 with NCCL's error; resumed at step 3, adapter bit-identical to 5's"
+else bad "NCCL failure: exit $r1 (want 86), resumed run exit $r2"; grep -m2 "error" "$work/ncclerr.out"; tail -3 "$work/ncclerr2.out"; fi
 
 # 6. two ranks, one (emulated) device: a clear refusal
 run 2 "$emu" "${T[@]}" --set run.device=cuda --set run.dir="$work/two" > "$work/two.out" 2>&1; r=$?

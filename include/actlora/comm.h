@@ -11,7 +11,6 @@
 typedef struct {
     MPI_Comm comm;
     int rank, world;
-    double seconds;        // time spent communicating
     size_t bytes_per_call; // message size of the last all-reduce
     void *nccl;            // NCCL state of comm_nccl_init (CUDA builds); unused by the MPI path
 } Comm;
@@ -29,7 +28,9 @@ void comm_allreduce_mean(Comm *c, Backend *be, float *grads, size_t n);
 void comm_nccl_init(Comm *c);
 // dev_grads[i] (device memory) = mean over ranks: waits for all earlier work on the device (the
 // gradients come from the backend's stream), then one in-place ncclAllReduce(ncclAvg) of the flat
-// buffer, then waits for it. Every rank ends with bit-identical values. Logs nothing.
+// buffer, then waits for it while polling NCCL's asynchronous error (an error: the communicator is
+// aborted and the job ends with ACTLORA_EXIT_HUNG, "requeue me"). Every rank ends with bit-identical
+// values. Logs nothing.
 void comm_nccl_allreduce_mean(Comm *c, float *dev_grads, size_t n);
 // Destroys the NCCL communicator and stream (collective; c->nccl becomes NULL).
 void comm_nccl_free(Comm *c);

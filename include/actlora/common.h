@@ -19,6 +19,8 @@ int error_set(Error *e, const char *fmt, ...) __attribute__((format(printf, 2, 3
 // Prints "actlora-mpi: error: <msg>" on stderr and ends the job: MPI_Abort when MPI is
 // initialized (one bad rank must not leave the others hanging), exit(1) otherwise.
 void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+// The same with the job's exit status `status` instead of 1 (e.g. ACTLORA_EXIT_HUNG: "requeue me").
+void die_status(int status, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
 
 // check(cond, fmt, ...): a violated internal or user-facing invariant is fatal; the message
 // must name the file/tensor/key at fault and what to do about it.

@@ -10,12 +10,14 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 #include <nccl.h>
+#include <sched.h>
 #include <stdlib.h>
 
 #include "cuda_internal.cuh"
 
 extern "C" {
 #include "actlora/comm.h"
+#include "actlora/watchdog.h"
 }
 
 #define nccl_check(call)                                                                       \
@@ -45,20 +47,39 @@ extern "C" void comm_nccl_init(Comm *c) {
     c->nccl = s;
 }
 
+// Waits for the all-reduce on s->stream while polling NCCL's asynchronous error: a peer or network failure
+// leaves the NCCL kernel waiting forever, which a plain cudaStreamSynchronize would too (NCCL's documented
+// pattern: query the stream, check the communicator, abort it on an error). A failure ends the job with
+// ACTLORA_EXIT_HUNG, which the job script requeues; the run resumes from its newest checkpoint. A wait
+// that never ends without an error is the watchdog's (watchdog.h).
+static void nccl_wait(NcclState *s, size_t bytes) {
+    for (;;) {
+        cudaError_t q = cudaStreamQuery(s->stream);
+        if (q == cudaSuccess) return;
+        if (q != cudaErrorNotReady) cuda_check(q);
+        ncclResult_t err = ncclSuccess;
+        nccl_check(ncclCommGetAsyncError(s->comm, &err));
+        if (err != ncclSuccess && err != ncclInProgress) {
+            (void)ncclCommAbort(s->comm);  // frees the stuck kernel's resources; the process ends next
+            die_status(ACTLORA_EXIT_HUNG,
+                       "NCCL reported \"%s\" during the gradient all-reduce (%zu bytes): a peer rank failed or the "
+                       "network broke (NCCL_DEBUG=WARN says more). Exiting with status %d: jobs/launch.sh requeues "
+                       "the job, which resumes from its newest checkpoint",
+                       ncclGetErrorString(err), bytes, ACTLORA_EXIT_HUNG);
+        }
+        sched_yield();
+    }
+}
+
 extern "C" void comm_nccl_allreduce_mean(Comm *c, float *dev_grads, size_t n) {
     NcclState *s = (NcclState *)c->nccl;
     check(s != NULL, "internal: comm_nccl_allreduce_mean called before comm_nccl_init");
     c->bytes_per_call = n * sizeof(float);
     if (n == 0) return;
-    double t0 = time_now();
     // the gradients were written on the backend's stream: wait for every stream of the device
     cuda_check(cudaDeviceSynchronize());
     nccl_check(ncclAllReduce(dev_grads, dev_grads, n, ncclFloat32, ncclAvg, s->comm, s->stream));
-    cuda_check(cudaStreamSynchronize(s->stream));
-    ncclResult_t async_err = ncclSuccess;
-    nccl_check(ncclCommGetAsyncError(s->comm, &async_err));
-    nccl_check(async_err);
-    c->seconds += time_now() - t0;
+    nccl_wait(s, n * sizeof(float));
 }
 
 extern "C" void comm_nccl_free(Comm *c) {

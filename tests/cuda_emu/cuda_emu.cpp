@@ -669,7 +669,14 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
     return cudaSuccess;
 }
 
-struct CudaEmuStream { int unused; };
+struct CudaEmuStream {
+    int stalled;  // work queued that never completes (cuda_emu_stream_stall): an NCCL kernel whose peer is gone
+};
+// nccl_emu.cpp's fault: the stream's last operation never completes
+extern "C" void cuda_emu_stream_stall(cudaStream_t s) {
+    if (s) ((CudaEmuStream *)s)->stalled = 1;
+}
+cudaError_t cudaStreamQuery(cudaStream_t s) { return s && ((CudaEmuStream *)s)->stalled ? cudaErrorNotReady : cudaSuccess; }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
     (void)flags;
     *s = (cudaStream_t)calloc(1, sizeof(CudaEmuStream));
@@ -680,7 +687,9 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
     return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
-    (void)s;
+    if (s && ((CudaEmuStream *)s)->stalled)
+        emu_die("cudaStreamSynchronize on a stream whose work never completes (an NCCL operation whose peer failed, "
+                "ACTLORA_CUDA_EMU_NCCL_ERROR_AT): on a device this call would wait forever");
     return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
@@ -697,6 +706,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorMemoryAllocation: return "out of memory (emulated device)";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorNotReady: return "device not ready";
     }
     return "unknown error";
 }
@@ -708,6 +718,7 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
     }
     return "cudaErrorUnknown";
 }

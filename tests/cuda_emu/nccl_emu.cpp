@@ -19,7 +19,18 @@ extern "C" void cuda_emu_race_host_write(const void *p, size_t bytes);  // emu_s
 struct CudaEmuNcclComm {
     int nranks, rank;
     MPI_Comm comm;  // MPI_COMM_NULL for one rank
+    long calls;     // all-reduces so far
+    ncclResult_t async_err;
 };
+
+extern "C" void cuda_emu_stream_stall(cudaStream_t s);  // cuda_emu.cpp
+
+// ACTLORA_CUDA_EMU_NCCL_ERROR_AT=N: the N-th all-reduce (1-based, per process) fails as a broken network leaves
+// it: nothing is reduced, the stream never completes, and ncclCommGetAsyncError reports ncclRemoteError
+static long nccl_error_at(void) {
+    const char *s = getenv("ACTLORA_CUDA_EMU_NCCL_ERROR_AT");
+    return s && *s ? atol(s) : 0;
+}
 
 ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
     memset(id, 0, sizeof *id);
@@ -66,6 +77,11 @@ ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataT
     cuda_emu_check_device(send, count * 4, "ncclAllReduce send buffer");
     cuda_emu_check_device(recv, count * 4, "ncclAllReduce receive buffer");
     cuda_emu_race_host_write(recv, count * 4);  // the race checker: written (emu_sched.h)
+    if (++comm->calls == nccl_error_at()) {
+        comm->async_err = ncclRemoteError;
+        cuda_emu_stream_stall(stream);
+        return ncclSuccess;
+    }
     if (comm->nranks == 1) {
         if (send != recv) memmove(recv, send, count * 4);
         return ncclSuccess;
@@ -80,10 +96,11 @@ ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataT
 }
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *err) {
-    (void)comm;
-    *err = ncclSuccess;
+    *err = comm->async_err;
     return ncclSuccess;
 }
+
+ncclResult_t ncclCommAbort(ncclComm_t comm) { return ncclCommDestroy(comm); }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
     if (comm && comm->comm != MPI_COMM_NULL) MPI_Comm_free(&comm->comm);
@@ -91,4 +108,12 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
     return ncclSuccess;
 }
 
-const char *ncclGetErrorString(ncclResult_t r) { return r == ncclSuccess ? "no error" : "invalid argument"; }
+const char *ncclGetErrorString(ncclResult_t r) {
+    switch (r) {
+    case ncclSuccess: return "no error";
+    case ncclRemoteError: return "remote process exited or there was a network error";
+    case ncclSystemError: return "unhandled system error (run with NCCL_DEBUG=INFO for details)";
+    case ncclInProgress: return "NCCL operation in progress";
+    default: return "invalid argument";
+    }
+}
