@@ -4,7 +4,8 @@
 // four transposes, GemmEx and GemmBatchedEx with bf16, the leading-dimension check); bf16 rounding; launch limits;
 // and, emulator only, the thread order (ACTLORA_CUDA_EMU_ORDER), fresh memory reading as NaN and the emulator's
 // deaths (out-of-bounds access to device or dynamic shared memory, a __syncthreads / __syncwarp deadlock, bad
-// cudaMemcpy pointers, a shuffle from a lane outside the block), each in a fork()ed child.
+// cudaMemcpy pointers, a shuffle from a lane outside the block; built with UBSan's alignment check, a misaligned
+// float4 load), each in a fork()ed child.
 // Every expected value is computed on the host in plain loops. Built against the emulator:
 //   python3 tests/cuda_emu/cu2cpp.py tests/cuda_emu/test_cuda_emu.cu test_cuda_emu.cpp
 //   g++ -std=c++17 -O2 -ffp-contract=off -Itests/cuda_emu/include -Itests/cuda_emu test_cuda_emu.cpp tests/cuda_emu/cuda_emu.cpp
@@ -578,6 +579,10 @@ static __global__ void k_oob_write(float *p, int n) {  // thread n writes one el
     if (i <= n) p[i] = 1.0f;
 }
 static __global__ void k_oob_read(const float *p, float *out, int n) { out[0] = p[n + threadIdx.x]; }
+static __global__ void k_misaligned(const float *p, float *out) {  // a float4 load 4 bytes off its alignment
+    float4 v = *(const float4 *)(p + 1);
+    out[0] = v.x;
+}
 static __global__ void k_dyn_oob(int n) {  // thread 0 writes one float past n floats of dynamic shared memory
     extern __shared__ float dyn[];
     if (threadIdx.x == 0) dyn[n] = 1.0f;
@@ -598,6 +603,7 @@ static float *dev_floats(int n) {
 }
 static void die_oob_write(void) { k_oob_write<<<5, 256>>>(dev_floats(1024), 1024); }
 static void die_oob_read(void) { k_oob_read<<<1, 1>>>(dev_floats(1024), dev_floats(1), 1024); }
+static void die_misaligned(void) { k_misaligned<<<1, 1>>>(dev_floats(64), dev_floats(1)); }
 static void die_dyn_oob(void) { k_dyn_oob<<<1, 32, 64 * sizeof(float)>>>(64); }
 static void die_deadlock(void) { k_mixed_barriers<<<1, 32>>>((int *)dev_floats(32)); }
 static void die_shfl(void) { k_shfl_missing_lane<<<1, 40>>>((int *)dev_floats(40)); }
@@ -648,6 +654,10 @@ static void test_emulator_only(void) {
                  "k_oob_write");
     expect_death("a kernel reading one float past a 4096-byte allocation dies", die_oob_read, "invalid memory access",
                  "k_oob_read");
+#ifdef CUDA_EMU_CHECK_ALIGNMENT
+    expect_death("a kernel loading a float4 4 bytes off its 16-byte alignment dies", die_misaligned,
+                 "misaligned address", "float4");
+#endif
     expect_death("a kernel writing one float past its 256 bytes of dynamic shared memory dies", die_dyn_oob,
                  "invalid memory access", "k_dyn_oob");
     expect_death("lanes 0-15 at __syncthreads, lanes 16-31 at __syncwarp: deadlock", die_deadlock, "deadlock",
