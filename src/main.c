@@ -196,8 +196,8 @@ static void plan_device_memory(const RunConfig *cfg, const ModelConfig *mc, cons
 // see (devbind.h), so all agree on who drives which GPU. A refusal on any rank ends the run on all; rank 0
 // prints the choice, every rank's when GPUs are used (which GPU each drives, by uuid).
 static int bind_device(const Dist *d, const char *setting, int *device) {
-    DevbindView mine, *node = xmalloc((size_t)d->local_world * sizeof *node, "the node's device views");
-    devbind_view_local(&mine);
+    DevbindView mine = {0}, *node = xmalloc((size_t)d->local_world * sizeof *node, "the node's device views");
+    if (strcmp(setting, "cpu") != 0) devbind_view_local(&mine);  // "cpu" does not even start the CUDA driver
     dist_node_allgather(d, &mine, sizeof mine, node);
     Error err;
     int use_cuda = devbind_choose(d->local_rank, d->local_world, node, setting, devbind_built_with_cuda(), device, &err);

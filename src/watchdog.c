@@ -1,6 +1,7 @@
 // watchdog.c: the no-progress watchdog (watchdog.h).
 #include "actlora/watchdog.h"
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -51,7 +52,11 @@ void watchdog_start(Watchdog *w, double timeout_s, int rank) {
     pthread_cond_init(&w->cv, &ca);
     pthread_condattr_destroy(&ca);
     w->running = 1;
+    sigset_t all, old;  // the thread blocks every signal: SIGUSR1 / SIGTERM stay the main thread's (signals.h)
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     int rc = pthread_create(&w->thread, NULL, watch, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     check(rc == 0, "cannot start the watchdog thread (error %d): set run.watchdog_minutes = 0 to run without it", rc);
 }
 
