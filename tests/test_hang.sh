@@ -3,8 +3,8 @@
 # (watchdog.h), and the job resumes from its newest checkpoint — with MPI, outside Slurm:
 #   - two ranks train with run.watchdog_minutes = 0.05 (3 s) and a checkpoint every 20 steps; once one is
 #     written, one rank is frozen (SIGSTOP: a hung rank, as a stuck GPU or filesystem leaves it). The other
-#     waits for it in a collective until its watchdog ends it: exit 86, after at least the timeout, with a
-#     message naming the key and what the rank was doing
+#     waits for it in a collective until its watchdog ends it: exit 86, after about the timeout (at least 2.5 s:
+#     its last beat may precede the freeze by a step), with a message naming the key and what it was doing
 #   - a resubmitted run resumes from the newest checkpoint and finishes
 # Usage (ctest): test_hang.sh SOURCE_ROOT BUILD_DIR ACTLORA_BINARY
 set -uo pipefail
@@ -41,7 +41,7 @@ t1=$(date +%s.%N)
 kill -KILL "$frozen" 2>/dev/null
 waited=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
 msg=$(grep -m1 "no progress for" "$work/hang.out")
-if [ "$rc" -eq 86 ] && [ -n "$msg" ] && awk -v w="$waited" 'BEGIN { exit !(w >= 3 && w < 100) }'; then
+if [ "$rc" -eq 86 ] && [ -n "$msg" ] && awk -v w="$waited" 'BEGIN { exit !(w >= 2.5 && w < 100) }'; then
   ok "a frozen rank: the job ended after $waited s with exit 86: ${msg:0:200}"
 else bad "a frozen rank: exit $rc after $waited s, message '${msg:0:200}'"; tail -5 "$work/hang.out"; fi
 echo "$msg" | grep -q "run.watchdog_minutes = 0.05" && echo "$msg" | grep -Eq "since it began: (step [0-9]+|the )" &&

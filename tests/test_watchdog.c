@@ -26,9 +26,9 @@ static int run_child(int which, char *buf, size_t cap) {
             for (int i = 0; i < 5; i++) watchdog_beat(&w, "step %d, micro-step %d", 7, i), usleep(50000);
             sleep(5);
             _exit(0);  // only when the watchdog did not fire
-        } else if (which == 1) {  // beats every 50 ms for 1.2 s, three timeouts: alive
-            watchdog_start(&w, 0.4, 0);
-            for (int i = 0; i < 24; i++) watchdog_beat(&w, "beat %d", i), usleep(50000);
+        } else if (which == 1) {  // beats every 50 ms for 2.5 s, two and a half timeouts (1 s: room for a busy machine)
+            watchdog_start(&w, 1.0, 0);
+            for (int i = 0; i < 50; i++) watchdog_beat(&w, "beat %d", i), usleep(50000);
             watchdog_stop(&w);
             _exit(0);
         } else {  // off: silence for 1 s is fine
