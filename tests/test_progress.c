@@ -1,5 +1,5 @@
 // test_progress.c: the progress lines (progress.h) and the loaders' use of them: a line per step when the
-// interval is 0 (none at the end, none when silent or within the interval), the format, the ETA; the Llama
+// interval is 0 (none at the end, none within the interval), the format, the ETA; the Llama
 // and BERT loaders report every layer but the last (pretrained weights from the fixtures, and random ones).
 #define _GNU_SOURCE  // memmem
 #include <string.h>
@@ -88,17 +88,16 @@ int main(int argc, char **argv) {
             "ETA %d:%02d:%02d for 3 x %.1f s in '%s'", eh, em, es, el, buf);
     fclose(f);
 
-    // within the interval: nothing; silent (NULL out) and NULL progress: nothing and no crash
+    // within the interval: nothing; a silent Progress (NULL out) and a NULL one are no-ops
     f = tmpfile();
     progress_init(&p, f, "load", "weights", 3600.0);
     for (long i = 0; i < 10; i++) progress_step(&p, i, 10, "layer");
     slurp(f, buf, sizeof buf);
     T_CHECK(&tc, buf[0] == 0, "a line within the interval: '%s'", buf);
     fclose(f);
-    progress_init(&p, NULL, "load", "weights", 0.0);
+    progress_init(&p, NULL, "load", "weights", 0.0);  // (a crash would end the test)
     progress_step(&p, 1, 2, "layer");
     progress_step(NULL, 1, 2, "layer");
-    T_CHECK(&tc, 1, "silent progress");
 
     // the loaders: Llama and BERT, pretrained (the fixtures) and random
     char dir[4096];

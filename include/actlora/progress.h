@@ -1,6 +1,6 @@
 // progress.h: a line every few seconds on long work (reading the weights of a large model, evaluating a
 // large split), so that a batch log shows the job is alive and when the work will end:
-//   "load    model.safetensors: layer 9 of 32 (28%), 10.1 s, ETA 0:00:26"
+//   "load    weights: layer 9 of 32 (28%), 10.1 s, ETA 0:00:26"
 // Work shorter than the interval prints nothing.
 #ifndef ACTLORA_PROGRESS_H
 #define ACTLORA_PROGRESS_H
