@@ -7,19 +7,14 @@ void dist_init(Dist *d, MPI_Comm comm) {
     d->comm = comm;
     MPI_Comm_rank(comm, &d->rank);
     MPI_Comm_size(comm, &d->world);
-    MPI_Comm node;
-    MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node);
-    MPI_Comm_rank(node, &d->local_rank);
-    MPI_Comm_size(node, &d->local_world);
-    MPI_Comm_free(&node);
+    MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &d->node);
+    MPI_Comm_rank(d->node, &d->local_rank);
+    MPI_Comm_size(d->node, &d->local_world);
 }
 
 void dist_node_allgather(const Dist *d, const void *mine, size_t bytes, void *all) {
     check(bytes <= (size_t)INT32_MAX, "dist_node_allgather: %zu bytes per rank is too many", bytes);
-    MPI_Comm node;
-    MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node);
-    MPI_Allgather(mine, (int)bytes, MPI_BYTE, all, (int)bytes, MPI_BYTE, node);
-    MPI_Comm_free(&node);
+    MPI_Allgather(mine, (int)bytes, MPI_BYTE, all, (int)bytes, MPI_BYTE, d->node);
 }
 
 void dist_check_agree(const Dist *d, const void *data, size_t bytes, const char *what) {

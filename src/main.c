@@ -205,12 +205,15 @@ static int bind_device(const Dist *d, const char *setting, int *device) {
     check(!dist_any(d, use_cuda < 0), "%s",
           use_cuda < 0 ? err.msg : "another rank cannot use the requested device (see its message)");
     dist_check_agree(d, &use_cuda, sizeof use_cuda, "the backend (cuda on some ranks, cpu on others)");
+    if (!use_cuda || d->world == 1) {  // one note: the CPU backend's is the same on every rank
+        if (d->rank == 0) printf("device  %s\n", err.msg), fflush(stdout);
+        return use_cuda;
+    }
     char line[320] = {0}, host[64] = {0}, *all = d->rank == 0 ? xmalloc((size_t)d->world * sizeof line, "notes") : NULL;
     gethostname(host, sizeof host - 1);
     snprintf(line, sizeof line, "rank %d on %.60s: %.240s", d->rank, host, err.msg);
     MPI_Gather(line, (int)sizeof line, MPI_CHAR, all, (int)sizeof line, MPI_CHAR, 0, d->comm);
-    for (int r = 0; d->rank == 0 && r < (use_cuda && d->world > 1 ? d->world : 1); r++)
-        printf("device  %s\n", d->world > 1 && use_cuda ? all + (size_t)r * sizeof line : err.msg);
+    for (int r = 0; d->rank == 0 && r < d->world; r++) printf("device  %s\n", all + (size_t)r * sizeof line);
     if (d->rank == 0) fflush(stdout);
     free(all);
     return use_cuda;

@@ -11,6 +11,7 @@ typedef struct {
     MPI_Comm comm;
     int rank, world;
     int local_rank, local_world;  // within the node (MPI_COMM_TYPE_SHARED)
+    MPI_Comm node;                // the node's ranks (kept until MPI_Finalize)
 } Dist;
 
 void dist_init(Dist *d, MPI_Comm comm);
@@ -19,7 +20,7 @@ void dist_check_agree(const Dist *d, const void *data, size_t bytes, const char 
 // Logical OR of a flag over all ranks (a collective: every rank must call it).
 int dist_any(const Dist *d, int flag);
 // Gathers `bytes` from every rank of this node into all[local_world][bytes], in node-local rank order
-// (a collective over d->comm: every rank must call it).
+// (a collective: every rank of the node must call it).
 void dist_node_allgather(const Dist *d, const void *mine, size_t bytes, void *all);
 // Sum of a double over all ranks, identical on every rank (reduce to rank 0, then broadcast).
 double dist_sum(const Dist *d, double x);
