@@ -142,6 +142,9 @@ static const ConfigKey KEYS[] = {
     KEY_ENUM("run.device", run.device, DEVICE_VALUES, "auto", "auto = cuda when built with it and a GPU is visible"),
     KEY_INT("run.threads", run.threads, 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"),
     KEY_INT("run.log_every", run.log_every, 1, 1000000000, 10, "progress line every N optimizer steps"),
+    KEY_DBL("run.progress_seconds", run.progress_seconds, 0, 0, 1e6, 0, 10.0,
+            "a progress line every S seconds while a model loads or a split is evaluated; 0 = every layer / "
+            "micro-batch"),
     KEY_DBL("run.watchdog_minutes", run.watchdog_minutes, 0, 0, 1e6, 0, 30.0,
             "end a rank (exit 86: requeue) after this long without progress: a hung collective, GPU or "
             "filesystem; 0 = off"),

@@ -277,7 +277,7 @@ uint64_t config_hash(const RunConfig *c) {
 // Keys that do not change what a run computes: they may differ between a checkpoint and its resume.
 static int key_is_bookkeeping(const char *name) {
     static const char *const free_keys[] = {"run.dir", "run.threads", "run.log_every", "run.device", "run.profile",
-                                            "run.watchdog_minutes", "train.eval_every", "train.max_steps", "train.epochs", NULL};
+                                            "run.progress_seconds", "run.watchdog_minutes", "train.eval_every", "train.max_steps", "train.epochs", NULL};
     if (strncmp(name, "checkpoint.", 11) == 0) return 1;
     for (int i = 0; free_keys[i]; i++)
         if (strcmp(name, free_keys[i]) == 0) return 1;

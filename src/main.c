@@ -291,8 +291,9 @@ int main(int argc, char **argv) {
                            "the model's frozen weights", NULL);
 #endif
     Model model;
-    Progress lp;  // a line every 10 s while an 8B model's 16 GB are read
-    progress_init(&lp, d.rank == 0 ? stdout : NULL, "load", random_init ? "random weights" : "weights", PROGRESS_EVERY_S);
+    Progress lp;  // a line every run.progress_seconds while an 8B model's 16 GB are read
+    progress_init(&lp, d.rank == 0 ? stdout : NULL, "load", random_init ? "random weights" : "weights",
+                  cfg.run.progress_seconds);
     model_load(&model, &be, cfg.model.path, &mc, cfg.model.num_labels, random_init, seed,
                cfg.lora.fuse ? cfg.lora.r : 0, &lp);
     model_set_act_wf(&model, act_wf);

@@ -175,7 +175,7 @@ static void evaluate_split(Trainer *t, DatasetSplit *split, EvalResult *res) {
     Progress pg;  // rank 0's shard stands for all: the shards differ by at most one row
     char what[96];
     snprintf(what, sizeof what, "%.40s split, rank 0's shard", split->name);
-    progress_init(&pg, d->rank == 0 ? stdout : NULL, "eval", what, PROGRESS_EVERY_S);
+    progress_init(&pg, d->rank == 0 ? stdout : NULL, "eval", what, t->cfg->run.progress_seconds);
     for (int64_t r0 = begin; r0 < end; r0 += mb) {
         progress_step(&pg, (long)(r0 - begin), (long)n, "row");
         int nb = (int)(end - r0 < mb ? end - r0 : mb);

@@ -67,7 +67,7 @@ static void test_defaults(TestCounts *tc) {
     T_CHECK(tc, config_validate(&c, &err) == 0, "defaults + model.path + data.path validate: [%s]", err.msg);
 
     int n = config_num_keys();
-    T_CHECK(tc, n == 49, "config_num_keys() = %d, want 49", n);
+    T_CHECK(tc, n == 50, "config_num_keys() = %d, want 50", n);
     T_CHECK(tc, config_key_name(-1) == NULL && config_key_name(n) == NULL, "config_key_name out of range is NULL");
     for (int i = 0; i < n; i++) {
         const char *k = config_key_name(i);
@@ -291,7 +291,7 @@ static void test_round_trip(TestCounts *tc) {
                           "calibration.fraction=0.3", "calibration.threshold=0.9", "checkpoint.every_steps=25",
                           "checkpoint.every_minutes=7.5", "checkpoint.keep=3", "run.dir=runs/odd",
                           "run.device=cuda", "run.threads=6", "run.log_every=7", "run.profile=true",
-                          "run.watchdog_minutes=0.5"};
+                          "run.progress_seconds=2.5", "run.watchdog_minutes=0.5"};
     for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++)
         T_CHECK(tc, config_set(&c, sets[i], &err) == 0, "--set %s: [%s]", sets[i], err.msg);
     c.train.lr = 1.0 / 3.0;                     // needs all 17 digits

@@ -7,7 +7,8 @@
 # train/eval/summary records; lora.fuse (adapters on the frozen GEMMs) follows the plain run's losses, and
 # with model.act_dtype = "bf16" (bf16 emulation) the fused run's within 2%, and with model.attention = "fused" on
 # top the bf16 run's within 1% (both refused without what they need);
-# run.profile prints its table over the steps after the first and logs profile records;
+# run.profile prints its table over the steps after the first and logs profile records; run.progress_seconds = 0
+# prints a progress line per layer loaded and per evaluated micro-batch, on rank 0 only;
 # a wrong task or a file tokenized for another vocabulary is refused; --plan-memory plans an 8B run without a
 # GPU (the largest micro-batch it names fits, one more does not).
 # Usage (ctest): test_pipeline.sh SOURCE_ROOT BUILD_DIR ACTLORA_BINARY
@@ -48,10 +49,17 @@ common=(--config "$root/configs/tiny_sst2.cfg" --set model.path="$root/tests/fix
 
 # np=2 x micro 8 x accum 1 and np=1 x micro 8 x accum 2: the same global batches of 16 samples
 run_mpi 2 "${common[@]}" --set train.micro_batch=8 --set train.grad_accum=1 --set calibration.batches=4 \
-  --set run.dir="$work/np2" > "$work/np2.out" 2>&1 || { cat "$work/np2.out"; bad "np=2 run failed"; }
+  --set run.progress_seconds=0 --set run.dir="$work/np2" > "$work/np2.out" 2>&1 || { cat "$work/np2.out"; bad "np=2 run failed"; }
 run_mpi 1 "${common[@]}" --set train.micro_batch=8 --set train.grad_accum=2 --set calibration.batches=8 \
   --set run.dir="$work/np1" > "$work/np1.out" 2>&1 || { cat "$work/np1.out"; bad "np=1 run failed"; }
-cat "$work/np2.out"
+grep -v "^load    \|^eval    " "$work/np2.out"
+# run.progress_seconds=0: a progress line per layer loaded but the last, per evaluated micro-batch of rank 0's
+# shard, from rank 0 only (the 2-rank run: 436 dev rows a shard, 55 micro-batches of 8 per evaluation)
+n_load=$(grep -c "^load    random weights: layer [0-9]* of 4 (" "$work/np2.out")
+n_eval=$(grep -c "^eval    dev split, rank 0's shard: row [0-9]* of 436 (" "$work/np2.out")
+n_evals=$(grep -c '"type":"eval"' "$work/np2/log.jsonl")
+if [ "$n_load" -eq 3 ] && [ "$n_evals" -ge 2 ] && [ "$n_eval" -eq $((55 * n_evals)) ]; then ok
+else bad "progress lines: $n_load load lines (want 3), $n_eval eval lines (want 55 x $n_evals evaluations)"; fi
 
 python3 - "$work" <<'PY' && ok || bad "np=1 vs np=2 agreement / log contents"
 import json, sys

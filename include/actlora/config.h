@@ -78,6 +78,7 @@ typedef struct {
         int threads;                // CPU threads per rank; 0 = OMP_NUM_THREADS or all cores
         int log_every;              // progress line every N optimizer steps
         int profile;                // time every backend op of the training steps (profile.h)
+        double progress_seconds;    // a progress line every S s while loading / evaluating (progress.h)
         double watchdog_minutes;    // end a rank after this long without progress (watchdog.h); 0 = off
     } run;
 } RunConfig;

@@ -1,13 +1,11 @@
 // progress.h: a line every few seconds on long work (reading the weights of a large model, evaluating a
 // large split), so that a batch log shows the job is alive and when the work will end:
 //   "load    weights: layer 9 of 32 (28%), 10.1 s, ETA 0:00:26"
-// Work shorter than the interval prints nothing.
+// Work shorter than the interval (run.progress_seconds, 10 by default) prints nothing.
 #ifndef ACTLORA_PROGRESS_H
 #define ACTLORA_PROGRESS_H
 
 #include <stdio.h>
-
-#define PROGRESS_EVERY_S 10.0
 
 typedef struct {
     FILE *out;          // NULL: silent (every rank but 0)
@@ -16,8 +14,8 @@ typedef struct {
     double every, t0, last;
 } Progress;
 
-// Starts timing. out NULL: progress_step prints nothing. every: seconds between lines (PROGRESS_EVERY_S;
-// 0 prints every step, for tests).
+// Starts timing. out NULL: progress_step prints nothing. every: seconds between lines (run.progress_seconds;
+// 0 prints every step).
 void progress_init(Progress *p, FILE *out, const char *tag, const char *what, double every);
 // `done` of `total` units (e.g. "layer") are finished: prints a line when `every` seconds have passed since
 // the start or the last line, and the work is not finished.
