@@ -142,7 +142,8 @@ else bad "two ranks on one device: exit $r"; tail -5 "$work/two.out"; fi
 #     as 5, each rank on its device 0, distinct GPUs; two tasks given the same GPU: refused on every rank
 { echo '#!/bin/sh'
   echo '# node-local rank k sees the physical device given by the k-th character of ACTLORA_CUDA_EMU_PERTASK'
-  echo 'ACTLORA_CUDA_EMU_VISIBLE=$(echo "$ACTLORA_CUDA_EMU_PERTASK" | cut -c$((OMPI_COMM_WORLD_LOCAL_RANK + 1)))'
+  echo 'k=${OMPI_COMM_WORLD_LOCAL_RANK:-${MPI_LOCALRANKID:-0}}  # Open MPI; MPICH'
+  echo 'ACTLORA_CUDA_EMU_VISIBLE=$(echo "$ACTLORA_CUDA_EMU_PERTASK" | cut -c$((k + 1)))'
   echo 'export ACTLORA_CUDA_EMU_VISIBLE'
   echo "exec \"$emu\" \"\$@\""; } > "$work/pertask.sh"
 chmod +x "$work/pertask.sh"
