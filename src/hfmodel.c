@@ -3,6 +3,7 @@
 // config.json is read the way transformers reads it; anything that would change the maths of the
 // model and that we do not implement is an error, so a run never trains a subtly different model.
 #include "actlora/hfmodel.h"
+#include "actlora/config.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -191,6 +192,10 @@ static int parse_sizes(ModelConfig *mc, const cJSON *root, const char *src, Erro
         {"vocab_size", mc->vocab_size}};
     for (size_t i = 0; i < sizeof req / sizeof req[0]; i++)
         if (req[i].v <= 0) return error_set(err, "%s: '%s' must be positive, found %d", src, req[i].key, req[i].v);
+    if (mc->num_hidden_layers > CONFIG_MAX_LAYERS)
+        return error_set(err, "%s: num_hidden_layers = %d, more than the %d layers this program supports "
+                         "(lora.layers indices are 0..%d)", src, mc->num_hidden_layers, CONFIG_MAX_LAYERS,
+                         CONFIG_MAX_LAYERS - 1);
     return 0;
 }
 
@@ -389,22 +394,7 @@ int hfconfig_parse(ModelConfig *mc, const char *json_text, const char *source, E
         goto done;
     }
 
-    if (get_int(root, "", "hidden_size", 1, 0, &mc->hidden_size, src, err) ||
-        get_int(root, "", "intermediate_size", 1, 0, &mc->intermediate_size, src, err) ||
-        get_int(root, "", "num_hidden_layers", 1, 0, &mc->num_hidden_layers, src, err) ||
-        get_int(root, "", "num_attention_heads", 1, 0, &mc->num_attention_heads, src, err) ||
-        get_int(root, "", "vocab_size", 1, 0, &mc->vocab_size, src, err))
-        goto done;
-    const struct { const char *key; int v; } req[] = {
-        {"hidden_size", mc->hidden_size}, {"intermediate_size", mc->intermediate_size},
-        {"num_hidden_layers", mc->num_hidden_layers}, {"num_attention_heads", mc->num_attention_heads},
-        {"vocab_size", mc->vocab_size}};
-    for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
-        if (req[i].v <= 0) {
-            error_set(err, "%s: '%s' must be positive, found %d", src, req[i].key, req[i].v);
-            goto done;
-        }
-    }
+    if (parse_sizes(mc, root, src, err)) goto done;
     if (get_int(root, "", "num_key_value_heads", 0, mc->num_attention_heads, &mc->num_key_value_heads, src, err) ||
         get_int(root, "", "max_position_embeddings", 0, 2048, &mc->max_position_embeddings, src, err) ||
         get_num(root, "", "rms_norm_eps", 0, 1e-6, &mc->rms_norm_eps, src, err) ||

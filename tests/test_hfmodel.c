@@ -135,6 +135,10 @@ static void test_config_errors(TestCounts *tc) {
          " \"num_attention_heads\": 4, \"vocab_size\": 100}", "'hidden_size'", "integer"},
         {"{\"model_type\": \"llama\", \"hidden_size\": 64, \"intermediate_size\": 0, \"num_hidden_layers\": 2,"
          " \"num_attention_heads\": 4, \"vocab_size\": 100}", "'intermediate_size'", "positive"},
+        {"{\"model_type\": \"llama\", \"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 1025,"
+         " \"num_attention_heads\": 4, \"vocab_size\": 100}", "num_hidden_layers = 1025", "1024 layers"},
+        {"{\"model_type\": \"bert\", \"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2000000000,"
+         " \"num_attention_heads\": 4, \"vocab_size\": 100}", "num_hidden_layers = 2000000000", "0..1023"},
         {"{\"model_type\": \"gpt2\", \"hidden_size\": 64}", "'gpt2'", "supported: llama"},
         {"{\"hidden_size\": 64}", "model_type", "llama"},
         {"[1, 2]", "JSON object", NULL},
