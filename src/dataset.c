@@ -68,9 +68,10 @@ static hid_t file_open(const char *path, Error *err) {
     H5Pset_file_locking(fapl, 1, 1);  // shared read lock, but don't fail where a filesystem has no locks
 #endif
     hid_t fid = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    char h5[256];  // read before H5Pclose, which (as every HDF5 call) clears the error stack
+    if (fid < 0) error_set(err, "cannot open HDF5 file '%s': %s (a truncated or damaged file? re-run "
+                           "tools/prep_glue.py)", path, h5_last_error(h5));
     H5Pclose(fapl);
-    char h5[256];
-    if (fid < 0) error_set(err, "cannot open HDF5 file '%s': %s", path, h5_last_error(h5));
     return fid;
 }
 

@@ -650,6 +650,15 @@ static void test_errors(TestCounts *tc, Tmp *t) {
     rc = dataset_info_read(&di, txt, &err);
     T_CHECK(tc, rc == -1 && strstr(err.msg, "not an HDF5 file"), "not HDF5: %s", err.msg);
     remove(txt);
+    // a valid file cut short (a copy interrupted by a quota): HDF5's reason is in the message
+    const char *cut = tmp_file(t, "cut");
+    file_write(cut, &f0, sd, 2);
+    struct stat st;
+    T_CHECK(tc, stat(cut, &st) == 0 && st.st_size > 4096 && truncate(cut, 4096) == 0, "cannot truncate %s", cut);
+    rc = dataset_info_read(&di, cut, &err);
+    T_CHECK(tc, rc == -1 && strstr(err.msg, "cannot open HDF5 file") && strstr(err.msg, "truncated file: eof = 4096"),
+            "truncated file: %s", err.msg);
+    remove(cut);
     split_free(&sd[0]);
     split_free(&sd[1]);
 }
