@@ -31,6 +31,7 @@
 #include "actlora/lora.h"
 #include "actlora/memplan.h"
 #include "actlora/resume.h"
+#include "actlora/runlock.h"
 #include "actlora/select.h"
 #include "actlora/signals.h"
 #include "actlora/source.h"
@@ -271,6 +272,8 @@ int main(int argc, char **argv) {
                "(then used) or export OMP_WAIT_POLICY=PASSIVE (CPU steps up to 1.9x faster; docs/benchmarks.md)\n");
     Log lg;
     log_open(&lg, &d, cfg.run.dir);
+    RunLock lock;  // one run per run.dir: refused (naming the other run) while another one lives there
+    runlock_open(&lock, &d, cfg.run.dir);
     Ledger led = {0};
 
     // ---- load: HF config.json + weights (or random weights of the same shapes)
@@ -383,6 +386,7 @@ int main(int argc, char **argv) {
         model_free(&model, &be);
         backend_free(&be);
         log_close(&lg);
+        runlock_release(&lock);
         MPI_Finalize();
         return 0;
     }
@@ -454,6 +458,7 @@ int main(int argc, char **argv) {
                     die("the stop-signal checkpoint failed: %s (earlier checkpoints are intact)", err.msg);
                 watchdog_stop(&wd);
                 log_close(&lg);
+                runlock_release(&lock);
                 MPI_Finalize();
                 return CKPT_EXIT_REQUEUE;
             }
@@ -511,6 +516,7 @@ int main(int argc, char **argv) {
 #endif
     backend_free(&be);
     log_close(&lg);
+    runlock_release(&lock);
     MPI_Finalize();
     return 0;
 }
