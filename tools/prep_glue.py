@@ -56,7 +56,8 @@ PAD_TOKEN_NAMES = ("<pad>", "[PAD]", "<|finetune_right_pad_id|>")
 
 # Original GLUE layouts.  text: column indices of the text(s); label: column index of the
 # label (-1 = last column); header: whether line 1 is a header; header_names: expected
-# header names at (text..., label) columns, only checked to warn about a wrong directory;
+# header names at (text..., label) columns (others: another task's directory, refused unless
+# --any-header);
 # labels: label strings in id order (None = regression, float score).
 TASKS = {
     "CoLA": dict(text=(3,), label=1, header=False, ncols=4, labels=["0", "1"], header_names=None),
@@ -107,13 +108,15 @@ def sha256_bytes(data):
 
 # ----------------------------------------------------------------------------- reading
 
-def read_split(path, task, log=None):
+def read_split(path, task, log=None, any_header=False):
     """Parse one original-layout GLUE TSV.
 
     Returns (texts, labels, linenos, skipped, source_sha256) where texts is a list of str
     (single sentence tasks) or of (str, str) tuples, labels a list of int (or float for
     STS-B), linenos the 1-based line number of each row and skipped a list of
-    (line_number, reason).  Skipped rows are reported on `log`.
+    (line_number, reason).  Skipped rows are reported on `log`.  A header whose names at the
+    text and label columns are not the task's is an error (another task's file would be read by
+    position: CoLA's as SST-2 gives thousands of valid-looking rows), a warning with any_header.
     """
     log = sys.stderr if log is None else log
     spec = TASKS[task]
@@ -153,8 +156,12 @@ def read_split(path, task, log=None):
         got = tuple(header[i].strip() for i in (*spec["text"], spec["label"]))
         want = spec["header_names"]
         if tuple(g.lower() for g in got) != tuple(w.lower() for w in want):
+            if not any_header:
+                raise PrepError(f"{path}:1: header columns {list(got)} are not the original {task} "
+                                f"layout's {list(want)}: is this the {task} directory? (--any-header reads "
+                                f"these columns by position anyway)")
             print(f"warning: {fname}:1: header columns {list(got)} differ from the original "
-                  f"{task} layout {list(want)}; reading them anyway", file=log)
+                  f"{task} layout {list(want)}; reading them by position (--any-header)", file=log)
     else:
         ncols = spec["ncols"]
 
@@ -371,7 +378,7 @@ def write_h5(out, root_attrs, splits):
 
 # ------------------------------------------------------------------------------- main
 
-def prepare(task, glue_dir, tokenizer_path, max_len, out, pad_id=None, limit_train=0,
+def prepare(task, glue_dir, tokenizer_path, max_len, out, pad_id=None, limit_train=0, any_header=False,
             bos_fallback=True, log=None, stdout=None):
     """Run the whole preparation; returns a dict with per-split statistics.  Skipped rows
     and warnings go to `log` (default stderr), the summary to `stdout`."""
@@ -408,7 +415,7 @@ def prepare(task, glue_dir, tokenizer_path, max_len, out, pad_id=None, limit_tra
     regression = spec["labels"] is None
     split_out, stats = [], {}
     for split, path in paths:
-        texts, labels, linenos, skipped, digest = read_split(path, task, log)
+        texts, labels, linenos, skipped, digest = read_split(path, task, log, any_header)
         if split == "train" and limit_train:
             texts, labels = texts[:limit_train], labels[:limit_train]
         if not texts:
@@ -490,13 +497,16 @@ def main(argv=None):
                     help="pad token id recorded in the file (default: from the tokenizer)")
     ap.add_argument("--limit-train", type=int, default=0,
                     help="keep only the first N valid train rows (0 = all)")
+    ap.add_argument("--any-header", action="store_true",
+                    help="read a file whose header names differ from the task's original GLUE "
+                         "layout, taking the columns by position")
     ap.add_argument("--no-bos-fallback", action="store_true",
                     help="never add tokenizer_config.json's bos_token when the tokenizer's "
                          "post-processor adds no special tokens")
     args = ap.parse_args(argv)
     try:
         prepare(args.task, args.glue_dir, args.tokenizer, args.max_len, args.out,
-                pad_id=args.pad_id, limit_train=args.limit_train,
+                pad_id=args.pad_id, limit_train=args.limit_train, any_header=args.any_header,
                 bos_fallback=not args.no_bos_fallback)
     except PrepError as e:
         print(f"prep_glue.py: error: {e}", file=sys.stderr)

@@ -577,12 +577,25 @@ def test_errors(tmp_path, wp, capsys):
     # wrong task for the directory: CoLA reading SST-2 files -> no usable rows
     assert run("CoLA", glue_dir, wp, out) == 1
     assert "no usable rows" in capsys.readouterr().err
-    # same column count, different header -> a warning, labels decide
+    # same column count, different header -> refused; with --any-header a warning, and labels decide
     wn, _ = write_task(tmp_path / "glue3", "WNLI")
     assert run("QNLI", wn, wp, out) == 1
     err = capsys.readouterr().err
-    assert "header columns" in err and "no usable rows" in err
+    assert "header columns ['sentence1', 'sentence2', 'label'] are not the original QNLI" in err
+    assert "--any-header" in err and "no usable rows" not in err
     assert not out.exists()
+    assert run("QNLI", wn, wp, out, extra=["--any-header"]) == 1
+    err = capsys.readouterr().err
+    assert "reading them by position (--any-header)" in err and "no usable rows" in err
+    assert not out.exists()
+    # CoLA's header-less file read as SST-2: every row would pass (column 0 as text, 1 as label)
+    cola, _ = write_task(tmp_path / "glue4", "CoLA")
+    assert run("SST-2", cola, wp, out) == 1
+    err = capsys.readouterr().err
+    assert "is this the SST-2 directory?" in err and not out.exists()
+    assert run("SST-2", cola, wp, out, extra=["--any-header"]) == 0
+    assert "differ from the original SST-2 layout" in capsys.readouterr().err
+    out.unlink()
     with pytest.raises(SystemExit) as e:
         prep_glue.main(["--task", "SST-2"])
     assert e.value.code == 2
