@@ -89,7 +89,8 @@ static void owner_describe(const RunLockOwner *o, char *buf, size_t n) {
         return;
     }
     int k = snprintf(buf, n, "pid %ld on %s", o->pid, o->host[0] ? o->host : "?");
-    if (o->job[0] && k > 0 && (size_t)k < n) k += snprintf(buf + k, n - (size_t)k, " (Slurm job %s, run %d)", o->job, o->restart);
+    if (o->job[0] && k > 0 && (size_t)k < n)
+        k += snprintf(buf + k, n - (size_t)k, " (Slurm job %s, run %d)", o->job, o->restart);
     if (o->started[0] && k > 0 && (size_t)k < n) snprintf(buf + k, n - (size_t)k, ", started %s", o->started);
 }
 

@@ -9,9 +9,9 @@
 //     keeps changing; the run removes it when it ends (normally, on a stop signal, --calibrate-only);
 //   - a run that finds a lock takes it over when the owner is provably gone — an earlier run of the same
 //     Slurm job (a lower SLURM_RESTART_COUNT: a requeue after SIGKILL), or a pid on this host that no
-//     longer exists (or is a zombie) — and otherwise watches the file for 2.5 beats: a change means a live run (refused,
-//     naming it), none means a dead one (taken over, with a note). Clocks are never compared across
-//     hosts: only whether the file's mtime changes.
+//     longer exists or is a zombie — and otherwise watches the file for 2.5 beats: a change means a live
+//     run (refused, naming it), none means a dead one (taken over, with a note). Clocks are never
+//     compared across hosts: only whether the file's mtime changes.
 //
 // A process killed outright (SIGKILL, MPI_Abort, the watchdog's _exit) leaves its lock behind; the next
 // run takes it over by the rules above. Testing aid: ACTLORA_RUNLOCK_BEAT_S overrides RUNLOCK_BEAT_S.
