@@ -31,6 +31,12 @@ int dist_any(const Dist *d, int flag) {
     return out;
 }
 
+int dist_max(const Dist *d, int v) {
+    int out = v;
+    MPI_Allreduce(&v, &out, 1, MPI_INT, MPI_MAX, d->comm);
+    return out;
+}
+
 double dist_sum(const Dist *d, double x) {
     double s = 0.0;
     MPI_Reduce(&x, &s, 1, MPI_DOUBLE, MPI_SUM, 0, d->comm);

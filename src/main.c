@@ -220,6 +220,19 @@ static int bind_device(const Dist *d, const char *setting, int *device) {
     return use_cuda;
 }
 
+// Another run has taken run.dir over (runlock.h: it judged this one dead): every rank ends here, writing
+// nothing more into it. Exit 1: the job script does not requeue.
+static int end_lost(const Dist *d, RunLock *lock, Watchdog *wd, Log *lg, const char *dir) {
+    if (d->rank == 0)
+        fprintf(stderr, "actlora-mpi: error: another run (%s) has taken over run.dir '%s': this run stops without "
+                        "writing a checkpoint; its checkpoints so far and the other run's are intact\n", lock->taker, dir);
+    watchdog_stop(wd);
+    log_close(lg);
+    runlock_release(lock);
+    MPI_Finalize();
+    return 1;
+}
+
 int main(int argc, char **argv) {
     signals_install();  // before MPI_Init (a signal during a slow start must not kill a rank) ...
     MPI_Init(&argc, &argv);
@@ -451,7 +464,10 @@ int main(int argc, char **argv) {
         while (tr.micro < cfg.train.grad_accum) {
             if (tr.step == stop_step && tr.micro == stop_micro) raise(SIGUSR1);
             watchdog_beat(&wd, "step %lld, micro-step %d", (long long)tr.step + 1, tr.micro);
-            if (dist_any(&d, actlora_stop_signal != 0)) {
+            // every rank agrees: 2 = another run took run.dir over (runlock.h), 1 = a stop signal
+            int stop = dist_max(&d, runlock_lost(&lock) ? 2 : actlora_stop_signal != 0);
+            if (stop == 2) return end_lost(&d, &lock, &wd, &lg, cfg.run.dir);
+            if (stop) {
                 if (d.rank == 0) printf("signal  received: writing a checkpoint before exiting\n");
                 watchdog_beat(&wd, "the stop-signal checkpoint at step %lld", (long long)tr.step);
                 if (resume_save(&res, &tr, &sel, "stop signal", &err) != 0)
@@ -473,7 +489,7 @@ int main(int argc, char **argv) {
         // periodic checkpoints: by steps, or by wall time on rank 0's clock (agreed by all-reduce)
         int due = (cfg.checkpoint.every_steps > 0 && tr.step % cfg.checkpoint.every_steps == 0) ||
                   (every_s > 0 && dist_any(&d, d.rank == 0 && time_now() - res.t_last_save >= every_s));
-        if (due && tr.step < tr.total_steps && resume_save(&res, &tr, &sel, "periodic", &err) != 0 && d.rank == 0)
+        if (due && tr.step < tr.total_steps && !dist_any(&d, runlock_lost(&lock)) && resume_save(&res, &tr, &sel, "periodic", &err) != 0 && d.rank == 0)
             fprintf(stderr, "actlora-mpi: warning: periodic checkpoint failed, training goes on: %s\n", err.msg);
     }
     if (cfg.run.profile) {
@@ -484,6 +500,7 @@ int main(int argc, char **argv) {
         profile_free(&prof);
     }
     watchdog_beat(&wd, "the final evaluation, checkpoint and export");
+    if (dist_any(&d, runlock_lost(&lock))) return end_lost(&d, &lock, &wd, &lg, cfg.run.dir);
     n_ev = trainer_evaluate(&tr, ev, MAX_EVAL);
     trainer_check_agree(&tr, "at the end of training");
     if ((cfg.checkpoint.every_steps > 0 || every_s > 0) && resume_save(&res, &tr, &sel, "final", &err) != 0 &&

@@ -118,6 +118,10 @@ static void sleep_s(double s) {
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
+static int create(RunLock *l, Error *err);
+
+// Every beat_s: touch this run's file, and check that the path still is it. Removed: written again.
+// Replaced by another run's lock: lost (main.c stops the run at its next step boundary).
 static void *heartbeat(void *arg) {
     RunLock *l = arg;
     pthread_mutex_lock(&l->mu);
@@ -128,13 +132,27 @@ static void *heartbeat(void *arg) {
         ts.tv_sec = (time_t)t;
         ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
         pthread_cond_timedwait(&l->cv, &l->mu, &ts);
-        if (!l->running) break;
+        if (!l->running || l->lost) continue;
         futimens(l->fd, NULL);  // this run's file, even if someone replaced the path
         struct stat st;
-        if (!l->lost && (stat(l->path, &st) != 0 || st.st_dev != l->dev || st.st_ino != l->ino)) {
+        if (stat(l->path, &st) != 0) {
+            int old = l->fd;
+            Error e;
+            if (errno == ENOENT && create(l, &e) == 0) {  // EEXIST: another run's lock appeared: the next beat
+                close(old);
+                fprintf(stderr, "actlora-mpi: warning: %s was removed while this run holds its run directory: "
+                                "written again\n", l->path);
+                fflush(stderr);
+            }
+        } else if (st.st_dev != l->dev || st.st_ino != l->ino) {
+            RunLockOwner o;
+            struct stat s2;
+            if (read_lock(l->path, &o, &s2) == 0) owner_describe(&o, l->taker, sizeof l->taker);
+            else snprintf(l->taker, sizeof l->taker, "an unknown run");
             l->lost = 1;
-            fprintf(stderr, "actlora-mpi: warning: the lock %s was removed or replaced while this run holds its run "
-                            "directory: if another run now uses it, their checkpoints and logs will collide\n", l->path);
+            fprintf(stderr, "actlora-mpi: error: another run (%s) has taken over %s as stale: this run stops at its "
+                            "next step boundary, without writing a checkpoint, so that only one run writes its run "
+                            "directory\n", l->taker, l->path);
             fflush(stderr);
         }
     }
@@ -237,6 +255,14 @@ int runlock_acquire(RunLock *l, const char *dir, const RunLockOwner *me, double 
     }
     return error_set(err, "cannot take %s: another run keeps creating it (is a second job starting in run.dir '%s'?)",
                      l->path, dir);
+}
+
+int runlock_lost(RunLock *l) {
+    if (!l->running) return 0;
+    pthread_mutex_lock(&l->mu);
+    int lost = l->lost;
+    pthread_mutex_unlock(&l->mu);
+    return lost;
 }
 
 void runlock_release(RunLock *l) {

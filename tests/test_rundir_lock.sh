@@ -6,6 +6,8 @@
 #   - a run stopped by a signal (exit 85) removes its lock
 #   - a run killed outright (SIGKILL) leaves its lock; the next run on this host takes it over at once (the pid
 #     is gone), resumes from the newest checkpoint and finishes
+#   - a run whose lock another run's replaced (one that judged it dead) stops with exit 1 at its next step
+#     boundary, naming that run, and leaves its lock alone
 # Usage (ctest): test_rundir_lock.sh SOURCE_ROOT BUILD_DIR ACTLORA_BINARY
 set -uo pipefail
 root="$1" bin="$3"
@@ -67,5 +69,25 @@ if [ $rc -eq 0 ] && grep -q "^lock .*taking over.*no longer exists" "$work/after
    ! grep -q "watching" "$work/after.out" && grep -q "^resume  from" "$work/after.out" && [ ! -e "$work/run/run.lock" ]; then
   ok "the next run took the lock over at once and resumed: $(grep -m1 '^lock' "$work/after.out" | cut -c1-160)"
 else bad "after the kill: exit $rc"; grep -E "^(lock|resume)" "$work/after.out"; tail -3 "$work/after.out"; fi
+# 4. this run's lock replaced by another run's (which judged it dead): it stops within a beat or two, exit 1,
+#    and leaves the other run's lock alone
+rm -rf "$work/run"
+"$MPIEXEC" --allow-run-as-root --oversubscribe -np 2 "$bin" "${C[@]}" --set train.max_steps=1000000 \
+  > "$work/lost.out" 2>&1 &
+first=$!
+wait_for "$work/run/checkpoints/latest" || bad "no checkpoint before the take-over"
+rm -f "$work/run/run.lock"
+printf 'host=elsewhere\npid=4242\njob=99\nrestart=0\n' > "$work/run/run.lock"
+t0=$(date +%s.%N)
+for _ in $(seq 300); do kill -0 "$first" 2>/dev/null || break; sleep 0.1; done
+kill -KILL "$first" 2>/dev/null
+wait "$first"; rc=$?
+first=""
+waited=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+n=$(grep -c "has taken over run.dir" "$work/lost.out")
+if [ $rc -eq 1 ] && [ "$n" -eq 1 ] && grep -q "pid 4242 on elsewhere (Slurm job 99, run 0)" "$work/lost.out" &&
+   grep -q "host=elsewhere" "$work/run/run.lock" && awk -v w="$waited" 'BEGIN { exit !(w < 20) }'; then
+  ok "taken over by another run: stopped after $waited s with exit 1, the other run's lock intact"
+else bad "taken over: exit $rc after $waited s, $n messages"; tail -3 "$work/lost.out"; fi
 echo "test_rundir_lock: $passes passed, $fails failed"
 [ "$fails" -eq 0 ]

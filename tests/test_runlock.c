@@ -8,7 +8,8 @@
 //   - a lock left by another host: watched, then taken over as stale; one of an earlier run of the same job:
 //     taken over at once; one without a pid: watched, taken over
 //   - a lock released while being watched: taken as fresh, no take-over
-//   - the heartbeat notices the file removed; release leaves a file that is not this run's alone
+//   - the heartbeat writes a removed file again, and reports the lock lost (naming the taker) when another
+//     run's lock replaced it; release leaves a file that is not this run's alone
 //   - a run.dir that does not exist: an error naming the lock file
 #define _GNU_SOURCE
 #include <errno.h>
@@ -224,11 +225,23 @@ static void test_lost(TestCounts *tc) {
     char note[256];
     int rc = acquire(&l, &me, 0.1, note, sizeof note, &err);
     T_CHECK(tc, rc == 0, "acquire: %s", err.msg);
+    // removed by hand: written again, still this run's
     unlink(lock_path());
-    put(lock_path(), "host=someone\npid=1\n");  // someone else's lock at the same path
-    for (int i = 0; i < 50 && !l.lost; i++) usleep(20000);
-    T_CHECK(tc, l.lost == 1, "the heartbeat did not notice its lock replaced");
+    for (int i = 0; i < 50 && !exists(lock_path()); i++) usleep(20000);
+    FILE *g = fopen(lock_path(), "r");
+    char mine[512] = "";
+    if (g) mine[fread(mine, 1, sizeof mine - 1, g)] = '\0', fclose(g);
+    RunLockOwner o;
+    T_CHECK(tc, runlock_owner_parse(&o, mine) == 0 && o.pid == me.pid && !runlock_lost(&l),
+            "a removed lock is not written again: '%s', lost %d", mine, runlock_lost(&l));
+    // replaced by another run's lock: lost, naming that run
+    unlink(lock_path());
+    put(lock_path(), "host=someone\npid=1\n");
+    for (int i = 0; i < 50 && !runlock_lost(&l); i++) usleep(20000);
+    T_CHECK(tc, runlock_lost(&l) == 1 && strcmp(l.taker, "pid 1 on someone") == 0,
+            "the heartbeat did not notice its lock replaced (taker '%s')", l.taker);
     runlock_release(&l);
+    T_CHECK(tc, runlock_lost(&l) == 0, "a released lock reports lost");
     FILE *f = fopen(lock_path(), "r");
     char text[64] = "";
     if (f) text[fread(text, 1, sizeof text - 1, f)] = '\0', fclose(f);
@@ -254,7 +267,8 @@ int main(void) {
         perror(dir);
         return 1;
     }
-    fprintf(stderr, "test_runlock: (the warning about a replaced lock below is expected)\n");
+    fprintf(stderr, "test_runlock: (the warning and the error about a removed and a replaced lock below are "
+                    "expected)\n");
     test_owner(&tc);
     test_fresh(&tc);
     test_live_then_killed(&tc);

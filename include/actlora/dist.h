@@ -19,6 +19,8 @@ void dist_init(Dist *d, MPI_Comm comm);
 void dist_check_agree(const Dist *d, const void *data, size_t bytes, const char *what);
 // Logical OR of a flag over all ranks (a collective: every rank must call it).
 int dist_any(const Dist *d, int flag);
+// Largest of an int over all ranks (a collective).
+int dist_max(const Dist *d, int v);
 // Gathers `bytes` from every rank of this node into all[local_world][bytes], in node-local rank order
 // (a collective: every rank of the node must call it).
 void dist_node_allgather(const Dist *d, const void *mine, size_t bytes, void *all);

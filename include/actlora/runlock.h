@@ -7,6 +7,10 @@
 //     owner: host, pid, Slurm job and restart count, start time;
 //   - a helper thread touches it every beat_s seconds (futimens on the open file), so a live run's lock
 //     keeps changing; the run removes it when it ends (normally, on a stop signal, --calibrate-only);
+//   - the thread also checks that the path is still this run's file: removed (by hand), it is written
+//     again; replaced by another run's lock (one that judged this run dead: a filesystem stall longer
+//     than 2.5 beats, or two runs taking over the same dead lock at once), this run has lost run.dir
+//     and stops at its next step boundary without writing a checkpoint (runlock_lost, main.c);
 //   - a run that finds a lock takes it over when the owner is provably gone — an earlier run of the same
 //     Slurm job (a lower SLURM_RESTART_COUNT: a requeue after SIGKILL), or a pid on this host that no
 //     longer exists or is a zombie — and otherwise watches the file for 2.5 beats: a change means a live
@@ -46,7 +50,8 @@ typedef struct {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int held, running, lost;  // lost: the file was removed or replaced while held (warned once)
+    int held, running, lost;  // lost: another run's lock replaced this run's (then it stops)
+    char taker[256];          // that run, described
 } RunLock;
 
 // This process: hostname, pid, SLURM_JOB_ID / SLURM_RESTART_COUNT, the current UTC time.
@@ -61,6 +66,8 @@ int runlock_owner_gone(const RunLockOwner *holder, const RunLockOwner *me, char 
 // when non-NULL), and starts the heartbeat. 0, or -1 with err naming the live owner or the failure.
 // Watching an existing lock takes up to 2.5 beat_s.
 int runlock_acquire(RunLock *l, const char *dir, const RunLockOwner *me, double beat_s, FILE *note, Error *err);
+// Whether another run's lock has replaced this run's (its description in l->taker); 0 on a lock not held.
+int runlock_lost(RunLock *l);
 // Stops the heartbeat and removes the file if it is still this run's. Safe on a lock never taken.
 void runlock_release(RunLock *l);
 
