@@ -266,10 +266,6 @@ int main(int argc, char **argv) {
     }
     uint64_t cfg_hash = config_hash(&cfg);
     dist_check_agree(&d, &cfg_hash, sizeof cfg_hash, "the configuration (give every rank the same --config and --set)");
-    Log lg;
-    log_open(&lg, &d, cfg.run.dir);
-    RunLock lock;  // one run per run.dir: refused (naming the other run) while another one lives there
-    runlock_open(&lock, &d, cfg.run.dir);
 
     // ---- device: one GPU per rank (the node's ranks compare the GPUs they see), or the CPU backend
     int device = -1, use_cuda = bind_device(&d, cfg.run.device, &device);
@@ -287,6 +283,8 @@ int main(int argc, char **argv) {
     if (d.rank == 0 && !use_cuda && be.threads > 1 && backend_cpu_blas_threading() == 1 && !getenv("OMP_WAIT_POLICY"))
         printf("note    OpenBLAS's own threads and OpenMP's spin against each other: install libopenblas0-openmp "
                "(then used) or export OMP_WAIT_POLICY=PASSIVE (CPU steps up to 1.9x faster; docs/benchmarks.md)\n");
+    Log lg;
+    log_open(&lg, &d, cfg.run.dir);
     Ledger led = {0};
 
     // ---- load: HF config.json + weights (or random weights of the same shapes)
@@ -321,6 +319,10 @@ int main(int argc, char **argv) {
     Batch batch;
     batch_init(&batch, cfg.train.micro_batch, src.max_T);
     led.seconds[PHASE_LOAD] = time_now() - t0;
+    // ---- one run per run.dir: refused, naming the other run, while another one lives there. Taken after the
+    //      inputs are read (a mistake in them ends the run before it holds anything) and before it writes a record
+    RunLock lock;
+    runlock_open(&lock, &d, cfg.run.dir);
     if (d.rank == 0) {
         printf("actlora-mpi %s | %d rank(s) | backend %s, %d thread(s) per rank | run dir %s\n", ACTLORA_VERSION,
                d.world, be.name, be.threads, cfg.run.dir);

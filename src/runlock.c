@@ -164,13 +164,14 @@ static void *heartbeat(void *arg) {
 static int create(RunLock *l, Error *err) {
     int fd = open(l->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
-        if (errno != EEXIST) error_set(err, "cannot create the lock file %s: %s (run.dir must be writable)", l->path,
-                                       strerror(errno));
-        return errno;
+        int e = errno;
+        if (e != EEXIST) error_set(err, "cannot create the lock file %s: %s (run.dir must be writable)", l->path,
+                                   strerror(e));
+        return e;
     }
     char text[512];
     int n = snprintf(text, sizeof text,
-                     "# actlora-mpi: this run directory is in use (docs/outputs.md, \"One run per run.dir\")\n"
+                     "# actlora-mpi: this run directory is in use (docs/outputs.md, \"<run.dir>/run.lock\")\n"
                      "host=%s\npid=%ld\njob=%s\nrestart=%d\nstarted=%s\n",
                      l->me.host, l->me.pid, l->me.job, l->me.restart, l->me.started);
     struct stat st;
