@@ -126,12 +126,7 @@ static void *heartbeat(void *arg) {
     RunLock *l = arg;
     pthread_mutex_lock(&l->mu);
     while (l->running) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        double t = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec + l->beat_s;
-        ts.tv_sec = (time_t)t;
-        ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
-        pthread_cond_timedwait(&l->cv, &l->mu, &ts);
+        cond_wait_for(&l->cv, &l->mu, l->beat_s);
         if (!l->running || l->lost) continue;
         futimens(l->fd, NULL);  // this run's file, even if someone replaced the path
         struct stat st;
@@ -200,17 +195,9 @@ int runlock_acquire(RunLock *l, const char *dir, const RunLockOwner *me, double 
         if (rc != 0 && rc != EEXIST) return -1;
         if (rc == 0) {
             pthread_mutex_init(&l->mu, NULL);
-            pthread_condattr_t ca;
-            pthread_condattr_init(&ca);
-            pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-            pthread_cond_init(&l->cv, &ca);
-            pthread_condattr_destroy(&ca);
+            cond_init_monotonic(&l->cv);
             l->held = l->running = 1;
-            sigset_t all, old;  // signals stay the main thread's (signals.h)
-            sigfillset(&all);
-            pthread_sigmask(SIG_SETMASK, &all, &old);
-            int e = pthread_create(&l->thread, NULL, heartbeat, l);
-            pthread_sigmask(SIG_SETMASK, &old, NULL);
+            int e = thread_start_quiet(&l->thread, heartbeat, l);
             if (e != 0) {
                 l->running = 0;
                 runlock_release(l);

@@ -1,11 +1,9 @@
 // watchdog.c: the no-progress watchdog (watchdog.h).
 #include "actlora/watchdog.h"
 
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "actlora/common.h"
@@ -15,12 +13,7 @@ static void *watch(void *arg) {
     double period = w->timeout_s / 4.0 < 10.0 ? w->timeout_s / 4.0 : 10.0;
     pthread_mutex_lock(&w->mu);
     while (w->running) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        double t = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec + period;
-        ts.tv_sec = (time_t)t;
-        ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
-        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+        cond_wait_for(&w->cv, &w->mu, period);
         double idle = time_now() - w->last;
         if (w->running && idle > w->timeout_s) {
             fprintf(stderr,
@@ -46,17 +39,9 @@ void watchdog_start(Watchdog *w, double timeout_s, int rank) {
     snprintf(w->what, sizeof w->what, "the start");
     if (timeout_s <= 0) return;
     pthread_mutex_init(&w->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);  // time_now's clock: no jumps with the wall clock
-    pthread_cond_init(&w->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&w->cv);
     w->running = 1;
-    sigset_t all, old;  // the thread blocks every signal: SIGUSR1 / SIGTERM stay the main thread's (signals.h)
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&w->thread, NULL, watch, w);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int rc = thread_start_quiet(&w->thread, watch, w);  // SIGUSR1 / SIGTERM stay the main thread's
     check(rc == 0, "cannot start the watchdog thread (error %d): set run.watchdog_minutes = 0 to run without it", rc);
 }
 

@@ -3,11 +3,16 @@
 //     last beat began, before the child would have exited on its own
 //   - beats keep coming for longer than the timeout, then watchdog_stop: a normal exit
 //   - timeout 0: no thread, nothing ends the process
+//   - the helper-thread plumbing the watchdog and the run.dir lock share (common.h): a thread_start_quiet thread
+//     blocks SIGUSR1 and SIGTERM (the main thread's, signals.h), and the caller's mask is unchanged; cond_wait_for
+//     returns after about its timeout, not at once and not never
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "actlora/common.h"
 #include "actlora/watchdog.h"
 #include "test_util.h"
 
@@ -50,6 +55,35 @@ static int run_child(int which, char *buf, size_t cap) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+static void *report_mask(void *arg) {
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, NULL, &cur);
+    *(int *)arg = sigismember(&cur, SIGUSR1) == 1 && sigismember(&cur, SIGTERM) == 1;
+    return NULL;
+}
+
+static void test_thread_helpers(TestCounts *tc) {
+    int blocked = -1;
+    pthread_t t;
+    int rc = thread_start_quiet(&t, report_mask, &blocked);
+    if (rc == 0) pthread_join(t, NULL);
+    sigset_t mine;
+    pthread_sigmask(SIG_BLOCK, NULL, &mine);
+    T_CHECK(tc, rc == 0 && blocked == 1, "thread_start_quiet: rc %d, SIGUSR1 and SIGTERM blocked in it: %d", rc, blocked);
+    T_CHECK(tc, !sigismember(&mine, SIGUSR1) && !sigismember(&mine, SIGTERM), "thread_start_quiet changed the caller's mask");
+
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv;
+    cond_init_monotonic(&cv);
+    pthread_mutex_lock(&mu);
+    double t0 = time_now();
+    cond_wait_for(&cv, &mu, 0.2);
+    double waited = time_now() - t0;
+    pthread_mutex_unlock(&mu);
+    pthread_cond_destroy(&cv);
+    T_CHECK(tc, waited >= 0.19 && waited < 5.0, "cond_wait_for(0.2 s) returned after %.3f s", waited);
+}
+
 int main(void) {
     TestCounts tc = {0};
     char buf[4096];
@@ -63,5 +97,6 @@ int main(void) {
     T_CHECK(&tc, rc == 0 && buf[0] == 0, "a beating rank: exit %d, stderr '%s'", rc, buf);
     rc = run_child(2, buf, sizeof buf);
     T_CHECK(&tc, rc == 0 && buf[0] == 0, "watchdog off: exit %d, stderr '%s'", rc, buf);
+    test_thread_helpers(&tc);
     return t_finish(&tc, "test_watchdog");
 }

@@ -4,6 +4,7 @@
 #ifndef ACTLORA_COMMON_H
 #define ACTLORA_COMMON_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,6 +41,14 @@ int size_add(size_t a, size_t b, size_t *out);
 
 // Wall clock in seconds (monotonic).
 double time_now(void);
+
+// Helper threads (the watchdog, the run.dir lock's heartbeat). thread_start_quiet starts fn(arg) with every
+// signal blocked in the new thread, so SIGUSR1 / SIGTERM stay the main thread's (signals.h); 0 or
+// pthread_create's error. cond_init_monotonic makes a condition variable whose waits time out on
+// time_now's clock (no jumps with the wall clock); cond_wait_for waits on it (mu held) at most `seconds`.
+int thread_start_quiet(pthread_t *t, void *(*fn)(void *), void *arg);
+void cond_init_monotonic(pthread_cond_t *cv);
+void cond_wait_for(pthread_cond_t *cv, pthread_mutex_t *mu, double seconds);
 
 // FNV-1a 64-bit over bytes, chainable: pass the previous hash as h (start with FNV64_INIT).
 #define FNV64_INIT 0xcbf29ce484222325ULL
