@@ -69,8 +69,10 @@ static void test_thread_helpers(TestCounts *tc) {
     if (rc == 0) pthread_join(t, NULL);
     sigset_t mine;
     pthread_sigmask(SIG_BLOCK, NULL, &mine);
-    T_CHECK(tc, rc == 0 && blocked == 1, "thread_start_quiet: rc %d, SIGUSR1 and SIGTERM blocked in it: %d", rc, blocked);
-    T_CHECK(tc, !sigismember(&mine, SIGUSR1) && !sigismember(&mine, SIGTERM), "thread_start_quiet changed the caller's mask");
+    T_CHECK(tc, rc == 0 && blocked == 1, "thread_start_quiet: rc %d, SIGUSR1 and SIGTERM blocked in it: %d", rc,
+            blocked);
+    T_CHECK(tc, !sigismember(&mine, SIGUSR1) && !sigismember(&mine, SIGTERM),
+            "thread_start_quiet changed the caller's mask");
 
     pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
     pthread_cond_t cv;
