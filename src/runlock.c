@@ -144,11 +144,7 @@ static void *heartbeat(void *arg) {
             struct stat s2;
             if (read_lock(l->path, &o, &s2) == 0) owner_describe(&o, l->taker, sizeof l->taker);
             else snprintf(l->taker, sizeof l->taker, "an unknown run");
-            l->lost = 1;
-            fprintf(stderr, "actlora-mpi: error: another run (%s) has taken over %s as stale: this run stops at its "
-                            "next step boundary, without writing a checkpoint, so that only one run writes its run "
-                            "directory\n", l->taker, l->path);
-            fflush(stderr);
+            l->lost = 1;  // main.c says so when it stops the run (end_lost)
         }
     }
     pthread_mutex_unlock(&l->mu);

@@ -267,8 +267,7 @@ int main(void) {
         perror(dir);
         return 1;
     }
-    fprintf(stderr, "test_runlock: (the warning and the error about a removed and a replaced lock below are "
-                    "expected)\n");
+    fprintf(stderr, "test_runlock: (the warning about a removed lock below is expected)\n");
     test_owner(&tc);
     test_fresh(&tc);
     test_live_then_killed(&tc);
